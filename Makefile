@@ -1,0 +1,41 @@
+# Every target sets up what it needs: a fresh Debian machine (root, no Docker engine running)
+# needs nothing but `make test` or `make demo`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all test demo bench lint format clean
+
+all: test
+
+# The virtual environment, rebuilt when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/ruff check packcache migrations tests
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m packcache.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check packcache migrations tests
+	$(BIN)/ruff format --check packcache migrations tests
+
+format: $(STAMP)
+	$(BIN)/ruff format packcache migrations tests
+	$(BIN)/ruff check --fix packcache migrations tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,391 @@
+"""The `packcache` command line: parses, calls the library, prints. No logic lives here.
+
+Exit codes: 0 ok, 1 the operation failed, 2 the command was used wrongly (see README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from packcache import render
+from packcache.digest import short_id
+from packcache.errors import EXIT_FAILED, EXIT_USAGE, PackcacheError
+from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
+
+log = logging.getLogger("packcache")
+
+app = typer.Typer(
+    name="packcache",
+    help="A host layer cache for Cloud Native Buildpacks images on the Docker daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class LsSort(StrEnum):
+    size = "size"
+    last_used = "last-used"
+    created = "created"
+
+
+FormatOption = Annotated[
+    Format, typer.Option("--format", help="table for people, json for programs.")
+]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "packcache"
+
+
+@dataclass
+class Context:
+    cache_dir: Path
+    verbose: int
+
+    def open_store(self):
+        from packcache.store import Store  # imported late: `--help` stays instant
+
+        return Store.open(self.cache_dir)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Turn library errors into one message on stderr and the documented exit code."""
+    try:
+        yield
+    except PackcacheError as exc:
+        typer.echo(f"packcache: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from exc
+    except KeyboardInterrupt:
+        typer.echo("packcache: interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            envvar="PACKCACHE_DIR",
+            help="Cache directory.",
+            show_default="$XDG_CACHE_HOME/packcache or ~/.cache/packcache",
+        ),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr (-vv: debug).")
+    ] = 0,
+) -> None:
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2),
+        format="packcache: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = Context(cache_dir=cache_dir or default_cache_dir(), verbose=verbose)
+
+
+@app.command("ls")
+def ls_command(
+    ctx: typer.Context,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Only this image's layers (tag or image ID).")
+    ] = None,
+    sort: Annotated[LsSort, typer.Option("--sort", help="Order of the rows.")] = LsSort.last_used,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """List cached layers: diffID, compressed digests, size, the images using it, last use."""
+    from packcache.store.scan import list_layers
+
+    with reported():
+        layers = list_layers(ctx.obj.open_store(), image=image, sort=sort.value)
+    if fmt is Format.json:
+        typer.echo(
+            render.to_json(
+                [
+                    {
+                        "diff_id": layer.diff_id,
+                        "digests": layer.digests,
+                        "size": layer.size,
+                        "uncompressed_size": layer.uncompressed_size,
+                        "compression": layer.compression,
+                        "images": layer.images,
+                        "first_seen": render.iso(layer.first_seen),
+                        "last_used": render.iso(layer.last_used),
+                        "access_count": layer.access_count,
+                    }
+                    for layer in layers
+                ]
+            )
+        )
+        return
+    typer.echo(
+        render.table(
+            ["DIFF ID", "DIGESTS", "SIZE", "IMAGES", "LAST USED"],
+            [
+                [
+                    short_id(layer.diff_id),
+                    ",".join(short_id(d) for d in layer.digests) or "-",
+                    render.size(layer.size),
+                    ",".join(layer.images) or "-",
+                    render.ago(layer.last_used),
+                ]
+                for layer in layers
+            ],
+        )
+    )
+
+
+@app.command("du")
+def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """Disk usage: totals, and per image its size, shared size and unique size."""
+    from packcache.store.scan import disk_usage
+
+    with reported():
+        usage = disk_usage(ctx.obj.open_store())
+    if fmt is Format.json:
+        typer.echo(
+            render.to_json(
+                {
+                    "layers": usage.layers,
+                    "size": usage.size,
+                    "uncompressed_size": usage.uncompressed_size,
+                    "images": [
+                        {
+                            "config_digest": image.config_digest,
+                            "image_ids": image.image_ids,
+                            "refs": image.refs,
+                            "layers": image.layers,
+                            "cached_layers": image.cached_layers,
+                            "size": image.size,
+                            "shared_size": image.shared_size,
+                            "unique_size": image.unique_size,
+                        }
+                        for image in usage.images
+                    ],
+                }
+            )
+        )
+        return
+    typer.echo(
+        f"{usage.layers} layers, {render.size(usage.size)} on disk "
+        f"({render.size(usage.uncompressed_size)} uncompressed)"
+    )
+    if usage.images:
+        typer.echo("")
+        typer.echo(
+            render.table(
+                ["IMAGE", "IMAGE ID", "LAYERS", "SIZE", "SHARED SIZE", "UNIQUE SIZE"],
+                [
+                    [
+                        image.name,
+                        short_id(image.image_ids[0]),
+                        f"{image.cached_layers}/{image.layers}",
+                        render.size(image.size),
+                        render.size(image.shared_size),
+                        render.size(image.unique_size),
+                    ]
+                    for image in usage.images
+                ],
+            )
+        )
+
+
+def _print_evicted(removed, dry_run: bool, fmt: Format, extra: dict | None = None) -> None:
+    reclaimed = sum(layer.blob_size for layer in removed)
+    if fmt is Format.json:
+        typer.echo(
+            render.to_json(
+                {
+                    "dry_run": dry_run,
+                    "removed": [
+                        {
+                            "diff_id": layer.diff_id,
+                            "digest": layer.blob_digest,
+                            "size": layer.blob_size,
+                        }
+                        for layer in removed
+                    ],
+                    "reclaimed": reclaimed,
+                    **(extra or {}),
+                }
+            )
+        )
+        return
+    verb = "Would remove" if dry_run else "Removed"
+    for layer in removed:
+        typer.echo(f"{verb} {layer.diff_id}  {render.size(layer.blob_size)}")
+    typer.echo(
+        f"{'Would reclaim' if dry_run else 'Reclaimed'} {render.size(reclaimed)} "
+        f"({len(removed)} layers)"
+    )
+
+
+@app.command("prune", epilog=f"{SIZE_HELP}\n\n{DURATION_HELP}")
+def prune_command(
+    ctx: typer.Context,
+    max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-size",
+            metavar="SIZE",
+            help="Evict least recently used layers until the cache is at or under SIZE.",
+        ),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than", metavar="DURATION", help="Evict layers not used for DURATION."
+        ),
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Only this image's layers (alone: all of them).")
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Evict every layer.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would go; change nothing.")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Evict layers by size cap (LRU), age, image or all; layers in use are never removed."""
+    from packcache.store.prune import prune
+
+    with reported():
+        limit = parse_size(max_size) if max_size is not None else None
+        age = parse_duration(older_than) if older_than is not None else None
+        result = prune(
+            ctx.obj.open_store(),
+            max_size=limit,
+            older_than=age,
+            image=image,
+            everything=everything,
+            dry_run=dry_run,
+        )
+    _print_evicted(
+        result.removed,
+        dry_run,
+        fmt,
+        {
+            "size_before": result.size_before,
+            "size_after": result.size_after,
+            "in_use": result.in_use,
+        },
+    )
+    if result.in_use and fmt is Format.table:
+        typer.echo(f"Kept {len(result.in_use)} layers in use by a running operation")
+
+
+@app.command("rm")
+def rm_command(
+    ctx: typer.Context,
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Images (tag or ID) to forget.")
+    ] = None,
+    layers: Annotated[
+        list[str] | None, typer.Option("--layer", help="A layer (diffID or digest, short or full).")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Remove images (and the layers only they use) or single layers from the cache."""
+    from packcache.store.prune import remove_image, remove_layer
+
+    if not images and not layers:
+        typer.echo("packcache: error: name an image or --layer to remove", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    removed = []
+    with reported():
+        store = ctx.obj.open_store()
+        # Resolve every name first, so a typo in the last one changes nothing.
+        for ref in images or []:
+            store.resolve_image(ref)
+        for layer in layers or []:
+            store.resolve_layer(layer)
+        for ref in images or []:
+            removed += remove_image(store, ref)
+        for layer in layers or []:
+            found = remove_layer(store, layer)
+            if not found:
+                raise PackcacheError(f"layer {layer} is in use by a running operation; not removed")
+            removed += found
+    _print_evicted(removed, False, fmt)
+
+
+@app.command("verify")
+def verify_command(
+    ctx: typer.Context,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Evict bad layers and remove stray files.")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Re-hash every blob; report missing, corrupt, orphan and stale temp files."""
+    from packcache.store.verify import verify
+
+    with reported():
+        report = verify(ctx.obj.open_store(), repair=repair)
+    if fmt is Format.json:
+        typer.echo(
+            render.to_json(
+                {
+                    "checked": report.checked,
+                    "missing": report.missing,
+                    "corrupt": report.corrupt,
+                    "orphans": report.orphans,
+                    "stale_ingest": report.stale_ingest,
+                    "repaired": report.repaired,
+                    "ok": report.ok,
+                }
+            )
+        )
+    else:
+        typer.echo(f"Checked {report.checked} blobs")
+        for label, items in (
+            ("missing blob for layer", report.missing),
+            ("corrupt blob for layer", report.corrupt),
+            ("orphan file", report.orphans),
+            ("stale ingest file", report.stale_ingest),
+        ):
+            for item in items:
+                typer.echo(f"{label}: {item}")
+        if report.ok:
+            typer.echo("OK")
+        elif report.repaired:
+            typer.echo("Repaired")
+    if not report.ok and not report.repaired:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("info")
+def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """Cache directory, size, schema revision, counts and settings."""
+    from packcache.store.info import cache_info
+
+    with reported():
+        info = cache_info(ctx.obj.open_store())
+    if fmt is Format.json:
+        typer.echo(render.to_json(info))
+        return
+    for key, value in info.items():
+        shown = render.size(value) if key.endswith("size") and isinstance(value, int) else value
+        typer.echo(f"{key.replace('_', ' ')}: {'-' if shown is None else shown}")
+
+
+def main() -> None:
+    app(prog_name="packcache")

@@ -1,0 +1,210 @@
+"""Content digests: validation, and readers/writers that hash the bytes passing through them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from typing import BinaryIO
+
+import zstandard
+
+from packcache.errors import CorruptBlobError, UsageError
+
+SHA256_PREFIX = "sha256:"
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+CHUNK = 1 << 20  # 1 MiB: large enough that per-call overhead vanishes, small enough to stream.
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def is_digest(text: str) -> bool:
+    return bool(_DIGEST_RE.match(text))
+
+
+def check_digest(text: str) -> str:
+    if not is_digest(text):
+        raise UsageError(f"not a sha256 digest: {text!r} (expected sha256:<64 hex digits>)")
+    return text
+
+
+def digest_hex(digest: str) -> str:
+    return check_digest(digest)[len(SHA256_PREFIX) :]
+
+
+def short_id(digest: str) -> str:
+    """The 12 hex digits docker shows for an ID."""
+    return digest.removeprefix(SHA256_PREFIX)[:12]
+
+
+def sha256_digest(data: bytes) -> str:
+    return SHA256_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def sniff_compression(head: bytes) -> str:
+    """Name the compression of a layer blob from its first bytes: "gzip", "zstd" or "none"."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+class _HashSink:
+    """A write-only sink that hashes and counts what the zstd decompressor writes to it."""
+
+    def __init__(self) -> None:
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+class LayerDigester:
+    """Computes a layer blob's digest and its diffID (digest of the uncompressed tar) in one pass.
+
+    Bytes are pushed in as they stream by; a compressed blob is decompressed on the fly with
+    bounded output per step, so a small, highly compressible chunk never balloons in memory.
+    """
+
+    def __init__(self) -> None:
+        self._blob = hashlib.sha256()
+        self.size = 0
+        self.compression: str | None = None
+        self._head = b""
+        self._gzip: zlib._Decompress | None = None
+        self._zstd_writer: zstandard.ZstdDecompressionWriter | None = None
+        self._plain = _HashSink()
+
+    def update(self, chunk: bytes) -> None:
+        self._blob.update(chunk)
+        self.size += len(chunk)
+        if self.compression is None:
+            # Need 4 bytes to tell zstd from an uncompressed tar; reads may be shorter.
+            self._head += chunk
+            if len(self._head) < len(ZSTD_MAGIC):
+                return
+            chunk, self._head = self._head, b""
+            self._start(sniff_compression(chunk))
+        self._feed(chunk)
+
+    def _start(self, compression: str) -> None:
+        self.compression = compression
+        if compression == "gzip":
+            self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif compression == "zstd":
+            self._zstd_writer = zstandard.ZstdDecompressor().stream_writer(
+                self._plain, write_size=CHUNK, closefd=False
+            )
+
+    def _feed(self, chunk: bytes) -> None:
+        try:
+            self._feed_unchecked(chunk)
+        except (zlib.error, zstandard.ZstdError) as exc:
+            raise CorruptBlobError(f"layer blob does not decompress: {exc}") from exc
+
+    def _feed_unchecked(self, chunk: bytes) -> None:
+        if self.compression == "none":
+            self._plain.write(chunk)
+        elif self.compression == "zstd":
+            assert self._zstd_writer is not None
+            self._zstd_writer.write(chunk)
+        else:
+            self._feed_gzip(chunk)
+
+    def _feed_gzip(self, chunk: bytes) -> None:
+        data = chunk
+        while data:
+            assert self._gzip is not None
+            out = self._gzip.decompress(data, CHUNK)
+            self._plain.write(out)
+            data = self._gzip.unconsumed_tail
+            if not data and self._gzip.eof and self._gzip.unused_data:
+                # A multi-member gzip stream (pigz, concatenated writers): start the next member.
+                data = self._gzip.unused_data
+                self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def finish(self) -> tuple[str, str, int]:
+        """Return (blob digest, diffID, uncompressed size); raises if compression is cut short."""
+        if self.compression is None:
+            chunk, self._head = self._head, b""
+            self._start(sniff_compression(chunk))
+            self._feed(chunk)
+        if self.compression == "gzip":
+            assert self._gzip is not None
+            if self.size and not self._gzip.eof:
+                raise CorruptBlobError("gzip layer ends before its compressed stream does")
+            self._plain.write(self._gzip.flush())
+        elif self.compression == "zstd":
+            assert self._zstd_writer is not None
+            self._zstd_writer.flush()
+        blob_digest = SHA256_PREFIX + self._blob.hexdigest()
+        diff_id = SHA256_PREFIX + self._plain.hasher.hexdigest()
+        if self.compression == "none":
+            diff_id = blob_digest
+        return blob_digest, diff_id, self._plain.size
+
+
+class VerifyingReader:
+    """Wraps a readable stream; at its end, checks the bytes read hash to `digest` (and size).
+
+    The check runs when the stream reports EOF, so a consumer that streams a blob to the daemon
+    fails its transfer instead of silently delivering bytes that are not what they claim to be.
+    """
+
+    def __init__(
+        self, raw: BinaryIO, digest: str, size: int | None = None, on_mismatch=None
+    ) -> None:
+        self._raw = raw
+        self._digest = digest
+        self._size = size
+        self._hasher = hashlib.sha256()
+        self._read = 0
+        self._checked = False
+        self._on_mismatch = on_mismatch
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self._hasher.update(data)
+            self._read += len(data)
+            if self._size is not None and self._read > self._size:
+                self._fail(f"is longer than its recorded {self._size} bytes")
+        elif not self._checked and (n is None or n != 0):
+            self._check()
+        return data
+
+    def readinto(self, buffer) -> int:  # used by shutil.copyfileobj on some paths
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def _check(self) -> None:
+        self._checked = True
+        if self._size is not None and self._read != self._size:
+            self._fail(f"has {self._read} bytes, expected {self._size}")
+        actual = SHA256_PREFIX + self._hasher.hexdigest()
+        if actual != self._digest:
+            self._fail(f"hashes to {actual}")
+
+    def _fail(self, what: str) -> None:
+        self._checked = True
+        if self._on_mismatch is not None:
+            self._on_mismatch()
+        raise CorruptBlobError(f"blob {self._digest} {what}: it is corrupt and was not served")
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> VerifyingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

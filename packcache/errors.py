@@ -1,0 +1,34 @@
+"""Errors that the CLI turns into one clear message and an exit code.
+
+Exit codes (documented in the README): 0 ok, 1 the operation failed, 2 the command was used wrongly.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class PackcacheError(Exception):
+    """An operation failed; the message is shown to the user as it is."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(PackcacheError):
+    """Bad input on the command line (a size, a duration, an unknown option value)."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(PackcacheError):
+    """An image or layer the user named is not in the cache."""
+
+
+class CorruptBlobError(PackcacheError):
+    """A blob's bytes no longer hash to its name; it is never served as good."""
+
+
+class IndexError_(PackcacheError):
+    """The index database cannot be used (unreadable, foreign, or from a newer packcache)."""

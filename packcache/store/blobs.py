@@ -1,0 +1,148 @@
+"""The blob files: one read-only file per blob under blobs/sha256/<2 hex>/<64 hex>.
+
+Modelled on containerd's content store: bytes are written to a temp file in ingest/ while being
+hashed, fsynced, checked against the expected digest, made read-only and only then renamed into
+place. A crash leaves either nothing in blobs/ or a complete, verified blob.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from packcache.digest import CHUNK, LayerDigester, VerifyingReader, digest_hex
+from packcache.errors import CorruptBlobError
+
+INGEST_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """A layer blob hashed (and written and fsynced unless `path` is None), not yet in place."""
+
+    digest: str
+    size: int
+    diff_id: str
+    uncompressed_size: int
+    compression: str
+    path: Path | None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs" / "sha256"
+        self.ingest_dir = root / "ingest"
+
+    def create_dirs(self) -> None:
+        for directory in (self.blobs_dir, self.ingest_dir):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, digest: str) -> Path:
+        hex_ = digest_hex(digest)
+        return self.blobs_dir / hex_[:2] / hex_
+
+    def open(self, digest: str, size: int | None = None, on_mismatch=None) -> VerifyingReader:
+        """Open a blob for reading; the reader raises CorruptBlobError at EOF if it was altered."""
+        path = self.path(digest)
+        try:
+            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError as exc:
+            if on_mismatch is not None:
+                on_mismatch()
+            raise CorruptBlobError(f"blob {digest} is missing from {path.parent}") from exc
+        if size is not None and os.fstat(raw.fileno()).st_size != size:
+            raw.close()
+            if on_mismatch is not None:
+                on_mismatch()
+            raise CorruptBlobError(f"blob {digest} has the wrong size on disk: it is corrupt")
+        return VerifyingReader(raw, digest, size, on_mismatch)
+
+    def stage(
+        self,
+        source: BinaryIO,
+        *,
+        expected_digest: str | None = None,
+        expected_diff_id: str | None = None,
+        write: bool = True,
+    ) -> StagedBlob:
+        """Copy `source` to a temp file in ingest/ while computing its digest and diffID.
+
+        With write=False the bytes are only hashed (to learn or check digests of a layer the
+        cache already holds in another form). Raises CorruptBlobError when a digest differs.
+        """
+        digester = LayerDigester()
+        temp: Path | None = None
+        out = None
+        if write:
+            name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}{INGEST_SUFFIX}"
+            temp = self.ingest_dir / name
+            out = open(temp, "xb", buffering=0)  # noqa: SIM115 - closed below
+        try:
+            while chunk := source.read(CHUNK):
+                digester.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+            digest, diff_id, uncompressed_size = digester.finish()
+            if out is not None:
+                os.fsync(out.fileno())
+                out.close()
+                os.chmod(temp, 0o444)
+            for label, expected, actual in (
+                ("digest", expected_digest, digest),
+                ("diffID", expected_diff_id, diff_id),
+            ):
+                if expected is not None and expected != actual:
+                    raise CorruptBlobError(
+                        f"layer bytes do not match their {label}: expected {expected}, got {actual}"
+                    )
+        except BaseException:
+            if out is not None:
+                out.close()
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+            raise
+        return StagedBlob(
+            digest=digest,
+            size=digester.size,
+            diff_id=diff_id,
+            uncompressed_size=uncompressed_size,
+            compression=digester.compression or "none",
+            path=temp,
+        )
+
+    def commit(self, staged: StagedBlob) -> None:
+        """Atomically move a staged blob into place. Concurrent commits of one digest both win."""
+        assert staged.path is not None
+        final = self.path(staged.digest)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(staged.path, final)
+        _fsync_dir(final.parent)
+
+    def discard(self, staged: StagedBlob) -> None:
+        if staged.path is not None:
+            staged.path.unlink(missing_ok=True)
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def iter_blob_paths(self):
+        """Yield (digest, path) of every file under blobs/ (for verify's orphan scan)."""
+        if not self.blobs_dir.exists():
+            return
+        for shard in sorted(self.blobs_dir.iterdir()):
+            if shard.is_dir():
+                for path in sorted(shard.iterdir()):
+                    yield f"sha256:{path.name}", path

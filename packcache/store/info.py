@@ -1,0 +1,34 @@
+"""`info`: where the cache is, how big, which schema, what it counts."""
+
+from __future__ import annotations
+
+from packcache.store.prune import configured_max_size
+from packcache.store.store import Store
+
+
+def cache_info(store: Store) -> dict[str, object]:
+    with store.engine.connect() as conn:
+        revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        layers, size, uncompressed = conn.exec_driver_sql(
+            "SELECT COUNT(*), COALESCE(SUM(blob_size), 0), COALESCE(SUM(size), 0) FROM layers"
+        ).one()
+
+        def count(table: str) -> int:
+            return conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar_one()
+
+        counts = {
+            "images": count("images"),
+            "refs": count("image_refs"),
+            "digests": count("layer_digests"),
+            "leases": count("leases"),
+        }
+    return {
+        "cache_dir": str(store.root),
+        "index": str(store.root / "index.db"),
+        "schema_revision": revision,
+        "layers": layers,
+        "size": size,
+        "uncompressed_size": uncompressed,
+        **counts,
+        "max_size": configured_max_size(store),
+    }

@@ -1,0 +1,82 @@
+"""The Layer interface every layer source implements (after go-containerregistry's v1.Layer).
+
+A layer has two names: its diffID (sha256 of the uncompressed tar, what image configs list) and
+its digest (sha256 of the blob as stored or shipped, compressed or not).
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+import zstandard
+
+from packcache.digest import VerifyingReader
+
+if TYPE_CHECKING:
+    from packcache.store.store import Store
+
+MEDIA_TYPES = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+class Layer(Protocol):
+    @property
+    def digest(self) -> str: ...
+    @property
+    def diff_id(self) -> str: ...
+    @property
+    def size(self) -> int: ...  # bytes of the blob named by `digest`
+    @property
+    def media_type(self) -> str: ...
+    def compressed(self) -> BinaryIO: ...  # the blob named by `digest`
+    def uncompressed(self) -> BinaryIO: ...  # the tar named by `diff_id`
+
+
+@dataclass(frozen=True)
+class CachedLayer:
+    """A layer held in the cache. Every open counts as a use for LRU eviction."""
+
+    store: Store
+    diff_id: str
+    digest: str
+    size: int
+    uncompressed_size: int
+    compression: str
+    last_access: float
+    access_count: int
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.compression]
+
+    def _open_blob(self) -> VerifyingReader:
+        self.store.touch([self.diff_id])
+        return self.store.blobs.open(
+            self.digest, self.size, on_mismatch=lambda: self.store.evict_corrupt(self.diff_id)
+        )
+
+    def compressed(self) -> BinaryIO:
+        return self._open_blob()  # type: ignore[return-value]
+
+    def uncompressed(self) -> BinaryIO:
+        blob = self._open_blob()
+        if self.compression == "none":
+            return blob  # type: ignore[return-value]
+        if self.compression == "gzip":
+            plain: BinaryIO = gzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[arg-type]
+        else:
+            plain = zstandard.ZstdDecompressor().stream_reader(
+                blob, read_across_frames=True, closefd=True
+            )  # type: ignore[assignment]
+        # The blob digest is checked as it is read; the diffID check covers the decompression.
+        return VerifyingReader(
+            plain,
+            self.diff_id,
+            self.uncompressed_size,
+            on_mismatch=lambda: self.store.evict_corrupt(self.diff_id),
+        )  # type: ignore[return-value]

@@ -1,0 +1,173 @@
+"""Evicting layers: `prune` (LRU, age, size cap), `rm`, and the automatic size cap."""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection
+
+from packcache.errors import UsageError
+from packcache.store.store import EvictedLayer, Store
+from packcache.units import parse_size
+
+CONFIG_FILE = "config.toml"
+MAX_SIZE_ENV = "PACKCACHE_MAX_SIZE"
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    removed: list[EvictedLayer]
+    size_before: int
+    dry_run: bool
+    in_use: list[str] = field(default_factory=list)  # chosen but leased, so kept
+
+    @property
+    def reclaimed(self) -> int:
+        return sum(layer.blob_size for layer in self.removed)
+
+    @property
+    def size_after(self) -> int:
+        return self.size_before - self.reclaimed
+
+
+def _total_size(conn: Connection) -> int:
+    return conn.exec_driver_sql("SELECT COALESCE(SUM(blob_size), 0) FROM layers").scalar_one()
+
+
+def _choose(
+    conn: Connection,
+    leased: set[str],
+    *,
+    max_size: int | None,
+    older_than: float | None,
+    image_config: str | None,
+    everything: bool,
+) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """Pick layers to evict, least recently used first. Returns (chosen rows, leased skipped)."""
+    where, params = "", ()
+    if image_config is not None:
+        where = " WHERE diff_id IN (SELECT diff_id FROM image_layers WHERE config_digest = ?)"
+        params = (image_config,)
+    rows = conn.exec_driver_sql(
+        "SELECT diff_id, blob_digest, blob_size, last_access FROM layers"
+        + where
+        + " ORDER BY last_access, diff_id",
+        params,
+    ).all()
+    cutoff = time.time() - older_than if older_than is not None else None
+    over = _total_size(conn) - max_size if max_size is not None else 0
+    chosen: list[tuple[str, str, int]] = []
+    skipped: list[str] = []
+    for diff_id, blob_digest, blob_size, last_access in rows:
+        wanted = (
+            everything
+            or (cutoff is not None and last_access < cutoff)
+            or (max_size is not None and over > 0)
+        )
+        if not wanted:
+            continue
+        if diff_id in leased:
+            skipped.append(diff_id)
+            continue
+        chosen.append((diff_id, blob_digest, blob_size))
+        over -= blob_size
+    return chosen, skipped
+
+
+def prune(
+    store: Store,
+    *,
+    max_size: int | None = None,
+    older_than: float | None = None,
+    image: str | None = None,
+    everything: bool = False,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Evict layers: all of them, those unused for `older_than` seconds, and LRU ones until the
+    cache is at or under `max_size` bytes; limited to `image`'s layers when given."""
+    if max_size is None and older_than is None and not everything and image is None:
+        raise UsageError("say what to prune: --max-size, --older-than, --image or --all")
+    image_config = store.resolve_image(image) if image else None
+    # --image alone evicts that image's layers.
+    everything = everything or (image is not None and max_size is None and older_than is None)
+    options = dict(
+        max_size=max_size, older_than=older_than, image_config=image_config, everything=everything
+    )
+    if dry_run:
+        with store.engine.connect() as conn:
+            chosen, skipped = _choose(conn, store.leased(conn), **options)
+            size_before = _total_size(conn)
+        removed = [EvictedLayer(*row) for row in chosen]
+        return PruneResult(removed, size_before, dry_run=True, in_use=skipped)
+
+    state: dict[str, object] = {}
+
+    def choose(conn: Connection, leased: set[str]) -> list[str]:
+        chosen, skipped = _choose(conn, leased, **options)
+        state["size_before"] = _total_size(conn)
+        state["skipped"] = skipped
+        return [row[0] for row in chosen]
+
+    removed = store.evict_selected(choose)
+    return PruneResult(
+        removed, int(state["size_before"]), dry_run=False, in_use=list(state["skipped"])
+    )
+
+
+def remove_image(store: Store, ref: str) -> list[EvictedLayer]:
+    """`rm IMAGE`: forget the image and evict the layers no other cached image uses."""
+    config_digest = store.resolve_image(ref)
+
+    def choose(conn: Connection, _leased: set[str]) -> list[str]:
+        return [
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT DISTINCT diff_id FROM image_layers WHERE config_digest = ?"
+                " AND diff_id NOT IN (SELECT diff_id FROM image_layers WHERE config_digest != ?)",
+                (config_digest, config_digest),
+            )
+        ]
+
+    removed = store.evict_selected(choose)
+    store.forget_image(config_digest)
+    return removed
+
+
+def remove_layer(store: Store, layer_id: str) -> list[EvictedLayer]:
+    """`rm --layer ID`: evict one layer (unless an operation holds it)."""
+    return store.evict([store.resolve_layer(layer_id)])
+
+
+def configured_max_size(store: Store) -> int | None:
+    """The automatic size cap: $PACKCACHE_MAX_SIZE, else `max-size` in <cache>/config.toml."""
+    text = os.environ.get(MAX_SIZE_ENV)
+    source = MAX_SIZE_ENV
+    if text is None:
+        path = store.root / CONFIG_FILE
+        if not path.exists():
+            return None
+        try:
+            config = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read {path}: {exc}") from exc
+        unknown = set(config) - {"max-size"}
+        if unknown:
+            raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+        if "max-size" not in config:
+            return None
+        text, source = str(config["max-size"]), str(path)
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from exc
+
+
+def enforce_size_cap(store: Store) -> PruneResult | None:
+    """Prune to the configured cap, if any; called after every command that adds data."""
+    cap = configured_max_size(store)
+    if cap is None:
+        return None
+    return prune(store, max_size=cap)
