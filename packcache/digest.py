@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import zlib
@@ -168,7 +169,11 @@ class VerifyingReader:
         self._on_mismatch = on_mismatch
 
     def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
+        try:
+            data = self._raw.read(n)
+        except (gzip.BadGzipFile, zlib.error, EOFError, zstandard.ZstdError) as exc:
+            # A decompressing `raw` fails before EOF when the compressed bytes were altered.
+            self._fail(f"does not decompress ({exc})")
         if data:
             self._hasher.update(data)
             self._read += len(data)

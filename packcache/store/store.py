@@ -295,6 +295,8 @@ class Store:
                             schema.layers.c.blob_size,
                         ).where(schema.layers.c.diff_id.in_(ids[start : start + 500]))
                     ).all()
+                order = {diff_id: i for i, diff_id in enumerate(ids)}
+                rows.sort(key=lambda r: order[r.diff_id])  # report in the order chosen (LRU)
                 removed = [EvictedLayer(r.diff_id, r.blob_digest, r.blob_size) for r in rows]
                 self.delete_layer_rows(conn, [r.diff_id for r in removed])
             for layer in removed:  # after commit: a crash now leaves orphans, never dangling rows

@@ -1,0 +1,51 @@
+import pytest
+
+from packcache.errors import UsageError
+from packcache.units import parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20G", 20 * 10**9),
+        ("20GB", 20 * 10**9),
+        ("20gb", 20 * 10**9),
+        ("20GiB", 20 * 2**30),
+        ("500M", 500 * 10**6),
+        ("1.5T", 1_500_000_000_000),
+        ("1.5TiB", int(1.5 * 2**40)),
+        ("1048576", 1048576),
+        ("0", 0),
+        ("10 KiB", 10240),
+        ("3b", 3),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "20X", "1.2.3G", "twenty", "20 G B"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(UsageError, match="invalid size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90m", 5400),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("2w", 1209600),
+        ("1d12h", 129600),
+        ("30s", 30),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "7y", "-1d", "7d x", "1.d"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(UsageError, match="invalid duration"):
+        parse_duration(text)
