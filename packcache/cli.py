@@ -18,8 +18,8 @@ from typing import Annotated
 import typer
 
 from packcache import render
-from packcache.digest import short_id
 from packcache.errors import EXIT_FAILED, EXIT_USAGE, PackcacheError
+from packcache.refs import short_id
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 log = logging.getLogger("packcache")
@@ -60,9 +60,15 @@ class Context:
     verbose: int
 
     def open_store(self):
-        from packcache.store import Store  # imported late: `--help` stays instant
+        from packcache.store.store import Store  # imported late: `--help` stays instant
 
         return Store.open(self.cache_dir)
+
+    def open_index(self):
+        """The index alone, for read-only commands: no SQLAlchemy import (see database.py)."""
+        from packcache.store.database import open_cache
+
+        return open_cache(self.cache_dir)
 
 
 @contextmanager
@@ -115,7 +121,7 @@ def ls_command(
     from packcache.store.scan import list_layers
 
     with reported():
-        layers = list_layers(ctx.obj.open_store(), image=image, sort=sort.value)
+        layers = list_layers(ctx.obj.open_index(), image=image, sort=sort.value)
     if fmt is Format.json:
         typer.echo(
             render.to_json(
@@ -159,7 +165,7 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     from packcache.store.scan import disk_usage
 
     with reported():
-        usage = disk_usage(ctx.obj.open_store())
+        usage = disk_usage(ctx.obj.open_index())
     if fmt is Format.json:
         typer.echo(
             render.to_json(

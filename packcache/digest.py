@@ -34,11 +34,6 @@ def digest_hex(digest: str) -> str:
     return check_digest(digest)[len(SHA256_PREFIX) :]
 
 
-def short_id(digest: str) -> str:
-    """The 12 hex digits docker shows for an ID."""
-    return digest.removeprefix(SHA256_PREFIX)[:12]
-
-
 def sha256_digest(data: bytes) -> str:
     return SHA256_PREFIX + hashlib.sha256(data).hexdigest()
 

@@ -16,6 +16,11 @@ def looks_like_id(text: str) -> bool:
     return bool(_HEX_RE.match(text))
 
 
+def short_id(digest: str) -> str:
+    """The 12 hex digits docker shows for an ID."""
+    return digest.removeprefix("sha256:")[:12]
+
+
 def normalize(ref: str) -> str:
     """docker.io/library/foo:latest for foo; registry/name:tag otherwise; digests kept."""
     if not ref or not _REF_RE.match(ref) or ref.endswith((":", "/", "@")):

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from packcache.cli import app
-from packcache.store import ImageRecord, Store
+from packcache.store.store import ImageRecord, Store
 from tests.layers import compress, random_tar, sha256
 
 

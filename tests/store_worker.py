@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from packcache.store import Store
 from packcache.store.prune import prune
+from packcache.store.store import Store
 from tests.layers import compress, random_tar, sha256
 
 COMPRESSIONS = ("gzip", "none", "zstd")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from packcache.store import Store
+from packcache.store.store import Store
 from tests.conftest import add_image
 from tests.layers import random_tar
 
@@ -81,7 +81,7 @@ def test_du_reports_shared_and_unique_sizes(cli, cache_dir, two_images) -> None:
 def test_prune_max_size_evicts_least_recently_used(cli, store: Store, two_images) -> None:
     (_, base_ids), (_, app_ids) = two_images
     now = time.time()
-    with store.engine.begin() as conn:  # make the order explicit: app layers oldest
+    with store.db.write() as conn:  # make the order explicit: app layers oldest
         for age, diff_id in enumerate(reversed(app_ids)):
             conn.exec_driver_sql(
                 "UPDATE layers SET last_access = ? WHERE diff_id = ?", (now - 100 * age, diff_id)
@@ -107,7 +107,7 @@ def test_prune_max_size_evicts_least_recently_used(cli, store: Store, two_images
 
 def test_prune_older_than(cli, store: Store, two_images) -> None:
     (_, base_ids), _ = two_images
-    with store.engine.begin() as conn:
+    with store.db.write() as conn:
         conn.exec_driver_sql(
             "UPDATE layers SET last_access = ? WHERE diff_id = ?",
             (time.time() - 8 * 86400, base_ids[1]),
@@ -233,7 +233,7 @@ def test_foreign_or_unreadable_index_is_refused(cli, tmp_path) -> None:
 
 def test_index_from_a_newer_packcache_is_refused(cli, cache_dir, two_images) -> None:
     store = Store.open(cache_dir)
-    with store.engine.begin() as conn:
+    with store.db.write() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
     before = snapshot(cache_dir)
     result = cli("ls")

@@ -7,20 +7,20 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from packcache.store import Store
-from packcache.store.database import _migrations_dir
-from packcache.store.schema import HEAD_REVISION, metadata
+from packcache.store.database import HEAD_REVISION, migrations_dir
+from packcache.store.schema import metadata
+from packcache.store.store import Store
 
 
 def test_head_revision_constant_matches_the_migrations() -> None:
     config = Config()
-    config.set_main_option("script_location", str(_migrations_dir()))
+    config.set_main_option("script_location", str(migrations_dir()))
     assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
 
 
 def test_migrated_schema_matches_the_code(cache_dir) -> None:
     store = Store.open(cache_dir)
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
 
@@ -31,9 +31,9 @@ def test_opening_a_new_cache_creates_it_private(cache_dir) -> None:
     assert (cache_dir / "blobs" / "sha256").is_dir()
     assert (cache_dir / "ingest").is_dir()
     store = Store.open(cache_dir)  # a second open finds it current
-    with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
-            HEAD_REVISION
+    with store.db.read() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            HEAD_REVISION,
         )

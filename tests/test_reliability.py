@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from packcache.store import Store
+from packcache.store.store import Store
 from packcache.store.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +48,8 @@ def test_kill_9_during_ingest_never_leaves_a_bad_blob_or_dangling_row(cache_dir:
     # verify --repair cleans them, and every indexed layer reads back whole.
     verify(store, repair=True)
     assert verify(store).ok
-    with store.engine.connect() as conn:
-        diff_ids = [r[0] for r in conn.exec_driver_sql("SELECT diff_id FROM layers")]
+    with store.db.read() as conn:
+        diff_ids = [r[0] for r in conn.execute("SELECT diff_id FROM layers")]
     for diff_id in diff_ids:
         with store.layer(diff_id).uncompressed() as reader:
             while reader.read(1 << 20):

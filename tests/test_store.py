@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import socket
 import stat
 import threading
 
 import pytest
 
 from packcache.errors import CorruptBlobError, NotFoundError
-from packcache.store import ImageRecord, Store
 from packcache.store.prune import prune
+from packcache.store.store import ImageRecord, Store
 from tests.conftest import add_image
 from tests.layers import compress, random_tar, sha256
 
@@ -162,11 +164,11 @@ def test_leased_layers_survive_prune(store: Store) -> None:
 
 def test_lease_of_a_dead_process_expires(store: Store) -> None:
     diff_id = store.ingest_layer(io.BytesIO(random_tar(10_000))).diff_id
-    with store.engine.begin() as conn:
+    with store.db.write() as conn:
         conn.exec_driver_sql(
             "INSERT INTO leases (id, host, pid, purpose, created, expires)"
             " VALUES (99, ?, 999999999, 'killed', 0, 9e18)",
-            (__import__("socket").gethostname(),),
+            (socket.gethostname(),),
         )
         conn.exec_driver_sql("INSERT INTO lease_layers VALUES (99, ?)", (diff_id,))
     assert [layer.diff_id for layer in prune(store, everything=True).removed] == [diff_id]
@@ -180,7 +182,7 @@ def test_record_and_resolve_images(store: Store) -> None:
     assert store.resolve_image("docker.io/me/app:v1") == config_digest
     assert store.resolve_image(config_digest) == config_digest
     assert store.resolve_image(config_digest[7:19]) == config_digest
-    assert store.image_diff_ids(config_digest) == diff_ids
+    assert json.loads(store.image_config(config_digest))["rootfs"]["diff_ids"] == diff_ids
     with pytest.raises(NotFoundError):
         store.resolve_image("me/app:v2")
     # A tag moves to the newest image in that engine.

@@ -19,13 +19,14 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "layers",
-        sa.Column("diff_id", sa.Text(), primary_key=True),
-        sa.Column("size", sa.Integer(), nullable=False),
-        sa.Column("blob_digest", sa.Text(), nullable=False, unique=True),
-        sa.Column("blob_size", sa.Integer(), nullable=False),
-        sa.Column("compression", sa.Text(), nullable=False),
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("diff_id", sa.Text(), nullable=False, unique=True),
+        sa.Column("size", sa.Integer()),
+        sa.Column("blob_digest", sa.Text(), unique=True),
+        sa.Column("blob_size", sa.Integer()),
+        sa.Column("compression", sa.Text()),
         sa.Column("first_seen", sa.Float(), nullable=False),
-        sa.Column("last_access", sa.Float(), nullable=False),
+        sa.Column("last_access", sa.Float()),
         sa.Column("access_count", sa.Integer(), nullable=False, server_default="0"),
     )
     op.create_index("ix_layers_last_access", "layers", ["last_access"])
@@ -34,19 +35,20 @@ def upgrade() -> None:
         "layer_digests",
         sa.Column("digest", sa.Text(), primary_key=True),
         sa.Column(
-            "diff_id",
-            sa.Text(),
-            sa.ForeignKey("layers.diff_id", ondelete="CASCADE"),
+            "layer_key",
+            sa.Integer(),
+            sa.ForeignKey("layers.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("media_type", sa.Text()),
         sa.Column("size", sa.Integer(), nullable=False),
     )
-    op.create_index("ix_layer_digests_diff_id", "layer_digests", ["diff_id"])
+    op.create_index("ix_layer_digests_layer_key", "layer_digests", ["layer_key"])
 
     op.create_table(
         "images",
-        sa.Column("config_digest", sa.Text(), primary_key=True),
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("config_digest", sa.Text(), nullable=False, unique=True),
         sa.Column("config", sa.Text(), nullable=False),
         sa.Column("os", sa.Text()),
         sa.Column("architecture", sa.Text()),
@@ -59,22 +61,25 @@ def upgrade() -> None:
     op.create_table(
         "image_layers",
         sa.Column(
-            "config_digest",
-            sa.Text(),
-            sa.ForeignKey("images.config_digest", ondelete="CASCADE"),
+            "image_key",
+            sa.Integer(),
+            sa.ForeignKey("images.id", ondelete="CASCADE"),
             primary_key=True,
         ),
         sa.Column("position", sa.Integer(), primary_key=True),
-        sa.Column("diff_id", sa.Text(), nullable=False),
+        sa.Column("layer_key", sa.Integer(), sa.ForeignKey("layers.id"), nullable=False),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_image_layers_diff_id", "image_layers", ["diff_id"])
+    op.create_index(
+        "ix_image_layers_layer_key", "image_layers", ["layer_key", "image_key"], unique=True
+    )
 
     op.create_table(
         "image_sources",
         sa.Column(
-            "config_digest",
-            sa.Text(),
-            sa.ForeignKey("images.config_digest", ondelete="CASCADE"),
+            "image_key",
+            sa.Integer(),
+            sa.ForeignKey("images.id", ondelete="CASCADE"),
             primary_key=True,
         ),
         sa.Column("engine", sa.Text(), primary_key=True),
@@ -89,18 +94,18 @@ def upgrade() -> None:
         sa.Column("engine", sa.Text(), primary_key=True),
         sa.Column("ref", sa.Text(), primary_key=True),
         sa.Column(
-            "config_digest",
-            sa.Text(),
-            sa.ForeignKey("images.config_digest", ondelete="CASCADE"),
+            "image_key",
+            sa.Integer(),
+            sa.ForeignKey("images.id", ondelete="CASCADE"),
             nullable=False,
         ),
     )
     op.create_index("ix_image_refs_ref", "image_refs", ["ref"])
-    op.create_index("ix_image_refs_config_digest", "image_refs", ["config_digest"])
+    op.create_index("ix_image_refs_image_key", "image_refs", ["image_key"])
 
     op.create_table(
         "leases",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("host", sa.Text(), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
         sa.Column("purpose", sa.Text(), nullable=False),

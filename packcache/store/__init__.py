@@ -1,6 +1,5 @@
-"""Blobs on disk plus their SQLite index."""
+"""Blobs on disk plus their SQLite index.
 
-from packcache.store.layer import CachedLayer, Layer
-from packcache.store.store import ImageRecord, IngestResult, Lease, Store
-
-__all__ = ["CachedLayer", "ImageRecord", "IngestResult", "Layer", "Lease", "Store"]
+Import from the submodules (store.store, store.scan, ...): this package stays empty so that
+`ls` and `du` can import their queries without paying for SQLAlchemy (see database.py).
+"""

@@ -7,14 +7,15 @@ from packcache.store.store import Store
 
 
 def cache_info(store: Store) -> dict[str, object]:
-    with store.engine.connect() as conn:
-        revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        layers, size, uncompressed = conn.exec_driver_sql(
+    with store.db.read() as conn:
+        revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        layers, size, uncompressed = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(blob_size), 0), COALESCE(SUM(size), 0) FROM layers"
-        ).one()
+            " WHERE blob_digest IS NOT NULL"
+        ).fetchone()
 
         def count(table: str) -> int:
-            return conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar_one()
+            return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
         counts = {
             "images": count("images"),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 import tomllib
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
-
 from packcache.errors import UsageError
+from packcache.store import queries
 from packcache.store.store import EvictedLayer, Store
 from packcache.units import parse_size
 
@@ -33,32 +33,27 @@ class PruneResult:
         return self.size_before - self.reclaimed
 
 
-def _total_size(conn: Connection) -> int:
-    return conn.exec_driver_sql("SELECT COALESCE(SUM(blob_size), 0) FROM layers").scalar_one()
-
-
 def _choose(
-    conn: Connection,
+    conn: sqlite3.Connection,
     leased: set[str],
     *,
     max_size: int | None,
     older_than: float | None,
-    image_config: str | None,
+    image_key: int | None,
     everything: bool,
 ) -> tuple[list[tuple[str, str, int]], list[str]]:
     """Pick layers to evict, least recently used first. Returns (chosen rows, leased skipped)."""
-    where, params = "", ()
-    if image_config is not None:
-        where = " WHERE diff_id IN (SELECT diff_id FROM image_layers WHERE config_digest = ?)"
-        params = (image_config,)
-    rows = conn.exec_driver_sql(
+    scope, params = "", ()
+    if image_key is not None:
+        scope = " AND id IN (SELECT layer_key FROM image_layers WHERE image_key = ?)"
+        params = (image_key,)
+    rows = conn.execute(
         "SELECT diff_id, blob_digest, blob_size, last_access FROM layers"
-        + where
-        + " ORDER BY last_access, diff_id",
+        " WHERE blob_digest IS NOT NULL" + scope + " ORDER BY last_access, id",
         params,
-    ).all()
+    ).fetchall()
     cutoff = time.time() - older_than if older_than is not None else None
-    over = _total_size(conn) - max_size if max_size is not None else 0
+    over = queries.total_size(conn) - max_size if max_size is not None else 0
     chosen: list[tuple[str, str, int]] = []
     skipped: list[str] = []
     for diff_id, blob_digest, blob_size, last_access in rows:
@@ -90,24 +85,25 @@ def prune(
     cache is at or under `max_size` bytes; limited to `image`'s layers when given."""
     if max_size is None and older_than is None and not everything and image is None:
         raise UsageError("say what to prune: --max-size, --older-than, --image or --all")
-    image_config = store.resolve_image(image) if image else None
+    with store.db.read() as conn:
+        image_key = queries.resolve_image(conn, image)[0] if image else None
     # --image alone evicts that image's layers.
     everything = everything or (image is not None and max_size is None and older_than is None)
     options = dict(
-        max_size=max_size, older_than=older_than, image_config=image_config, everything=everything
+        max_size=max_size, older_than=older_than, image_key=image_key, everything=everything
     )
     if dry_run:
-        with store.engine.connect() as conn:
-            chosen, skipped = _choose(conn, store.leased(conn), **options)
-            size_before = _total_size(conn)
+        with store.db.read() as conn:
+            chosen, skipped = _choose(conn, queries.leased_diff_ids(conn), **options)
+            size_before = queries.total_size(conn)
         removed = [EvictedLayer(*row) for row in chosen]
         return PruneResult(removed, size_before, dry_run=True, in_use=skipped)
 
     state: dict[str, object] = {}
 
-    def choose(conn: Connection, leased: set[str]) -> list[str]:
+    def choose(conn: sqlite3.Connection, leased: set[str]) -> list[str]:
         chosen, skipped = _choose(conn, leased, **options)
-        state["size_before"] = _total_size(conn)
+        state["size_before"] = queries.total_size(conn)
         state["skipped"] = skipped
         return [row[0] for row in chosen]
 
@@ -119,15 +115,18 @@ def prune(
 
 def remove_image(store: Store, ref: str) -> list[EvictedLayer]:
     """`rm IMAGE`: forget the image and evict the layers no other cached image uses."""
-    config_digest = store.resolve_image(ref)
+    with store.db.read() as conn:
+        image_key, config_digest = queries.resolve_image(conn, ref)
 
-    def choose(conn: Connection, _leased: set[str]) -> list[str]:
+    def choose(conn: sqlite3.Connection, _leased: set[str]) -> list[str]:
         return [
             row[0]
-            for row in conn.exec_driver_sql(
-                "SELECT DISTINCT diff_id FROM image_layers WHERE config_digest = ?"
-                " AND diff_id NOT IN (SELECT diff_id FROM image_layers WHERE config_digest != ?)",
-                (config_digest, config_digest),
+            for row in conn.execute(
+                "SELECT DISTINCT l.diff_id FROM image_layers il"
+                " JOIN layers l ON l.id = il.layer_key"
+                " WHERE il.image_key = ? AND il.layer_key NOT IN"
+                " (SELECT layer_key FROM image_layers WHERE image_key != ?)",
+                (image_key, image_key),
             )
         ]
 

@@ -1,18 +1,18 @@
 """What the cache holds, as plain data (after huggingface_hub's cache scan): `ls` and `du`.
 
-Rendering is the CLI's business; rebase and create-builder use the same queries.
+Rendering is the CLI's business; rebase and create-builder use the same queries. Plain SQL on
+the sqlite3 driver: see database.py for why these paths avoid SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
-
-from packcache.digest import short_id
-from packcache.refs import familiar
-from packcache.store.store import Store
+from packcache.refs import familiar, short_id
+from packcache.store import queries
+from packcache.store.database import Database
 
 SORT_KEYS = ("size", "last-used", "created")
 
@@ -35,7 +35,7 @@ class ImageUsage:
     config_digest: str
     image_ids: list[str]
     refs: list[str]
-    layers: int  # layers in the image
+    layers: int  # distinct layers in the image
     cached_layers: int
     size: int  # bytes on disk of its cached layers
     shared_size: int  # of those, bytes in layers other cached images use too
@@ -54,69 +54,83 @@ class DiskUsage:
     images: list[ImageUsage] = field(default_factory=list)
 
 
-def _image_names(conn: Connection) -> dict[str, str]:
-    """config digest -> the name to show: its first ref, else its short image ID."""
-    names: dict[str, str] = {}
-    for config_digest, ref in conn.exec_driver_sql(
-        "SELECT config_digest, MIN(ref) FROM image_refs GROUP BY config_digest"
+def _image_names(conn: sqlite3.Connection) -> dict[int, str]:
+    """image key -> the name to show: its first ref, else its short image ID."""
+    names = {
+        key: familiar(ref)
+        for key, ref in conn.execute("SELECT image_key, MIN(ref) FROM image_refs GROUP BY 1")
+    }
+    for key, image_id in conn.execute(
+        "SELECT image_key, MIN(image_id) FROM image_sources GROUP BY 1"
     ):
-        names[config_digest] = familiar(ref)
-    for config_digest, image_id in conn.exec_driver_sql(
-        "SELECT config_digest, MIN(image_id) FROM image_sources GROUP BY config_digest"
-    ):
-        names.setdefault(config_digest, short_id(image_id))
+        names.setdefault(key, short_id(image_id))
     return names
 
 
-def list_layers(store: Store, image: str | None = None, sort: str = "last-used") -> list[LayerInfo]:
+def list_layers(db: Database, image: str | None = None, sort: str = "last-used") -> list[LayerInfo]:
     """One entry per cached layer (of `image` only, in image order, when given)."""
-    config_digest = store.resolve_image(image) if image else None
-    with store.engine.connect() as conn:
-        names = _image_names(conn)
-        if config_digest is None:
-            where, params = "", ()
+    with db.read() as conn:
+        if image is None:
+            scope, params = "", ()
         else:
-            where = " WHERE l.diff_id IN (SELECT diff_id FROM image_layers WHERE config_digest = ?)"
-            params = (config_digest,)
-        rows = conn.exec_driver_sql(
-            "SELECT l.diff_id, l.size, l.blob_size, l.compression, l.first_seen,"
-            " l.last_access, l.access_count FROM layers l" + where,
+            image_key, _ = queries.resolve_image(conn, image)
+            scope = " AND l.id IN (SELECT layer_key FROM image_layers WHERE image_key = ?)"
+            params = (image_key,)
+        rows = conn.execute(
+            "SELECT l.id, l.diff_id, l.blob_size, l.size, l.compression, l.first_seen,"
+            " l.last_access, l.access_count FROM layers l WHERE l.blob_digest IS NOT NULL" + scope,
             params,
-        ).all()
-        digests: dict[str, list[str]] = defaultdict(list)
-        for diff_id, digest in conn.exec_driver_sql(
-            "SELECT d.diff_id, d.digest FROM layer_digests d"
-            + where.replace("l.diff_id", "d.diff_id")
-            + (" AND" if where else " WHERE")
-            + " d.digest != d.diff_id ORDER BY d.digest",
+        ).fetchall()
+        digests: dict[int, list[str]] = defaultdict(list)
+        for key, digest in conn.execute(
+            "SELECT d.layer_key, d.digest FROM layer_digests d JOIN layers l ON l.id = d.layer_key"
+            " WHERE d.digest != l.diff_id AND l.blob_digest IS NOT NULL" + scope + " ORDER BY 2",
             params,
         ):
-            digests[diff_id].append(digest)
-        users: dict[str, list[str]] = defaultdict(list)
-        for diff_id, user in conn.exec_driver_sql(
-            "SELECT DISTINCT diff_id, config_digest FROM image_layers"
-        ):
-            users[diff_id].append(names.get(user, short_id(user)))
-        order: dict[str, int] = {}
-        if config_digest is not None:
-            for position, diff_id in enumerate(store.image_diff_ids(config_digest)):
-                order.setdefault(diff_id, position)
+            digests[key].append(digest)
+        names = _image_names(conn)
+        users: dict[int, list[str]] = defaultdict(list)
+        user_rows = conn.execute(
+            "SELECT DISTINCT layer_key, image_key FROM image_layers"
+            + (
+                ""
+                if image is None
+                else " WHERE layer_key IN (SELECT layer_key FROM image_layers WHERE image_key = ?)"
+            ),
+            params,
+        )
+        for layer_key, image_key in user_rows:
+            users[layer_key].append(names.get(image_key, "?"))
+        order = (
+            {}
+            if image is None
+            else {
+                key: position
+                for position, key in conn.execute(
+                    "SELECT position, layer_key FROM image_layers WHERE image_key = ?"
+                    " ORDER BY position DESC",
+                    params,
+                )
+            }
+        )
+    if image is not None:
+        rows.sort(key=lambda row: order[row[0]])
     layers = [
         LayerInfo(
-            diff_id=r[0],
-            digests=digests.get(r[0], []),
-            size=r[2],
-            uncompressed_size=r[1],
-            compression=r[3],
-            images=sorted(users.get(r[0], [])),
-            first_seen=r[4],
-            last_used=r[5],
-            access_count=r[6],
+            diff_id=diff_id,
+            digests=digests.get(key, []),
+            size=blob_size,
+            uncompressed_size=size,
+            compression=compression,
+            images=sorted(users.get(key, [])),
+            first_seen=first_seen,
+            last_used=last_access,
+            access_count=count,
         )
-        for r in rows
+        for key, diff_id, blob_size, size, compression, first_seen, last_access, count in rows
     ]
-    if config_digest is not None:
-        layers.sort(key=lambda layer: order[layer.diff_id])
+    if image is not None:
+        pass  # already in image order
     elif sort == "size":
         layers.sort(key=lambda layer: layer.size, reverse=True)
     elif sort == "created":
@@ -126,50 +140,52 @@ def list_layers(store: Store, image: str | None = None, sort: str = "last-used")
     return layers
 
 
-def disk_usage(store: Store) -> DiskUsage:
+def disk_usage(db: Database) -> DiskUsage:
     """Totals, and per image its size, shared size and unique size (like `docker system df -v`)."""
-    with store.engine.connect() as conn:
-        count, size, uncompressed = conn.exec_driver_sql(
-            "SELECT COUNT(*), COALESCE(SUM(blob_size), 0), COALESCE(SUM(size), 0) FROM layers"
-        ).one()
-        per_image = conn.exec_driver_sql(
-            "WITH uses AS (SELECT DISTINCT config_digest, diff_id FROM image_layers),"
-            " users AS (SELECT diff_id, COUNT(*) AS n FROM uses GROUP BY diff_id)"
-            " SELECT u.config_digest, COUNT(l.diff_id), COALESCE(SUM(l.blob_size), 0),"
-            " COALESCE(SUM(CASE WHEN n.n > 1 THEN l.blob_size ELSE 0 END), 0)"
-            " FROM uses u LEFT JOIN layers l ON l.diff_id = u.diff_id"
-            " JOIN users n ON n.diff_id = u.diff_id GROUP BY u.config_digest"
-        ).all()
-        total_layers = dict(
-            conn.exec_driver_sql(
-                "SELECT config_digest, COUNT(*) FROM image_layers GROUP BY config_digest"
-            ).all()
+    with db.read() as conn:
+        count, size, uncompressed = conn.execute(
+            "SELECT COUNT(blob_digest), COALESCE(SUM(blob_size), 0), COALESCE(SUM(size), 0)"
+            " FROM layers WHERE blob_digest IS NOT NULL"
+        ).fetchone()
+        conn.execute("BEGIN")  # one snapshot for the temp table and the query that uses it
+        # Layers two or more images use: small, and answered from the (layer, image) index.
+        conn.execute("CREATE TEMP TABLE shared (layer_key INTEGER PRIMARY KEY)")
+        conn.execute(
+            "INSERT INTO shared SELECT layer_key FROM image_layers GROUP BY layer_key"
+            " HAVING COUNT(*) > 1"
         )
-        refs: dict[str, list[str]] = defaultdict(list)
-        for config_digest, ref in conn.exec_driver_sql(
-            "SELECT DISTINCT config_digest, ref FROM image_refs ORDER BY ref"
+        # Per image (image_layers holds each layer once per image).
+        per_image = conn.execute(
+            "SELECT u.image_key, COUNT(*), COUNT(l.blob_size), COALESCE(SUM(l.blob_size), 0),"
+            " COALESCE(SUM(CASE WHEN s.layer_key IS NOT NULL THEN l.blob_size END), 0)"
+            " FROM image_layers u JOIN layers l ON l.id = u.layer_key"
+            " LEFT JOIN shared s ON s.layer_key = u.layer_key GROUP BY u.image_key"
+        ).fetchall()
+        conn.execute("ROLLBACK")
+        refs: dict[int, list[str]] = defaultdict(list)
+        for key, ref in conn.execute("SELECT image_key, ref FROM image_refs ORDER BY ref"):
+            refs[key].append(familiar(ref))
+        ids: dict[int, list[str]] = defaultdict(list)
+        for key, image_id in conn.execute(
+            "SELECT image_key, image_id FROM image_sources ORDER BY image_id"
         ):
-            refs[config_digest].append(familiar(ref))
-        ids: dict[str, list[str]] = defaultdict(list)
-        for config_digest, image_id in conn.exec_driver_sql(
-            "SELECT DISTINCT config_digest, image_id FROM image_sources ORDER BY image_id"
-        ):
-            ids[config_digest].append(image_id)
-        all_images = [row[0] for row in conn.exec_driver_sql("SELECT config_digest FROM images")]
+            ids[key].append(image_id)
+        digests = conn.execute("SELECT id, config_digest FROM images").fetchall()
     usage = {row[0]: row[1:] for row in per_image}
+    nothing = (0, 0, 0, 0)
     images = []
-    for config_digest in all_images:
-        cached, image_size, shared = usage.get(config_digest, (0, 0, 0))
+    for key, config_digest in digests:
+        layers, cached, image_size, shared = usage.get(key, nothing)
         images.append(
             ImageUsage(
-                config_digest=config_digest,
-                image_ids=ids.get(config_digest) or [config_digest],
-                refs=refs.get(config_digest, []),
-                layers=total_layers.get(config_digest, 0),
-                cached_layers=cached,
-                size=image_size,
-                shared_size=shared,
-                unique_size=image_size - shared,
+                config_digest,
+                sorted(set(ids[key])) if key in ids else [config_digest],
+                list(dict.fromkeys(refs[key])) if key in refs else [],
+                layers,
+                cached,
+                image_size,
+                shared,
+                image_size - shared,
             )
         )
     images.sort(key=lambda image: (-image.size, image.name))

@@ -1,58 +1,52 @@
 """The index's tables. migrations/ creates and upgrades them; this module only describes them.
 
-Times are UNIX seconds (REAL) so that LRU ordering and age filters are plain comparisons.
+Layers and images have integer keys: the joins that `du` and `ls --image` run over every image's
+layer list are three times faster on integers than on 71-character digests (measured on 100,000
+layers and 10,000 images). Times are UNIX seconds (REAL): LRU order and age filters are plain
+comparisons.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    Column,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-)
-
-# The newest migration's revision. Opening a cache compares it with the database's revision so
-# that the common case (already current) does not pay for importing Alembic.
-HEAD_REVISION = "0001_initial"
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, Table, Text
 
 metadata = MetaData()
 
+# Every diffID the index knows: from an ingest, or named by a recorded image's config. The blob
+# columns are NULL when the layer is not cached (never ingested, or evicted).
 layers = Table(
     "layers",
     metadata,
-    Column("diff_id", Text, primary_key=True),  # sha256 of the uncompressed tar
-    Column("size", Integer, nullable=False),  # uncompressed bytes
-    Column("blob_digest", Text, nullable=False, unique=True),  # the stored file's sha256
-    Column("blob_size", Integer, nullable=False),  # bytes on disk
-    Column("compression", Text, nullable=False),  # none | gzip | zstd
+    Column("id", Integer, primary_key=True),
+    Column("diff_id", Text, nullable=False, unique=True),  # sha256 of the uncompressed tar
+    Column("size", Integer),  # uncompressed bytes, once hashed here
+    Column("blob_digest", Text, unique=True),  # the stored file's sha256
+    Column("blob_size", Integer),  # bytes on disk
+    Column("compression", Text),  # none | gzip | zstd
     Column("first_seen", Float, nullable=False),
-    Column("last_access", Float, nullable=False),
+    Column("last_access", Float),
     Column("access_count", Integer, nullable=False, server_default="0"),
 )
 Index("ix_layers_last_access", layers.c.last_access)
 
-# Every blob digest known (because it was hashed here) to hold a given diffID: the stored form
+# Every blob digest known (because its bytes were hashed here) to hold a layer: the stored form
 # and other compressions seen, e.g. a containerd content store's gzip blob.
 layer_digests = Table(
     "layer_digests",
     metadata,
     Column("digest", Text, primary_key=True),
-    Column("diff_id", Text, ForeignKey("layers.diff_id", ondelete="CASCADE"), nullable=False),
+    Column("layer_key", Integer, ForeignKey("layers.id", ondelete="CASCADE"), nullable=False),
     Column("media_type", Text),
     Column("size", Integer, nullable=False),
 )
-Index("ix_layer_digests_diff_id", layer_digests.c.diff_id)
+Index("ix_layer_digests_layer_key", layer_digests.c.layer_key)
 
 # An image is its config: the same config is the same image on any engine.
 images = Table(
     "images",
     metadata,
-    Column("config_digest", Text, primary_key=True),
+    Column("id", Integer, primary_key=True),
+    Column("config_digest", Text, nullable=False, unique=True),
     Column("config", Text, nullable=False),  # the config JSON, verbatim
     Column("os", Text),
     Column("architecture", Text),
@@ -65,27 +59,20 @@ images = Table(
 image_layers = Table(
     "image_layers",
     metadata,
-    Column(
-        "config_digest",
-        Text,
-        ForeignKey("images.config_digest", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("image_key", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
     Column("position", Integer, primary_key=True),  # 0 = bottom
-    Column("diff_id", Text, nullable=False),  # no FK: a layer can be evicted, the image stays
+    Column("layer_key", Integer, ForeignKey("layers.id"), nullable=False),
+    sqlite_with_rowid=False,
 )
-Index("ix_image_layers_diff_id", image_layers.c.diff_id)
+# Each layer once per image (at its first position): repeats of a layer within one image, such as
+# identical empty layers, add nothing to what the image needs. The full list is in its config.
+Index("ix_image_layers_layer_key", image_layers.c.layer_key, image_layers.c.image_key, unique=True)
 
 # Where an image was seen: per engine, the ID that engine gives it and its manifest digest.
 image_sources = Table(
     "image_sources",
     metadata,
-    Column(
-        "config_digest",
-        Text,
-        ForeignKey("images.config_digest", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("image_key", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
     Column("engine", Text, primary_key=True),  # daemon ID from `docker info`, "" for archives
     Column("image_id", Text, nullable=False),
     Column("manifest_digest", Text),
@@ -98,21 +85,17 @@ image_refs = Table(
     metadata,
     Column("engine", Text, primary_key=True),
     Column("ref", Text, primary_key=True),  # normalized: docker.io/library/foo:latest
-    Column(
-        "config_digest",
-        Text,
-        ForeignKey("images.config_digest", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    Column("image_key", Integer, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
 )
 Index("ix_image_refs_ref", image_refs.c.ref)
-Index("ix_image_refs_config_digest", image_refs.c.config_digest)
+Index("ix_image_refs_image_key", image_refs.c.image_key)
 
 # An operation in progress holds a lease on the layers it reads or writes; prune skips them.
+# By diffID: a lease can be taken before the layer's first ingest.
 leases = Table(
     "leases",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", Integer, primary_key=True),
     Column("host", Text, nullable=False),
     Column("pid", Integer, nullable=False),
     Column("purpose", Text, nullable=False),

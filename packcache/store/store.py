@@ -1,7 +1,7 @@
 """The store: blob files plus their SQLite index, behind one small API.
 
 Every write follows one order: bytes to ingest/, fsync, verify, rename into blobs/, then index
-(under the shared cache lock). Every removal holds the exclusive cache lock, deletes the rows,
+(under the shared cache lock). Every removal holds the exclusive cache lock, updates the rows,
 commits, then unlinks the files. So the index never names a blob that is not on disk.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,20 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from packcache.digest import SHA256_PREFIX, sha256_digest
+from packcache.digest import sha256_digest
 from packcache.errors import CorruptBlobError, NotFoundError, PackcacheError
-from packcache.refs import looks_like_id, normalize
-from packcache.store import schema
+from packcache.refs import normalize
+from packcache.store import queries, schema
 from packcache.store.blobs import BlobFiles, StagedBlob
-from packcache.store.database import open_database, writing
+from packcache.store.database import Database, open_cache
 from packcache.store.layer import MEDIA_TYPES, CachedLayer
 from packcache.store.locking import CacheLock
 
 LEASE_TTL_S = 6 * 3600.0  # longer than any operation; a lease of a killed process dies sooner
-HOST = socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,12 @@ class ImageRecord:
     def config_digest(self) -> str:
         return sha256_digest(self.config)
 
-    @property
-    def diff_ids(self) -> list[str]:
-        return list(json.loads(self.config).get("rootfs", {}).get("diff_ids") or [])
-
 
 @dataclass(frozen=True)
 class IngestResult:
     diff_id: str
     digest: str  # the digest of the bytes that were read
-    size: int
+    size: int  # bytes read; -1 when nothing was read (the digest was already known)
     written: bool  # False when the cache already held the layer and only hashed (or skipped)
 
 
@@ -65,16 +60,6 @@ class EvictedLayer:
     diff_id: str
     blob_digest: str
     blob_size: int
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:
@@ -87,104 +72,69 @@ class Lease:
     def add(self, diff_ids: Iterable[str]) -> None:
         rows = [{"lease_id": self.id, "diff_id": d} for d in set(diff_ids)]
         if rows:
-            with writing(self.store.engine) as conn, conn.begin():
+            with self.store.db.write() as conn:
                 conn.execute(sqlite_insert(schema.lease_layers).on_conflict_do_nothing(), rows)
 
 
+def _driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under a SQLAlchemy one, for the shared plain-SQL queries."""
+    return conn.connection.driver_connection  # type: ignore[return-value]
+
+
 class Store:
-    def __init__(self, root: Path, engine: Engine) -> None:
+    def __init__(self, root: Path, db: Database) -> None:
         self.root = root
-        self.engine = engine
+        self.db = db
         self.blobs = BlobFiles(root)
         self.lock = CacheLock(root / "lock")
 
     @classmethod
     def open(cls, root: Path) -> Store:
-        root = Path(root)
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            blobs = BlobFiles(root)
-            blobs.create_dirs()
-            if not os.access(root, os.W_OK | os.X_OK):
-                raise PermissionError(13, "Permission denied")
-        except OSError as exc:
-            raise PackcacheError(
-                f"cache directory {root} is not writable: {exc.strerror or exc}"
-            ) from exc
-        engine = open_database(root / "index.db", CacheLock(root / "lock"))
-        return cls(root, engine)
+        return cls(Path(root), open_cache(Path(root)))
 
     # -- layers ----------------------------------------------------------------------------
 
-    def _layer_from_row(self, row) -> CachedLayer:
+    def _layer(self, row: tuple | None) -> CachedLayer | None:
+        if row is None:
+            return None
+        diff_id, digest, size, uncompressed_size, compression, last_access, count = row
         return CachedLayer(
-            store=self,
-            diff_id=row.diff_id,
-            digest=row.blob_digest,
-            size=row.blob_size,
-            uncompressed_size=row.size,
-            compression=row.compression,
-            last_access=row.last_access,
-            access_count=row.access_count,
+            self, diff_id, digest, size, uncompressed_size, compression, last_access, count
         )
 
     def layer(self, diff_id: str) -> CachedLayer | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(schema.layers).where(schema.layers.c.diff_id == diff_id)
-            ).first()
-        return self._layer_from_row(row) if row else None
+        with self.db.read() as conn:
+            return self._layer(queries.cached_layer(conn, diff_id))
 
     def layer_by_digest(self, digest: str) -> CachedLayer | None:
         """The cached layer whose stored or any other known blob form has this digest."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(schema.layers)
-                .join(
-                    schema.layer_digests,
-                    schema.layer_digests.c.diff_id == schema.layers.c.diff_id,
-                )
-                .where(schema.layer_digests.c.digest == digest)
-            ).first()
-        return self._layer_from_row(row) if row else None
+        with self.db.read() as conn:
+            return self._layer(queries.cached_layer_by_digest(conn, digest))
 
     def digests_of(self, diff_id: str) -> list[tuple[str, str | None, int]]:
         """Every known (digest, media type, size) of a layer's blob forms."""
-        with self.engine.connect() as conn:
-            return [
-                (r.digest, r.media_type, r.size)
-                for r in conn.execute(
-                    select(schema.layer_digests).where(schema.layer_digests.c.diff_id == diff_id)
-                )
-            ]
+        with self.db.read() as conn:
+            return conn.execute(
+                "SELECT d.digest, d.media_type, d.size FROM layer_digests d"
+                " JOIN layers l ON l.id = d.layer_key WHERE l.diff_id = ? ORDER BY d.digest",
+                (diff_id,),
+            ).fetchall()
 
     def cached_diff_ids(self, diff_ids: Iterable[str]) -> set[str]:
-        wanted = list(set(diff_ids))
-        found: set[str] = set()
-        with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
-                batch = wanted[start : start + 500]
-                found.update(
-                    conn.execute(
-                        select(schema.layers.c.diff_id).where(schema.layers.c.diff_id.in_(batch))
-                    ).scalars()
-                )
-        return found
+        with self.db.read() as conn:
+            return queries.cached_diff_ids(conn, diff_ids)
 
     def touch(self, diff_ids: Iterable[str]) -> None:
         """Mark layers as used now: one small UPDATE, which is all LRU needs."""
         ids = list(set(diff_ids))
-        if not ids:
-            return
-        with writing(self.engine) as conn, conn.begin():
-            conn.execute(
-                update(schema.layers)
-                .where(schema.layers.c.diff_id.in_(ids))
-                .values(
-                    last_access=time.time(),
-                    access_count=schema.layers.c.access_count + 1,
+        if ids:
+            with self.db.write() as conn:
+                conn.execute(
+                    update(schema.layers)
+                    .where(schema.layers.c.diff_id.in_(ids))
+                    .where(schema.layers.c.blob_digest.is_not(None))
+                    .values(last_access=time.time(), access_count=schema.layers.c.access_count + 1)
                 )
-            )
 
     def ingest_layer(
         self,
@@ -198,8 +148,8 @@ class Store:
         """Store a layer blob read from `source` (gzip, zstd or plain tar), in one pass.
 
         A layer the cache already holds is only hashed (to verify and to learn this blob
-        form's digest), never written again. The caller drains `source` if it needs to when
-        the result says nothing was read (known digest: `size` is then the stored size).
+        form's digest), never written again; with a known `expected_digest` it is not read at
+        all (the caller drains `source` if it must).
         """
         if expected_digest is not None:
             known = self.layer_by_digest(expected_digest)
@@ -207,14 +157,14 @@ class Store:
                 if lease is not None:
                     lease.add([known.diff_id])
                 return IngestResult(known.diff_id, expected_digest, -1, written=False)
-        already = expected_diff_id is not None and self.layer(expected_diff_id) is not None
-        if already and lease is not None:
+        cached = expected_diff_id is not None and self.layer(expected_diff_id) is not None
+        if cached and lease is not None:
             lease.add([expected_diff_id])  # so it cannot be evicted while we only hash
         staged = self.blobs.stage(
             source,
             expected_digest=expected_digest,
             expected_diff_id=expected_diff_id,
-            write=not already,
+            write=not cached,
         )
         try:
             written = self._commit(staged, media_type, lease)
@@ -224,28 +174,32 @@ class Store:
 
     def _commit(self, staged: StagedBlob, media_type: str | None, lease: Lease | None) -> bool:
         now = time.time()
-        media_type = media_type or MEDIA_TYPES[staged.compression]
-        with self.lock.shared(), writing(self.engine) as conn, conn.begin():
-            exists = conn.execute(
-                select(schema.layers.c.diff_id).where(schema.layers.c.diff_id == staged.diff_id)
-            ).first()
+        layers = schema.layers
+        with self.lock.shared(), self.db.write() as conn:
+            conn.execute(
+                sqlite_insert(layers)
+                .values(diff_id=staged.diff_id, first_seen=now)
+                .on_conflict_do_nothing()
+            )
+            key, blob_digest = conn.execute(
+                select(layers.c.id, layers.c.blob_digest).where(layers.c.diff_id == staged.diff_id)
+            ).one()
             written = False
-            if exists is None:
+            if blob_digest is None:
                 if staged.path is None:
                     raise PackcacheError(
                         f"layer {staged.diff_id} was evicted while it was being hashed; retry"
                     )
                 self.blobs.commit(staged)  # file first: a crash here leaves an orphan, not a lie
                 conn.execute(
-                    insert(schema.layers).values(
-                        diff_id=staged.diff_id,
+                    update(layers)
+                    .where(layers.c.id == key)
+                    .values(
                         size=staged.uncompressed_size,
                         blob_digest=staged.digest,
                         blob_size=staged.size,
                         compression=staged.compression,
-                        first_seen=now,
                         last_access=now,
-                        access_count=0,
                     )
                 )
                 written = True
@@ -253,8 +207,8 @@ class Store:
                 sqlite_insert(schema.layer_digests)
                 .values(
                     digest=staged.digest,
-                    diff_id=staged.diff_id,
-                    media_type=media_type,
+                    layer_key=key,
+                    media_type=media_type or MEDIA_TYPES[staged.compression],
                     size=staged.size,
                 )
                 .on_conflict_do_nothing()
@@ -273,68 +227,73 @@ class Store:
         return self.evict_selected(lambda _conn, _leased: ids)
 
     def evict_selected(
-        self, choose: Callable[[Connection, set[str]], Iterable[str]]
+        self, choose: Callable[[sqlite3.Connection, set[str]], Iterable[str]]
     ) -> list[EvictedLayer]:
         """Remove the layers `choose(conn, leased)` picks, holding the cache lock throughout.
 
-        Choosing inside the lock and the write transaction means the choice (LRU order, the
-        total size) is exact: nothing is added, leased or evicted between choosing and removing.
+        Choosing inside the lock and the write transaction makes the choice (LRU order, the
+        total size) exact: nothing is added, leased or evicted between choosing and removing.
         Leased layers are skipped even if chosen.
         """
         with self.lock.exclusive():
-            with writing(self.engine) as conn, conn.begin():
+            with self.db.write() as conn:
+                raw = _driver(conn)
                 self._drop_dead_leases(conn)
-                leased = self.leased(conn)
-                ids = [d for d in dict.fromkeys(choose(conn, leased)) if d not in leased]
-                rows = []
-                for start in range(0, len(ids), 500):
-                    rows += conn.execute(
-                        select(
-                            schema.layers.c.diff_id,
-                            schema.layers.c.blob_digest,
-                            schema.layers.c.blob_size,
-                        ).where(schema.layers.c.diff_id.in_(ids[start : start + 500]))
-                    ).all()
-                order = {diff_id: i for i, diff_id in enumerate(ids)}
-                rows.sort(key=lambda r: order[r.diff_id])  # report in the order chosen (LRU)
-                removed = [EvictedLayer(r.diff_id, r.blob_digest, r.blob_size) for r in rows]
-                self.delete_layer_rows(conn, [r.diff_id for r in removed])
+                leased = queries.leased_diff_ids(raw)
+                ids = [d for d in dict.fromkeys(choose(raw, leased)) if d not in leased]
+                removed = []
+                for diff_id in ids:
+                    row = queries.cached_layer(raw, diff_id)
+                    if row is not None:
+                        removed.append(EvictedLayer(row[0], row[1], row[2]))
+                self.uncache_rows(conn, [layer.diff_id for layer in removed])
             for layer in removed:  # after commit: a crash now leaves orphans, never dangling rows
                 self.blobs.remove(layer.blob_digest)
         return removed
 
-    def delete_layer_rows(self, conn: Connection, diff_ids: list[str]) -> None:
+    def uncache_rows(self, conn: Connection, diff_ids: list[str]) -> None:
+        """Mark layers as no longer cached; forget what nothing needs any more."""
+        layers = schema.layers
         for start in range(0, len(diff_ids), 500):
-            batch = diff_ids[start : start + 500]
-            conn.execute(delete(schema.layers).where(schema.layers.c.diff_id.in_(batch)))
-        # Forget images none of whose layers are cached any more.
+            conn.execute(
+                update(layers)
+                .where(layers.c.diff_id.in_(diff_ids[start : start + 500]))
+                .values(blob_digest=None, blob_size=None, compression=None, last_access=None)
+            )
+        # Images none of whose layers are cached any more, then layers no image names.
         conn.exec_driver_sql(
-            "DELETE FROM images WHERE config_digest IN ("
-            " SELECT il.config_digest FROM image_layers il"
-            " LEFT JOIN layers l ON l.diff_id = il.diff_id"
-            " GROUP BY il.config_digest HAVING COUNT(l.diff_id) = 0)"
+            "DELETE FROM images WHERE id IN (SELECT il.image_key FROM image_layers il"
+            " JOIN layers l ON l.id = il.layer_key"
+            " GROUP BY il.image_key HAVING COUNT(l.blob_digest) = 0)"
+        )
+        self._forget_unused_layers(conn)
+
+    @staticmethod
+    def _forget_unused_layers(conn: Connection) -> None:
+        """Drop rows of layers neither cached nor named by any image (and their digests)."""
+        conn.exec_driver_sql(
+            "DELETE FROM layers WHERE blob_digest IS NULL"
+            " AND id NOT IN (SELECT layer_key FROM image_layers)"
         )
 
     def evict_corrupt(self, diff_id: str) -> None:
         """Drop a layer whose blob failed its digest check, lease or not: it is not that layer."""
         with self.lock.exclusive():
-            with writing(self.engine) as conn, conn.begin():
-                row = conn.execute(
-                    select(schema.layers.c.blob_digest).where(schema.layers.c.diff_id == diff_id)
-                ).first()
-                self.delete_layer_rows(conn, [diff_id])
+            with self.db.write() as conn:
+                row = queries.cached_layer(_driver(conn), diff_id)
+                self.uncache_rows(conn, [diff_id])
             if row is not None:
-                self.blobs.remove(row.blob_digest)
+                self.blobs.remove(row[1])
 
     # -- leases -----------------------------------------------------------------------------
 
     @contextmanager
     def lease(self, purpose: str) -> Iterator[Lease]:
         now = time.time()
-        with writing(self.engine) as conn, conn.begin():
+        with self.db.write() as conn:
             lease_id = conn.execute(
                 insert(schema.leases).values(
-                    host=HOST,
+                    host=queries.HOST,
                     pid=os.getpid(),
                     purpose=purpose,
                     created=now,
@@ -344,31 +303,13 @@ class Store:
         try:
             yield Lease(self, lease_id)
         finally:
-            with writing(self.engine) as conn, conn.begin():
+            with self.db.write() as conn:
                 conn.execute(delete(schema.leases).where(schema.leases.c.id == lease_id))
 
-    @staticmethod
-    def _dead_leases(conn: Connection) -> list[int]:
-        """Leases past their expiry, or held by a process of this host that no longer runs."""
-        now = time.time()
-        return [
-            row.id
-            for row in conn.execute(select(schema.leases))
-            if row.expires <= now or (row.host == HOST and not pid_alive(row.pid))
-        ]
-
     def _drop_dead_leases(self, conn: Connection) -> None:
-        dead = self._dead_leases(conn)
+        dead = queries.dead_leases(_driver(conn))
         if dead:
             conn.execute(delete(schema.leases).where(schema.leases.c.id.in_(dead)))
-
-    def leased(self, conn: Connection) -> set[str]:
-        """Layers under a live lease."""
-        dead = self._dead_leases(conn)
-        query = select(schema.lease_layers.c.diff_id).distinct()
-        if dead:
-            query = query.where(schema.lease_layers.c.lease_id.not_in(dead))
-        return set(conn.execute(query).scalars())
 
     # -- images -----------------------------------------------------------------------------
 
@@ -376,143 +317,93 @@ class Store:
         """Record an image's config, layers, source and refs. Returns the config digest."""
         try:
             config = json.loads(image.config)
-        except ValueError as exc:
-            raise CorruptBlobError(f"image config is not valid JSON: {exc}") from exc
+            diff_ids = list(config.get("rootfs", {}).get("diff_ids") or [])
+        except (ValueError, AttributeError) as exc:
+            raise CorruptBlobError(f"image config is not a valid config JSON: {exc}") from exc
         digest = image.config_digest
         now = time.time()
-        platform = {
-            "os": config.get("os"),
-            "architecture": config.get("architecture"),
-            "variant": config.get("variant"),
-            "created": config.get("created"),
-        }
-        with writing(self.engine) as conn, conn.begin():
+        images, layers = schema.images, schema.layers
+        with self.db.write() as conn:
             conn.execute(
-                sqlite_insert(schema.images)
+                sqlite_insert(images)
                 .values(
                     config_digest=digest,
                     config=image.config.decode(),
+                    os=config.get("os"),
+                    architecture=config.get("architecture"),
+                    variant=config.get("variant"),
+                    created=config.get("created"),
                     first_seen=now,
                     last_seen=now,
-                    **platform,
                 )
                 .on_conflict_do_update(index_elements=["config_digest"], set_={"last_seen": now})
             )
-            conn.execute(
-                delete(schema.image_layers).where(schema.image_layers.c.config_digest == digest)
+            key = conn.execute(
+                select(images.c.id).where(images.c.config_digest == digest)
+            ).scalar_one()
+            if diff_ids:
+                conn.execute(
+                    sqlite_insert(layers).on_conflict_do_nothing(),
+                    [{"diff_id": d, "first_seen": now} for d in dict.fromkeys(diff_ids)],
+                )
+            layer_keys = dict(
+                conn.execute(
+                    select(layers.c.diff_id, layers.c.id).where(layers.c.diff_id.in_(diff_ids))
+                ).all()
             )
-            layer_rows = [
-                {"config_digest": digest, "position": i, "diff_id": d}
-                for i, d in enumerate(image.diff_ids)
-            ]
-            if layer_rows:
-                conn.execute(insert(schema.image_layers), layer_rows)
+            conn.execute(delete(schema.image_layers).where(schema.image_layers.c.image_key == key))
+            first_positions = {d: i for i, d in reversed(list(enumerate(diff_ids)))}
+            if diff_ids:
+                conn.execute(
+                    insert(schema.image_layers),
+                    [
+                        {"image_key": key, "position": i, "layer_key": layer_keys[d]}
+                        for d, i in first_positions.items()
+                    ],
+                )
+            source = {
+                "image_id": image.image_id or digest,
+                "manifest_digest": image.manifest_digest,
+                "last_seen": now,
+            }
             conn.execute(
                 sqlite_insert(schema.image_sources)
-                .values(
-                    config_digest=digest,
-                    engine=image.engine,
-                    image_id=image.image_id or digest,
-                    manifest_digest=image.manifest_digest,
-                    last_seen=now,
-                )
-                .on_conflict_do_update(
-                    index_elements=["config_digest", "engine"],
-                    set_={
-                        "image_id": image.image_id or digest,
-                        "manifest_digest": image.manifest_digest,
-                        "last_seen": now,
-                    },
-                )
+                .values(image_key=key, engine=image.engine, **source)
+                .on_conflict_do_update(index_elements=["image_key", "engine"], set_=source)
             )
             for ref in image.refs:  # a tag names one image per engine: it moves
                 conn.execute(
                     sqlite_insert(schema.image_refs)
-                    .values(engine=image.engine, ref=normalize(ref), config_digest=digest)
+                    .values(engine=image.engine, ref=normalize(ref), image_key=key)
                     .on_conflict_do_update(
-                        index_elements=["engine", "ref"], set_={"config_digest": digest}
+                        index_elements=["engine", "ref"], set_={"image_key": key}
                     )
                 )
         return digest
 
     def resolve_image(self, ref: str) -> str:
         """The config digest of the image a tag, short or full image ID names."""
-        with self.engine.connect() as conn:
-            if looks_like_id(ref):
-                prefix = ref if ref.startswith(SHA256_PREFIX) else SHA256_PREFIX + ref
-                found = set(
-                    conn.execute(
-                        select(schema.image_sources.c.config_digest).where(
-                            schema.image_sources.c.image_id.startswith(prefix)
-                        )
-                    ).scalars()
-                ) | set(
-                    conn.execute(
-                        select(schema.images.c.config_digest).where(
-                            schema.images.c.config_digest.startswith(prefix)
-                        )
-                    ).scalars()
-                )
-                if len(found) > 1:
-                    raise NotFoundError(f"image ID {ref!r} is ambiguous: it matches {len(found)}")
-                if found:
-                    return found.pop()
-            try:
-                name = normalize(ref)
-            except PackcacheError:
-                name = None
-            if name is not None:
-                row = conn.execute(
-                    select(schema.image_refs.c.config_digest)
-                    .join(
-                        schema.images,
-                        schema.images.c.config_digest == schema.image_refs.c.config_digest,
-                    )
-                    .where(schema.image_refs.c.ref == name)
-                    .order_by(schema.images.c.last_seen.desc())
-                ).first()
-                if row is not None:
-                    return row.config_digest
-        raise NotFoundError(f"no image {ref!r} in the cache")
+        with self.db.read() as conn:
+            return queries.resolve_image(conn, ref)[1]
 
     def resolve_layer(self, text: str) -> str:
-        """The diffID of the cached layer a full or short diffID or blob digest names."""
-        if not looks_like_id(text):
-            raise NotFoundError(f"{text!r} is not a layer ID (a diffID or digest, 4+ hex digits)")
-        prefix = text if text.startswith(SHA256_PREFIX) else SHA256_PREFIX + text
-        with self.engine.connect() as conn:
-            found = set(
-                conn.execute(
-                    select(schema.layer_digests.c.diff_id).where(
-                        schema.layer_digests.c.digest.startswith(prefix)
-                    )
-                ).scalars()
-            ) | set(
-                conn.execute(
-                    select(schema.layers.c.diff_id).where(
-                        schema.layers.c.diff_id.startswith(prefix)
-                    )
-                ).scalars()
-            )
-        if len(found) > 1:
-            raise NotFoundError(f"layer ID {text!r} is ambiguous: it matches {len(found)} layers")
-        if not found:
-            raise NotFoundError(f"no layer {text!r} in the cache")
-        return found.pop()
+        with self.db.read() as conn:
+            return queries.resolve_layer(conn, text)
+
+    def image_config(self, config_digest: str) -> bytes:
+        """The config JSON of a recorded image, verbatim (its full, ordered diffID list)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT config FROM images WHERE config_digest = ?", (config_digest,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no image {config_digest} in the cache")
+        return row[0].encode()
 
     def forget_image(self, config_digest: str) -> None:
-        """Drop an image's record (refs, sources, layer list); its layers are not touched."""
-        with writing(self.engine) as conn, conn.begin():
+        """Drop an image's record (refs, sources, layer list); cached layers stay."""
+        with self.db.write() as conn:
             conn.execute(
                 delete(schema.images).where(schema.images.c.config_digest == config_digest)
             )
-
-    def image_diff_ids(self, config_digest: str) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(schema.image_layers.c.diff_id)
-                    .where(schema.image_layers.c.config_digest == config_digest)
-                    .order_by(schema.image_layers.c.position)
-                ).scalars()
-            )
+            self._forget_unused_layers(conn)

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packcache.digest import CHUNK, SHA256_PREFIX
-from packcache.store import schema
 from packcache.store.blobs import INGEST_SUFFIX
-from packcache.store.database import writing
-from packcache.store.store import HOST, Store, pid_alive
+from packcache.store.queries import HOST, pid_alive
+from packcache.store.store import Store
 
 STALE_INGEST_AGE_S = 24 * 3600.0  # a temp file this old belongs to no live ingest, whoever wrote it
 
@@ -60,13 +59,11 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
     """
     report = VerifyReport()
     with store.lock.exclusive():
-        with store.engine.connect() as conn:
+        with store.db.read() as conn:
             rows = conn.execute(
-                schema.layers.select().with_only_columns(
-                    schema.layers.c.diff_id, schema.layers.c.blob_digest, schema.layers.c.blob_size
-                )
-            ).all()
-        indexed = {row.blob_digest for row in rows}
+                "SELECT diff_id, blob_digest, blob_size FROM layers WHERE blob_digest IS NOT NULL"
+            ).fetchall()
+        indexed = {blob_digest for _, blob_digest, _ in rows}
         for diff_id, blob_digest, blob_size in rows:
             report.checked += 1
             path = store.blobs.path(blob_digest)
@@ -87,8 +84,8 @@ def verify(store: Store, repair: bool = False) -> VerifyReport:
                     report.stale_ingest.append(str(path))
         if repair and not report.ok:
             bad = report.missing + report.corrupt
-            with writing(store.engine) as conn, conn.begin():
-                store.delete_layer_rows(conn, bad)
+            with store.db.write() as conn:
+                store.uncache_rows(conn, bad)
             for diff_id, blob_digest, _size in rows:
                 if diff_id in report.corrupt:
                     store.blobs.remove(blob_digest)

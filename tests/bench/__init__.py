@@ -1,0 +1,1 @@
+"""`make bench`: measurements printed beside their baselines, never asserted in tests."""
