@@ -105,7 +105,7 @@ class LayerDigester:
 
     def _feed_unchecked(self, chunk: bytes) -> None:
         if self.compression == "none":
-            self._plain.write(chunk)
+            self._plain.size += len(chunk)  # the blob hash is the diffID: hash once
         elif self.compression == "zstd":
             assert self._zstd_writer is not None
             self._zstd_writer.write(chunk)
