@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all test demo bench lint format clean
+.PHONY: all engines test demo bench lint format clean
 
 all: test
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-test: $(STAMP)
+# Private Docker engines for the tests, fetched from Debian's registry into .engines/ (no install).
+engines: $(STAMP)
+	$(BIN)/python -m tests.engines.provision
+
+test: $(STAMP) engines
 	$(BIN)/ruff check packcache migrations tests
 	$(BIN)/python -m pytest -q
 

@@ -15,6 +15,7 @@ import ctypes
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -169,6 +170,71 @@ def processes_referencing(root: Path) -> list[int]:
     return pids
 
 
+SHIM_SOCKET_DIR = Path("/run/containerd/s")
+
+
+def shim_sockets(root: Path) -> list[Path]:
+    """Sockets our shims made in containerd's fixed /run/containerd/s (hashed names).
+
+    A shim removes its socket when it exits normally; a SIGKILLed one leaves it, so
+    stop()/cleanup find them through the task bundles under the engine's state dir.
+    """
+    found = []
+    for bundle in root.glob("exec/containerd/io.containerd.runtime.v2.task/*/*"):
+        addresses = []
+        with contextlib.suppress(OSError, ValueError):
+            addresses.append((bundle / "address").read_text().strip())  # containerd 1.x
+        with contextlib.suppress(OSError, ValueError):
+            boot = json.loads((bundle / "bootstrap.json").read_text())  # containerd 2.x
+            addresses.append(str(boot.get("address", "")))
+        for addr in addresses:
+            path = Path(addr.removeprefix("unix://"))
+            if path.parent == SHIM_SOCKET_DIR:
+                found.append(path)
+    return found
+
+
+def remove_shim_sockets(root: Path) -> None:
+    for path in shim_sockets(root):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """The cgroup directory `/<name>` in every mounted cgroup hierarchy (v1 and v2)."""
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            pre, _, post = line.partition(" - ")
+            if post.split()[0] in ("cgroup", "cgroup2"):
+                d = Path(pre.split()[4]) / name
+                if d.is_dir():
+                    found.append(d)
+    return found
+
+
+def remove_cgroup(name: str) -> None:
+    """Kill whatever still runs in the engine's cgroup parent and remove the cgroups."""
+    for _ in range(50):
+        dirs = cgroup_dirs(name)
+        if not dirs:
+            return
+        for top in dirs:
+            # Bottom-up: a cgroup directory can only be removed once its children are.
+            for dirpath, _, _ in os.walk(top, topdown=False):
+                d = Path(dirpath)
+                try:
+                    pids = (d / "cgroup.procs").read_text().split()
+                except OSError:
+                    pids = []
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # fails while killed processes are still exiting
+        time.sleep(0.1)
+
+
 _overlay_cache: dict[Path, bool] = {}
 
 
@@ -213,8 +279,16 @@ def cleanup_stale(run_base: Path) -> None:
         for p in processes_referencing(root):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+        remove_cgroup(cgroup_parent_name(root))
+        remove_shim_sockets(root)
         unmount_all(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def cgroup_parent_name(root: Path) -> str:
+    # One cgroup parent per engine instead of the shared default "/docker": containers
+    # of a dead engine can be found and killed, and nothing is left under /sys/fs/cgroup.
+    return f"packcache-{root.name}"
 
 
 def is_containerd_store(info: dict[str, Any]) -> bool:
@@ -300,7 +374,7 @@ class Engine:
         t0 = time.monotonic()
         self.run_base.mkdir(parents=True, exist_ok=True)
         cleanup_stale(self.run_base)
-        self.root = Path(tempfile.mkdtemp(prefix=f"{self.kind}-", dir=self.run_base))
+        self.root = self._make_root()
         (self.root / "owner.pid").write_text(str(os.getpid()))
         sock = self.root / "d.sock"
         csock = self.root / "c.sock"
@@ -335,11 +409,22 @@ class Engine:
         self.start_seconds = time.monotonic() - t0
         return self
 
+    def _make_root(self) -> Path:
+        # Not mkdtemp: its suffix may contain "_" next to "-", which containerd rejects
+        # in namespace names (derived from this directory name).
+        while True:
+            root = self.run_base / f"{self.kind}-{secrets.token_hex(4)}"
+            try:
+                root.mkdir(mode=0o711)
+                return root
+            except FileExistsError:
+                continue
+
     def _start_containerd(self, csock: Path, env: dict[str, str]) -> None:
         # We run containerd ourselves instead of letting dockerd spawn one: dockerd
-        # silently uses /run/containerd/containerd.sock when a system containerd runs,
-        # and its generated config leaves plugin defaults pointing at /opt/containerd
-        # and (containerd 2.x) /var/run/nri.
+        # (20.10 .. 28) silently uses /run/containerd/containerd.sock if that socket
+        # exists (a system containerd), and the config it generates for its own
+        # containerd leaves the "opt" plugin creating /opt/containerd.
         r = self.root
         cfg = r / "containerd.toml"
         cfg.write_text(
@@ -348,7 +433,8 @@ class Engine:
                     "version = 2",
                     f'root = "{r}/data/containerd"',
                     f'state = "{r}/exec/containerd"',
-                    # Unknown ids are ignored, so one list fits containerd 1.6 .. 2.x.
+                    # CRI/NRI are for Kubernetes; unknown ids are ignored, so one
+                    # list fits containerd 1.6 .. 2.x.
                     "disabled_plugins = ["
                     '"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", '
                     '"io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]',
@@ -411,6 +497,7 @@ class Engine:
             f"--containerd-namespace={ns}",
             f"--containerd-plugins-namespace={ns}-plugins",
             f"--storage-driver={self.storage_driver}",
+            f"--cgroup-parent=/{cgroup_parent_name(r)}",
             "--iptables=false",
             "--ip-masq=false",
             "--bridge=none",
@@ -488,6 +575,8 @@ class Engine:
         for p in processes_referencing(self.root):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+        remove_cgroup(cgroup_parent_name(self.root))
+        remove_shim_sockets(self.root)
         unmount_all(self.root)
         if os.environ.get("PACKCACHE_KEEP_ENGINE_LOGS") == "1":
             keep = self.run_base / "logs"
@@ -529,9 +618,11 @@ class Engine:
         env["DOCKER_HOST"] = self.host
         # Private CLI config dir: no ~/.docker contexts/credentials leak in or out.
         env["DOCKER_CONFIG"] = str(self.root / "cli")
-        # Pin the API the daemon speaks (1.41 for 20.10) instead of relying on the
-        # client's negotiation.
-        if self.api_version:
+        # The CLI negotiates down on its own (checked against 20.10 / API 1.41); pinning
+        # the older daemon's API just makes the version under test explicit. Never pin
+        # above what the client knows (28.x daemons speak 1.51, client 28.2 1.50).
+        client = client_api_version()
+        if self.api_version and client and _api_tuple(self.api_version) < _api_tuple(client):
             env["DOCKER_API_VERSION"] = self.api_version
         return env
 
@@ -556,6 +647,31 @@ class Engine:
                 f"{proc.stderr.decode(errors='replace')}"
             )
         return proc
+
+
+def _api_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+_client_api: list[str] = []
+
+
+def client_api_version() -> str:
+    """The docker CLI's own (maximum) API version, e.g. "1.50"; "" if unknown."""
+    if not _client_api:
+        # Without a reachable daemon `docker version` still prints the client part.
+        proc = subprocess.run(
+            [DOCKER_CLI, "version", "--format", "{{.Client.APIVersion}}"],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")},
+                "DOCKER_HOST": "unix:///nonexistent.sock",
+            },
+            capture_output=True,
+            text=True,
+        )
+        out = proc.stdout.strip()
+        _client_api.append(out if out.replace(".", "").isdigit() else "")
+    return _client_api[0]
 
 
 def docker(

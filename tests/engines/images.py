@@ -159,9 +159,7 @@ def build_legacy_archive(
     gzip_layers: True / False for all layers, or one flag per layer; gzipped layer
     files keep the name <id>/layer.tar (docker load sniffs the compression).
     """
-    flags = (
-        [gzip_layers] * len(layers) if isinstance(gzip_layers, bool) else list(gzip_layers)
-    )
+    flags = [gzip_layers] * len(layers) if isinstance(gzip_layers, bool) else list(gzip_layers)
     if len(flags) != len(layers):
         raise ValueError("gzip_layers needs one flag per layer")
     tars = [layer_tar(layer) for layer in layers]

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = ".provisioned.json"
 # Bump when the layout or package set changes so old markers are not trusted.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,17 @@ BUNDLES: dict[str, Bundle] = {
 # tini-static from bookworm is copied into the newer bundles (their own tini needs
 # glibc 2.38) so docker-init resolves inside each bundle.
 TINI_FROM = "20.10"
+
+# Unpacked files no test needs (CLIs, test fixtures, docs): ~100 MiB less on disk.
+PRUNE = (
+    "usr/share",
+    "etc",
+    "usr/bin/docker",  # the machine's /usr/local/bin/docker is the client under test
+    "usr/bin/dnet",
+    "usr/sbin/ovrouter",
+    "usr/lib/containerd",  # sid: runc-fp / shim-runc-fp test helpers
+    "usr/lib/cni",
+)
 
 # Executables that must start on this machine's glibc (checked with ldd after unpacking).
 CHECK_BINARIES: dict[str, tuple[str, ...]] = {
@@ -229,7 +240,7 @@ def locked(engines_dir: Path) -> Iterator[None]:
 
 
 def provision_bundle(
-    engines_dir: Path, bundle: Bundle, apt: SuiteApt, log: list[str]
+    engines_dir: Path, bundle: Bundle, apt: SuiteApt, log: Callable[[str], None]
 ) -> dict[str, object]:
     base = engines_dir / bundle.name
     root = base / "root"
@@ -250,6 +261,12 @@ def provision_bundle(
     tmp.mkdir(parents=True)
     for deb in debs:
         subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True)
+    for rel in PRUNE:
+        target = tmp / rel
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
     if bundle.name not in ("runc", "busybox", TINI_FROM):
         tini = bundle_root(engines_dir, TINI_FROM) / "usr/bin/tini-static"
         if tini.exists():
@@ -274,7 +291,7 @@ def provision_bundle(
         "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (base / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    log.append(
+    log(
         f"fetched {bundle.name:8} from {bundle.suite:8}: "
         + ", ".join(f"{p} {v}" for p, v in sorted(versions.items()))
         + f" ({marker['size_bytes'] // (1 << 20)} MiB)"  # type: ignore[operator]
@@ -288,8 +305,9 @@ def provision(
     optional: bool = False,
     force: bool = False,
     only: list[str] | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """Provision bundles; return (log lines, {optional bundle: error}).
+    log: Callable[[str], None] = print,
+) -> dict[str, str]:
+    """Provision bundles, reporting each through log; return {optional bundle: error}.
 
     Raises ProvisionError when a required bundle cannot be fetched.
     """
@@ -299,16 +317,15 @@ def provision(
     wanted = [b for b in BUNDLES.values() if (b.required or optional)]
     if only:
         wanted = [b for b in wanted if b.name in only]
-    log: list[str] = []
     failed_optional: dict[str, str] = {}
     with locked(engines_dir):
         todo = [b for b in wanted if force or not is_provisioned(engines_dir, b.name)]
         for b in wanted:
             if b not in todo:
                 m = read_marker(engines_dir, b.name) or {}
-                log.append(f"ok      {b.name:8} (already provisioned: {m.get('versions')})")
+                log(f"ok      {b.name:8} (already provisioned: {m.get('versions')})")
         if not todo:
-            return log, failed_optional
+            return failed_optional
         uri, signed_by = machine_debian_source()
         work = engines_dir / ".apt"
         apts: dict[str, SuiteApt] = {}
@@ -322,11 +339,11 @@ def provision(
                     if b.required:
                         raise ProvisionError(f"required bundle {b.name!r}: {exc}") from exc
                     failed_optional[b.name] = str(exc)
-                    log.append(f"FAILED  {b.name:8} (optional): {exc}")
+                    log(f"FAILED  {b.name:8} (optional): {exc}")
         finally:
             # Package lists are ~20 MB a suite and only needed while fetching.
             shutil.rmtree(work, ignore_errors=True)
-    return log, failed_optional
+    return failed_optional
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,12 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     engines_dir = (args.dir or default_dir()).resolve()
     t0 = time.monotonic()
     try:
-        log, failed = provision(engines_dir, optional=args.optional, force=args.force)
+        failed = provision(
+            engines_dir,
+            optional=args.optional,
+            force=args.force,
+            log=lambda line: print(line, flush=True),
+        )
     except ProvisionError as exc:
         print(f"provision: ERROR: {exc}", file=sys.stderr)
         return 1
-    for line in log:
-        print(line)
     total = sum(dir_size(engines_dir / b) for b in BUNDLES if (engines_dir / b).exists())
     print(f"engines dir {engines_dir}: {total / (1 << 20):.0f} MiB, {time.monotonic() - t0:.1f} s")
     for name, err in failed.items():
