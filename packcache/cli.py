@@ -378,6 +378,93 @@ def verify_command(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _enforce_size_cap(store) -> None:
+    """After a command that added data: prune to the configured cap, if any."""
+    from packcache.store.prune import enforce_size_cap
+
+    result = enforce_size_cap(store)
+    if result is not None and result.removed:
+        log.warning(
+            "size cap: evicted %d layers (%s)", len(result.removed), render.size(result.reclaimed)
+        )
+
+
+@app.command("import")
+def import_command(
+    ctx: typer.Context,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive", metavar="FILE", help="Read a `docker save` archive ('-': stdin)."
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Add images to the cache from a `docker save` archive: new layers only, read once."""
+    from packcache.archive.save_reader import import_archive
+
+    if archive is None:
+        typer.echo("packcache: error: name an archive with --archive", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    with reported():
+        store = ctx.obj.open_store()
+        try:
+            source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise PackcacheError(f"cannot read {archive}: {exc.strerror}") from exc
+        with source, store.lease("import") as lease, progress(quiet, "import") as on_bytes:
+            report = import_archive(store, source, lease=lease, on_bytes=on_bytes)
+        _enforce_size_cap(store)
+    _print_import(report, fmt)
+
+
+@contextmanager
+def progress(quiet: bool, label: str) -> Iterator[object]:
+    """A byte counter on stderr when it is a terminal; nothing otherwise."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        *Progress.get_default_columns()[:1], DownloadColumn(), TransferSpeedColumn(), transient=True
+    ) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+def _print_import(report, fmt: Format) -> None:
+    if fmt is Format.json:
+        typer.echo(
+            render.to_json(
+                {
+                    "images": [
+                        {
+                            "config_digest": image.config_digest,
+                            "manifest_digest": image.manifest_digest,
+                            "refs": image.refs,
+                            "diff_ids": image.diff_ids,
+                        }
+                        for image in report.images
+                    ],
+                    "layers_written": report.layers_written,
+                    "layers_known": report.layers_known,
+                    "bytes_read": report.bytes_read,
+                    "bytes_written": report.bytes_written,
+                }
+            )
+        )
+        return
+    for image in report.images:
+        name = ", ".join(image.refs) or short_id(image.config_digest)
+        typer.echo(f"Imported {name} ({len(image.diff_ids)} layers)")
+    typer.echo(
+        f"{report.layers_written} new layers ({render.size(report.bytes_written)} written), "
+        f"{report.layers_known} already cached"
+    )
+
+
 @app.command("info")
 def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Cache directory, size, schema revision, counts and settings."""

@@ -167,12 +167,17 @@ class Store:
             write=not cached,
         )
         try:
-            written = self._commit(staged, media_type, lease)
+            written = self.commit_staged(staged, media_type, lease)
         finally:
             self.blobs.discard(staged)  # no-op once renamed into place
         return IngestResult(staged.diff_id, staged.digest, staged.size, written=written)
 
-    def _commit(self, staged: StagedBlob, media_type: str | None, lease: Lease | None) -> bool:
+    def commit_staged(
+        self, staged: StagedBlob, media_type: str | None = None, lease: Lease | None = None
+    ) -> bool:
+        """Move a blob staged by `blobs.stage` into place and index it (or, if the layer is
+        cached already, only record this blob form's digest). Returns whether it was written.
+        The staged file is consumed either way: discard it afterwards (a no-op if renamed)."""
         now = time.time()
         layers = schema.layers
         with self.lock.shared(), self.db.write() as conn:

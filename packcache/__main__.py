@@ -1,0 +1,3 @@
+from packcache.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Reading and writing the archives `docker save` produces and `docker load` accepts."""
