@@ -58,6 +58,12 @@ def default_cache_dir() -> Path:
 class Context:
     cache_dir: Path
     verbose: int
+    host: str | None
+
+    def daemon(self):
+        from packcache.engine.daemon import Daemon
+
+        return Daemon(self.host)
 
     def open_store(self):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -99,13 +105,23 @@ def main_options(
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr (-vv: debug).")
     ] = 0,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            "-H",
+            envvar="DOCKER_HOST",
+            help="Docker daemon socket.",
+            show_default="unix:///var/run/docker.sock",
+        ),
+    ] = None,
 ) -> None:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2),
         format="packcache: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = Context(cache_dir=cache_dir or default_cache_dir(), verbose=verbose)
+    ctx.obj = Context(cache_dir=cache_dir or default_cache_dir(), verbose=verbose, host=host)
 
 
 @app.command("ls")
@@ -392,6 +408,9 @@ def _enforce_size_cap(store) -> None:
 @app.command("import")
 def import_command(
     ctx: typer.Context,
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Images in the Docker daemon (tag or ID).")
+    ] = None,
     archive: Annotated[
         str | None,
         typer.Option(
@@ -401,20 +420,29 @@ def import_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Add images to the cache from a `docker save` archive: new layers only, read once."""
+    """Add images to the cache: new layers only, from one `docker save` read once."""
     from packcache.archive.save_reader import import_archive
+    from packcache.operations.importing import DaemonImportReport, import_images
 
-    if archive is None:
-        typer.echo("packcache: error: name an archive with --archive", err=True)
+    if bool(images) == bool(archive):
+        typer.echo("packcache: error: name images in the daemon, or --archive FILE", err=True)
         raise typer.Exit(EXIT_USAGE)
     with reported():
         store = ctx.obj.open_store()
-        try:
-            source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
-        except OSError as exc:
-            raise PackcacheError(f"cannot read {archive}: {exc.strerror}") from exc
-        with source, store.lease("import") as lease, progress(quiet, "import") as on_bytes:
-            report = import_archive(store, source, lease=lease, on_bytes=on_bytes)
+        with store.lease("import") as lease, progress(quiet, "import") as on_bytes:
+            if images:
+                report = import_images(
+                    store, ctx.obj.daemon(), images, lease=lease, on_bytes=on_bytes
+                )
+            else:
+                try:
+                    source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
+                except OSError as exc:
+                    raise PackcacheError(f"cannot read {archive}: {exc.strerror}") from exc
+                with source:
+                    report = DaemonImportReport(
+                        import_archive(store, source, lease=lease, on_bytes=on_bytes)
+                    )
         _enforce_size_cap(store)
     _print_import(report, fmt)
 
@@ -434,7 +462,8 @@ def progress(quiet: bool, label: str) -> Iterator[object]:
         yield lambda n: bar.advance(task, n)
 
 
-def _print_import(report, fmt: Format) -> None:
+def _print_import(daemon_report, fmt: Format) -> None:
+    report = daemon_report.archive
     if fmt is Format.json:
         typer.echo(
             render.to_json(
@@ -452,10 +481,13 @@ def _print_import(report, fmt: Format) -> None:
                     "layers_known": report.layers_known,
                     "bytes_read": report.bytes_read,
                     "bytes_written": report.bytes_written,
+                    "already_cached": daemon_report.already_cached,
                 }
             )
         )
         return
+    for ref in daemon_report.already_cached:
+        typer.echo(f"Already cached: {ref}")
     for image in report.images:
         name = ", ".join(image.refs) or short_id(image.config_digest)
         typer.echo(f"Imported {name} ({len(image.diff_ids)} layers)")

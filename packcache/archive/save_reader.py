@@ -14,12 +14,13 @@ import json
 import posixpath
 import re
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from packcache.digest import is_digest, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
+from packcache.refs import familiar, normalize
 from packcache.store.blobs import StagedBlob
 from packcache.store.store import ImageRecord, Lease, Store
 
@@ -31,7 +32,8 @@ INDEX_MEDIA_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
-REF_ANNOTATIONS = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+# The full image name; "org.opencontainers.image.ref.name" often holds only the tag.
+REF_ANNOTATION = "io.containerd.image.name"
 
 
 class ArchiveError(PackcacheError):
@@ -188,7 +190,7 @@ def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
                 raise ArchiveError("the archive's index.json has a malformed descriptor")
             digest = descriptor["digest"]
             annotations = descriptor.get("annotations") or {}
-            names = refs + [annotations[a] for a in REF_ANNOTATIONS if a in annotations][:1]
+            names = refs + ([annotations[REF_ANNOTATION]] if REF_ANNOTATION in annotations else [])
             path = f"blobs/sha256/{digest[7:]}"
             if path not in entries.small:
                 continue  # a platform the save left out
@@ -262,7 +264,14 @@ def _plan_images(
                 )
             blob_digests.append(digest)
         manifest_digest, index_refs = by_config.get(config_digest, (None, []))
-        refs = list(dict.fromkeys([*(item.get("RepoTags") or []), *index_refs]))
+        try:
+            refs = list(
+                dict.fromkeys(
+                    familiar(normalize(r)) for r in [*(item.get("RepoTags") or []), *index_refs]
+                )
+            )
+        except PackcacheError as exc:
+            raise ArchiveError(f"the archive names an invalid image reference: {exc}") from exc
         images.append(
             ArchiveImage(config_digest, diff_ids, refs, manifest_digest, blob_digests, config_bytes)
         )
@@ -274,15 +283,16 @@ def import_archive(
     stream: BinaryIO,
     *,
     engine: str = "",
-    image_ids: dict[str, str] | None = None,
+    image_ids: Iterable[str] = (),
     lease: Lease | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Read a `docker save` stream once and add its layers and images to the store.
 
-    `image_ids` maps config digest -> the ID the source engine gives that image (for an
-    engine whose IDs are manifest digests); otherwise the config digest is the ID.
+    `image_ids` are the IDs the source engine reported: an image's ID is its manifest digest
+    when that is among them (containerd store), else its config digest (graphdriver).
     """
+    engine_ids = set(image_ids)
     report = ImportReport()
     entries = _Entries()
     try:
@@ -305,7 +315,11 @@ def import_archive(
             ImageRecord(
                 config=image.config,
                 engine=engine,
-                image_id=(image_ids or {}).get(image.config_digest, image.config_digest),
+                image_id=(
+                    image.manifest_digest
+                    if image.manifest_digest in engine_ids
+                    else image.config_digest
+                ),
                 manifest_digest=image.manifest_digest,
                 refs=image.refs,
             )

@@ -1,0 +1,133 @@
+"""The Docker daemon, through the docker SDK: what it is, what it holds, save and load streams.
+
+Errors become one clear PackcacheError naming the socket, so a user knows what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import docker
+import docker.errors
+import requests
+
+from packcache.errors import NotFoundError, PackcacheError
+
+MIN_API_VERSION = "1.41"  # Engine 20.10, the oldest engine in the test matrix
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+class DaemonError(PackcacheError):
+    """The daemon could not be reached or refused a request."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    id: str  # the daemon's own ID: which engine an image was seen in
+    version: str  # Engine version, e.g. 26.1.5
+    api_version: str  # negotiated API version
+    containerd_store: bool  # image store is containerd's (not a graphdriver)
+    os: str
+    architecture: str
+    host: str
+
+
+def _explain(host: str, exc: BaseException) -> DaemonError:
+    text = str(exc)
+    if "Permission denied" in text or isinstance(exc, PermissionError):
+        return DaemonError(
+            f"permission denied on the Docker socket {host}: run as root or join the docker group"
+        )
+    if any(s in text for s in ("No such file", "Connection refused", "Connection aborted")):
+        return DaemonError(
+            f"cannot reach the Docker daemon at {host}: is it running? "
+            "(set DOCKER_HOST or --host to use another)"
+        )
+    return DaemonError(f"Docker daemon at {host}: {text}")
+
+
+class Daemon:
+    """A connection to one Docker engine."""
+
+    def __init__(self, host: str | None = None, timeout: int = 600) -> None:
+        self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        try:
+            self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
+            raw_info = self.client.api.info()
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise _explain(self.host, exc) from exc
+        api_version = self.client.api.api_version
+        if _version_tuple(api_version) < _version_tuple(MIN_API_VERSION):
+            raise DaemonError(
+                f"the Docker engine at {self.host} speaks API {api_version}; packcache needs "
+                f"{MIN_API_VERSION} (Engine 20.10) or newer"
+            )
+        driver_status = dict(tuple(pair) for pair in raw_info.get("DriverStatus") or [])
+        self.info = EngineInfo(
+            id=raw_info.get("ID") or "",
+            version=raw_info.get("ServerVersion") or "",
+            api_version=api_version,
+            containerd_store=driver_status.get("driver-type") == "io.containerd.snapshotter.v1",
+            os=raw_info.get("OSType") or "linux",
+            architecture=raw_info.get("Architecture") or "",
+            host=self.host,
+        )
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise NotFoundError(f"no image {what} in the Docker daemon at {self.host}") from exc
+        except docker.errors.APIError as exc:
+            raise DaemonError(f"the Docker daemon refused {what}: {exc.explanation}") from exc
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise _explain(self.host, exc) from exc
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        """`docker image inspect`: raises NotFoundError when the daemon has no such image."""
+        return self._call(ref, self.client.api.inspect_image, ref)
+
+    def has_image(self, ref: str) -> bool:
+        try:
+            self.inspect_image(ref)
+        except NotFoundError:
+            return False
+        return True
+
+    def save(self, refs: Iterable[str]) -> BinaryIO:
+        """One `docker save` stream for all `refs`, read as it arrives (never held whole)."""
+        names = list(refs)
+        api = self.client.api
+        response = self._call(
+            ", ".join(names),
+            api._get,  # the SDK's get_image takes one name; /images/get takes several
+            api._url("/images/get"),
+            params={"names": names},
+            stream=True,
+        )
+        if response.status_code == 404:
+            raise NotFoundError(f"no image {', '.join(names)} in the Docker daemon at {self.host}")
+        self._call(", ".join(names), api._raise_for_status, response)
+        response.raw.decode_content = True
+        return response.raw  # type: ignore[no-any-return]
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        """`docker load` of a stream of archive chunks; returns the daemon's status lines."""
+        messages: list[str] = []
+        events = self._call(
+            "the load", lambda: list(self.client.api.load_image(chunks, quiet=True))
+        )
+        for event in events:
+            if "error" in event or "errorDetail" in event:
+                detail = event.get("errorDetail", {}).get("message") or event.get("error")
+                raise DaemonError(f"the Docker daemon rejected the load: {detail}")
+            if event.get("stream"):
+                messages.append(event["stream"].strip())
+        return messages

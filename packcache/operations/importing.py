@@ -1,0 +1,75 @@
+"""`packcache import IMAGE...`: bring images from the daemon into the cache.
+
+Images the cache already holds whole (same image ID, every layer cached) are not saved at all:
+only their tags are recorded. The rest come from one `docker save` stream for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from packcache.archive.save_reader import ImportReport, import_archive
+from packcache.engine.daemon import Daemon
+from packcache.errors import NotFoundError
+from packcache.store.store import ImageRecord, Lease, Store
+
+
+@dataclass
+class DaemonImportReport:
+    archive: ImportReport
+    already_cached: list[str] = field(default_factory=list)  # refs recorded without a save
+    saved: list[str] = field(default_factory=list)  # refs read from `docker save`
+
+
+def cached_config(store: Store, inspected: dict) -> str | None:
+    """The config digest of an inspected daemon image if the cache holds all of it."""
+    try:
+        config_digest = store.resolve_image(inspected["Id"])
+    except NotFoundError:
+        return None
+    diff_ids = inspected.get("RootFS", {}).get("Layers") or []
+    if store.cached_diff_ids(diff_ids) != set(diff_ids):
+        return None
+    return config_digest
+
+
+def import_images(
+    store: Store,
+    daemon: Daemon,
+    refs: list[str],
+    *,
+    lease: Lease | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> DaemonImportReport:
+    inspected = {ref: daemon.inspect_image(ref) for ref in refs}  # every name checked first
+    report = DaemonImportReport(archive=ImportReport())
+    to_save = []
+    for ref, info in inspected.items():
+        config_digest = cached_config(store, info)
+        if config_digest is None:
+            to_save.append(ref)
+            continue
+        if lease is not None:
+            lease.add(info["RootFS"]["Layers"])
+        store.record_image(
+            ImageRecord(
+                config=store.image_config(config_digest),
+                engine=daemon.info.id,
+                image_id=info["Id"],
+                refs=info.get("RepoTags") or [],
+            )
+        )
+        report.already_cached.append(ref)
+    if to_save:
+        with daemon.save(to_save) as stream:
+            report.archive = import_archive(
+                store,
+                stream,
+                engine=daemon.info.id,
+                image_ids={info["Id"] for info in inspected.values()},
+                lease=lease,
+                on_bytes=on_bytes,
+            )
+        report.saved = to_save
+    return report
