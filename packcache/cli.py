@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 the operation failed, 2 the command was used wrongly (see RE
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -494,6 +495,33 @@ def _print_import(daemon_report, fmt: Format) -> None:
     typer.echo(
         f"{report.layers_written} new layers ({render.size(report.bytes_written)} written), "
         f"{report.layers_known} already cached"
+    )
+
+
+@app.command("load")
+def load_command(
+    ctx: typer.Context,
+    image: Annotated[str, typer.Argument(help="A cached image (tag or ID).")],
+    tags: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", help="Name it this in the daemon.")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Put a cached image into the Docker daemon, sending only the layers it lacks."""
+    from packcache.operations.loading import load_image
+
+    with reported():
+        store = ctx.obj.open_store()
+        daemon = ctx.obj.daemon()
+        with store.lease("load") as lease:
+            report = load_image(store, daemon, image, tags, lease=lease)
+    if fmt is Format.json:
+        typer.echo(render.to_json(dataclasses.asdict(report)))
+        return
+    typer.echo(
+        f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
+        f"{report.layers_sent} layers sent, {report.layers_reused} already in the daemon, "
+        f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s"
     )
 
 

@@ -85,6 +85,7 @@ def upgrade() -> None:
         sa.Column("engine", sa.Text(), primary_key=True),
         sa.Column("image_id", sa.Text(), nullable=False),
         sa.Column("manifest_digest", sa.Text()),
+        sa.Column("manifest", sa.Text()),
         sa.Column("last_seen", sa.Float(), nullable=False),
     )
     op.create_index("ix_image_sources_image_id", "image_sources", ["image_id"])

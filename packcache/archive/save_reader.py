@@ -48,6 +48,7 @@ class ArchiveImage:
     manifest_digest: str | None  # from index.json (the image ID on a containerd store)
     blob_digests: list[str]  # each layer's blob digest as the archive holds it
     config: bytes = field(repr=False, default=b"")
+    manifest: bytes | None = field(repr=False, default=None)
 
 
 @dataclass
@@ -272,8 +273,19 @@ def _plan_images(
             )
         except PackcacheError as exc:
             raise ArchiveError(f"the archive names an invalid image reference: {exc}") from exc
+        manifest_bytes = (
+            entries.small.get(f"blobs/sha256/{manifest_digest[7:]}") if manifest_digest else None
+        )
         images.append(
-            ArchiveImage(config_digest, diff_ids, refs, manifest_digest, blob_digests, config_bytes)
+            ArchiveImage(
+                config_digest,
+                diff_ids,
+                refs,
+                manifest_digest,
+                blob_digests,
+                config_bytes,
+                manifest_bytes,
+            )
         )
     return images, used
 
@@ -321,6 +333,7 @@ def import_archive(
                     else image.config_digest
                 ),
                 manifest_digest=image.manifest_digest,
+                manifest=image.manifest,
                 refs=image.refs,
             )
         )

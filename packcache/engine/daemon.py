@@ -5,6 +5,7 @@ Errors become one clear PackcacheError naming the socket, so a user knows what t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -101,6 +102,37 @@ class Daemon:
             return False
         return True
 
+    def image_layers(self) -> dict[str, list[str]]:
+        """Every image the daemon holds: image ID -> its diffIDs (one inspect per image)."""
+        summaries = self._call("the image list", self.client.api.images)
+        held: dict[str, list[str]] = {}
+        for summary in summaries:
+            try:
+                info = self.inspect_image(summary["Id"])
+            except NotFoundError:
+                continue  # removed meanwhile
+            held[summary["Id"]] = info.get("RootFS", {}).get("Layers") or []
+        return held
+
+    def content_available(self, ref: str, manifest_digest: str, content_size: int) -> bool:
+        """On a containerd store with API 1.48+, is every blob of the image there?
+
+        Older APIs cannot say; loads on them only reference blobs of images the daemon holds.
+        """
+        if _version_tuple(self.info.api_version) < (1, 48):
+            return True
+        api = self.client.api
+        response = self._call(
+            ref, api._get, api._url("/images/{0}/json", ref), params={"manifests": 1}
+        )
+        if response.status_code != 200:
+            return False
+        for entry in response.json().get("Manifests") or []:
+            if (entry.get("Descriptor") or {}).get("digest") == manifest_digest:
+                size = (entry.get("Size") or {}).get("Content")
+                return bool(entry.get("Available")) and (size is None or size >= content_size)
+        return False
+
     def save(self, refs: Iterable[str]) -> BinaryIO:
         """One `docker save` stream for all `refs`, read as it arrives (never held whole)."""
         names = list(refs)
@@ -131,3 +163,15 @@ class Daemon:
             if event.get("stream"):
                 messages.append(event["stream"].strip())
         return messages
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The chain ID of each layer prefix: what a graphdriver names a stack of layers by."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if not chains:
+            chains.append(diff_id)
+        else:
+            text = f"{chains[-1]} {diff_id}".encode()
+            chains.append("sha256:" + hashlib.sha256(text).hexdigest())
+    return chains

@@ -32,6 +32,8 @@ class Layer(Protocol):
     @property
     def size(self) -> int: ...  # bytes of the blob named by `digest`
     @property
+    def uncompressed_size(self) -> int: ...  # bytes of the tar named by `diff_id`
+    @property
     def media_type(self) -> str: ...
     def compressed(self) -> BinaryIO: ...  # the blob named by `digest`
     def uncompressed(self) -> BinaryIO: ...  # the tar named by `diff_id`

@@ -76,6 +76,9 @@ image_sources = Table(
     Column("engine", Text, primary_key=True),  # daemon ID from `docker info`, "" for archives
     Column("image_id", Text, nullable=False),
     Column("manifest_digest", Text),
+    # The manifest JSON as that engine holds it: on a containerd store it names the exact
+    # blobs (by compressed digest) the content store has for each layer.
+    Column("manifest", Text),
     Column("last_seen", Float, nullable=False),
 )
 Index("ix_image_sources_image_id", image_sources.c.image_id)

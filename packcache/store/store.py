@@ -22,7 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from packcache.digest import sha256_digest
 from packcache.errors import CorruptBlobError, NotFoundError, PackcacheError
-from packcache.refs import normalize
+from packcache.refs import familiar, normalize
 from packcache.store import queries, schema
 from packcache.store.blobs import BlobFiles, StagedBlob
 from packcache.store.database import Database, open_cache
@@ -40,6 +40,7 @@ class ImageRecord:
     engine: str = ""  # the daemon's ID; "" when the image came from an archive
     image_id: str | None = None  # the ID the engine gives it (config or manifest digest)
     manifest_digest: str | None = None
+    manifest: bytes | None = None  # the manifest JSON, when the engine's blobs matter
     refs: list[str] = field(default_factory=list)
 
     @property
@@ -369,6 +370,7 @@ class Store:
             source = {
                 "image_id": image.image_id or digest,
                 "manifest_digest": image.manifest_digest,
+                "manifest": image.manifest.decode() if image.manifest else None,
                 "last_seen": now,
             }
             conn.execute(
@@ -404,6 +406,39 @@ class Store:
         if row is None:
             raise NotFoundError(f"no image {config_digest} in the cache")
         return row[0].encode()
+
+    def engine_descriptors(
+        self, engine: str, image_ids: Iterable[str]
+    ) -> dict[str, tuple[str, int, str]]:
+        """diffID -> (digest, size, media type) of the blobs an engine's content store holds,
+        known from the manifests of images recorded in that engine and still there."""
+        present = set(image_ids)
+        found: dict[str, tuple[str, int, str]] = {}
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT s.image_id, s.manifest, i.config FROM image_sources s"
+                " JOIN images i ON i.id = s.image_key"
+                " WHERE s.engine = ? AND s.manifest IS NOT NULL",
+                (engine,),
+            ).fetchall()
+        for image_id, manifest, config in rows:
+            if image_id not in present:
+                continue  # removed from the engine: its blobs may be gone too
+            descriptors = json.loads(manifest).get("layers") or []
+            diff_ids = json.loads(config).get("rootfs", {}).get("diff_ids") or []
+            for descriptor, diff_id in zip(descriptors, diff_ids, strict=False):
+                found[diff_id] = (descriptor["digest"], descriptor["size"], descriptor["mediaType"])
+        return found
+
+    def image_refs(self, config_digest: str) -> list[str]:
+        """The tags recorded for an image, in any engine, in docker's short form."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT r.ref FROM image_refs r JOIN images i ON i.id = r.image_key"
+                " WHERE i.config_digest = ? ORDER BY r.ref",
+                (config_digest,),
+            ).fetchall()
+        return [familiar(ref) for (ref,) in rows]
 
     def forget_image(self, config_digest: str) -> None:
         """Drop an image's record (refs, sources, layer list); cached layers stay."""

@@ -1,0 +1,91 @@
+"""`packcache load` against every real engine: complete images, only missing layers sent."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import uuid
+from pathlib import Path
+
+from tests.engines.harness import Engine
+from tests.layers import sha256
+from tests.test_engine_import import inspect, load_image, unique
+
+
+def app_layers() -> list[dict[str, bytes]]:
+    """App layers unique to one test: engines are shared by the session's tests."""
+    salt = uuid.uuid4().bytes
+    return [
+        {"app/main.txt": b"hello from the app\n", "app/salt": salt},
+        {"app/data.bin": b"d" * 200_000, "app/salt": salt},
+    ]
+
+
+def saved_layers(engine: Engine, ref: str, tmp_path: Path) -> list[str]:
+    """diffIDs of the layer bytes a `docker save` of `ref` really holds (any layout)."""
+    path = tmp_path / "saved.tar"
+    engine.docker("save", "-o", str(path), ref)
+    with tarfile.open(path) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+        found = []
+        for layer_path in manifest[0]["Layers"]:
+            data = tar.extractfile(layer_path).read()
+            if data[:2] == b"\x1f\x8b":
+                import gzip
+
+                data = gzip.decompress(data)
+            found.append(sha256(data))
+    return found
+
+
+def test_rmi_then_load_brings_the_image_back_whole(cli, engine: Engine, tmp_path) -> None:
+    tag = unique("roundtrip")
+    load_image(engine, tmp_path, tag, extra=app_layers())
+    before = inspect(engine, tag)
+    assert cli("--host", engine.host, "import", tag).exit_code == 0
+    engine.docker("rmi", tag)
+    result = cli("--host", engine.host, "load", tag, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    after = inspect(engine, tag)
+    assert after["RootFS"]["Layers"] == before["RootFS"]["Layers"]
+    if not engine.containerd_store:
+        assert after["Id"] == before["Id"]
+    run = engine.docker("run", "--rm", "--network", "none", tag, "cat", "/app/main.txt")
+    assert run.stdout == b"hello from the app\n"
+    assert saved_layers(engine, tag, tmp_path) == before["RootFS"]["Layers"]
+
+
+def test_load_onto_a_base_in_the_daemon_sends_only_the_new_layers(
+    cli, engine: Engine, tmp_path
+) -> None:
+    base, app = unique("base"), unique("app")
+    load_image(engine, tmp_path, base)
+    load_image(engine, tmp_path, app, extra=app_layers())
+    assert cli("--host", engine.host, "import", base, app).exit_code == 0
+    engine.docker("rmi", app)
+    report = cli("--host", engine.host, "load", app, "--format", "json").json()
+    layers = inspect(engine, app)["RootFS"]["Layers"]
+    assert report["layers_sent"] == 2
+    assert report["layers_reused"] == len(layers) - 2
+    assert not report["full_reload"]
+    # Bytes sent: the new layers, the config and tar framing; not the busybox base (~1 MB).
+    assert 200_000 < report["bytes_sent"] < 300_000
+    run = engine.docker("run", "--rm", "--network", "none", app, "cat", "/app/main.txt")
+    assert run.stdout == b"hello from the app\n"
+    assert saved_layers(engine, app, tmp_path) == layers
+
+
+def test_loading_what_the_daemon_has_sends_config_only(cli, engine: Engine, tmp_path) -> None:
+    tag, other = unique("whole"), unique("retag")
+    load_image(engine, tmp_path, tag, extra=app_layers())
+    cli("--host", engine.host, "import", tag)
+    report = cli("--host", engine.host, "load", tag, "--tag", other, "--format", "json").json()
+    assert report["layers_sent"] == 0
+    assert report["bytes_sent"] < 20_000
+    assert inspect(engine, other)["RootFS"]["Layers"] == inspect(engine, tag)["RootFS"]["Layers"]
+    assert saved_layers(engine, other, tmp_path) == inspect(engine, tag)["RootFS"]["Layers"]
+
+
+def test_load_needs_a_cached_image(cli, engine: Engine) -> None:
+    result = cli("--host", engine.host, "load", "never-imported:1")
+    assert result.exit_code == 1 and "no image 'never-imported:1' in the cache" in result.stderr
