@@ -7,6 +7,8 @@ import tarfile
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.engines.harness import Engine
 from tests.layers import sha256
 from tests.test_engine_import import inspect, load_image, unique
@@ -89,3 +91,30 @@ def test_loading_what_the_daemon_has_sends_config_only(cli, engine: Engine, tmp_
 def test_load_needs_a_cached_image(cli, engine: Engine) -> None:
     result = cli("--host", engine.host, "load", "never-imported:1")
     assert result.exit_code == 1 and "no image 'never-imported:1' in the cache" in result.stderr
+
+
+def test_incomplete_load_is_detected_and_reloaded_whole(cli, engine: Engine, tmp_path, store):
+    """A manifest naming a blob the content store lacks loads "fine" but is broken; the check
+    after the load (API 1.48+) catches it and everything is sent again."""
+    if not engine.containerd_store or tuple(map(int, engine.api_version.split("."))) < (1, 48):
+        pytest.skip("only a containerd store with API 1.48+ can report missing content")
+    base, app = unique("base"), unique("app")
+    load_image(engine, tmp_path, base)
+    load_image(engine, tmp_path, app, extra=app_layers())
+    cli("--host", engine.host, "import", base, app)
+    engine.docker("rmi", app)
+    with store.db.write() as conn:  # make the recorded manifest of base lie about one blob
+        row = conn.exec_driver_sql(
+            "SELECT s.rowid, s.manifest FROM image_sources s WHERE s.manifest IS NOT NULL"
+            " AND s.image_id = ?",
+            (inspect(engine, base)["Id"],),
+        ).one()
+        manifest = json.loads(row.manifest)
+        manifest["layers"][-1]["digest"] = "sha256:" + "0" * 64
+        conn.exec_driver_sql(
+            "UPDATE image_sources SET manifest = ? WHERE rowid = ?",
+            (json.dumps(manifest), row.rowid),
+        )
+    report = cli("--host", engine.host, "load", app, "--format", "json").json()
+    assert report["full_reload"]
+    assert saved_layers(engine, app, tmp_path) == inspect(engine, app)["RootFS"]["Layers"]
