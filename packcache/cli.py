@@ -257,7 +257,7 @@ def _print_evicted(removed, dry_run: bool, fmt: Format, extra: dict | None = Non
         typer.echo(f"{verb} {layer.diff_id}  {render.size(layer.blob_size)}")
     typer.echo(
         f"{'Would reclaim' if dry_run else 'Reclaimed'} {render.size(reclaimed)} "
-        f"({len(removed)} layers)"
+        f"({render.count(len(removed), 'layer')})"
     )
 
 
@@ -491,9 +491,10 @@ def _print_import(daemon_report, fmt: Format) -> None:
         typer.echo(f"Already cached: {ref}")
     for image in report.images:
         name = ", ".join(image.refs) or short_id(image.config_digest)
-        typer.echo(f"Imported {name} ({len(image.diff_ids)} layers)")
+        typer.echo(f"Imported {name} ({render.count(len(image.diff_ids), 'layer')})")
     typer.echo(
-        f"{report.layers_written} new layers ({render.size(report.bytes_written)} written), "
+        f"{render.count(report.layers_written, 'new layer')} "
+        f"({render.size(report.bytes_written)} written), "
         f"{report.layers_known} already cached"
     )
 
@@ -520,7 +521,8 @@ def load_command(
         return
     typer.echo(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
-        f"{report.layers_sent} layers sent, {report.layers_reused} already in the daemon, "
+        f"{render.count(report.layers_sent, 'layer')} sent, "
+        f"{report.layers_reused} already in the daemon, "
         f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s"
     )
 

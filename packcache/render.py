@@ -26,6 +26,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def count(n: int, noun: str) -> str:
+    """'1 layer', '3 layers'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def to_json(data: object) -> str:
     return json.dumps(data, indent=2, sort_keys=False)
 

@@ -108,7 +108,7 @@ def test_import_from_stdin_of_a_real_process(cli, cache_dir, tmp_path: Path) -> 
             text=True,
         )
     assert done.returncode == 0, done.stderr
-    assert "Imported x:1 (1 layers)" in done.stdout
+    assert "Imported x:1 (1 layer)" in done.stdout
     assert cli("ls", "--image", "x:1").exit_code == 0
 
 
