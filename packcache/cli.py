@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -525,6 +526,72 @@ def load_command(
         f"{report.layers_reused} already in the daemon, "
         f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s"
     )
+
+
+@app.command("rebase")
+def rebase_command(
+    ctx: typer.Context,
+    image: Annotated[str, typer.Argument(help="The app image in the Docker daemon.")],
+    run_image: Annotated[
+        str | None,
+        typer.Option("--run-image", help="New run image [default: from the image's metadata]."),
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option("--tag", help="Name the result this [default: IMAGE].")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Skip the rebasable, target and run image checks.")
+    ] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="pack's method: save the whole app image, load it all."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and plan only; change nothing.")
+    ] = False,
+    report_file: Annotated[
+        Path | None, typer.Option("--report", help="Also write the result as JSON to FILE.")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
+    from packcache.operations.rebase import rebase
+
+    started = time.perf_counter()
+    with reported():
+        store = ctx.obj.open_store()
+        daemon = ctx.obj.daemon()
+        with store.lease("rebase") as lease:
+            report = rebase(
+                store,
+                daemon,
+                image,
+                run_image=run_image,
+                tag=tag,
+                force=force,
+                no_cache=no_cache,
+                dry_run=dry_run,
+                lease=lease,
+            )
+        _enforce_size_cap(store)
+    report.timings["total"] = round(time.perf_counter() - started, 4)
+    data = dataclasses.asdict(report)
+    if report_file is not None:
+        report_file.write_text(render.to_json(data) + "\n")
+    if fmt is Format.json:
+        typer.echo(render.to_json(data))
+        return
+    verb = "Would rebase" if report.dry_run else "Rebased"
+    typer.echo(f"{verb} {report.image} onto {report.run_image} ({short_id(report.run_image_id)})")
+    typer.echo(f"  old image   {report.old_image_id}")
+    if not report.dry_run:
+        typer.echo(f"  new image   {report.new_image_id} as {report.tag}")
+    typer.echo(
+        f"  layers      {report.layers_sent} sent, {report.layers_reused} reused "
+        f"({render.size(report.bytes_sent)} sent)"
+    )
+    typer.echo(f"  docker save {', '.join(report.saved) or 'none'}")
+    typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
 
 
 @app.command("info")

@@ -22,14 +22,16 @@ class DaemonImportReport:
     saved: list[str] = field(default_factory=list)  # refs read from `docker save`
 
 
-def cached_config(store: Store, inspected: dict) -> str | None:
-    """The config digest of an inspected daemon image if the cache holds all of it."""
+def cached_config(store: Store, inspected: dict, layers: list[str] | None = None) -> str | None:
+    """The config digest of an inspected daemon image if the cache knows it and holds its
+    `layers` (default: all of them)."""
     try:
         config_digest = store.resolve_image(inspected["Id"])
     except NotFoundError:
         return None
-    diff_ids = inspected.get("RootFS", {}).get("Layers") or []
-    if store.cached_diff_ids(diff_ids) != set(diff_ids):
+    if layers is None:
+        layers = inspected.get("RootFS", {}).get("Layers") or []
+    if store.cached_diff_ids(layers) != set(layers):
         return None
     return config_digest
 
@@ -47,6 +49,12 @@ def import_images(
     to_save = []
     for ref, info in inspected.items():
         config_digest = cached_config(store, info)
+        manifest = None
+        if config_digest is not None and daemon.info.containerd_store:
+            # The manifest names the blobs this content store holds: needed to reference them.
+            manifest = store.manifest(info["Id"])
+            if manifest is None:
+                config_digest = None
         if config_digest is None:
             to_save.append(ref)
             continue
@@ -57,6 +65,8 @@ def import_images(
                 config=store.image_config(config_digest),
                 engine=daemon.info.id,
                 image_id=info["Id"],
+                manifest_digest=info["Id"] if manifest else None,
+                manifest=manifest,
                 refs=info.get("RepoTags") or [],
             )
         )

@@ -46,23 +46,31 @@ class _Counter:
             yield chunk
 
 
+def held_by_daemon(
+    store: Store, daemon: Daemon, diff_ids: list[str]
+) -> list[tuple[str, int, str] | None]:
+    """Per layer, how the daemon holds it: (digest, size, media type) to reference it by, or
+    None when it must be sent. A graphdriver holds a layer when it holds its whole chain; a
+    containerd store holds the blobs of its images, known where we recorded their manifests."""
+    held = daemon.image_layers()
+    if daemon.info.containerd_store:
+        descriptors = store.held_descriptors(held)
+        return [descriptors.get(diff_id) for diff_id in diff_ids]
+    present = {chain for layers in held.values() for chain in chain_ids(layers)}
+    placeholder = (None, 0, MEDIA_TYPES["none"])  # a graphdriver needs no digest
+    return [placeholder if chain in present else None for chain in chain_ids(diff_ids)]
+
+
 def plan_layers(
     store: Store, daemon: Daemon, diff_ids: list[str], *, reuse: bool = True
 ) -> list[LoadLayer]:
     """What to send for each layer: nothing where the daemon holds it, else the cached blob."""
-    held = daemon.image_layers() if reuse else {}
-    if daemon.info.containerd_store:
-        descriptors = store.engine_descriptors(daemon.info.id, held) if reuse else {}
-        reusable = [diff_id in descriptors for diff_id in diff_ids]
-    else:
-        present = {chain for layers in held.values() for chain in chain_ids(layers)}
-        reusable = [chain in present for chain in chain_ids(diff_ids)]
-        descriptors = {}
+    held = held_by_daemon(store, daemon, diff_ids) if reuse else [None] * len(diff_ids)
     plan = []
-    for diff_id, reused in zip(diff_ids, reusable, strict=True):
-        if reused:
-            digest, size, media_type = descriptors.get(diff_id, (diff_id, 0, MEDIA_TYPES["none"]))
-            plan.append(LoadLayer(diff_id, None, digest, size, media_type))
+    for diff_id, reference in zip(diff_ids, held, strict=True):
+        if reference is not None:
+            digest, size, media_type = reference
+            plan.append(LoadLayer(diff_id, None, digest or diff_id, size, media_type))
             continue
         layer = store.layer(diff_id)
         if layer is None:
@@ -95,16 +103,32 @@ def load_image(
     *,
     lease: Lease | None = None,
 ) -> LoadReport:
-    start = time.perf_counter()
+    """Load the cached image `ref` (tag or ID), named `tags` or else its recorded tags."""
     config_digest = store.resolve_image(ref)
-    config = store.image_config(config_digest)
-    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     tags = tags or store.image_refs(config_digest)
     if not tags:
         raise UsageError(f"image {ref} has no tag in the cache: name one with --tag")
+    return load_config(store, daemon, store.image_config(config_digest), tags, lease=lease)
+
+
+def load_config(
+    store: Store,
+    daemon: Daemon,
+    config: bytes,
+    tags: list[str],
+    *,
+    lease: Lease | None = None,
+    reuse: bool = True,
+) -> LoadReport:
+    """Load the image `config` describes: its layers come from the daemon itself where it
+    holds them and from the cache otherwise (all from the cache when not `reuse`). Recorded
+    in the cache once the daemon holds it complete."""
+    start = time.perf_counter()
+    config_digest = sha256_digest(config)
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     if lease is not None:
         lease.add(diff_ids)
-    for full in (False, True):
+    for full in (not reuse, True):
         plan = plan_layers(store, daemon, diff_ids, reuse=not full)
         counter = _Counter()
         if daemon.info.containerd_store:
@@ -137,6 +161,6 @@ def load_image(
         layers_sent=len(sent),
         layers_reused=len(plan) - len(sent),
         bytes_sent=counter.bytes,
-        full_reload=full,
+        full_reload=full and reuse,
         seconds=time.perf_counter() - start,
     )

@@ -407,28 +407,35 @@ class Store:
             raise NotFoundError(f"no image {config_digest} in the cache")
         return row[0].encode()
 
-    def engine_descriptors(
-        self, engine: str, image_ids: Iterable[str]
-    ) -> dict[str, tuple[str, int, str]]:
-        """diffID -> (digest, size, media type) of the blobs an engine's content store holds,
-        known from the manifests of images recorded in that engine and still there."""
+    def held_descriptors(self, image_ids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
+        """diffID -> (digest, size, media type) of the layer blobs a containerd store holds,
+        given the IDs of the images it holds. Such an ID is the image's manifest digest, so a
+        manifest recorded with that digest (from any engine) names exactly those blobs."""
         present = set(image_ids)
         found: dict[str, tuple[str, int, str]] = {}
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT s.image_id, s.manifest, i.config FROM image_sources s"
-                " JOIN images i ON i.id = s.image_key"
-                " WHERE s.engine = ? AND s.manifest IS NOT NULL",
-                (engine,),
+                "SELECT s.manifest_digest, s.manifest, i.config FROM image_sources s"
+                " JOIN images i ON i.id = s.image_key WHERE s.manifest IS NOT NULL"
             ).fetchall()
-        for image_id, manifest, config in rows:
-            if image_id not in present:
-                continue  # removed from the engine: its blobs may be gone too
+        for manifest_digest, manifest, config in rows:
+            if manifest_digest not in present:
+                continue  # not in that store (any more): its blobs may be gone
             descriptors = json.loads(manifest).get("layers") or []
             diff_ids = json.loads(config).get("rootfs", {}).get("diff_ids") or []
             for descriptor, diff_id in zip(descriptors, diff_ids, strict=False):
                 found[diff_id] = (descriptor["digest"], descriptor["size"], descriptor["mediaType"])
         return found
+
+    def manifest(self, manifest_digest: str) -> bytes | None:
+        """A manifest recorded from any engine (content-addressed: the same everywhere)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT manifest FROM image_sources WHERE manifest_digest = ?"
+                " AND manifest IS NOT NULL LIMIT 1",
+                (manifest_digest,),
+            ).fetchone()
+        return row[0].encode() if row else None
 
     def image_refs(self, config_digest: str) -> list[str]:
         """The tags recorded for an image, in any engine, in docker's short form."""
