@@ -27,10 +27,10 @@ test: $(STAMP) engines
 	$(BIN)/ruff check packcache migrations tests
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
-	$(BIN)/python -m packcache.demo
+demo: $(STAMP) engines
+	$(BIN)/python -m tests.demo
 
-bench: $(STAMP)
+bench: $(STAMP) engines
 	$(BIN)/python -m tests.bench
 
 lint: $(STAMP)

@@ -6,6 +6,7 @@ lifecycle writes (platform.md, lifecycle platform/files), loaded into a real eng
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -36,12 +37,22 @@ class AppImage:
     marker: bytes  # contents of /workspace/app.txt, unique per app
 
 
-def run_image_layers(version: str) -> list[dict]:
+def payload(size: int, seed: str) -> bytes:
+    """`size` incompressible bytes, the same for the same seed."""
+    return b"".join(hashlib.sha256(f"{seed}-{i}".encode()).digest() for i in range(size // 32 + 1))[
+        :size
+    ]
+
+
+def run_image_layers(version: str, extra_bytes: int = 0) -> list[dict]:
     """Three run image layers (busybox first, so the image runs)."""
     return [
         images.busybox_layer(),
         {"etc/run-version": f"{version}\n".encode(), "usr/share/run/base.txt": b"base\n"},
-        {"usr/share/run/extra.bin": version.encode() * 20_000},
+        {
+            "usr/share/run/extra.bin": version.encode() * 20_000,
+            "usr/share/run/payload.bin": payload(extra_bytes, f"run-{version}"),
+        },
     ]
 
 
@@ -64,8 +75,9 @@ def build_run_image(
     *,
     labels: dict | None = None,
     config_extra: dict | None = None,
+    extra_bytes: int = 0,
 ) -> RunImage:
-    layers = run_image_layers(version)
+    layers = run_image_layers(version, extra_bytes)
     all_labels = labels if labels is not None else run_labels(version)
     extra = {
         "config": {
@@ -106,11 +118,12 @@ def build_app_image(
     platform_api: str | None = "0.12",
     extra_labels: dict | None = None,
     metadata: dict | str | None = None,
+    extra_bytes: int = 0,
 ) -> AppImage:
     """An app image as the lifecycle exports it onto `run`: run layers, then app layers."""
     marker = f"app {uuid.uuid4().hex}\n".encode()
     app_layers = [
-        {"workspace/app.txt": marker},
+        {"workspace/app.txt": marker, "workspace/payload.bin": payload(extra_bytes, marker.hex())},
         {"layers/test_bp/web/bin/web": b"#!/bin/sh\necho web\n" + marker},
         {"cnb/lifecycle/launcher": b"launcher " + marker},
     ]
