@@ -291,3 +291,12 @@ def test_report_file(cli, engine: Engine, tmp_path: Path, stack) -> None:
     data = json.loads(report.read_text())
     assert data["new_image_id"] == inspect(engine, app.tag)["Id"]
     assert set(data["timings"]) >= {"inspect", "load", "total"}
+
+
+def test_image_named_without_a_tag(cli, engine: Engine, tmp_path: Path, stack) -> None:
+    _, run2, app = stack
+    bare = app.tag.rsplit(":", 1)[0]
+    engine.docker("tag", app.tag, f"{bare}:latest")
+    result = rebase(cli, engine, bare, "--run-image", run2.tag)
+    assert result.exit_code == 0, result.stderr
+    assert inspect(engine, f"{bare}:latest")["Id"] == result.json()["new_image_id"]

@@ -21,6 +21,7 @@ from packcache.archive.load_writer import (
 from packcache.digest import sha256_digest
 from packcache.engine.daemon import Daemon, DaemonError, chain_ids
 from packcache.errors import PackcacheError, UsageError
+from packcache.refs import familiar, normalize
 from packcache.store.layer import MEDIA_TYPES
 from packcache.store.store import ImageRecord, Lease, Store
 
@@ -124,6 +125,7 @@ def load_config(
     holds them and from the cache otherwise (all from the cache when not `reuse`). Recorded
     in the cache once the daemon holds it complete."""
     start = time.perf_counter()
+    tags = [familiar(normalize(tag)) for tag in tags]  # docker load wants name:tag
     config_digest = sha256_digest(config)
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     if lease is not None:
