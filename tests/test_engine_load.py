@@ -118,3 +118,22 @@ def test_incomplete_load_is_detected_and_reloaded_whole(cli, engine: Engine, tmp
     report = cli("--host", engine.host, "load", app, "--format", "json").json()
     assert report["full_reload"]
     assert saved_layers(engine, app, tmp_path) == inspect(engine, app)["RootFS"]["Layers"]
+
+
+def test_empty_and_repeated_layers_round_trip(cli, engine: Engine, tmp_path) -> None:
+    """Empty layers (ENV/LABEL steps of a Dockerfile) and the same layer twice in one image:
+    docker save writes the repeat once (20.10 as a symlink), the cache stores it once."""
+    tag = unique("empty")
+    salt = {"salt": uuid.uuid4().bytes}
+    layers = [{}, salt, {}, {"app/x.txt": b"x\n"}, salt]
+    load_image(engine, tmp_path, tag, extra=layers, gzip=[False] * 8)
+    diff_ids = inspect(engine, tag)["RootFS"]["Layers"]
+    assert len(set(diff_ids)) < len(diff_ids)  # really repeated
+    result = cli("--host", engine.host, "import", tag, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    rows = cli("ls", "--image", tag, "--format", "json").json()
+    assert [r["diff_id"] for r in rows] == list(dict.fromkeys(diff_ids))
+    engine.docker("rmi", tag)
+    assert cli("--host", engine.host, "load", tag).exit_code == 0
+    assert inspect(engine, tag)["RootFS"]["Layers"] == diff_ids
+    assert saved_layers(engine, tag, tmp_path) == diff_ids

@@ -40,7 +40,15 @@ class EngineInfo:
     host: str
 
 
-def _explain(host: str, exc: BaseException) -> DaemonError:
+def check_api_version(api_version: str, host: str) -> None:
+    if _version_tuple(api_version) < _version_tuple(MIN_API_VERSION):
+        raise DaemonError(
+            f"the Docker engine at {host} speaks API {api_version}; packcache needs "
+            f"{MIN_API_VERSION} (Engine 20.10) or newer"
+        )
+
+
+def explain(host: str, exc: BaseException) -> DaemonError:
     text = str(exc)
     if "Permission denied" in text or isinstance(exc, PermissionError):
         return DaemonError(
@@ -63,13 +71,9 @@ class Daemon:
             self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
             raw_info = self.client.api.info()
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise _explain(self.host, exc) from exc
+            raise explain(self.host, exc) from exc
         api_version = self.client.api.api_version
-        if _version_tuple(api_version) < _version_tuple(MIN_API_VERSION):
-            raise DaemonError(
-                f"the Docker engine at {self.host} speaks API {api_version}; packcache needs "
-                f"{MIN_API_VERSION} (Engine 20.10) or newer"
-            )
+        check_api_version(api_version, self.host)
         driver_status = dict(tuple(pair) for pair in raw_info.get("DriverStatus") or [])
         self.info = EngineInfo(
             id=raw_info.get("ID") or "",
@@ -89,7 +93,7 @@ class Daemon:
         except docker.errors.APIError as exc:
             raise DaemonError(f"the Docker daemon refused {what}: {exc.explanation}") from exc
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise _explain(self.host, exc) from exc
+            raise explain(self.host, exc) from exc
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
         """`docker image inspect`: raises NotFoundError when the daemon has no such image."""

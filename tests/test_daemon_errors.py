@@ -1,0 +1,22 @@
+"""Daemon error messages that the real engines of the suite cannot produce for root."""
+
+import pytest
+
+from packcache.engine.daemon import DaemonError, check_api_version, explain
+
+HOST = "unix:///var/run/docker.sock"
+
+
+def test_permission_denied_names_the_socket_and_the_fix() -> None:
+    # As root the tests never see EACCES on a socket; this is the exception the SDK raises.
+    error = explain(HOST, PermissionError(13, "Permission denied"))
+    assert str(error) == (
+        f"permission denied on the Docker socket {HOST}: run as root or join the docker group"
+    )
+
+
+def test_engine_too_old() -> None:
+    with pytest.raises(DaemonError, match=r"speaks API 1\.40; packcache needs 1\.41"):
+        check_api_version("1.40", HOST)
+    check_api_version("1.41", HOST)
+    check_api_version("1.51", HOST)
