@@ -26,6 +26,9 @@ def normalize(ref: str) -> str:
     if not ref or not _REF_RE.match(ref) or ref.endswith((":", "/", "@")):
         raise UsageError(f"invalid image reference {ref!r}")
     name, at, digest = ref.partition("@")
+    repository = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    if repository.lower() != repository:
+        raise UsageError(f"invalid image reference {ref!r}: repository names are lowercase")
     first, slash, rest = name.partition("/")
     if not slash or ("." not in first and ":" not in first and first != "localhost"):
         name = f"{DEFAULT_DOMAIN}/{name}"

@@ -300,3 +300,11 @@ def test_image_named_without_a_tag(cli, engine: Engine, tmp_path: Path, stack) -
     result = rebase(cli, engine, bare, "--run-image", run2.tag)
     assert result.exit_code == 0, result.stderr
     assert inspect(engine, f"{bare}:latest")["Id"] == result.json()["new_image_id"]
+
+
+def test_invalid_tag_is_a_usage_error(cli, engine: Engine, stack) -> None:
+    _, run2, app = stack
+    before = inspect(engine, app.tag)["Id"]
+    result = rebase(cli, engine, app.tag, "--run-image", run2.tag, "--tag", "Bad/Name:1")
+    assert result.exit_code == 2 and "repository names are lowercase" in result.stderr
+    assert inspect(engine, app.tag)["Id"] == before

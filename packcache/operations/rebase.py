@@ -20,7 +20,7 @@ from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.operations.importing import cached_config, import_images
 from packcache.operations.loading import held_by_daemon, load_config
-from packcache.refs import normalize
+from packcache.refs import looks_like_id, normalize
 from packcache.store.store import Lease, Store
 
 LIFECYCLE_METADATA = "io.buildpacks.lifecycle.metadata"
@@ -254,6 +254,9 @@ def rebase(
 ) -> RebaseReport:
     if no_cache and dry_run:
         raise UsageError("--no-cache and --dry-run do not go together")
+    for name in (image, tag, run_image):
+        if name is not None and not looks_like_id(name):
+            normalize(name)  # a malformed name is a usage error, found before any work
     timings: dict[str, float] = {}
     clock = _Clock(timings)
     try:
