@@ -609,5 +609,84 @@ def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         typer.echo(f"{key.replace('_', ' ')}: {'-' if shown is None else shown}")
 
 
+@app.command("create-builder")
+def create_builder_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name (tag) of the builder image to create.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="builder.toml, as pack reads it.")],
+    pull_policy: Annotated[
+        str,
+        typer.Option(
+            "--pull-policy", help="never, or if-not-present (pull images the daemon lacks)."
+        ),
+    ] = "if-not-present",
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="KEY=VALUE", help="Add a label to the builder."),
+    ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache", help="pack's method: save each buildpackage, re-tar, load; cache unused."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and plan only; change nothing.")
+    ] = False,
+    report_file: Annotated[
+        Path | None, typer.Option("--report", help="Also write the result as JSON to FILE.")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Create a builder image from builder.toml, taking buildpack layers from the cache."""
+    from packcache.operations.create_builder import create_builder
+
+    extra_labels = {}
+    for label in labels or []:
+        key, equals, value = label.partition("=")
+        if not equals or not key:
+            typer.echo(f"packcache: error: --label {label!r}: expected KEY=VALUE", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        extra_labels[key] = value
+    with reported():
+        store = ctx.obj.open_store()
+        daemon = ctx.obj.daemon()
+        with store.lease("create-builder") as lease:
+            report = create_builder(
+                store,
+                daemon,
+                name,
+                config,
+                pull_policy=pull_policy,
+                extra_labels=extra_labels,
+                no_cache=no_cache,
+                dry_run=dry_run,
+                lease=lease,
+            )
+        _enforce_size_cap(store)
+    data = dataclasses.asdict(report)
+    if report_file is not None:
+        report_file.write_text(render.to_json(data) + "\n")
+    if fmt is Format.json:
+        typer.echo(render.to_json(data))
+        return
+    for warning in report.warnings:
+        typer.echo(f"Warning: {warning}", err=True)
+    verb = "Would create" if report.dry_run else "Created"
+    image = short_id(report.image_id) if report.image_id else short_id(report.config_digest)
+    typer.echo(f"{verb} builder {report.name} ({image}), {len(report.diff_ids)} layers")
+    for buildpack in report.buildpacks:
+        origin = "cache" if buildpack.reused else buildpack.kind
+        typer.echo(f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}")
+    typer.echo(f"  docker save {', '.join(report.imported) or 'none'}")
+    if report.load is not None:
+        typer.echo(
+            f"  loaded      {report.load.layers_sent} layers sent, "
+            f"{report.load.layers_reused} already in the daemon, "
+            f"{render.size(report.load.bytes_sent)} sent"
+        )
+    typer.echo(f"  time        {report.seconds:.2f} s")
+
+
 def main() -> None:
     app(prog_name="packcache")

@@ -1,0 +1,346 @@
+"""builder.toml, read the way pack reads it (builder/config_reader.go), with errors that name
+the key and its line.
+
+Accepted: the keys pack decodes for a builder on the Docker daemon. pack's keys for features
+packcache does not build (extensions, system buildpacks, multi-target builders) are refused
+with a message saying so, rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packcache.builder.tomlkeys import KeyPath, dotted, key_lines
+from packcache.errors import UsageError
+
+# pack's dist.ModuleInfo fields, in the order Go writes them into labels.
+MODULE_INFO_KEYS = (
+    "id",
+    "name",
+    "version",
+    "description",
+    "homepage",
+    "keywords",
+    "exec-env",
+    "licenses",
+    "clear-env",
+)
+ENV_SUFFIXES = ("", "default", "override", "append", "prepend")
+UNSUPPORTED = {
+    "extensions": "image extensions",
+    "order-extensions": "image extensions",
+    "system": "system buildpacks",
+    "targets": "multi-target builders",
+}
+
+
+class ConfigError(UsageError):
+    """builder.toml is not one packcache can build from; the message names file, line and key."""
+
+
+@dataclass(frozen=True)
+class ModuleRef:
+    """An order entry: a buildpack id, optionally a version, and whether it may fail detection."""
+
+    info: dict[str, Any]  # ModuleInfo keys present, id first
+    optional: bool = False
+    line: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.info["id"]
+
+    @property
+    def version(self) -> str:
+        return self.info.get("version", "")
+
+
+@dataclass(frozen=True)
+class BuildpackSource:
+    """One [[buildpacks]] entry: where the buildpack comes from and what it must be."""
+
+    uri: str  # as written (or the deprecated `image`, as docker://IMAGE)
+    id: str
+    version: str
+    line: int
+    key: str  # "buildpacks[0].uri", for messages
+
+
+@dataclass(frozen=True)
+class RunImage:
+    image: str
+    mirrors: list[str] | None  # None when not written: pack keeps that distinction in labels
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    name: str
+    value: str
+    suffix: str
+    delim: str
+
+
+@dataclass
+class BuilderConfig:
+    path: Path
+    description: str = ""
+    buildpacks: list[BuildpackSource] = field(default_factory=list)
+    order: list[list[ModuleRef]] | None = None  # None when no [[order]] is written
+    stack_id: str = ""
+    stack_run_image: str = ""
+    stack_run_image_mirrors: list[str] | None = None
+    build_image: str = ""
+    build_env: list[BuildEnv] = field(default_factory=list)
+    run_images: list[RunImage] = field(default_factory=list)
+    lifecycle_uri: str = ""
+    lifecycle_version: str = ""
+    lifecycle_line: int = 0
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def build_config_env(self) -> dict[str, str]:
+        """File name -> contents under /cnb/build-config/env, as pack's ParseBuildConfigEnv."""
+        files: dict[str, str] = {}
+        for env in self.build_env:
+            files[env.name + (f".{env.suffix}" if env.suffix else "")] = env.value
+            if env.delim:
+                files[f"{env.name}.delim"] = env.delim
+        return files
+
+
+class _Reader:
+    """Typed access to the parsed document, every complaint located."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = key_lines(text)
+
+    def line(self, key: KeyPath) -> int:
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return 0
+
+    def fail(self, key: KeyPath, message: str) -> ConfigError:
+        line = self.line(key)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(f"{where}: {message}")
+
+    def table(self, value: Any, key: KeyPath, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"'{dotted(key)}' must be a table")
+        for name in value:
+            if name not in allowed:
+                sub = (*key, name)
+                if not key and name in UNSUPPORTED:
+                    raise self.fail(
+                        sub, f"'{name}': {UNSUPPORTED[name]} are not supported by packcache yet"
+                    )
+                raise self.fail(sub, f"unknown key '{dotted(sub)}'")
+        return value
+
+    def tables(self, value: Any, key: KeyPath, allowed: tuple[str, ...]) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"'{dotted(key)}' must be an array of tables ([[{key[-1]}]])")
+        return [self.table(item, (*key, i), allowed) for i, item in enumerate(value)]
+
+    def string(self, table: dict[str, Any], key: KeyPath) -> str:
+        value = table.get(key[-1], "")
+        if not isinstance(value, str):
+            raise self.fail(key, f"'{dotted(key)}' must be a string")
+        return value
+
+    def strings(self, table: dict[str, Any], key: KeyPath) -> list[str] | None:
+        if key[-1] not in table:
+            return None
+        value = table[key[-1]]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"'{dotted(key)}' must be an array of strings")
+        return list(value)
+
+    def boolean(self, table: dict[str, Any], key: KeyPath) -> bool:
+        value = table.get(key[-1], False)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"'{dotted(key)}' must be true or false")
+        return value
+
+    def module_info(self, table: dict[str, Any], key: KeyPath) -> dict[str, Any]:
+        """The ModuleInfo keys present, checked and in pack's order (omitted when empty)."""
+        info: dict[str, Any] = {}
+        for name in MODULE_INFO_KEYS:
+            sub = (*key, name)
+            if name not in table:
+                continue
+            if name in ("keywords", "exec-env"):
+                value: Any = self.strings(table, sub)
+            elif name == "clear-env":
+                value = self.boolean(table, sub)
+            elif name == "licenses":
+                value = [
+                    {k: self.string(t, (*sub, i, k)) for k in ("type", "uri")}
+                    for i, t in enumerate(self.tables(table[name], sub, ("type", "uri")))
+                ]
+            else:
+                value = self.string(table, sub)
+            if value:
+                info[name] = value
+        return info
+
+
+def read_config(path: Path) -> BuilderConfig:
+    """Parse and check builder.toml; raise ConfigError naming the key and line of any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    reader = _Reader(path, text)
+    top = reader.table(
+        document,
+        (),
+        ("description", "buildpacks", "order", "stack", "lifecycle", "run", "build"),
+    )
+    config = BuilderConfig(path=path.resolve())
+    config.description = reader.string(top, ("description",))
+    _read_buildpacks(reader, top, config)
+    _read_order(reader, top, config)
+    _read_images(reader, top, config)
+    _read_lifecycle(reader, top, config)
+    return config
+
+
+def _read_buildpacks(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
+    allowed = (*MODULE_INFO_KEYS, "uri", "image")
+    for i, entry in enumerate(reader.tables(top.get("buildpacks", []), ("buildpacks",), allowed)):
+        key: KeyPath = ("buildpacks", i)
+        reader.module_info(entry, key)  # type-checks the descriptive keys pack also accepts
+        uri = reader.string(entry, (*key, "uri"))
+        image = reader.string(entry, (*key, "image"))
+        if uri and image:
+            raise reader.fail((*key, "image"), f"'{dotted(key)}': set uri or image, not both")
+        if not uri and not image:
+            raise reader.fail(key, f"'{dotted(key)}' needs a uri (or the deprecated image)")
+        config.buildpacks.append(
+            BuildpackSource(
+                uri=uri or f"docker://{image}",
+                id=reader.string(entry, (*key, "id")),
+                version=reader.string(entry, (*key, "version")),
+                line=reader.line((*key, "uri" if uri else "image")),
+                key=dotted((*key, "uri" if uri else "image")),
+            )
+        )
+
+
+def _read_order(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
+    if "order" not in top:
+        return
+    config.order = []
+    for i, entry in enumerate(reader.tables(top["order"], ("order",), ("group",))):
+        group = []
+        refs = reader.tables(
+            entry.get("group", []), ("order", i, "group"), (*MODULE_INFO_KEYS, "optional")
+        )
+        for j, ref in enumerate(refs):
+            key: KeyPath = ("order", i, "group", j)
+            info = reader.module_info(ref, key)
+            if not info.get("id"):
+                raise reader.fail(key, f"'{dotted(key)}' needs an id")
+            optional = reader.boolean(ref, (*key, "optional"))
+            group.append(ModuleRef(info, optional, reader.line(key)))
+        config.order.append(group)
+
+
+def _read_images(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
+    stack = reader.table(
+        top.get("stack", {}), ("stack",), ("id", "build-image", "run-image", "run-image-mirrors")
+    )
+    config.stack_id = reader.string(stack, ("stack", "id"))
+    stack_build = reader.string(stack, ("stack", "build-image"))
+    config.stack_run_image = reader.string(stack, ("stack", "run-image"))
+    config.stack_run_image_mirrors = reader.strings(stack, ("stack", "run-image-mirrors"))
+
+    build = reader.table(top.get("build", {}), ("build",), ("image", "env"))
+    config.build_image = reader.string(build, ("build", "image"))
+    for i, env in enumerate(
+        reader.tables(
+            build.get("env", []), ("build", "env"), ("name", "value", "suffix", "delim", "exec-env")
+        )
+    ):
+        key: KeyPath = ("build", "env", i)
+        name = reader.string(env, (*key, "name"))
+        if not name:
+            raise reader.fail(key, f"'{dotted(key)}' needs a name")
+        suffix = reader.string(env, (*key, "suffix"))
+        if suffix not in ENV_SUFFIXES:
+            raise reader.fail(
+                (*key, "suffix"),
+                f"'{dotted((*key, 'suffix'))}' is {suffix!r}; "
+                "use default, override, append or prepend",
+            )
+        delim = reader.string(env, (*key, "delim"))
+        reader.strings(env, (*key, "exec-env"))
+        if suffix in ("append", "prepend") and not delim:
+            raise reader.fail(
+                (*key, "suffix"),
+                f"'{dotted(key)}' ({name}) with suffix {suffix} needs a delim",
+            )
+        config.build_env.append(BuildEnv(name, reader.string(env, (*key, "value")), suffix, delim))
+
+    run = reader.table(top.get("run", {}), ("run",), ("images",))
+    for i, entry in enumerate(
+        reader.tables(run.get("images", []), ("run", "images"), ("image", "mirrors"))
+    ):
+        key = ("run", "images", i)
+        image = reader.string(entry, (*key, "image"))
+        if not image:
+            raise reader.fail(key, f"'{dotted(key)}' needs an image")
+        config.run_images.append(RunImage(image, reader.strings(entry, (*key, "mirrors"))))
+
+    # pack's ValidateConfig, then mergeStackWithImages (RFC-0096: [build]/[run] over [stack]).
+    if not config.build_image and not stack_build:
+        raise reader.fail(("build",), "build.image (or stack.build-image) is required")
+    if config.build_image and stack_build and config.build_image != stack_build:
+        raise reader.fail(
+            ("stack", "build-image"),
+            f"stack.build-image ({stack_build}) and build.image "
+            f"(line {reader.line(('build', 'image'))}: {config.build_image}) do not match",
+        )
+    if not config.run_images and (not config.stack_run_image or not config.stack_id):
+        raise reader.fail(("run",), "run.images (or stack.id with stack.run-image) is required")
+    if (
+        config.stack_run_image
+        and config.run_images
+        and config.run_images[0].image != config.stack_run_image
+    ):
+        raise reader.fail(
+            ("stack", "run-image"),
+            f"stack.run-image ({config.stack_run_image}) and run.images[0].image "
+            f"({config.run_images[0].image}) do not match",
+        )
+    config.build_image = config.build_image or stack_build
+    if config.run_images:
+        config.stack_run_image = config.run_images[0].image
+        config.stack_run_image_mirrors = config.run_images[0].mirrors
+    else:
+        config.run_images = [RunImage(config.stack_run_image, config.stack_run_image_mirrors)]
+
+
+def _read_lifecycle(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
+    lifecycle = reader.table(top.get("lifecycle", {}), ("lifecycle",), ("uri", "version"))
+    config.lifecycle_uri = reader.string(lifecycle, ("lifecycle", "uri"))
+    config.lifecycle_version = reader.string(lifecycle, ("lifecycle", "version"))
+    config.lifecycle_line = reader.line(("lifecycle",))
+    if config.lifecycle_uri and config.lifecycle_version:
+        raise reader.fail(
+            ("lifecycle", "version"), "lifecycle can only declare version or uri, not both"
+        )

@@ -1,0 +1,868 @@
+"""`packcache create-builder NAME --config builder.toml`: a builder image, as pack builds it,
+with buildpack layers taken from the cache.
+
+Reads top to bottom: read builder.toml; check the build image, run images and lifecycle; find
+every buildpack (buildpackage images in the daemon by their io.buildpacks.buildpack.layers
+label, directories and archives by a content key), importing only buildpackages whose layers
+the cache lacks, in one `docker save`; write the builder's own layers as deterministic tars
+into the store; build the image config (labels, working dir, history as pack writes them);
+record it and load it, sending only the layers the daemon lacks.
+
+With --no-cache it does what pack does instead (a `docker save` per buildpackage, every
+directory re-tarred, every layer but the build image's sent) in a throwaway store, leaving the
+cache as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import requests
+
+from packcache import __version__
+from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive, oci_manifest
+from packcache.archive.save_reader import import_archive
+from packcache.builder import labels as L
+from packcache.builder.config import MODULE_INFO_KEYS, BuilderConfig, ModuleRef, read_config
+from packcache.builder.descriptors import (
+    BuildpackDescriptor,
+    DescriptorError,
+    LifecycleDescriptor,
+    api_key,
+    descriptor_from_layers_label,
+)
+from packcache.builder.inputs import InputCache
+from packcache.builder.layers import (
+    BUILD_CONFIG_DIR,
+    ORDER_PATH,
+    PLATFORM_DIR,
+    RUN_PATH,
+    STACK_PATH,
+    buildpack_layer,
+    default_dirs,
+    env_layer,
+    lifecycle_layer,
+    single_file_layer,
+    whiteout_layer,
+)
+from packcache.builder.sources import (
+    SourceError,
+    archive_descriptor,
+    archive_members,
+    directory_descriptor,
+    directory_fingerprint,
+    directory_members,
+    file_digest,
+    is_oci_layout,
+    open_oci_buildpackage,
+    read_lifecycle,
+)
+from packcache.builder.tarwriter import TarEntry, tar_chunks, tar_reader
+from packcache.digest import sha256_digest
+from packcache.engine.daemon import Daemon, DaemonError
+from packcache.errors import NotFoundError, PackcacheError, UsageError
+from packcache.operations.importing import import_images
+from packcache.operations.loading import LoadReport, load_image
+from packcache.store.store import ImageRecord, Lease, Store
+
+PULL_POLICIES = ("never", "if-not-present")
+CREATED = "1980-01-01T00:00:01Z"  # imgutil's NormalizedDateTime, as pack leaves it
+WORKING_DIR = "/layers"
+CREATOR = "packcache"
+
+
+class BuilderError(PackcacheError):
+    """The builder cannot be made from these inputs; nothing was loaded."""
+
+
+@dataclass
+class BuildpackReport:
+    id: str
+    version: str
+    source: str  # the uri as builder.toml wrote it
+    kind: str  # image, directory, archive, buildpackage-file
+    diff_id: str
+    reused: bool  # taken from the cache without reading the source
+
+
+@dataclass
+class CreateBuilderReport:
+    name: str
+    dry_run: bool
+    no_cache: bool
+    image_id: str | None  # the daemon's ID for the builder (None in a dry run)
+    config_digest: str | None
+    diff_ids: list[str]
+    buildpacks: list[BuildpackReport]
+    imported: list[str]  # buildpackage images read with `docker save`
+    layers_written: int  # new builder layers written to the store
+    load: LoadReport | None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def _local_path(uri: str, base: Path) -> Path | None:
+    """A file:// URI or a path (relative to builder.toml); None for anything else."""
+    if uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://"))
+        return path if path.is_absolute() else base / path
+    if "://" in uri or uri.startswith(("urn:", "docker:")):
+        return None
+    path = Path(uri) if Path(uri).is_absolute() else base / uri
+    return path if path.exists() else None
+
+
+def _image_ref(uri: str) -> str:
+    for prefix in ("docker://", "docker:/"):
+        if uri.startswith(prefix):
+            return uri.removeprefix(prefix)
+    return uri
+
+
+def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> dict[str, Any]:
+    """`docker inspect` of an image, pulled first if allowed and missing."""
+    try:
+        return daemon.inspect_image(ref)
+    except NotFoundError:
+        if pull_policy == "never":
+            raise NotFoundError(
+                f"{what} {ref} is not in the Docker daemon (--pull-policy never)"
+            ) from None
+    try:  # the Daemon class has no pull yet: the SDK call, its errors made plain
+        daemon.client.images.pull(ref)
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise NotFoundError(
+            f"{what} {ref} is not in the Docker daemon and pulling it failed: {exc}"
+        ) from exc
+    return daemon.inspect_image(ref)
+
+
+def _labels(inspected: dict[str, Any]) -> dict[str, str]:
+    return dict((inspected.get("Config") or {}).get("Labels") or {})
+
+
+def _env(inspected: dict[str, Any]) -> dict[str, str]:
+    pairs = ((inspected.get("Config") or {}).get("Env")) or []
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+def _json_label(labels: dict[str, str], name: str, image: str) -> Any:
+    if not labels.get(name):
+        return None
+    try:
+        return json.loads(labels[name])
+    except ValueError as exc:
+        raise BuilderError(f"image {image}: label {name} is not valid JSON: {exc}") from exc
+
+
+def _user_and_group(build: dict[str, Any], ref: str) -> tuple[int, int]:
+    """CNB_USER_ID / CNB_GROUP_ID of the build image, required as pack requires them."""
+    env = _env(build)
+    ids = []
+    for name in ("CNB_USER_ID", "CNB_GROUP_ID"):
+        if not env.get(name):
+            raise BuilderError(f"build image {ref} is missing required env var {name}")
+        try:
+            ids.append(int(env[name]))
+        except ValueError:
+            raise BuilderError(
+                f"build image {ref}: {name}={env[name]} should be an integer"
+            ) from None
+    return ids[0], ids[1]
+
+
+def _hash_chunks(chunks: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+class _Layers:
+    """Writes builder layers into the store (or, in a dry run, only hashes them)."""
+
+    def __init__(self, store: Store, lease: Lease | None, dry_run: bool) -> None:
+        self.store = store
+        self.lease = lease
+        self.dry_run = dry_run
+        self.written = 0
+
+    def cached(self, diff_id: str) -> bool:
+        if self.store.layer(diff_id) is None:
+            return False
+        if self.lease is not None:
+            self.lease.add([diff_id])
+        return True
+
+    def add(self, entries: Iterable[TarEntry]) -> str:
+        if self.dry_run:
+            return _hash_chunks(tar_chunks(entries))
+        result = self.store.ingest_layer(tar_reader(entries), lease=self.lease)
+        self.written += result.written
+        return result.diff_id
+
+
+@dataclass
+class _Module:
+    """One buildpack to put on the builder and where its layer comes from."""
+
+    descriptor: BuildpackDescriptor
+    source: str
+    kind: str
+    diff_id: str = ""
+    reused: bool = False
+    image_ref: str | None = None  # for buildpackage images: which image holds the layer
+
+
+# -- the operation ---------------------------------------------------------------------------
+
+
+def create_builder(
+    store: Store,
+    daemon: Daemon,
+    name: str,
+    config_path: Path,
+    *,
+    pull_policy: str = "if-not-present",
+    extra_labels: dict[str, str] | None = None,
+    no_cache: bool = False,
+    dry_run: bool = False,
+    lease: Lease | None = None,
+) -> CreateBuilderReport:
+    start = time.perf_counter()
+    if pull_policy not in PULL_POLICIES:
+        raise UsageError(f"--pull-policy must be one of {', '.join(PULL_POLICIES)}")
+    config = read_config(config_path)
+    with ExitStack() as cleanup:
+        if no_cache:
+            # pack's method, in a throwaway store: the real cache is neither read nor changed.
+            scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="packcache-")))
+            store = Store.open(scratch / "cache")
+            lease = cleanup.enter_context(store.lease("create-builder --no-cache"))
+        report = _create(
+            store, daemon, name, config, pull_policy, extra_labels or {}, no_cache, dry_run, lease
+        )
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _create(
+    store: Store,
+    daemon: Daemon,
+    name: str,
+    config: BuilderConfig,
+    pull_policy: str,
+    extra_labels: dict[str, str],
+    no_cache: bool,
+    dry_run: bool,
+    lease: Lease | None,
+) -> CreateBuilderReport:
+    warnings: list[str] = []
+    inputs = InputCache(store.root)
+    layers = _Layers(store, lease, dry_run)
+
+    # 1. The build image: in the daemon, with the CNB user and (when builder.toml names one)
+    #    the same stack.
+    build = _ensure_image(daemon, config.build_image, pull_policy, "build image")
+    build_labels = _labels(build)
+    if (build.get("Os") or "linux") != "linux":
+        raise BuilderError(f"build image {config.build_image}: only linux builders are supported")
+    uid, gid = _user_and_group(build, config.build_image)
+    stack_id = build_labels.get(L.STACK_ID, "")
+    if config.stack_id and stack_id != config.stack_id:
+        raise BuilderError(
+            f"stack '{config.stack_id}' from builder config is incompatible with stack "
+            f"'{stack_id}' from build image {config.build_image}"
+        )
+    mixins = _json_label(build_labels, L.STACK_MIXINS, config.build_image)
+
+    # 2. Run images: checked when present (pack only warns when it cannot see one).
+    for run_image in config.run_images:
+        for ref in [run_image.image, *(run_image.mirrors or [])]:
+            try:
+                run_labels = _labels(daemon.inspect_image(ref))
+            except NotFoundError:
+                warnings.append(f"run image {ref} is not in the Docker daemon")
+                continue
+            if config.stack_id and run_labels.get(L.STACK_ID) != config.stack_id:
+                raise BuilderError(
+                    f"stack '{config.stack_id}' from builder config is incompatible with stack "
+                    f"'{run_labels.get(L.STACK_ID, '')}' from run image {ref}"
+                )
+
+    # 3. The lifecycle: a local release archive, or one cached by version earlier.
+    platform = f"{build.get('Os') or 'linux'}/{build.get('Architecture') or ''}"
+    lifecycle, lifecycle_layer_id = _lifecycle(config, inputs, layers, platform)
+
+    # 4. The buildpacks: what each source says it provides (labels, buildpack.toml).
+    modules: list[_Module] = []
+    for source in config.buildpacks:
+        found = _buildpacks_from(source.uri, config.base_dir, daemon, pull_policy, layers)
+        main = found[0]
+        for expected, actual, what in (
+            (source.id, main.descriptor.id, "ID"),
+            (source.version, main.descriptor.version, "version"),
+        ):
+            if expected and expected != actual:
+                raise BuilderError(
+                    f"{config.path}:{source.line}: buildpack from {source.uri} has {what} "
+                    f"{actual}, which does not match {what} {expected} in {source.key}"
+                )
+        modules.extend(found)
+
+    # 5. Checks that need no layer: APIs, stacks, targets, order. Nothing is written before.
+    first_by_name: dict[str, _Module] = {}
+    for module in modules:
+        first_by_name.setdefault(module.descriptor.full_name, module)
+    infos = [module.descriptor.info for module in modules]  # pack lists every one it added
+    _validate_buildpacks(first_by_name, lifecycle, stack_id, mixins, build, build_labels)
+    resolved_order = _resolve_order(config, infos)
+
+    # 6. The layers: cached ones leased; buildpackages the cache lacks imported with one
+    #    `docker save`; directories and archives tarred unless their content key is known.
+    imported: list[str] = []
+    misses: dict[str, list[str]] = {}  # buildpackage image -> diffIDs the cache lacks
+    for module in modules:
+        if module.image_ref and not module.reused:
+            misses.setdefault(module.image_ref, []).append(module.diff_id)
+    if misses and not dry_run:
+        imported = list(misses)
+        if no_cache:  # pack reads each buildpackage image with its own save
+            for ref in imported:
+                import_images(store, daemon, [ref], lease=lease)
+        else:
+            import_images(store, daemon, imported, lease=lease)
+        for ref, diff_ids in misses.items():
+            for diff_id in diff_ids:
+                if not layers.cached(diff_id):
+                    raise BuilderError(
+                        f"buildpackage {ref}: its io.buildpacks.buildpack.layers label names "
+                        f"layer {diff_id}, which the image does not have"
+                    )
+    for module in modules:
+        if module.kind in ("directory", "archive", "buildpackage-file"):
+            _materialize(module, config.base_dir, inputs, store, layers)
+    lifecycle_diff_id = lifecycle_layer_id()
+
+    # 7. Every id@version once; the same id@version with other contents is an error.
+    by_name: dict[str, _Module] = {}
+    for module in modules:
+        other = by_name.get(module.descriptor.full_name)
+        if other is not None and other.diff_id != module.diff_id:
+            raise BuilderError(
+                f"buildpack {module.descriptor.full_name} is provided twice with different "
+                f"contents: by {other.source} (layer {other.diff_id}) and by {module.source} "
+                f"(layer {module.diff_id})"
+            )
+        by_name.setdefault(module.descriptor.full_name, module)
+
+    # 8. The builder's layers, in pack's order, each written into the store.
+    diff_ids = list(build["RootFS"]["Layers"])
+    diff_ids.append(layers.add(default_dirs(uid, gid)))
+    diff_ids.append(lifecycle_diff_id)
+    buildpack_layers = _json_label(build_labels, L.BUILDPACK_LAYERS, config.build_image) or {}
+    added: set[str] = set()
+    for full_name in sorted(by_name):
+        module = by_name[full_name]
+        descriptor = module.descriptor
+        existing = buildpack_layers.get(descriptor.id, {}).get(descriptor.version)
+        if existing and existing.get("layerDiffID") == module.diff_id:
+            continue  # the build image already has this buildpack, same contents
+        if existing:
+            diff_ids.append(layers.add(whiteout_layer(descriptor)))
+        if module.diff_id not in added:  # buildpacks flattened into one layer: added once
+            diff_ids.append(module.diff_id)
+            added.add(module.diff_id)
+        buildpack_layers.setdefault(descriptor.id, {})[descriptor.version] = L.layer_info(
+            descriptor, module.diff_id
+        )
+    diff_ids.append(layers.add(single_file_layer(ORDER_PATH, L.order_toml(resolved_order))))
+    run_images = [L.run_image_json(r.image, r.mirrors) for r in config.run_images]
+    diff_ids.append(
+        layers.add(
+            single_file_layer(
+                STACK_PATH, L.stack_toml(config.stack_run_image, config.stack_run_image_mirrors)
+            )
+        )
+    )
+    diff_ids.append(layers.add(single_file_layer(RUN_PATH, L.run_toml(run_images))))
+    build_config_env = config.build_config_env()
+    if build_config_env:
+        diff_ids.append(layers.add(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
+    diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
+
+    # 9. The image config: the build image's, with pack's labels and working dir.
+    labels = {**build_labels, **extra_labels}
+    base_metadata = _json_label(build_labels, L.BUILDER_METADATA, config.build_image) or {}
+    labels[L.BUILDPACK_LAYERS] = L.buildpack_layers_label(buildpack_layers)
+    labels[L.EXTENSION_LAYERS] = "{}"
+    labels[L.BUILDPACK_ORDER] = L.order_json(
+        None if config.order is None else [[_ref_json(r) for r in g] for g in config.order]
+    )
+    labels[L.ORDER_EXTENSIONS] = "null"
+    labels[L.BUILDER_METADATA] = L.builder_metadata(
+        description=config.description,
+        buildpacks=[*(base_metadata.get("buildpacks") or []), *infos],
+        stack_run_image=L.run_image_json(
+            config.stack_run_image if config.stack_id else "",
+            config.stack_run_image_mirrors if config.stack_id else None,
+        ),
+        lifecycle=lifecycle,
+        created_by={"name": CREATOR, "version": __version__},
+        run_images=run_images,
+    )
+    labels[L.STACK_MIXINS] = L.go_json(mixins)
+    image_config = _image_config(build, diff_ids, labels)
+    report = CreateBuilderReport(
+        name=name,
+        dry_run=dry_run,
+        no_cache=no_cache,
+        image_id=None,
+        config_digest=sha256_digest(image_config),
+        diff_ids=diff_ids,
+        buildpacks=[
+            BuildpackReport(
+                m.descriptor.id, m.descriptor.version, m.source, m.kind, m.diff_id, m.reused
+            )
+            for m in modules
+        ],
+        imported=imported,
+        layers_written=layers.written,
+        load=None,
+        warnings=warnings,
+    )
+    inputs.save()
+    if dry_run:
+        return report
+
+    # 10. Record and load: the build image's layers are never sent, nor anything the daemon has.
+    store.record_image(ImageRecord(config=image_config, refs=[name]))
+    if no_cache:
+        if daemon.info.containerd_store:  # pack sends the build image's layers too: it saves it
+            with daemon.save([config.build_image]) as stream:
+                import_archive(store, stream, engine=daemon.info.id, image_ids={build["Id"]})
+        report.load = _load_like_pack(
+            store, daemon, image_config, len(build["RootFS"]["Layers"]), name
+        )
+    else:
+        _ensure_engine_descriptors(store, daemon, config.build_image, build, lease)
+        report.load = load_image(store, daemon, report.config_digest, [name], lease=lease)
+    report.image_id = report.load.image_id
+    return report
+
+
+# -- the steps --------------------------------------------------------------------------------
+
+
+def _lifecycle(
+    config: BuilderConfig, inputs: InputCache, layers: _Layers, platform: str
+) -> tuple[LifecycleDescriptor, Callable[[], str]]:
+    """The lifecycle's descriptor, and what gives the diffID of its layer (written only when
+    called; cached by archive digest, and by version for builder.toml files naming only it)."""
+    where = f"{config.path}:{config.lifecycle_line}" if config.lifecycle_line else str(config.path)
+    if not config.lifecycle_uri:
+        version = config.lifecycle_version
+        known = inputs.get(f"lifecycle-version:{version}:{platform}") if version else None
+        if known and layers.cached(known["diff_id"]):
+            return LifecycleDescriptor.from_json(known["descriptor"]), lambda: known["diff_id"]
+        if version:
+            raise BuilderError(
+                f"{where}: lifecycle.version = {version!r}: packcache cannot download a "
+                f"lifecycle and has none of version {version} for {platform} cached; set "
+                "lifecycle.uri to a local lifecycle .tgz (one create-builder with it caches it "
+                "by version)"
+            )
+        raise BuilderError(
+            f"{where}: no lifecycle: packcache cannot download pack's default lifecycle; "
+            "set [lifecycle] uri to a local lifecycle .tgz"
+        )
+    path = _local_path(config.lifecycle_uri, config.base_dir)
+    if path is None or not path.is_file():
+        raise BuilderError(
+            f"{where}: lifecycle.uri {config.lifecycle_uri!r} is not a local file "
+            "(packcache does not download)"
+        )
+    key = f"lifecycle-file:{file_digest(path)}"
+    known = inputs.get(key)
+    if known and layers.cached(known["diff_id"]):
+        descriptor = LifecycleDescriptor.from_json(known["descriptor"])
+    else:
+        descriptor = read_lifecycle(path).descriptor
+        known = None
+
+    def layer() -> str:
+        if known is not None:
+            diff_id = known["diff_id"]
+        else:
+            diff_id = _from_archive(path, lambda: lifecycle_layer(archive_members(path)), layers)
+        if not layers.dry_run:
+            value = {"diff_id": diff_id, "descriptor": descriptor.to_json()}
+            inputs.put(key, value)
+            inputs.put(f"lifecycle-version:{descriptor.version}:{platform}", value)
+        return diff_id
+
+    return descriptor, layer
+
+
+def _from_archive(path: Path, entries: Callable[[], Iterable[TarEntry]], layers: _Layers) -> str:
+    """Write a layer made from an archive's members; a damaged archive is a clear error (the
+    tar reader raises while member bytes stream, outside the member generator)."""
+    try:
+        return layers.add(entries())
+    except (tarfile.TarError, zlib.error, EOFError) as exc:
+        raise SourceError(f"cannot read archive {path}: {exc}") from exc
+
+
+def _buildpacks_from(
+    uri: str, base_dir: Path, daemon: Daemon, pull_policy: str, layers: _Layers
+) -> list[_Module]:
+    """The buildpacks one [[buildpacks]] entry provides, the main one first."""
+    path = _local_path(uri, base_dir)
+    if path is None and uri.startswith(("file://",)):
+        raise BuilderError(f"buildpack {uri}: no such file or directory")
+    if path is not None:
+        if path.is_dir():
+            return [_Module(directory_descriptor(path), uri, "directory")]
+        if is_oci_layout(path):
+            package = open_oci_buildpackage(path)
+            try:
+                return _package_modules(package.labels, str(path), uri, "buildpackage-file", layers)
+            finally:
+                package.close()
+        return [_Module(archive_descriptor(path), uri, "archive")]
+    if uri.startswith(("http://", "https://")):
+        raise BuilderError(f"buildpack {uri}: packcache does not download; use a local file")
+    if uri.startswith("urn:cnb:"):
+        raise BuilderError(
+            f"buildpack {uri}: buildpack registry and builder URNs are not supported"
+        )
+    ref = _image_ref(uri)
+    inspected = _ensure_image(daemon, ref, pull_policy, "buildpackage")
+    return _package_modules(_labels(inspected), ref, uri, "image", layers)
+
+
+def _package_modules(
+    labels: dict[str, str], where: str, uri: str, kind: str, layers: _Layers
+) -> list[_Module]:
+    """A buildpackage's buildpacks from its labels: main first, then the rest by id, version."""
+    metadata = _json_label(labels, L.BUILDPACKAGE_METADATA, where)
+    layer_map = _json_label(labels, L.BUILDPACK_LAYERS, where)
+    if not metadata or not layer_map:
+        missing = L.BUILDPACKAGE_METADATA if not metadata else L.BUILDPACK_LAYERS
+        raise BuilderError(f"{where} is not a buildpackage: it has no label {missing}")
+    modules = []
+    for buildpack_id, versions in layer_map.items():
+        for version, entry in versions.items():
+            descriptor = descriptor_from_layers_label(buildpack_id, version, entry)
+            diff_id = entry.get("layerDiffID", "")
+            modules.append(
+                _Module(
+                    descriptor,
+                    uri,
+                    kind,
+                    diff_id=diff_id,
+                    reused=layers.cached(diff_id),
+                    image_ref=where if kind == "image" else None,
+                )
+            )
+    main = [
+        m
+        for m in modules
+        if (m.descriptor.id, m.descriptor.version) == (metadata.get("id"), metadata.get("version"))
+    ]
+    if not main:
+        raise BuilderError(
+            f"buildpackage {where}: its main buildpack {metadata.get('id')}@"
+            f"{metadata.get('version')} is not in its {L.BUILDPACK_LAYERS} label"
+        )
+    rest = sorted(
+        (m for m in modules if m is not main[0]),
+        key=lambda m: (m.descriptor.id, m.descriptor.version),
+    )
+    return [main[0], *rest]
+
+
+def _materialize(
+    module: _Module, base_dir: Path, inputs: InputCache, store: Store, layers: _Layers
+) -> None:
+    """The layer of a directory or archive buildpack: from the cache when its content key is
+    unchanged, else tarred (as pack's toDistTar) and written into the store. A `.cnb` file's
+    layers are ingested by digest unless the cache has them."""
+    path = _local_path(module.source, base_dir)
+    assert path is not None
+    descriptor = module.descriptor
+    if module.kind == "buildpackage-file":
+        if module.reused or layers.dry_run:
+            return
+        package = open_oci_buildpackage(path)
+        try:
+            for layer in package.layers:
+                if layer.diff_id == module.diff_id and not layers.cached(layer.diff_id):
+                    with package.open_blob(layer.digest) as blob:
+                        store.ingest_layer(
+                            blob,
+                            expected_digest=layer.digest,
+                            expected_diff_id=layer.diff_id,
+                            lease=layers.lease,
+                        )
+        finally:
+            package.close()
+        if not layers.cached(module.diff_id):
+            raise BuilderError(f"buildpackage {path} has no layer {module.diff_id}")
+        return
+    if module.kind == "directory":
+        key = f"buildpack-dir:{directory_fingerprint(path)}"
+    else:
+        key = f"buildpack-archive:{file_digest(path)}"
+    known = inputs.get(key)
+    if known and layers.cached(known["diff_id"]):
+        module.diff_id, module.reused = known["diff_id"], True
+        return
+    if module.kind == "directory":
+        module.diff_id = layers.add(buildpack_layer(descriptor, directory_members(path)))
+    else:
+        module.diff_id = _from_archive(
+            path, lambda: buildpack_layer(descriptor, archive_members(path)), layers
+        )
+    if not layers.dry_run:
+        inputs.put(key, {"diff_id": module.diff_id})
+
+
+def _ref_json(ref: ModuleRef) -> dict[str, Any]:
+    item = dict(ref.info)
+    if ref.optional:
+        item["optional"] = True
+    return item
+
+
+def _resolve_order(
+    config: BuilderConfig, infos: list[dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """pack's processOrder: each ref names a buildpack on the builder; a missing version is
+    filled in when only one version is there."""
+    resolved = []
+    for group in config.order or []:
+        out = []
+        for ref in group:
+            versions = list(dict.fromkeys(i["version"] for i in infos if i["id"] == ref.id))
+            where = f"{config.path}:{ref.line}"
+            if not versions:
+                raise BuilderError(
+                    f"{where}: order references buildpack '{ref.id}', which no [[buildpacks]] "
+                    "entry provides"
+                )
+            if ref.version and ref.version not in versions:
+                raise BuilderError(
+                    f"{where}: order references buildpack '{ref.id}' version {ref.version}, "
+                    f"which is not provided (found {', '.join(versions)})"
+                )
+            if not ref.version and len(versions) > 1:
+                raise BuilderError(
+                    f"{where}: order references '{ref.id}' without a version, and the "
+                    f"builder has several ({', '.join(versions)}): name one"
+                )
+            info = {**ref.info, "version": ref.version or versions[0]}
+            item = {k: info[k] for k in MODULE_INFO_KEYS if k in info}
+            if ref.optional:
+                item["optional"] = True
+            out.append(item)
+        resolved.append(out)
+    return resolved
+
+
+def _validate_buildpacks(
+    by_name: dict[str, _Module],
+    lifecycle: LifecycleDescriptor,
+    stack_id: str,
+    mixins: list[str] | None,
+    build: dict[str, Any],
+    build_labels: dict[str, str],
+) -> None:
+    """pack's validateBuildpacks: API compatible with the lifecycle; an order buildpack's group
+    on the builder; a buildpack's stacks or targets satisfied by the build image."""
+    supported = lifecycle.buildpack_apis()
+    for module in by_name.values():
+        descriptor = module.descriptor
+        try:
+            compatible = not supported or any(
+                api_key(v) == api_key(descriptor.api) for v in supported
+            )
+        except ValueError:
+            raise DescriptorError(
+                f"buildpack {descriptor.full_name}: bad API {descriptor.api!r}"
+            ) from None
+        if not compatible:
+            raise BuilderError(
+                f"buildpack {descriptor.full_name} (Buildpack API {descriptor.api}) is "
+                f"incompatible with lifecycle {lifecycle.version} (Buildpack API(s) "
+                f"{', '.join(lifecycle.apis['buildpack']['supported'] or [])})"
+            )
+        if descriptor.order:
+            for group in descriptor.order:
+                for ref in group.get("group", []):
+                    name = (
+                        f"{ref.get('id')}@{ref.get('version')}"
+                        if ref.get("version")
+                        else ref.get("id")
+                    )
+                    if name not in by_name:
+                        raise BuilderError(
+                            f"buildpack {name} not found on the builder "
+                            f"(needed by {descriptor.full_name})"
+                        )
+            continue
+        if descriptor.stacks:
+            stack = next((s for s in descriptor.stacks if s.get("id") in (stack_id, "*")), None)
+            if stack is None:
+                raise BuilderError(
+                    f"buildpack {descriptor.full_name} does not support stack '{stack_id}'"
+                )
+            provided = set(mixins or [])
+            missing = sorted(
+                m
+                for m in stack.get("mixins") or []
+                if not m.startswith("run:") and m not in provided
+            )
+            if missing:
+                raise BuilderError(
+                    f"buildpack {descriptor.full_name} requires missing mixin(s): "
+                    + ", ".join(missing)
+                )
+        if descriptor.targets:
+            os_name, arch = build.get("Os") or "linux", build.get("Architecture") or ""
+            distro = (build_labels.get(L.DISTRO_NAME, ""), build_labels.get(L.DISTRO_VERSION, ""))
+            if not any(
+                t.get("os") == os_name
+                and (not t.get("arch") or not arch or t.get("arch") == arch)
+                and (
+                    not t.get("distros")
+                    or not all(distro)
+                    or any((d.get("name"), d.get("version")) == distro for d in t["distros"])
+                )
+                for t in descriptor.targets
+            ):
+                raise BuilderError(
+                    f"buildpack {descriptor.full_name} supports none of the build image's "
+                    f"platform {os_name}/{arch}"
+                )
+
+
+def _image_config(build: dict[str, Any], diff_ids: list[str], labels: dict[str, str]) -> bytes:
+    """The builder's config as pack's imgutil writes it: the build image's inspected config
+    (only the fields imgutil keeps), new labels and working dir, created and every history
+    entry at 1980-01-01T00:00:01Z; Go's JSON field order."""
+    source = build.get("Config") or {}
+    container: dict[str, Any] = {}
+    for key in ("Cmd", "Healthcheck", "Entrypoint", "Env"):
+        if source.get(key):
+            container[key] = (
+                {
+                    k: source[key][k]
+                    for k in ("Test", "Interval", "Timeout", "StartPeriod", "Retries")
+                    if source[key].get(k)
+                }
+                if key == "Healthcheck"
+                else source[key]
+            )
+    container["Labels"] = L.sorted_map(labels)
+    for key in ("OnBuild", "User"):
+        if source.get(key):
+            container[key] = source[key]
+    if source.get("Volumes"):
+        container["Volumes"] = L.sorted_map(source["Volumes"])
+    container["WorkingDir"] = WORKING_DIR
+    if source.get("ExposedPorts"):
+        container["ExposedPorts"] = L.sorted_map(source["ExposedPorts"])
+    for key in ("StopSignal", "Shell"):
+        if source.get(key):
+            container[key] = source[key]
+    config: dict[str, Any] = {"architecture": build.get("Architecture") or ""}
+    if build.get("Author"):
+        config["author"] = build["Author"]
+    config["created"] = CREATED
+    config["history"] = [{"created": CREATED} for _ in diff_ids]
+    config["os"] = build.get("Os") or "linux"
+    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    config["config"] = container
+    if build.get("OsVersion"):
+        config["os.version"] = build["OsVersion"]
+    if build.get("Variant"):
+        config["variant"] = build["Variant"]
+    return L.go_json(config).encode()
+
+
+def _ensure_engine_descriptors(
+    store: Store, daemon: Daemon, ref: str, build: dict[str, Any], lease: Lease | None
+) -> None:
+    """On a containerd store, loading references the build image's blobs by their digests in
+    the content store; those are learned once, from one `docker save` of the build image."""
+    if not daemon.info.containerd_store:
+        return
+    layers = build["RootFS"]["Layers"]
+    known = store.held_descriptors([build["Id"]])
+    if all(diff_id in known for diff_id in layers):
+        return
+    with daemon.save([ref]) as stream:
+        import_archive(store, stream, engine=daemon.info.id, image_ids={build["Id"]}, lease=lease)
+
+
+def _load_like_pack(
+    store: Store, daemon: Daemon, config: bytes, base_layers: int, name: str
+) -> LoadReport:
+    """pack's load (imgutil local): on a graphdriver, blank entries for the build image's layers
+    and every other layer sent; on a containerd store every layer sent (pack#2272)."""
+    start = time.perf_counter()
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    plan = []
+    for index, diff_id in enumerate(diff_ids):
+        if index < base_layers and not daemon.info.containerd_store:
+            plan.append(
+                LoadLayer(diff_id, None, diff_id, 0, "application/vnd.oci.image.layer.v1.tar")
+            )
+            continue
+        layer = store.layer(diff_id)
+        if layer is None:
+            raise BuilderError(f"layer {diff_id} of the builder is missing from the scratch store")
+        plan.append(LoadLayer(diff_id, layer, layer.digest, layer.size, layer.media_type))
+    sent = 0
+
+    def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        nonlocal sent
+        for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+
+    if daemon.info.containerd_store:
+        manifest = oci_manifest(config, plan)
+        image_id = sha256_digest(manifest)
+        daemon.load(counted(oci_archive(config, manifest, plan, [name])))
+    else:
+        image_id = sha256_digest(config)
+        daemon.load(counted(legacy_archive(config, plan, [name])))
+    held = daemon.inspect_image(name)
+    if held.get("Id") != image_id or (held.get("RootFS") or {}).get("Layers") != diff_ids:
+        raise DaemonError(f"the Docker daemon did not keep {name} complete after a load")
+    layers_sent = sum(1 for item in plan if item.layer is not None)
+    return LoadReport(
+        image_id=image_id,
+        tags=[name],
+        layers_sent=layers_sent,
+        layers_reused=len(plan) - layers_sent,
+        bytes_sent=sent,
+        full_reload=False,
+        seconds=time.perf_counter() - start,
+    )

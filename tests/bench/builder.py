@@ -1,0 +1,229 @@
+"""Issue 5 on real engines: `packcache create-builder` against pack's method and the floor.
+
+For each required engine kind (started with tests/engines/harness.py, stopped afterwards):
+ten buildpackage images of ~40 MiB each (one random 40 MiB file per buildpack), a CNB build
+image (busybox), a run image and a lifecycle .tgz; builder.toml names the ten by docker://.
+
+(a) First builder on a daemon that holds no builder chain (the builder removed before each run):
+    pack's method (`--no-cache`: one `docker save` per buildpackage, re-tar, load every new
+    layer), cold (empty cache: one `docker save` of all ten), warm (cache filled: no save), and
+    the floor: a bare `docker load -i` of an archive holding only the builder's new layers.
+(b) Re-creating the builder while the previous one is still in the daemon: warm with unchanged
+    inputs (no layer bytes sent) vs pack's method; then one buildpackage image changed.
+
+Every command is a fresh process (start-up included); medians of PACKCACHE_BENCH_REPEAT runs
+(default 3) for the fast ones. Printed, never asserted. Env: PACKCACHE_BENCH_ENGINES.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests import builder_fixtures as fx
+from tests.bench.common import PACKCACHE, print_table
+from tests.engines.harness import DOCKER_CLI, REQUIRED_KINDS, Engine
+
+PACKAGES = 10
+PACKAGE_MIB = 40
+REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
+BUILDER = "bench/builder:1"
+TARGET_FLOOR = 1.15
+TARGET_FIRST = 2.0
+TARGET_RECREATE = 5.0
+
+
+def _docker(engine: Engine, *args: str) -> None:
+    subprocess.run([DOCKER_CLI, *args], env=engine.cli_env(), check=True, stdout=subprocess.DEVNULL)
+
+
+def _remove_builder(engine: Engine) -> None:
+    subprocess.run(
+        [DOCKER_CLI, "rmi", BUILDER], env=engine.cli_env(), capture_output=True, check=False
+    )
+
+
+def _package(engine: Engine, work: Path, index: int, ref: str) -> fx.Buildpackage:
+    buildpack = fx.make_buildpack(f"bench/bp-{index:02d}")
+    buildpack.files["lib/payload.bin"] = os.urandom(PACKAGE_MIB << 20)
+    return fx.load_buildpackage(engine, work, ref, buildpack)
+
+
+def make_inputs(engine: Engine, work: Path) -> tuple[Path, list[str]]:
+    build_ref, run_ref = "bench/build:1", "bench/run:1"
+    fx.load_build_image(engine, work, build_ref)
+    fx.load_run_image(engine, work, run_ref)
+    fx.write_lifecycle(work / "lifecycle.tgz")
+    refs = [f"bench/package-{i:02d}:1" for i in range(PACKAGES)]
+    for index, ref in enumerate(refs):
+        _package(engine, work, index, ref)
+    toml = work / "builder.toml"
+    text = "".join(f'[[buildpacks]]\n  uri = "docker://{ref}"\n\n' for ref in refs)
+    text += "[[order]]\n" + "".join(
+        f'  [[order.group]]\n    id = "bench/bp-{i:02d}"\n    optional = true\n'
+        for i in range(PACKAGES)
+    )
+    text += f'\n[build]\n  image = "{build_ref}"\n\n[[run.images]]\n  image = "{run_ref}"\n'
+    text += f'\n[stack]\n  id = "{fx.STACK}"\n\n[lifecycle]\n  uri = "lifecycle.tgz"\n'
+    toml.write_text(text)
+    for name in os.listdir(work):  # the image archives: loaded, no longer needed
+        if name.endswith(".tar"):
+            (work / name).unlink()
+    return toml, refs
+
+
+def create(engine: Engine, cache: Path, toml: Path, *args: str) -> tuple[float, dict]:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [*PACKCACHE, "--cache-dir", str(cache), "--host", engine.host, "create-builder",
+         BUILDER, "--config", str(toml), "--format", "json", *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"create-builder failed: {result.stderr}")
+    return seconds, json.loads(result.stdout)
+
+
+def median(run: Callable[[], tuple[float, dict]], before: Callable[[], None]) -> tuple[float, dict]:
+    results = []
+    for _ in range(REPEAT):
+        before()
+        results.append(run())
+    seconds = statistics.median(r[0] for r in results)
+    return seconds, results[-1][1]
+
+
+FLOOR_ARCHIVE = """
+import sys
+from pathlib import Path
+from packcache.archive.load_writer import legacy_archive, oci_archive, oci_manifest
+from packcache.engine.daemon import Daemon
+from packcache.operations.loading import plan_layers
+from packcache.store.store import Store
+import json
+store = Store.open(Path(sys.argv[1]))
+daemon = Daemon(sys.argv[2])
+config = store.image_config(store.resolve_image(sys.argv[3]))
+plan = plan_layers(store, daemon, json.loads(config)["rootfs"]["diff_ids"])
+if daemon.info.containerd_store:
+    chunks = oci_archive(config, oci_manifest(config, plan), plan, [sys.argv[3]])
+else:
+    chunks = legacy_archive(config, plan, [sys.argv[3]])
+with open(sys.argv[4], "wb") as out:
+    for chunk in chunks:
+        out.write(chunk)
+"""
+
+
+def floor_archive(engine: Engine, cache: Path, path: Path) -> int:
+    """The builder's new layers only (the build image's as placeholders or references): what
+    a bare `docker load` must at least receive. Written while the daemon has no builder."""
+    python = str(Path(PACKCACHE[0]).with_name("python"))
+    subprocess.run(
+        [python, "-c", FLOOR_ARCHIVE, str(cache), engine.host, BUILDER, str(path)], check=True
+    )
+    return path.stat().st_size
+
+
+def timed_load(engine: Engine, path: Path) -> tuple[float, dict]:
+    start = time.perf_counter()
+    _docker(engine, "load", "-i", str(path))
+    return time.perf_counter() - start, {}
+
+
+def bench_engine(kind: str) -> None:
+    engine = Engine(kind).start()
+    work = Path(tempfile.mkdtemp(prefix="packcache-bench-builder-", dir=Path.home()))
+    try:
+        toml, refs = make_inputs(engine, work)
+        pack_cache, cache = work / "pack-cache", work / "cache"
+
+        # (a) first builder, no builder chain in the daemon
+        _remove_builder(engine)
+        pack_a, pack_a_report = create(engine, pack_cache, toml, "--no-cache")
+        _remove_builder(engine)
+        cold, cold_report = create(engine, cache, toml)
+        warm, warm_report = median(
+            lambda: create(engine, cache, toml), lambda: _remove_builder(engine)
+        )
+        _remove_builder(engine)
+        archive = work / "floor.tar"
+        floor_bytes = floor_archive(engine, cache, archive)
+        floor, _ = median(lambda: timed_load(engine, archive), lambda: _remove_builder(engine))
+        archive.unlink()
+
+        # (b) re-create while the previous builder is in the daemon
+        create(engine, cache, toml)
+        again, again_report = median(lambda: create(engine, cache, toml), lambda: None)
+        pack_b, pack_b_report = create(engine, pack_cache, toml, "--no-cache")
+        create(engine, cache, toml)  # the daemon holds the cached builder's chain again
+        _package(engine, work, 5, refs[5])  # a new version of one buildpackage, same tag
+        changed, changed_report = create(engine, cache, toml)
+
+        def row(label: str, seconds: float, report: dict | None, base: float, saves: str):
+            sent = report["load"]["bytes_sent"] if report and report.get("load") else floor_bytes
+            layers = report["load"]["layers_sent"] if report and report.get("load") else "-"
+            return [
+                label,
+                f"{seconds:.2f}",
+                f"{seconds / base:.2f}x",
+                f"{sent / 2**20:.1f}",
+                str(layers),
+                saves,
+            ]
+
+        pack_saves = f"{len(pack_a_report['imported'])} saves (one per image)"
+        cold_saves = f"1 save of {len(cold_report['imported'])} images"
+        changed_saves = ", ".join(changed_report["imported"]) or "none"
+        headers = ["method", "seconds", "vs floor", "MiB sent", "layers sent", "docker save"]
+        print_table(
+            f"create-builder on {kind} ({engine.version}): (a) first builder, "
+            f"{PACKAGES} buildpackages x {PACKAGE_MIB} MiB",
+            headers,
+            [
+                row("pack's method (--no-cache)", pack_a, pack_a_report, floor, pack_saves),
+                row("cold (empty cache)", cold, cold_report, floor, cold_saves),
+                row("warm (cache filled)", warm, warm_report, floor, "none"),
+                row("floor (bare docker load of new layers)", floor, None, floor, "none"),
+            ],
+        )
+        print(
+            f"\nwarm / floor = {warm / floor:.2f} (target <= {TARGET_FLOOR}); "
+            f"pack's method / warm = {pack_a / warm:.2f} (target >= {TARGET_FIRST})"
+        )
+        headers = ["method", "seconds", "vs warm", "MiB sent", "layers sent", "docker save"]
+        print_table(
+            f"create-builder on {kind}: (b) re-create, previous builder in the daemon",
+            headers,
+            [
+                row("pack's method (--no-cache)", pack_b, pack_b_report, again, pack_saves),
+                row("warm, inputs unchanged", again, again_report, again, "none"),
+                row(
+                    "warm, one buildpackage changed", changed, changed_report, again, changed_saves
+                ),
+            ],
+        )
+        print(
+            f"\npack's method / warm unchanged = {pack_b / again:.2f} (target >= {TARGET_RECREATE})"
+        )
+    finally:
+        engine.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    kinds = os.environ.get("PACKCACHE_BENCH_ENGINES", ",".join(REQUIRED_KINDS)).split(",")
+    for kind in kinds:
+        bench_engine(kind.strip())
+
+
+if __name__ == "__main__":
+    main()
