@@ -203,3 +203,16 @@ def test_record_image_keeps_the_engine_image_id(store: Store) -> None:
         )
     )
     assert store.resolve_image(manifest_digest[7:20]) == sha256(config)
+
+
+def test_a_record_without_manifest_keeps_the_known_one(store: Store) -> None:
+    config = b'{"os":"linux","architecture":"amd64","rootfs":{"type":"layers","diff_ids":[]}}'
+    manifest = b'{"schemaVersion":2,"layers":[]}'
+    image_id = sha256(manifest)
+    record = ImageRecord(config=config, engine="E", image_id=image_id, manifest=manifest)
+    store.record_image(record)
+    store.record_image(ImageRecord(config=config, engine="E", image_id=image_id))
+    assert store.manifest(image_id) == manifest
+    # Another image ID for the same config (re-loaded with other blobs): the old one goes.
+    store.record_image(ImageRecord(config=config, engine="E", image_id=sha256(b"other")))
+    assert store.manifest(image_id) is None

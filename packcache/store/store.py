@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, case, delete, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from packcache.digest import sha256_digest
@@ -369,14 +369,26 @@ class Store:
                 )
             source = {
                 "image_id": image.image_id or digest,
-                "manifest_digest": image.manifest_digest,
+                "manifest_digest": image.manifest_digest
+                or (sha256_digest(image.manifest) if image.manifest else None),
                 "manifest": image.manifest.decode() if image.manifest else None,
                 "last_seen": now,
             }
+            upsert = sqlite_insert(schema.image_sources).values(
+                image_key=key, engine=image.engine, **source
+            )
+            sources = schema.image_sources
+            # A record without a manifest (e.g. a re-import of a wholly cached image) keeps
+            # the one known for the same image ID: it still names that engine's blobs.
+            same_image = sources.c.image_id == upsert.excluded.image_id
+            for column in ("manifest", "manifest_digest"):
+                source[column] = case(
+                    (upsert.excluded[column].is_not(None), upsert.excluded[column]),
+                    (same_image, sources.c[column]),
+                    else_=None,
+                )
             conn.execute(
-                sqlite_insert(schema.image_sources)
-                .values(image_key=key, engine=image.engine, **source)
-                .on_conflict_do_update(index_elements=["image_key", "engine"], set_=source)
+                upsert.on_conflict_do_update(index_elements=["image_key", "engine"], set_=source)
             )
             for ref in image.refs:  # a tag names one image per engine: it moves
                 conn.execute(
