@@ -11,6 +11,7 @@ from contextlib import closing
 
 import pytest
 
+from packcache.store.database import HEAD_REVISION
 from packcache.store.store import Store
 from tests.conftest import add_image
 from tests.layers import random_tar
@@ -183,7 +184,7 @@ def test_verify_finds_and_repairs_damage(cli, store: Store, cache_dir, two_image
 
 def test_info(cli, two_images) -> None:
     info = cli("info", "--format", "json").json()
-    assert info["schema_revision"] == "0001_initial"
+    assert info["schema_revision"] == HEAD_REVISION
     assert (info["layers"], info["images"], info["refs"]) == (4, 2, 3)
     assert "cache dir:" in cli("info").stdout
 

@@ -37,3 +37,27 @@ def test_opening_a_new_cache_creates_it_private(cache_dir) -> None:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
             HEAD_REVISION,
         )
+
+
+def test_an_older_index_is_upgraded_when_opened_and_keeps_its_data(cache_dir) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    cache_dir.mkdir(parents=True)
+    engine = create_engine(f"sqlite:///{cache_dir / 'index.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001_initial")
+        conn.exec_driver_sql(
+            "INSERT INTO layers (diff_id, first_seen, access_count) VALUES ('sha256:x', 0, 0)"
+        )
+    engine.dispose()
+    store = Store.open(cache_dir)
+    with store.db.read() as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            HEAD_REVISION,
+        )
+        assert conn.execute("SELECT diff_id FROM layers").fetchall() == [("sha256:x",)]
+        assert conn.execute("SELECT COUNT(*) FROM input_layers").fetchone() == (0,)

@@ -272,7 +272,7 @@ def _create(
     lease: Lease | None,
 ) -> CreateBuilderReport:
     warnings: list[str] = []
-    inputs = InputCache(store.root)
+    inputs = InputCache(store)
     layers = _Layers(store, lease, dry_run)
 
     # 1. The build image: in the daemon, with the CNB user and (when builder.toml names one)
@@ -445,7 +445,6 @@ def _create(
         load=None,
         warnings=warnings,
     )
-    inputs.save()
     if dry_run:
         return report
 

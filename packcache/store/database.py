@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # The newest migration. Opening a cache compares it with the database's revision, so the common
 # case (already current) needs neither Alembic nor SQLAlchemy; a test keeps it equal to
 # Alembic's head.
-HEAD_REVISION = "0001_initial"
+HEAD_REVISION = "0002_input_layers"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 60.0
 

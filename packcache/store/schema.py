@@ -113,3 +113,15 @@ lease_layers = Table(
     Column("diff_id", Text, primary_key=True),
 )
 Index("ix_lease_layers_diff_id", lease_layers.c.diff_id)
+
+# What a builder input (a buildpack directory or archive, a lifecycle archive), named by a key
+# of its content, was turned into: a layer, plus what was read from the input. An entry counts
+# only while its layer is cached, so the input is neither read nor re-tarred again.
+input_layers = Table(
+    "input_layers",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("diff_id", Text, nullable=False),
+    Column("value", Text, nullable=False),  # JSON
+    Column("recorded", Float, nullable=False),
+)

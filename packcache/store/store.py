@@ -439,6 +439,26 @@ class Store:
                 found[diff_id] = (descriptor["digest"], descriptor["size"], descriptor["mediaType"])
         return found
 
+    def input_layer(self, key: str) -> dict | None:
+        """What a builder input with this content key became, while its layer is cached."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT i.value FROM input_layers i JOIN layers l ON l.diff_id = i.diff_id"
+                " WHERE i.key = ? AND l.blob_digest IS NOT NULL",
+                (key,),
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def record_input_layer(self, key: str, value: dict) -> None:
+        """Remember that the input `key` became the layer value["diff_id"] (and `value`)."""
+        row = {"diff_id": value["diff_id"], "value": json.dumps(value), "recorded": time.time()}
+        with self.db.write() as conn:
+            conn.execute(
+                sqlite_insert(schema.input_layers)
+                .values(key=key, **row)
+                .on_conflict_do_update(index_elements=["key"], set_=row)
+            )
+
     def manifest(self, manifest_digest: str) -> bytes | None:
         """A manifest recorded from any engine (content-addressed: the same everywhere)."""
         with self.db.read() as conn:
