@@ -99,6 +99,10 @@ class Daemon:
         """`docker image inspect`: raises NotFoundError when the daemon has no such image."""
         return self._call(ref, self.client.api.inspect_image, ref)
 
+    def pull(self, ref: str) -> None:
+        """`docker pull` (the daemon fetches from its registry)."""
+        self._call(f"the pull of {ref}", self.client.images.pull, ref)
+
     def has_image(self, ref: str) -> bool:
         try:
             self.inspect_image(ref)

@@ -27,9 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-import requests
-
 from packcache import __version__
 from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive, oci_manifest
 from packcache.archive.save_reader import import_archive
@@ -142,9 +139,9 @@ def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> dict
             raise NotFoundError(
                 f"{what} {ref} is not in the Docker daemon (--pull-policy never)"
             ) from None
-    try:  # the Daemon class has no pull yet: the SDK call, its errors made plain
-        daemon.client.images.pull(ref)
-    except (docker.errors.DockerException, requests.RequestException) as exc:
+    try:
+        daemon.pull(ref)
+    except PackcacheError as exc:
         raise NotFoundError(
             f"{what} {ref} is not in the Docker daemon and pulling it failed: {exc}"
         ) from exc
