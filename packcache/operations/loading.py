@@ -24,6 +24,7 @@ from packcache.errors import PackcacheError, UsageError
 from packcache.refs import familiar, normalize
 from packcache.store.layer import MEDIA_TYPES
 from packcache.store.store import ImageRecord, Lease, Store
+from packcache.streams import read_ahead
 
 
 @dataclass
@@ -140,7 +141,7 @@ def load_config(
         else:
             manifest, image_id = None, config_digest
             chunks = legacy_archive(config, plan, tags)
-        daemon.load(counter.count(chunks))
+        daemon.load(counter.count(read_ahead(chunks)))
         content = len(config) + (len(manifest) if manifest else 0) + sum(i.size for i in plan)
         if all(_verify(daemon, tag, image_id, diff_ids, content) for tag in tags):
             break
