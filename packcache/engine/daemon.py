@@ -67,6 +67,7 @@ class Daemon:
 
     def __init__(self, host: str | None = None, timeout: int = 600) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        self._image_layers: dict[str, list[str]] | None = None
         try:
             self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
             raw_info = self.client.api.info()
@@ -111,7 +112,10 @@ class Daemon:
         return True
 
     def image_layers(self) -> dict[str, list[str]]:
-        """Every image the daemon holds: image ID -> its diffIDs (one inspect per image)."""
+        """Every image the daemon holds: image ID -> its diffIDs (one inspect per image,
+        remembered until this client loads something)."""
+        if self._image_layers is not None:
+            return self._image_layers
         summaries = self._call("the image list", self.client.api.images)
         held: dict[str, list[str]] = {}
         for summary in summaries:
@@ -120,6 +124,7 @@ class Daemon:
             except NotFoundError:
                 continue  # removed meanwhile
             held[summary["Id"]] = info.get("RootFS", {}).get("Layers") or []
+        self._image_layers = held
         return held
 
     def content_available(self, ref: str, manifest_digest: str, content_size: int) -> bool:
@@ -161,6 +166,7 @@ class Daemon:
     def load(self, chunks: Iterator[bytes]) -> list[str]:
         """`docker load` of a stream of archive chunks; returns the daemon's status lines."""
         messages: list[str] = []
+        self._image_layers = None  # the daemon is about to hold more
         events = self._call(
             "the load", lambda: list(self.client.api.load_image(chunks, quiet=True))
         )
