@@ -17,7 +17,7 @@ from packcache.store.database import Database
 SORT_KEYS = ("size", "last-used", "created")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LayerInfo:
     diff_id: str
     digests: list[str]  # blob digests known for this layer other than the diffID itself
@@ -30,7 +30,7 @@ class LayerInfo:
     access_count: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ImageUsage:
     config_digest: str
     image_ids: list[str]
@@ -46,7 +46,7 @@ class ImageUsage:
         return self.refs[0] if self.refs else short_id(self.image_ids[0])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DiskUsage:
     layers: int
     size: int  # bytes of blob files

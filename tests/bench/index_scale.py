@@ -49,7 +49,7 @@ def build_index(cache: Path) -> None:
         chain = base_layers[i % BASES] + own
         images.append((key, config_digest, "{}", "linux", "amd64", None, None, now, now))
         image_layers += [(key, p, layer_key) for p, layer_key in enumerate(chain)]
-        sources.append((key, "engine", config_digest, None, now))
+        sources.append((key, "engine", config_digest, None, None, now))
         refs.append(("engine", f"docker.io/library/app{i}:latest", key))
     with store.db.read() as conn:
         conn.execute("BEGIN IMMEDIATE")
@@ -57,7 +57,7 @@ def build_index(cache: Path) -> None:
         conn.executemany("INSERT INTO layer_digests VALUES (?,?,?,?)", digests)
         conn.executemany("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?)", images)
         conn.executemany("INSERT INTO image_layers VALUES (?,?,?)", image_layers)
-        conn.executemany("INSERT INTO image_sources VALUES (?,?,?,?,?)", sources)
+        conn.executemany("INSERT INTO image_sources VALUES (?,?,?,?,?,?)", sources)
         conn.executemany("INSERT INTO image_refs VALUES (?,?,?)", refs)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
