@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from packcache.digest import is_digest, sha256_digest
+from packcache.digest import CHUNK, is_digest, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
 from packcache.refs import familiar, normalize
 from packcache.store.blobs import StagedBlob
@@ -120,7 +120,10 @@ def _read_stream(
     store: Store, stream: BinaryIO, entries: _Entries, report: ImportReport, on_bytes
 ) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        # tarfile parses the headers; member bytes are read straight from the stream (see
+        # _ForwardReader), not through tarfile's stream-mode buffer or its file objects.
+        forward = _ForwardReader(stream)
+        with tarfile.open(fileobj=forward, mode="r:") as tar:
             for member in tar:
                 name = _clean_name(member)
                 if member.isdir():
@@ -137,8 +140,7 @@ def _read_stream(
                     if known is not None:  # cached already: not even read
                         entries.known[name] = _Known(digest, known.diff_id)
                         continue
-                source = tar.extractfile(member)
-                assert source is not None
+                source = _member(tar, forward, member)
                 if name.endswith("/layer.tar") or member.size > SMALL_BLOB:
                     if digest is None and not name.endswith("/layer.tar"):
                         if member.size > MAX_METADATA:
@@ -161,6 +163,68 @@ def _read_stream(
         raise ArchiveError("the archive ends early (truncated stream)") from exc
     except CorruptBlobError as exc:
         raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
+
+
+class _ForwardReader:
+    """A stream that tarfile may treat as seekable, as long as it only ever moves forward.
+
+    tarfile's random-access mode reads headers in order and skips what was not read (a member
+    left unread, the padding after one) by reading and dropping it. A backward seek means a
+    bug, and fails loudly. Unlike its stream mode ("r|"), which reads 10 KiB records and
+    copies every byte several times, member bytes can then be read straight from here.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if n is not None and 0 < len(data) < n:
+            # tarfile takes a short read for the end of the archive: fill it (pipes, sockets).
+            parts, got = [data], len(data)
+            while got < n and (more := self._raw.read(n - got)):
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (self._pos if whence == io.SEEK_CUR else 0)
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._pos:
+            raise io.UnsupportedOperation("the archive stream only reads forward")
+        while self._pos < target and self.read(min(CHUNK, target - self._pos)):
+            pass
+        return self._pos
+
+
+class _MemberBytes:
+    """The bytes of the tar member just parsed, read straight from the forward stream."""
+
+    def __init__(self, forward: _ForwardReader, size: int) -> None:
+        self._forward = forward
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._forward.read(want) if want else b""
+        if len(data) < want:
+            raise tarfile.ReadError("unexpected end of data")
+        self._left -= len(data)
+        return data
+
+
+def _member(tar: tarfile.TarFile, forward: _ForwardReader, member: tarfile.TarInfo):
+    """A reader of a regular member's bytes: direct from the stream unless it is sparse."""
+    if member.issparse() or forward.tell() != member.offset_data:
+        source = tar.extractfile(member)  # tarfile's own reader: slower, but knows sparse maps
+        assert source is not None
+        return source
+    return _MemberBytes(forward, member.size)
 
 
 class _Counting:

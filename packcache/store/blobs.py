@@ -8,8 +8,11 @@ place. A crash leaves either nothing in blobs/ or a complete, verified blob.
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +21,7 @@ from packcache.digest import CHUNK, LayerDigester, VerifyingReader, digest_hex
 from packcache.errors import CorruptBlobError
 
 INGEST_SUFFIX = ".partial"
+PIPELINE_DEPTH = 8  # chunks queued for the hashing and writing thread: 8 MiB of a layer at most
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,52 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _Worker:
+    """Runs `consume` on every chunk in a second thread, in order, through a bounded queue.
+
+    The caller's thread then only reads the source: a daemon streaming `docker save` is not
+    held up while a chunk is hashed, decompressed and written (hashlib, zlib, zstandard and
+    file writes release the GIL, so both threads run at once). At most PIPELINE_DEPTH chunks
+    wait in the queue. The first error of `consume` is raised in the caller's thread.
+    """
+
+    def __init__(self, consume: Callable[[bytes], object]) -> None:
+        self._consume = consume
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="packcache-stage", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining: the caller must never block on a full queue
+            try:
+                self._consume(chunk)
+            except BaseException as exc:  # raised in the caller's thread
+                self._error = exc
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            self.finish()
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        """Stop the thread once it has taken every chunk queued (idempotent)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def finish(self) -> None:
+        """Wait until every chunk is consumed; raise the first error met doing so."""
+        self.close()
+        if self._error is not None:
+            raise self._error
 
 
 class BlobFiles:
@@ -90,11 +140,23 @@ class BlobFiles:
             name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}{INGEST_SUFFIX}"
             temp = self.ingest_dir / name
             out = open(temp, "xb", buffering=0)  # noqa: SIM115 - closed below
+
+        def consume(chunk: bytes) -> None:
+            digester.update(chunk)
+            if out is not None:
+                out.write(chunk)
+
+        worker: _Worker | None = None
         try:
-            while chunk := source.read(CHUNK):
-                digester.update(chunk)
-                if out is not None:
-                    out.write(chunk)
+            chunk = source.read(CHUNK)
+            if chunk:  # the first chunk inline: a blob that fits in one needs no thread
+                consume(chunk)
+                while chunk := source.read(CHUNK):
+                    if worker is None:
+                        worker = _Worker(consume)
+                    worker.put(bytes(chunk))  # never a buffer the source may reuse (no copy)
+            if worker is not None:
+                worker.finish()
             digest, diff_id, uncompressed_size = digester.finish()
             if out is not None:
                 os.fsync(out.fileno())
@@ -109,6 +171,8 @@ class BlobFiles:
                         f"layer bytes do not match their {label}: expected {expected}, got {actual}"
                     )
         except BaseException:
+            if worker is not None:
+                worker.close()
             if out is not None:
                 out.close()
             if temp is not None:

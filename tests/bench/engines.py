@@ -1,0 +1,512 @@
+"""Issue 3 on real engines: `packcache import` vs `docker save`, `packcache load` vs `docker load`.
+
+For each required engine kind (started with tests/engines/harness.py, stopped afterwards):
+
+1. A base image of ~1 GiB uncompressed in 5 layers (busybox + 4 tars of real files from /usr/lib)
+   and an app image on top of it (+ ~270 MiB in 4 layers from /usr/share) are built once as one
+   `docker load` archive with gzip layers (the containerd store keeps blobs as loaded, so its
+   save holds gzip blobs; graphdrivers store and save them uncompressed) and loaded.
+2. `docker save BASE > file` (the baseline) vs `packcache import BASE` into an empty cache
+   (cold), interleaved, median of 3; throughput is the save archive's size over the time.
+   Warm import: the cache already holds the image (no save at all).
+3. Both images imported into a cache and the app removed from the daemon: `packcache load APP`
+   (only the app layers go to the daemon) vs `docker load -i app.tar` of the app's own
+   `docker save` archive, the app removed between runs, median of 3.
+
+Every command is a fresh process (start-up included), run after an `os.sync()` so writeback of
+an earlier run's GBs does not land in its time. CPU seconds of the command and of the engine's
+dockerd + containerd are printed too: on a small machine import competes with the daemon for
+cores. Temp files (several GB) go under $HOME unless /tmp has more room. Printed by
+`make bench`, never asserted. Env: PACKCACHE_BENCH_ENGINES (comma-separated kinds),
+PACKCACHE_BENCH_REPEAT (default 3).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import stat
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.bench.common import PACKCACHE, print_table
+from tests.engines import images
+from tests.engines.harness import DOCKER_CLI, REQUIRED_KINDS, Engine
+
+MIB = 1 << 20
+BASE_LAYERS_MIB = [236, 236, 236, 236]  # + busybox: ~1 GiB of tar in 5 layers (tar overhead +8%)
+APP_LAYERS_MIB = [102, 75, 46, 28]  # ~270 MiB of tar in 4 layers
+BASE_SOURCE = "/usr/lib"
+APP_SOURCE = "/usr/share"
+GZIP_LEVEL = 6  # what Go's gzip (docker, containerd, pack) writes by default
+BASE_TAG = "bench/base:1"
+APP_TAG = "bench/app:1"
+REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
+TARGET_IMPORT_RATIO = 0.9
+
+
+# --------------------------------------------------------------------------- building the images
+
+
+class _Hashing:
+    """A write-only file that hashes and counts the bytes passing to `raw`."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.hasher.update(data)
+        self.size += len(data)
+        self.raw.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hasher.hexdigest()
+
+
+def _walk(root: str) -> Iterator[tuple[str, int]]:
+    """(path, bytes it adds to a tar) of every dir, regular file and symlink, in sorted order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        yield dirpath, 512
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                if not os.access(path, os.R_OK):
+                    continue
+                yield path, 512 + -(-st.st_size // 512) * 512  # header + padded data
+            elif stat.S_ISLNK(st.st_mode):
+                yield path, 512
+
+
+def _chunks(root: str, budgets_mib: list[int]) -> list[list[str]]:
+    """Consecutive runs of real files under root, each about one budget in size."""
+    walker = _walk(root)
+    chunks = []
+    for budget in budgets_mib:
+        paths, total = [], 0
+        for path, size in walker:
+            paths.append(path)
+            total += size
+            if total >= budget * MIB:
+                break
+        else:
+            raise RuntimeError(f"{root} holds less than {sum(budgets_mib)} MiB of files")
+        chunks.append(paths)
+    return chunks
+
+
+@dataclass(frozen=True)
+class BuiltLayer:
+    path: Path  # gzip blob
+    diff_id: str
+    blob_digest: str
+    size: int  # uncompressed tar bytes
+    blob_size: int
+
+
+def _write_layer(path: Path, members: list[str]) -> BuiltLayer:
+    with open(path, "wb") as out:
+        blob = _Hashing(out)
+        with gzip.GzipFile(
+            filename="", fileobj=blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0
+        ) as gz:
+            plain = _Hashing(gz)
+            with tarfile.open(
+                fileobj=plain, mode="w", format=tarfile.PAX_FORMAT, copybufsize=MIB
+            ) as tar:
+                for member in members:
+                    tar.add(member, arcname=member.lstrip("/"), recursive=False)
+    return BuiltLayer(path, plain.digest, blob.digest, plain.size, blob.size)
+
+
+def _busybox_layer(path: Path) -> BuiltLayer:
+    tar = images.layer_tar(images.busybox_layer())
+    blob = images.gzip_bytes(tar)
+    path.write_bytes(blob)
+    return BuiltLayer(
+        path, images.sha256_digest(tar), images.sha256_digest(blob), len(tar), len(blob)
+    )
+
+
+def _config(layers: list[BuiltLayer]) -> bytes:
+    extra = {"config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}}
+    return images.canonical_json(images.image_config([layer.diff_id for layer in layers], extra))
+
+
+@dataclass(frozen=True)
+class BenchImages:
+    archive: Path  # one docker-load archive holding both images
+    base: list[BuiltLayer]
+    app: list[BuiltLayer]
+
+    @property
+    def base_mib(self) -> float:
+        return sum(layer.size for layer in self.base) / MIB
+
+    @property
+    def app_only_mib(self) -> float:
+        return sum(layer.size for layer in self.app[len(self.base) :]) / MIB
+
+
+def build_images(work: Path) -> BenchImages:
+    base_chunks = _chunks(BASE_SOURCE, BASE_LAYERS_MIB)
+    app_chunks = _chunks(APP_SOURCE, APP_LAYERS_MIB)
+    jobs = [(work / f"base{i}.tar.gz", c) for i, c in enumerate(base_chunks)]
+    jobs += [(work / f"app{i}.tar.gz", c) for i, c in enumerate(app_chunks)]
+    with ThreadPoolExecutor(2) as pool:  # zlib and hashlib release the GIL: 2 cores
+        built = list(pool.map(lambda job: _write_layer(*job), jobs))
+    busybox = _busybox_layer(work / "busybox.tar.gz")
+    base = [busybox, *built[: len(base_chunks)]]
+    app = [*base, *built[len(base_chunks) :]]
+    archive = work / "images.tar"
+    manifest = []
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT, copybufsize=MIB) as tar:
+        for layer in app:
+            tar.add(layer.path, arcname=f"{layer.blob_digest[7:]}/layer.tar")
+        for tag, layers in ((BASE_TAG, base), (APP_TAG, app)):
+            config = _config(layers)
+            name = images.sha256_digest(config)[7:] + ".json"
+            info = tarfile.TarInfo(name)
+            info.size = len(config)
+            tar.addfile(info, io.BytesIO(config))
+            manifest.append(
+                {
+                    "Config": name,
+                    "RepoTags": [tag],
+                    "Layers": [f"{layer.blob_digest[7:]}/layer.tar" for layer in layers],
+                }
+            )
+        data = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    for layer in app:
+        layer.path.unlink()
+    return BenchImages(archive, base, app)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Runs:
+    seconds: list[float]
+    cpu: list[float]  # user + sys of the measured process (and its children)
+    daemon_cpu: list[float] = field(default_factory=list)  # dockerd + containerd meanwhile
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def spread(self) -> str:
+        return f"{min(self.seconds):.2f}-{max(self.seconds):.2f}"
+
+
+def _process_cpu(pids: list[int | None]) -> float:
+    """user + sys seconds of running processes (the engine's dockerd and containerd)."""
+    total = 0.0
+    for pid in pids:
+        if pid is not None:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(args: list[str], *, env=None, stdout=subprocess.DEVNULL) -> tuple[float, float, bytes]:
+    # Flush what earlier runs left dirty (GBs of layers), so its writeback does not land in
+    # this run's time: every measured command starts from the same clean page cache state.
+    os.sync()
+    cpu, start = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(args, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()}")
+    out = proc.stdout if isinstance(proc.stdout, bytes) else b""
+    return seconds, _children_cpu() - cpu, out
+
+
+def _packcache_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "PACKCACHE_"))}
+
+
+def describe_archive(path: Path) -> str:
+    """'legacy' or 'OCI' layout, and the compression of its layer blobs."""
+    names, compressions = set(), set()
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            names.add(member.name)
+            if member.isfile() and member.size > MIB:
+                source = tar.extractfile(member)
+                assert source is not None
+                head = source.read(2)
+                compressions.add("gzip" if head == b"\x1f\x8b" else "tar")
+    layout = "OCI" if "oci-layout" in names else "legacy"
+    return f"{layout}, {'+'.join(sorted(compressions))} layers"
+
+
+@dataclass
+class EngineResult:
+    kind: str
+    version: str
+    driver: str
+    setup_seconds: float
+    save_format: str
+    save_mib: float
+    save: Runs
+    cold: Runs
+    warm: Runs
+    app_tar_mib: float
+    pc_load: Runs
+    docker_load: Runs
+    bytes_sent: list[int]
+    loaded_ok: bool
+
+
+def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
+    engine = Engine(kind)
+    engine.start()
+    try:
+        env = engine.cli_env()
+        pc_env = _packcache_env()
+
+        def docker(*args: str, stdout=subprocess.DEVNULL) -> tuple[float, float, bytes]:
+            return _timed([DOCKER_CLI, *args], env=env, stdout=stdout)
+
+        def packcache(cache: Path, *args: str) -> tuple[float, float, bytes]:
+            cmd = [*PACKCACHE, "--host", engine.host, "--cache-dir", str(cache), *args]
+            return _timed(cmd, env=pc_env, stdout=subprocess.PIPE)
+
+        start = time.perf_counter()
+        docker("load", "-i", str(built.archive))
+        setup = time.perf_counter() - start
+
+        # 2. docker save vs cold import, interleaved so drifting noise hits both alike.
+        saved = work / "save.tar"
+        save, cold = Runs([], []), Runs([], [])
+        save_format, save_bytes = "", 0
+        cache = work / "cache"
+        daemon_pids = [engine.pid, engine.containerd_pid]
+        for _ in range(REPEAT):
+            before = _process_cpu(daemon_pids)
+            with open(saved, "wb") as out:
+                seconds, cpu, _ = docker("save", BASE_TAG, stdout=out)
+            save.seconds.append(seconds)
+            save.cpu.append(cpu)
+            save.daemon_cpu.append(_process_cpu(daemon_pids) - before)
+            save_bytes = saved.stat().st_size
+            if not save_format:
+                save_format = describe_archive(saved)
+            saved.unlink()
+            shutil.rmtree(cache, ignore_errors=True)
+            before = _process_cpu(daemon_pids)
+            seconds, cpu, _ = packcache(cache, "import", BASE_TAG)
+            cold.seconds.append(seconds)
+            cold.cpu.append(cpu)
+            cold.daemon_cpu.append(_process_cpu(daemon_pids) - before)
+        warm = Runs([], [])
+        for _ in range(REPEAT):
+            seconds, cpu, _ = packcache(cache, "import", BASE_TAG)
+            warm.seconds.append(seconds)
+            warm.cpu.append(cpu)
+
+        # 3. packcache load of the app onto the base vs docker load of the app's whole archive.
+        app_tar = work / "app.tar"
+        with open(app_tar, "wb") as out:
+            docker("save", APP_TAG, stdout=out)
+        packcache(cache, "import", APP_TAG)
+        docker("rmi", APP_TAG)
+        expected = [layer.diff_id for layer in built.app]
+        pc_load, docker_load = Runs([], []), Runs([], [])
+        bytes_sent: list[int] = []
+        loaded_ok = True
+        for _ in range(REPEAT):
+            seconds, cpu, out = packcache(cache, "load", APP_TAG, "--format", "json")
+            pc_load.seconds.append(seconds)
+            pc_load.cpu.append(cpu)
+            bytes_sent.append(json.loads(out)["bytes_sent"])
+            inspect = json.loads(engine.docker("image", "inspect", APP_TAG).stdout)[0]
+            loaded_ok &= inspect["RootFS"]["Layers"] == expected
+            docker("rmi", APP_TAG)
+            seconds, cpu, _ = docker("load", "-i", str(app_tar))
+            docker_load.seconds.append(seconds)
+            docker_load.cpu.append(cpu)
+            docker("rmi", APP_TAG)
+        app_tar_mib = app_tar.stat().st_size / MIB
+        app_tar.unlink()
+        shutil.rmtree(cache, ignore_errors=True)
+        return EngineResult(
+            kind=kind,
+            version=engine.version,
+            driver=engine.storage_driver,
+            setup_seconds=setup,
+            save_format=save_format,
+            save_mib=save_bytes / MIB,
+            save=save,
+            cold=cold,
+            warm=warm,
+            app_tar_mib=app_tar_mib,
+            pc_load=pc_load,
+            docker_load=docker_load,
+            bytes_sent=bytes_sent,
+            loaded_ok=loaded_ok,
+        )
+    finally:
+        engine.stop()
+
+
+def _work_dir() -> Path:
+    """A temp dir on the roomiest of $HOME and /tmp (the images take several GB)."""
+    home, tmp = Path.home(), Path(tempfile.gettempdir())
+    return home if shutil.disk_usage(home).free >= shutil.disk_usage(tmp).free else tmp
+
+
+def main() -> None:
+    kinds = [k for k in os.environ.get("PACKCACHE_BENCH_ENGINES", "").split(",") if k]
+    kinds = kinds or REQUIRED_KINDS
+    started = time.perf_counter()
+    print(f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="packcache-bench-", dir=_work_dir()) as tmp:
+        work = Path(tmp)
+        built = build_images(work)
+        print(
+            f"built base {BASE_TAG} ({built.base_mib:.0f} MiB in {len(built.base)} layers, "
+            f"from {BASE_SOURCE}) and app {APP_TAG} (+{built.app_only_mib:.0f} MiB in "
+            f"{len(built.app) - len(built.base)} layers, from {APP_SOURCE}), gzip level "
+            f"{GZIP_LEVEL}: {built.archive.stat().st_size / MIB:.0f} MiB archive in "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        for kind in kinds:
+            t0 = time.perf_counter()
+            results.append(bench_engine(kind, built, work))
+            print(f"{kind}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    rows, cpu_rows = [], []
+    for r in results:
+        save_rate, cold_rate = r.save_mib / r.save.median, r.save_mib / r.cold.median
+        ratio = cold_rate / save_rate
+        rows.append(
+            [
+                f"{r.kind} ({r.version}, {r.driver})",
+                r.save_format,
+                f"{r.save_mib:.0f}",
+                f"{r.save.median:.2f} ({r.save.spread()})",
+                f"{save_rate:.0f}",
+                f"{r.cold.median:.2f} ({r.cold.spread()})",
+                f"{cold_rate:.0f}",
+                f"{ratio:.2f}x",
+                "meets" if ratio >= TARGET_IMPORT_RATIO else "MISSES",
+                f"{r.warm.median:.2f} ({r.warm.spread()})",
+            ]
+        )
+        med = statistics.median
+        cpu_rows.append(
+            [
+                r.kind,
+                f"{med(r.save.cpu):.1f}",
+                f"{med(r.save.daemon_cpu):.1f}",
+                f"{med(r.cold.cpu):.1f}",
+                f"{med(r.cold.daemon_cpu):.1f}",
+                f"{(med(r.cold.cpu) + med(r.cold.daemon_cpu)) / os.cpu_count():.1f}",
+            ]
+        )
+    print_table(
+        f"docker save BASE > file vs packcache import BASE into an empty cache "
+        f"(median of {REPEAT}, interleaved; s (min-max); MiB/s = save archive MiB / s; "
+        f"target import >= {TARGET_IMPORT_RATIO}x save)",
+        [
+            "engine",
+            "save format",
+            "MiB",
+            "save s",
+            "save MiB/s",
+            "import s",
+            "import MiB/s",
+            "import/save",
+            "",
+            "warm import s",
+        ],
+        rows,
+    )
+    print_table(
+        f"CPU seconds (user + sys, median) of the runs above, on {os.cpu_count()} CPUs",
+        [
+            "engine",
+            "docker save (CLI)",
+            "daemon during save",
+            "packcache import",
+            "daemon during import",
+            "import CPU / CPUs (s)",
+        ],
+        cpu_rows,
+    )
+    rows = []
+    for r in results:
+        sent = statistics.median(r.bytes_sent) / MIB
+        rows.append(
+            [
+                r.kind,
+                f"{r.pc_load.median:.2f} ({r.pc_load.spread()})",
+                f"{sent:.0f}",
+                f"{r.docker_load.median:.2f} ({r.docker_load.spread()})",
+                f"{r.app_tar_mib:.0f}",
+                f"{r.docker_load.median / r.pc_load.median:.2f}x",
+                "yes" if r.loaded_ok else "NO",
+            ]
+        )
+    print_table(
+        f"packcache load APP (base in the daemon) vs docker load -i app.tar "
+        f"(median of {REPEAT}, s (min-max); speed-up = docker load s / packcache load s)",
+        [
+            "engine",
+            "packcache load s",
+            "MiB sent",
+            "docker load s",
+            "app.tar MiB",
+            "speed-up",
+            "layers as built",
+        ],
+        rows,
+    )
+    print(
+        "\nsetup (docker load of both images, gzip layers): "
+        + ", ".join(f"{r.kind} {r.setup_seconds:.0f} s" for r in results)
+        + f"; total {time.perf_counter() - started:.0f} s; load average at end "
+        + f"{os.getloadavg()[0]:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Issue 4: `packcache rebase` against pack's method and the floor, per engine, in one run.
+
+Images built once from real files on this machine: a run image v1 and v2 of ~800 MiB in three
+layers each (from /usr/lib, different files) and an app of ~270 MiB in four layers (from
+/usr/share) on v1, as one gzip docker-load archive. Per engine (PACKCACHE_BENCH_REBASE_ENGINES,
+default 20.10-graphdriver and 26.1-containerd), interleaved, REPEAT times, each from the app on
+v1 and with the previous result removed from the daemon:
+
+- pack's method: `packcache rebase --no-cache` (save the app image, and on the containerd
+  store the run image, into a throw-away store; load all pack would send);
+- cold: `packcache rebase` with an empty cache;
+- warm: `packcache rebase` with the cache filled by an earlier rebase;
+- floor: a bare `docker load` of an archive holding only the app layers and the config (run
+  image layers as placeholders / references to the content store's blobs).
+
+Every packcache run is a fresh process, start-up included. Printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import statistics
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.bench.common import PACKCACHE, print_table
+from tests.bench.engines import (
+    MIB,
+    BuiltLayer,
+    Runs,
+    _chunks,
+    _packcache_env,
+    _timed,
+    _work_dir,
+    _write_layer,
+)
+from tests.engines import images
+from tests.engines.harness import DOCKER_CLI, Engine
+
+RUN_LAYERS_MIB = [270, 270, 270]
+APP_LAYERS_MIB = [110, 80, 50, 30]
+REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
+ENGINES = [
+    k
+    for k in os.environ.get(
+        "PACKCACHE_BENCH_REBASE_ENGINES", "20.10-graphdriver,26.1-containerd"
+    ).split(",")
+    if k
+]
+RUN_REPO = "bench/run"
+APP, APP_ORIGINAL = "bench/app:latest", "bench/app:original"
+STACK = "io.packcache.bench"
+TARGETS = {
+    "warm vs pack": {"graphdriver": 6.0, "containerd": 5.0},
+    "warm vs floor": 1.15,
+    "cold vs pack": 1.10,
+}
+
+
+@dataclass
+class Built:
+    archive: Path
+    run1: list[BuiltLayer]
+    run2: list[BuiltLayer]
+    app: list[BuiltLayer]  # app layers only
+
+
+def _run_config(layers: list[BuiltLayer], version: str) -> bytes:
+    labels = {
+        "io.buildpacks.stack.id": STACK,
+        "io.buildpacks.stack.mixins": "[]",
+        "io.buildpacks.base.distro.name": "bench",
+        "io.buildpacks.base.distro.version": version,
+    }
+    config = images.image_config(
+        [layer.diff_id for layer in layers], {"config": {"Labels": labels}}
+    )
+    return images.canonical_json(config)
+
+
+def _app_config(run1: list[BuiltLayer], app: list[BuiltLayer]) -> bytes:
+    metadata = {
+        "runImage": {"topLayer": run1[-1].diff_id, "reference": "", "image": RUN_REPO},
+        "stack": {"runImage": {"image": RUN_REPO}},
+    }
+    labels = {
+        "io.buildpacks.stack.id": STACK,
+        "io.buildpacks.stack.mixins": "[]",
+        "io.buildpacks.lifecycle.metadata": json.dumps(metadata),
+    }
+    env = ["PATH=/cnb/process:/bin", "CNB_PLATFORM_API=0.12"]
+    config = images.image_config(
+        [layer.diff_id for layer in run1 + app], {"config": {"Labels": labels, "Env": env}}
+    )
+    return images.canonical_json(config)
+
+
+def build_images(work: Path) -> Built:
+    run_chunks = _chunks("/usr/lib", RUN_LAYERS_MIB * 2)
+    app_chunks = _chunks("/usr/share", APP_LAYERS_MIB)
+    jobs = [(work / f"layer{i}.tar.gz", chunk) for i, chunk in enumerate(run_chunks + app_chunks)]
+    with ThreadPoolExecutor(2) as pool:  # zlib and hashlib release the GIL
+        layers = list(pool.map(lambda job: _write_layer(*job), jobs))
+    run1, run2, app = layers[:3], layers[3:6], layers[6:]
+    archive = work / "images.tar"
+    manifest = []
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for layer in layers:
+            tar.add(layer.path, arcname=f"{layer.blob_digest[7:]}/layer.tar")
+            layer.path.unlink()
+        for tag, config, chain in (
+            (f"{RUN_REPO}:v1", _run_config(run1, "1"), run1),
+            (f"{RUN_REPO}:v2", _run_config(run2, "2"), run2),
+            (APP_ORIGINAL, _app_config(run1, app), run1 + app),
+        ):
+            name = images.sha256_digest(config)[7:] + ".json"
+            info = tarfile.TarInfo(name)
+            info.size = len(config)
+            tar.addfile(info, io.BytesIO(config))
+            manifest.append(
+                {
+                    "Config": name,
+                    "RepoTags": [tag],
+                    "Layers": [f"{layer.blob_digest[7:]}/layer.tar" for layer in chain],
+                }
+            )
+        data = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return Built(archive, run1, run2, app)
+
+
+@dataclass
+class EngineRuns:
+    kind: str
+    containerd: bool
+    methods: dict[str, Runs] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)
+
+
+def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
+    """The archive a warm rebase sends, but with every app layer in it: the floor."""
+    from packcache.archive.load_writer import legacy_archive, oci_archive, oci_manifest
+    from packcache.engine.daemon import Daemon
+    from packcache.operations.loading import held_by_daemon
+    from packcache.store.store import Store
+
+    store = Store.open(cache)
+    daemon = Daemon(engine.host)
+    new_id = json.loads(engine.docker("image", "inspect", APP).stdout)[0]["Id"]
+    config = store.image_config(store.resolve_image(new_id))
+    from packcache.archive.load_writer import LoadLayer
+
+    run_ids = [layer.diff_id for layer in built.run2]
+    held = held_by_daemon(store, daemon, run_ids)
+    plan = [LoadLayer(d, None, (h[0] or d), h[1], h[2]) for d, h in zip(run_ids, held, strict=True)]
+    for layer in built.app:
+        cached = store.layer(layer.diff_id)
+        plan.append(LoadLayer(layer.diff_id, cached, cached.digest, cached.size, cached.media_type))
+    with open(path, "wb") as out:
+        if daemon.info.containerd_store:
+            manifest = oci_manifest(config, plan)
+            chunks = oci_archive(config, manifest, plan, ["bench/floor:latest"])
+        else:
+            chunks = legacy_archive(config, plan, ["bench/floor:latest"])
+        for chunk in chunks:
+            out.write(chunk)
+
+
+def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
+    engine = Engine(kind).start()
+    result = EngineRuns(kind, engine.containerd_store)
+    try:
+        env, pc_env = engine.cli_env(), _packcache_env()
+
+        def docker(*args: str) -> float:
+            return _timed([DOCKER_CLI, *args], env=env)[0]
+
+        def packcache(cache: Path, *args: str) -> tuple[float, dict]:
+            report = work / "report.json"
+            seconds, _, _ = _timed(
+                [
+                    *PACKCACHE,
+                    "--host",
+                    engine.host,
+                    "--cache-dir",
+                    str(cache),
+                    "rebase",
+                    *args,
+                    "--report",
+                    str(report),
+                ],
+                env=pc_env,
+            )
+            return seconds, json.loads(report.read_text())
+
+        docker("load", "-i", str(built.archive))
+        warm_cache = work / f"{kind}-warm"
+        docker("tag", APP_ORIGINAL, APP)
+        packcache(warm_cache, APP, "--run-image", f"{RUN_REPO}:v2")  # fills the cache
+        floor = work / f"{kind}-floor.tar"
+        _write_floor(engine, warm_cache, built, floor)
+        docker("rmi", APP)
+        for _ in range(REPEAT):
+            for method in ("pack", "cold", "warm", "floor"):
+                runs = result.methods.setdefault(method, Runs([], []))
+                if method == "floor":
+                    runs.seconds.append(docker("load", "-i", str(floor)))
+                    docker("rmi", "bench/floor:latest")
+                    continue
+                docker("tag", APP_ORIGINAL, APP)
+                cache = warm_cache if method == "warm" else work / f"{kind}-{method}"
+                if method != "warm":
+                    shutil.rmtree(cache, ignore_errors=True)  # cold starts empty
+                extra = ["--no-cache"] if method == "pack" else []
+                seconds, report = packcache(cache, APP, "--run-image", f"{RUN_REPO}:v2", *extra)
+                runs.seconds.append(seconds)
+                result.reports[method] = report
+                docker("rmi", APP)  # the next run must deliver the app layers again
+    finally:
+        engine.stop()
+    return result
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="packcache-bench-rebase-", dir=_work_dir()) as tmp:
+        work = Path(tmp)
+        start = time.perf_counter()
+        built = build_images(work)
+        mib = sum(layer.size for layer in built.run1) / MIB
+        app_mib = sum(layer.size for layer in built.app) / MIB
+        print(
+            f"built run images v1/v2 ({mib:.0f} MiB in 3 layers each) and an app "
+            f"(+{app_mib:.0f} MiB in 4 layers) in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+        results = [bench_engine(kind, built, work) for kind in ENGINES]
+    for result in results:
+        pack = statistics.median(result.methods["pack"].seconds)
+        floor = statistics.median(result.methods["floor"].seconds)
+        rows = []
+        for method, label in (
+            ("pack", "pack's method (--no-cache)"),
+            ("cold", "cold"),
+            ("warm", "warm"),
+            ("floor", "floor: docker load of app layers"),
+        ):
+            runs = result.methods[method]
+            median = statistics.median(runs.seconds)
+            report = result.reports.get(method, {})
+            rows.append(
+                [
+                    label,
+                    f"{median:.2f} ({runs.spread()})",
+                    f"{pack / median:.1f}x",
+                    f"{median / floor:.2f}x",
+                    str(report.get("layers_sent", "-")),
+                    f"{report['bytes_sent'] / MIB:.1f}" if report else "-",
+                    ", ".join(report.get("saved", [])) or "-",
+                ]
+            )
+        store_kind = "containerd" if result.containerd else "graphdriver"
+        warm = statistics.median(result.methods["warm"].seconds)
+        cold = statistics.median(result.methods["cold"].seconds)
+        verdicts = (
+            f"warm {pack / warm:.1f}x faster than pack (target >= "
+            f"{TARGETS['warm vs pack'][store_kind]}x); warm {warm / floor:.2f}x the floor "
+            f"(target <= {TARGETS['warm vs floor']}x); cold {cold / pack:.2f}x pack "
+            f"(target <= {TARGETS['cold vs pack']}x)"
+        )
+        print_table(
+            f"rebase on {result.kind} (median of {REPEAT}, s (min-max))",
+            [
+                "method",
+                "seconds",
+                "speed-up vs pack",
+                "vs floor",
+                "layers sent",
+                "MiB sent",
+                "docker save of",
+            ],
+            rows,
+        )
+        print(f"\n{verdicts}")
+
+
+if __name__ == "__main__":
+    main()
