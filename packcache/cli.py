@@ -49,6 +49,12 @@ class LsSort(StrEnum):
 FormatOption = Annotated[
     Format, typer.Option("--format", help="table for people, json for programs.")
 ]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Check and plan only; change nothing.")
+]
+ReportOption = Annotated[
+    Path | None, typer.Option("--report", help="Also write the result as JSON to FILE.")
+]
 
 
 def default_cache_dir() -> Path:
@@ -546,12 +552,8 @@ def rebase_command(
         bool,
         typer.Option("--no-cache", help="pack's method: save the whole app image, load it all."),
     ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check and plan only; change nothing.")
-    ] = False,
-    report_file: Annotated[
-        Path | None, typer.Option("--report", help="Also write the result as JSON to FILE.")
-    ] = None,
+    dry_run: DryRunOption = False,
+    report_file: ReportOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
@@ -630,12 +632,8 @@ def create_builder_command(
             "--no-cache", help="pack's method: save each buildpackage, re-tar, load; cache unused."
         ),
     ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check and plan only; change nothing.")
-    ] = False,
-    report_file: Annotated[
-        Path | None, typer.Option("--report", help="Also write the result as JSON to FILE.")
-    ] = None,
+    dry_run: DryRunOption = False,
+    report_file: ReportOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
