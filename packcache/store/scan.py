@@ -67,76 +67,74 @@ def _image_names(conn: sqlite3.Connection) -> dict[int, str]:
     return names
 
 
+_LAYER_ORDER = {
+    "size": "l.blob_size DESC, l.id",
+    "created": "l.first_seen DESC, l.id",
+    # Unary + keeps SQLite off the last_access index: walking it costs a random row read per
+    # layer, 2.5x slower over 100,000 layers than reading them in order and sorting.
+    "last-used": "+l.last_access DESC, l.id",
+}
+
+
 def list_layers(db: Database, image: str | None = None, sort: str = "last-used") -> list[LayerInfo]:
-    """One entry per cached layer (of `image` only, in image order, when given)."""
+    """One entry per cached layer (of `image` only, in image order, when given).
+
+    SQLite sorts and gathers each layer's other digests and users in one query; Python only
+    names the users. At 100,000 layers every microsecond a row is 0.1 s of `ls`.
+    """
     with db.read() as conn:
         if image is None:
-            scope, params = "", ()
+            source, order, params = "layers l", _LAYER_ORDER[sort], ()
         else:
             image_key, _ = queries.resolve_image(conn, image)
-            scope = " AND l.id IN (SELECT layer_key FROM image_layers WHERE image_key = ?)"
-            params = (image_key,)
+            # A layer repeated in an image is listed once, where it first appears.
+            source = (
+                "(SELECT layer_key, MIN(position) AS position FROM image_layers"
+                " WHERE image_key = ? GROUP BY layer_key) p JOIN layers l ON l.id = p.layer_key"
+            )
+            order, params = "p.position", (image_key,)
         rows = conn.execute(
-            "SELECT l.id, l.diff_id, l.blob_size, l.size, l.compression, l.first_seen,"
-            " l.last_access, l.access_count FROM layers l WHERE l.blob_digest IS NOT NULL" + scope,
+            "SELECT l.diff_id, l.blob_size, l.size, l.compression, l.first_seen, l.last_access,"
+            " l.access_count,"
+            " (SELECT group_concat(d.digest) FROM layer_digests d"
+            "  WHERE d.layer_key = l.id AND d.digest != l.diff_id),"
+            " (SELECT group_concat(DISTINCT u.image_key) FROM image_layers u"
+            "  WHERE u.layer_key = l.id)"
+            f" FROM {source} WHERE l.blob_digest IS NOT NULL ORDER BY {order}",
             params,
         ).fetchall()
-        digests: dict[int, list[str]] = defaultdict(list)
-        for key, digest in conn.execute(
-            "SELECT d.layer_key, d.digest FROM layer_digests d JOIN layers l ON l.id = d.layer_key"
-            " WHERE d.digest != l.diff_id AND l.blob_digest IS NOT NULL" + scope + " ORDER BY 2",
-            params,
-        ):
-            digests[key].append(digest)
-        names = _image_names(conn)
-        users: dict[int, list[str]] = defaultdict(list)
-        user_rows = conn.execute(
-            "SELECT DISTINCT layer_key, image_key FROM image_layers"
-            + (
-                ""
-                if image is None
-                else " WHERE layer_key IN (SELECT layer_key FROM image_layers WHERE image_key = ?)"
-            ),
-            params,
+        names = {str(key): name for key, name in _image_names(conn).items()}
+    layers = []
+    for (
+        diff_id,
+        size,
+        uncompressed,
+        compression,
+        first_seen,
+        last_used,
+        count,
+        digests,
+        users,
+    ) in rows:
+        if users is None:
+            images = []
+        elif "," in users:
+            images = sorted({names.get(key, "?") for key in users.split(",")})
+        else:
+            images = [names.get(users, "?")]
+        layers.append(
+            LayerInfo(
+                diff_id,
+                sorted(digests.split(",")) if digests else [],
+                size,
+                uncompressed,
+                compression,
+                images,
+                first_seen,
+                last_used,
+                count,
+            )
         )
-        for layer_key, image_key in user_rows:
-            users[layer_key].append(names.get(image_key, "?"))
-        order = (
-            {}
-            if image is None
-            else {
-                key: position
-                for position, key in conn.execute(
-                    "SELECT position, layer_key FROM image_layers WHERE image_key = ?"
-                    " ORDER BY position DESC",
-                    params,
-                )
-            }
-        )
-    if image is not None:
-        rows.sort(key=lambda row: order[row[0]])
-    layers = [
-        LayerInfo(
-            diff_id=diff_id,
-            digests=digests.get(key, []),
-            size=blob_size,
-            uncompressed_size=size,
-            compression=compression,
-            images=sorted(users.get(key, [])),
-            first_seen=first_seen,
-            last_used=last_access,
-            access_count=count,
-        )
-        for key, diff_id, blob_size, size, compression, first_seen, last_access, count in rows
-    ]
-    if image is not None:
-        pass  # already in image order
-    elif sort == "size":
-        layers.sort(key=lambda layer: layer.size, reverse=True)
-    elif sort == "created":
-        layers.sort(key=lambda layer: layer.first_seen, reverse=True)
-    else:
-        layers.sort(key=lambda layer: layer.last_used, reverse=True)
     return layers
 
 
