@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import sys
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,6 +144,23 @@ class Database:
         return self._engine
 
     @contextmanager
+    def write_plain(self) -> Iterator[sqlite3.Connection]:
+        """A sqlite3 connection in an IMMEDIATE transaction, committed on success: for the
+        small writes every operation starts with (leases, last access), which must not wait
+        for SQLAlchemy's import."""
+        conn = connect(self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    @contextmanager
     def write(self) -> Iterator[Connection]:
         """A SQLAlchemy connection in a transaction that took SQLite's write lock at BEGIN, so
         two writers never deadlock upgrading from a read lock. Commits on success."""
@@ -166,6 +185,33 @@ def open_cache(root: Path) -> Database:
             f"cache directory {root} is not writable: {exc.strerror or exc}"
         ) from exc
     return Database(root / "index.db", CacheLock(root / "lock"))
+
+
+def _import_sqlalchemy() -> None:
+    # An error here is raised again, and reported, by the first write's own import.
+    with suppress(Exception):
+        import sqlalchemy.dialects.sqlite
+        import sqlalchemy.pool  # noqa: F401
+
+        import packcache.store.schema  # noqa: F401  (the tables)
+
+
+def preload_sqlalchemy() -> None:
+    """Import SQLAlchemy in a background thread, once per process.
+
+    Store.open calls this after the operation's own modules are imported, so the main thread
+    goes on to talk to the daemon (I/O; the GIL is free) while SQLAlchemy loads; a write that
+    comes first simply waits for the import to finish (Python's per-module import lock).
+    """
+    global _preloading
+    if _preloading is None and "packcache.store.schema" not in sys.modules:
+        _preloading = threading.Thread(
+            target=_import_sqlalchemy, name="packcache-import-sqlalchemy", daemon=True
+        )
+        _preloading.start()
+
+
+_preloading: threading.Thread | None = None
 
 
 def make_engine(db_path: Path) -> Engine:
