@@ -6,11 +6,11 @@ its digest (sha256 of the blob as stored or shipped, compressed or not).
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import zstandard
+from isal import igzip
 
 from packcache.digest import VerifyingReader
 
@@ -70,7 +70,7 @@ class CachedLayer:
         if self.compression == "none":
             return blob  # type: ignore[return-value]
         if self.compression == "gzip":
-            plain: BinaryIO = gzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[arg-type]
+            plain: BinaryIO = igzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[arg-type]
         else:
             plain = zstandard.ZstdDecompressor().stream_reader(
                 blob, read_across_frames=True, closefd=True
