@@ -67,7 +67,8 @@ class Daemon:
 
     def __init__(self, host: str | None = None, timeout: int = 600) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
-        self._image_layers: dict[str, list[str]] | None = None
+        self._image_ids: list[str] | None = None
+        self._diff_ids: dict[str, list[str]] = {}
         try:
             self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
             raw_info = self.client.api.info()
@@ -111,21 +112,24 @@ class Daemon:
             return False
         return True
 
-    def image_layers(self) -> dict[str, list[str]]:
-        """Every image the daemon holds: image ID -> its diffIDs (one inspect per image,
-        remembered until this client loads something)."""
-        if self._image_layers is not None:
-            return self._image_layers
-        summaries = self._call("the image list", self.client.api.images)
-        held: dict[str, list[str]] = {}
-        for summary in summaries:
+    def image_ids(self) -> list[str]:
+        """The IDs of every image the daemon holds: one list call, remembered until this
+        client loads something."""
+        if self._image_ids is None:
+            summaries = self._call("the image list", self.client.api.images)
+            self._image_ids = [summary["Id"] for summary in summaries]
+        return self._image_ids
+
+    def image_diff_ids(self, image_id: str) -> list[str] | None:
+        """An image's layer diffIDs (one inspect, remembered: an ID names fixed content);
+        None if it is gone meanwhile."""
+        if image_id not in self._diff_ids:
             try:
-                info = self.inspect_image(summary["Id"])
+                info = self.inspect_image(image_id)
             except NotFoundError:
-                continue  # removed meanwhile
-            held[summary["Id"]] = info.get("RootFS", {}).get("Layers") or []
-        self._image_layers = held
-        return held
+                return None
+            self._diff_ids[image_id] = (info.get("RootFS") or {}).get("Layers") or []
+        return self._diff_ids[image_id]
 
     def content_available(self, ref: str, manifest_digest: str, content_size: int) -> bool:
         """On a containerd store with API 1.48+, is every blob of the image there?
@@ -166,7 +170,7 @@ class Daemon:
     def load(self, chunks: Iterator[bytes]) -> list[str]:
         """`docker load` of a stream of archive chunks; returns the daemon's status lines."""
         messages: list[str] = []
-        self._image_layers = None  # the daemon is about to hold more
+        self._image_ids = None  # the daemon is about to hold more
         events = self._call(
             "the load", lambda: list(self.client.api.load_image(chunks, quiet=True))
         )

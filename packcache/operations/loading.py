@@ -52,13 +52,21 @@ def held_by_daemon(
     store: Store, daemon: Daemon, diff_ids: list[str]
 ) -> list[tuple[str, int, str] | None]:
     """Per layer, how the daemon holds it: (digest, size, media type) to reference it by, or
-    None when it must be sent. A graphdriver holds a layer when it holds its whole chain; a
-    containerd store holds the blobs of its images, known where we recorded their manifests."""
-    held = daemon.image_layers()
+    None when it must be sent. A containerd store holds the blobs of its images, known where we
+    recorded their manifests. A graphdriver holds a layer when it holds its whole chain; an
+    image's chain is read from the index when its ID (a config digest there) is a config we
+    hold, so only images new to the cache cost an inspect."""
+    image_ids = daemon.image_ids()
     if daemon.info.containerd_store:
-        descriptors = store.held_descriptors(held)
+        descriptors = store.held_descriptors(image_ids)
         return [descriptors.get(diff_id) for diff_id in diff_ids]
-    present = {chain for layers in held.values() for chain in chain_ids(layers)}
+    known = store.config_diff_ids(image_ids)
+    present = set()
+    for image_id in image_ids:
+        layers = known.get(image_id)
+        if layers is None:
+            layers = daemon.image_diff_ids(image_id) or []
+        present.update(chain_ids(layers))
     placeholder = (None, 0, MEDIA_TYPES["none"])  # a graphdriver needs no digest
     return [placeholder if chain in present else None for chain in chain_ids(diff_ids)]
 

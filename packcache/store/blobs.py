@@ -13,7 +13,9 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +36,28 @@ class StagedBlob:
     uncompressed_size: int
     compression: str
     path: Path | None
+    # Done once the file is fsynced and closed; commit waits for it (see BlobFiles.stage).
+    durable: Future[None] | None = field(default=None, compare=False, repr=False)
+
+
+def _fsync_and_close(out: BinaryIO) -> None:
+    try:
+        os.fsync(out.fileno())
+    finally:
+        out.close()
+
+
+_fsyncer: tuple[int, ThreadPoolExecutor] | None = None  # (pid, executor): a fork needs its own
+_fsyncer_lock = threading.Lock()
+
+
+def _fsync_later(out: BinaryIO) -> Future[None]:
+    """fsync and close `out` in the process's one fsync thread (blobs are synced in order)."""
+    global _fsyncer
+    with _fsyncer_lock:
+        if _fsyncer is None or _fsyncer[0] != os.getpid():
+            _fsyncer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="packcache-fsync"))
+        return _fsyncer[1].submit(_fsync_and_close, out)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -132,6 +156,9 @@ class BlobFiles:
 
         With write=False the bytes are only hashed (to learn or check digests of a layer the
         cache already holds in another form). Raises CorruptBlobError when a digest differs.
+        The fsync runs in a background thread, so a caller reading a stream of blobs (`docker
+        save`) goes on to the next one while the kernel writes this one out; `commit` waits
+        for it, so nothing reaches blobs/ before it is on disk.
         """
         digester = LayerDigester()
         temp: Path | None = None
@@ -158,10 +185,6 @@ class BlobFiles:
             if worker is not None:
                 worker.finish()
             digest, diff_id, uncompressed_size = digester.finish()
-            if out is not None:
-                os.fsync(out.fileno())
-                out.close()
-                os.chmod(temp, 0o444)
             for label, expected, actual in (
                 ("digest", expected_digest, digest),
                 ("diffID", expected_diff_id, diff_id),
@@ -170,6 +193,10 @@ class BlobFiles:
                     raise CorruptBlobError(
                         f"layer bytes do not match their {label}: expected {expected}, got {actual}"
                     )
+            durable = None
+            if out is not None:
+                os.fchmod(out.fileno(), 0o444)
+                durable = _fsync_later(out)
         except BaseException:
             if worker is not None:
                 worker.close()
@@ -185,17 +212,23 @@ class BlobFiles:
             uncompressed_size=uncompressed_size,
             compression=digester.compression or "none",
             path=temp,
+            durable=durable,
         )
 
     def commit(self, staged: StagedBlob) -> None:
         """Atomically move a staged blob into place. Concurrent commits of one digest both win."""
         assert staged.path is not None
+        if staged.durable is not None:
+            staged.durable.result()  # on disk before it is named a blob; raises its OSError
         final = self.path(staged.digest)
         final.parent.mkdir(mode=0o700, exist_ok=True)
         os.replace(staged.path, final)
         _fsync_dir(final.parent)
 
     def discard(self, staged: StagedBlob) -> None:
+        if staged.durable is not None:
+            with suppress(OSError):  # its file is removed either way
+                staged.durable.result()
         if staged.path is not None:
             staged.path.unlink(missing_ok=True)
 

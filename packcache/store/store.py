@@ -437,6 +437,21 @@ class Store:
             raise NotFoundError(f"no image {config_digest} in the cache")
         return row[0].encode()
 
+    def config_diff_ids(self, config_digests: Iterable[str]) -> dict[str, list[str]]:
+        """config digest -> its diffIDs, for the configs the index holds among these."""
+        wanted = list(config_digests)
+        found: dict[str, list[str]] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                for digest, config in conn.execute(
+                    "SELECT config_digest, config FROM images WHERE config_digest IN"
+                    f" ({','.join('?' * len(part))})",
+                    part,
+                ):
+                    found[digest] = (json.loads(config).get("rootfs") or {}).get("diff_ids") or []
+        return found
+
     def held_descriptors(self, image_ids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
         """diffID -> (digest, size, media type) of the layer blobs a containerd store holds,
         given the IDs of the images it holds. Such an ID is the image's manifest digest, so a
