@@ -32,7 +32,7 @@ def test_kill_9_during_ingest_never_leaves_a_bad_blob_or_dangling_row(cache_dir:
     killed_mid_run = 0
     for round_ in range(25):
         # Each round re-ingests some layers of the previous one and adds new ones.
-        proc = worker("ingest", str(cache_dir), str(round_ * 3), "6", "400000")
+        proc = worker("ingest", str(cache_dir), str(round_ * 3), "10", "2000000")
         time.sleep(rng.uniform(0.05, 0.6))
         if proc.poll() is None:
             killed_mid_run += 1

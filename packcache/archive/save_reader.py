@@ -374,8 +374,11 @@ def import_archive(
     try:
         _read_stream(store, stream, entries, report, on_bytes)
         images, used = _plan_images(store, entries)
-        for staged in used.values():
-            if store.commit_staged(staged, lease=lease):
+        staged_blobs = list(used.values())
+        for staged, written in zip(
+            staged_blobs, store.commit_staged_many(staged_blobs, lease=lease), strict=True
+        ):
+            if written:
                 report.layers_written += 1
                 report.bytes_written += staged.size
             else:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-import sys
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,8 +144,7 @@ class Database:
     @contextmanager
     def write_plain(self) -> Iterator[sqlite3.Connection]:
         """A sqlite3 connection in an IMMEDIATE transaction, committed on success: for the
-        small writes every operation starts with (leases, last access), which must not wait
-        for SQLAlchemy's import."""
+        writes on the paths that must be fast (see store.py), without SQLAlchemy's import."""
         conn = connect(self.path)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -185,33 +182,6 @@ def open_cache(root: Path) -> Database:
             f"cache directory {root} is not writable: {exc.strerror or exc}"
         ) from exc
     return Database(root / "index.db", CacheLock(root / "lock"))
-
-
-def _import_sqlalchemy() -> None:
-    # An error here is raised again, and reported, by the first write's own import.
-    with suppress(Exception):
-        import sqlalchemy.dialects.sqlite
-        import sqlalchemy.pool  # noqa: F401
-
-        import packcache.store.schema  # noqa: F401  (the tables)
-
-
-def preload_sqlalchemy() -> None:
-    """Import SQLAlchemy in a background thread, once per process.
-
-    Store.open calls this after the operation's own modules are imported, so the main thread
-    goes on to talk to the daemon (I/O; the GIL is free) while SQLAlchemy loads; a write that
-    comes first simply waits for the import to finish (Python's per-module import lock).
-    """
-    global _preloading
-    if _preloading is None and "packcache.store.schema" not in sys.modules:
-        _preloading = threading.Thread(
-            target=_import_sqlalchemy, name="packcache-import-sqlalchemy", daemon=True
-        )
-        _preloading.start()
-
-
-_preloading: threading.Thread | None = None
 
 
 def make_engine(db_path: Path) -> Engine:

@@ -48,6 +48,20 @@ def cached_layer_by_digest(conn: sqlite3.Connection, digest: str) -> tuple | Non
     ).fetchone()
 
 
+def layer_keys(conn: sqlite3.Connection, diff_ids: list[str]) -> dict[str, int]:
+    """diffID -> layer row id, for the diffIDs that have a row."""
+    keys: dict[str, int] = {}
+    for start in range(0, len(diff_ids), 500):  # stay under SQLite's variable limit
+        batch = diff_ids[start : start + 500]
+        keys.update(
+            conn.execute(
+                f"SELECT diff_id, id FROM layers WHERE diff_id IN ({','.join('?' * len(batch))})",
+                batch,
+            ).fetchall()
+        )
+    return keys
+
+
 def cached_diff_ids(conn: sqlite3.Connection, diff_ids: Iterable[str]) -> set[str]:
     wanted = list(set(diff_ids))
     found: set[str] = set()
