@@ -77,6 +77,26 @@ def test_load_onto_a_base_in_the_daemon_sends_only_the_new_layers(
     assert saved_layers(engine, app, tmp_path) == layers
 
 
+def test_a_base_the_cache_never_saw(cli, engine: Engine, tmp_path) -> None:
+    # Only the app is imported. A graphdriver's chains come from the index for images whose
+    # config it holds and from an inspect for the others, so the base is found all the same.
+    # A containerd store's blobs are known only from manifests recorded from it: the base's
+    # is not, so every layer is sent (rebase and create-builder import such a base first).
+    base, app = unique("base"), unique("app")
+    load_image(engine, tmp_path, base)
+    load_image(engine, tmp_path, app, extra=app_layers())
+    assert cli("--host", engine.host, "import", app).exit_code == 0
+    engine.docker("rmi", app)
+    report = cli("--host", engine.host, "load", app, "--format", "json").json()
+    layers = inspect(engine, app)["RootFS"]["Layers"]
+    if engine.containerd_store:
+        assert report["layers_sent"] == len(layers)
+    else:
+        assert report["layers_sent"] == 2
+        assert 200_000 < report["bytes_sent"] < 300_000
+    assert saved_layers(engine, app, tmp_path) == layers
+
+
 def test_loading_what_the_daemon_has_sends_config_only(cli, engine: Engine, tmp_path) -> None:
     tag, other = unique("whole"), unique("retag")
     load_image(engine, tmp_path, tag, extra=app_layers())

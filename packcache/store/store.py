@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 # SQLAlchemy owns the schema (schema.py, Alembic) and the maintenance writes (evictions, image
 # removal); it is imported inside the methods that use it. The writes every import, load, rebase
-# and create-builder makes (leases, last access, committing blobs, recording images) are plain
-# SQL on the sqlite3 driver: importing SQLAlchemy costs 0.16 s here, 4-8% of a warm rebase or
-# builder. (Importing it in a background thread instead raced imports on the main thread.)
+# and create-builder makes (leases, last access, committing blobs, recording images and builder
+# inputs) are plain SQL on the sqlite3 driver: importing SQLAlchemy costs 0.16 s here, 4-8% of
+# a warm rebase or builder, and more of a builder re-created unchanged. (Importing it in a
+# background thread instead raced imports on the main thread.)
 
 LEASE_TTL_S = 6 * 3600.0  # longer than any operation; a lease of a killed process dies sooner
 
@@ -475,16 +476,12 @@ class Store:
 
     def record_input_layer(self, key: str, value: dict) -> None:
         """Remember that the input `key` became the layer value["diff_id"] (and `value`)."""
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        from packcache.store import schema
-
-        row = {"diff_id": value["diff_id"], "value": json.dumps(value), "recorded": time.time()}
-        with self.db.write() as conn:
+        with self.db.write_plain() as conn:
             conn.execute(
-                sqlite_insert(schema.input_layers)
-                .values(key=key, **row)
-                .on_conflict_do_update(index_elements=["key"], set_=row)
+                'INSERT INTO input_layers ("key", diff_id, value, recorded) VALUES (?, ?, ?, ?)'
+                ' ON CONFLICT ("key") DO UPDATE SET diff_id = excluded.diff_id,'
+                " value = excluded.value, recorded = excluded.recorded",
+                (key, value["diff_id"], json.dumps(value), time.time()),
             )
 
     def manifest(self, manifest_digest: str) -> bytes | None:

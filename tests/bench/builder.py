@@ -5,9 +5,10 @@ ten buildpackage images of ~40 MiB each (one random 40 MiB file per buildpack), 
 image (busybox), a run image and a lifecycle .tgz; builder.toml names the ten by docker://.
 
 (a) First builder on a daemon that holds no builder chain (the builder removed before each run):
-    pack's method (`--no-cache`: one `docker save` per buildpackage, re-tar, load every new
-    layer), cold (empty cache: one `docker save` of all ten), warm (cache filled: no save), and
-    the floor: a bare `docker load -i` of an archive holding only the builder's new layers.
+    cold (empty cache: one `docker save` of all ten; once), then interleaved: pack's method
+    (`--no-cache`: one `docker save` per buildpackage, re-tar, load every new layer), warm
+    (cache filled: no save), and the floor: a bare `docker load -i` of an archive holding only
+    the builder's new layers.
 (b) Re-creating the builder while the previous one is still in the daemon: warm with unchanged
     inputs (no layer bytes sent) vs pack's method; then one buildpackage image changed.
 
@@ -146,19 +147,29 @@ def bench_engine(kind: str) -> None:
         toml, refs = make_inputs(engine, work)
         pack_cache, cache = work / "pack-cache", work / "cache"
 
-        # (a) first builder, no builder chain in the daemon
-        _remove_builder(engine)
-        pack_a, pack_a_report = create(engine, pack_cache, toml, "--no-cache")
+        # (a) first builder, no builder chain in the daemon. Cold once (it fills the cache);
+        # then pack's method, warm and the floor interleaved, each after a sync with no
+        # builder in the daemon, so one run's disk writeback does not land in another's time.
         _remove_builder(engine)
         cold, cold_report = create(engine, cache, toml)
-        warm, warm_report = median(
-            lambda: create(engine, cache, toml), lambda: _remove_builder(engine)
-        )
         _remove_builder(engine)
         archive = work / "floor.tar"
         floor_bytes = floor_archive(engine, cache, archive)
-        floor, _ = median(lambda: timed_load(engine, archive), lambda: _remove_builder(engine))
+        runs: dict[str, list[tuple[float, dict]]] = {"pack": [], "warm": [], "floor": []}
+        for _ in range(REPEAT):
+            for method, results in runs.items():
+                _remove_builder(engine)
+                os.sync()
+                if method == "floor":
+                    results.append(timed_load(engine, archive))
+                elif method == "pack":
+                    results.append(create(engine, pack_cache, toml, "--no-cache"))
+                else:
+                    results.append(create(engine, cache, toml))
         archive.unlink()
+        (pack_a, pack_a_report), (warm, warm_report), (floor, _) = (
+            (statistics.median(r[0] for r in results), results[-1][1]) for results in runs.values()
+        )
 
         # (b) re-create while the previous builder is in the daemon
         create(engine, cache, toml)
