@@ -69,6 +69,7 @@ class Daemon:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self._image_ids: list[str] | None = None
         self._diff_ids: dict[str, list[str]] = {}
+        self._held: dict[str, bool] = {}
         try:
             self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
             raw_info = self.client.api.info()
@@ -119,6 +120,13 @@ class Daemon:
             summaries = self._call("the image list", self.client.api.images)
             self._image_ids = [summary["Id"] for summary in summaries]
         return self._image_ids
+
+    def holds_image(self, image_id: str) -> bool:
+        """Does the daemon hold an image with this ID? (one inspect, remembered until this
+        client loads something)"""
+        if image_id not in self._held:
+            self._held[image_id] = self.has_image(image_id)
+        return self._held[image_id]
 
     def image_diff_ids(self, image_id: str) -> list[str] | None:
         """An image's layer diffIDs (one inspect, remembered: an ID names fixed content);
@@ -171,6 +179,7 @@ class Daemon:
         """`docker load` of a stream of archive chunks; returns the daemon's status lines."""
         messages: list[str] = []
         self._image_ids = None  # the daemon is about to hold more
+        self._held.clear()
         events = self._call(
             "the load", lambda: list(self.client.api.load_image(chunks, quiet=True))
         )

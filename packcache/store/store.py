@@ -444,6 +444,27 @@ class Store:
                     found[digest] = (json.loads(config).get("rootfs") or {}).get("diff_ids") or []
         return found
 
+    def manifests_with_layers(self, diff_ids: Iterable[str]) -> list[str]:
+        """Digests of the manifests recorded (from any engine) for images that have any of
+        these layers: the images a containerd store may hold those layers' blobs for."""
+        wanted = list(set(diff_ids))
+        found: set[str] = set()
+        with self.db.read() as conn:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                found.update(
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT DISTINCT s.manifest_digest FROM image_sources s"
+                        " JOIN image_layers il ON il.image_key = s.image_key"
+                        " JOIN layers l ON l.id = il.layer_key"
+                        " WHERE s.manifest IS NOT NULL AND l.diff_id IN"
+                        f" ({','.join('?' * len(part))})",
+                        part,
+                    )
+                )
+        return sorted(found)
+
     def held_descriptors(self, image_ids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
         """diffID -> (digest, size, media type) of the layer blobs a containerd store holds,
         given the IDs of the images it holds. Such an ID is the image's manifest digest, so a
