@@ -100,7 +100,7 @@ class LayerDigester:
     def _start(self, compression: str) -> None:
         self.compression = compression
         if compression == "gzip":
-            # python-isal's zlib: 1.6x the stdlib's MB/s through gunzip + sha256 of a layer
+            # python-isal's zlib: 1.4x the stdlib's MiB/s through gunzip + sha256 of a layer
             # here, and gunzip is what bounds importing from a containerd store.
             self._gzip = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif compression == "zstd":
