@@ -1,9 +1,10 @@
 """Opening the SQLite index: pragmas, transaction mode, and automatic schema upgrades.
 
-SQLAlchemy (with Alembic) owns the schema and the writes. Reads on the CLI's hot paths (`ls`,
-`du`, `prune --dry-run`) use the sqlite3 driver directly: importing SQLAlchemy alone takes
-0.15 s on this machine, half of the 0.3 s those commands may take on a 100,000-layer index.
-Both go through `connect`, so every connection gets the same pragmas.
+SQLAlchemy (with Alembic) owns the schema, the migrations and the maintenance writes
+(evictions, image removal, repairs). Reads and the writes every import, load, rebase and
+create-builder makes use the sqlite3 driver directly: importing SQLAlchemy alone takes 0.16 s on
+this machine, half of the 0.3 s `ls`/`du` may take on a 100,000-layer index and 4-8% of a warm
+rebase or builder. Both go through `connect`, so every connection gets the same pragmas.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def _upgrade(db_path: Path) -> None:
 
 
 class Database:
-    """The index file: raw connections for reads, a SQLAlchemy engine (made on first use) for
-    writes. Opening it creates or upgrades the schema to HEAD_REVISION."""
+    """The index file: sqlite3 connections for reads and fast writes (`read`, `write_plain`),
+    a SQLAlchemy engine, made on first use, for the others (`write`). Opening it creates or
+    upgrades the schema to HEAD_REVISION."""
 
     def __init__(self, db_path: Path, lock: CacheLock) -> None:
         self.path = db_path
