@@ -10,7 +10,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from packcache.errors import NotFoundError, PackcacheError
 from packcache.refs import looks_like_id, normalize
@@ -48,34 +48,23 @@ def cached_layer_by_digest(conn: sqlite3.Connection, digest: str) -> tuple | Non
     ).fetchone()
 
 
+def select_in(conn: sqlite3.Connection, sql: str, values: Iterable[str]) -> Iterator[tuple]:
+    """The rows of `sql`, whose one `{}` is the list of an IN, for all `values`: in batches,
+    to stay under SQLite's limit on variables."""
+    values = list(values)
+    for start in range(0, len(values), 500):
+        batch = values[start : start + 500]
+        yield from conn.execute(sql.format(",".join("?" * len(batch))), batch)
+
+
 def layer_keys(conn: sqlite3.Connection, diff_ids: list[str]) -> dict[str, int]:
     """diffID -> layer row id, for the diffIDs that have a row."""
-    keys: dict[str, int] = {}
-    for start in range(0, len(diff_ids), 500):  # stay under SQLite's variable limit
-        batch = diff_ids[start : start + 500]
-        keys.update(
-            conn.execute(
-                f"SELECT diff_id, id FROM layers WHERE diff_id IN ({','.join('?' * len(batch))})",
-                batch,
-            ).fetchall()
-        )
-    return keys
+    return dict(select_in(conn, "SELECT diff_id, id FROM layers WHERE diff_id IN ({})", diff_ids))
 
 
 def cached_diff_ids(conn: sqlite3.Connection, diff_ids: Iterable[str]) -> set[str]:
-    wanted = list(set(diff_ids))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):  # stay under SQLite's variable limit
-        batch = wanted[start : start + 500]
-        found.update(
-            row[0]
-            for row in conn.execute(
-                "SELECT diff_id FROM layers WHERE blob_digest IS NOT NULL AND diff_id IN"
-                f" ({','.join('?' * len(batch))})",
-                batch,
-            )
-        )
-    return found
+    sql = "SELECT diff_id FROM layers WHERE blob_digest IS NOT NULL AND diff_id IN ({})"
+    return {row[0] for row in select_in(conn, sql, set(diff_ids))}
 
 
 def dead_leases(conn: sqlite3.Connection) -> list[int]:

@@ -431,39 +431,24 @@ class Store:
 
     def config_diff_ids(self, config_digests: Iterable[str]) -> dict[str, list[str]]:
         """config digest -> its diffIDs, for the configs the index holds among these."""
-        wanted = list(config_digests)
-        found: dict[str, list[str]] = {}
+        sql = "SELECT config_digest, config FROM images WHERE config_digest IN ({})"
         with self.db.read() as conn:
-            for start in range(0, len(wanted), 500):
-                part = wanted[start : start + 500]
-                for digest, config in conn.execute(
-                    "SELECT config_digest, config FROM images WHERE config_digest IN"
-                    f" ({','.join('?' * len(part))})",
-                    part,
-                ):
-                    found[digest] = (json.loads(config).get("rootfs") or {}).get("diff_ids") or []
-        return found
+            return {
+                digest: (json.loads(config).get("rootfs") or {}).get("diff_ids") or []
+                for digest, config in queries.select_in(conn, sql, config_digests)
+            }
 
     def manifests_with_layers(self, diff_ids: Iterable[str]) -> list[str]:
         """Digests of the manifests recorded (from any engine) for images that have any of
         these layers: the images a containerd store may hold those layers' blobs for."""
-        wanted = list(set(diff_ids))
-        found: set[str] = set()
+        sql = (
+            "SELECT DISTINCT s.manifest_digest FROM image_sources s"
+            " JOIN image_layers il ON il.image_key = s.image_key"
+            " JOIN layers l ON l.id = il.layer_key"
+            " WHERE s.manifest IS NOT NULL AND l.diff_id IN ({})"
+        )
         with self.db.read() as conn:
-            for start in range(0, len(wanted), 500):
-                part = wanted[start : start + 500]
-                found.update(
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT DISTINCT s.manifest_digest FROM image_sources s"
-                        " JOIN image_layers il ON il.image_key = s.image_key"
-                        " JOIN layers l ON l.id = il.layer_key"
-                        " WHERE s.manifest IS NOT NULL AND l.diff_id IN"
-                        f" ({','.join('?' * len(part))})",
-                        part,
-                    )
-                )
-        return sorted(found)
+            return sorted({row[0] for row in queries.select_in(conn, sql, set(diff_ids))})
 
     def held_descriptors(self, image_ids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
         """diffID -> (digest, size, media type) of the layer blobs a containerd store holds,
