@@ -174,6 +174,34 @@ class BenchImages:
         return sum(layer.size for layer in self.app[len(self.base) :]) / MIB
 
 
+def write_load_archive(
+    archive: Path, layers: list[BuiltLayer], tagged: list[tuple[str, bytes, list[BuiltLayer]]]
+) -> None:
+    """A legacy `docker load` archive of `layers` (their files are moved in: deleted after)
+    and one image per (tag, config, layer chain)."""
+    manifest = []
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT, copybufsize=MIB) as tar:
+        for layer in layers:
+            tar.add(layer.path, arcname=f"{layer.blob_digest[7:]}/layer.tar")
+            layer.path.unlink()
+        for tag, config, chain in tagged:
+            name = images.sha256_digest(config)[7:] + ".json"
+            info = tarfile.TarInfo(name)
+            info.size = len(config)
+            tar.addfile(info, io.BytesIO(config))
+            manifest.append(
+                {
+                    "Config": name,
+                    "RepoTags": [tag],
+                    "Layers": [f"{layer.blob_digest[7:]}/layer.tar" for layer in chain],
+                }
+            )
+        data = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
 def build_images(work: Path) -> BenchImages:
     base_chunks = _chunks(BASE_SOURCE, BASE_LAYERS_MIB)
     app_chunks = _chunks(APP_SOURCE, APP_LAYERS_MIB)
@@ -185,29 +213,9 @@ def build_images(work: Path) -> BenchImages:
     base = [busybox, *built[: len(base_chunks)]]
     app = [*base, *built[len(base_chunks) :]]
     archive = work / "images.tar"
-    manifest = []
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT, copybufsize=MIB) as tar:
-        for layer in app:
-            tar.add(layer.path, arcname=f"{layer.blob_digest[7:]}/layer.tar")
-        for tag, layers in ((BASE_TAG, base), (APP_TAG, app)):
-            config = _config(layers)
-            name = images.sha256_digest(config)[7:] + ".json"
-            info = tarfile.TarInfo(name)
-            info.size = len(config)
-            tar.addfile(info, io.BytesIO(config))
-            manifest.append(
-                {
-                    "Config": name,
-                    "RepoTags": [tag],
-                    "Layers": [f"{layer.blob_digest[7:]}/layer.tar" for layer in layers],
-                }
-            )
-        data = json.dumps(manifest).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    for layer in app:
-        layer.path.unlink()
+    write_load_archive(
+        archive, app, [(BASE_TAG, _config(base), base), (APP_TAG, _config(app), app)]
+    )
     return BenchImages(archive, base, app)
 
 

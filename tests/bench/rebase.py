@@ -18,12 +18,10 @@ Every packcache run is a fresh process, start-up included. Printed, never assert
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import statistics
-import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +38,7 @@ from tests.bench.engines import (
     _timed,
     _work_dir,
     _write_layer,
+    write_load_archive,
 )
 from tests.engines import images
 from tests.engines.harness import DOCKER_CLI, Engine
@@ -110,31 +109,15 @@ def build_images(work: Path) -> Built:
         layers = list(pool.map(lambda job: _write_layer(*job), jobs))
     run1, run2, app = layers[:3], layers[3:6], layers[6:]
     archive = work / "images.tar"
-    manifest = []
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-        for layer in layers:
-            tar.add(layer.path, arcname=f"{layer.blob_digest[7:]}/layer.tar")
-            layer.path.unlink()
-        for tag, config, chain in (
+    write_load_archive(
+        archive,
+        layers,
+        [
             (f"{RUN_REPO}:v1", _run_config(run1, "1"), run1),
             (f"{RUN_REPO}:v2", _run_config(run2, "2"), run2),
             (APP_ORIGINAL, _app_config(run1, app), run1 + app),
-        ):
-            name = images.sha256_digest(config)[7:] + ".json"
-            info = tarfile.TarInfo(name)
-            info.size = len(config)
-            tar.addfile(info, io.BytesIO(config))
-            manifest.append(
-                {
-                    "Config": name,
-                    "RepoTags": [tag],
-                    "Layers": [f"{layer.blob_digest[7:]}/layer.tar" for layer in chain],
-                }
-            )
-        data = json.dumps(manifest).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        ],
+    )
     return Built(archive, run1, run2, app)
 
 
