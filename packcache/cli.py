@@ -139,6 +139,18 @@ def main_options(
     ctx.obj = Context(cache_dir=cache_dir or default_cache_dir(), verbose=verbose, host=host)
 
 
+# A base layer can be used by hundreds of images: listing them all would pad every row of the
+# table to the longest list (80 MB of output for 100,000 layers), so tables name a few, like
+# `docker ps` truncates, and --no-trunc or JSON give them all.
+LS_IMAGES_SHOWN = 3
+
+
+def _images_cell(names: list[str]) -> str:
+    if len(names) <= LS_IMAGES_SHOWN:
+        return ",".join(names) or "-"
+    return f"{','.join(names[:LS_IMAGES_SHOWN])} +{len(names) - LS_IMAGES_SHOWN} more"
+
+
 @app.command("ls")
 def ls_command(
     ctx: typer.Context,
@@ -146,6 +158,13 @@ def ls_command(
         str | None, typer.Option("--image", help="Only this image's layers (tag or image ID).")
     ] = None,
     sort: Annotated[LsSort, typer.Option("--sort", help="Order of the rows.")] = LsSort.last_used,
+    no_trunc: Annotated[
+        bool,
+        typer.Option(
+            "--no-trunc",
+            help=f"Name every image using a layer (tables name {LS_IMAGES_SHOWN}, then count).",
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """List cached layers: diffID, compressed digests, size, the images using it, last use."""
@@ -172,6 +191,7 @@ def ls_command(
         )
         return
     now, size, ago = time.time(), render.size, render.ago
+    images_cell = (lambda names: ",".join(names) or "-") if no_trunc else _images_cell
     emit(
         render.table(
             ["DIFF ID", "DIGESTS", "SIZE", "IMAGES", "LAST USED"],
@@ -180,7 +200,7 @@ def ls_command(
                     short_id(layer.diff_id),
                     ",".join(map(short_id, layer.digests)) or "-",
                     size(layer.size),
-                    ",".join(layer.images) or "-",
+                    images_cell(layer.images),
                     ago(layer.last_used, now),
                 )
                 for layer in layers

@@ -69,6 +69,21 @@ def test_ls_image_shows_exactly_its_layers_in_order(cli, two_images) -> None:
     assert [r["diff_id"] for r in by_short_id] == base_ids
 
 
+def test_ls_table_names_a_few_images_and_counts_the_rest(cli, store, two_images) -> None:
+    (_, base_ids), _ = two_images
+    base_layers = [random_tar(50_000, seed=b"base0"), random_tar(70_000, seed=b"base1")]
+    for n in range(4):  # five images on base:1's layers, plus base:1 and app:1
+        add_image(store, [*base_layers, random_tar(1_000, seed=b"more%d" % n)], [f"more:{n}"])
+    row = next(line for line in cli("ls").stdout.splitlines() if line.startswith(base_ids[0][7:19]))
+    assert "app:1,base:1,more:0 +3 more" in row
+    full = cli("ls", "--no-trunc").stdout.splitlines()
+    row = next(line for line in full if line.startswith(base_ids[0][7:19]))
+    assert "app:1,base:1,more:0,more:1,more:2,more:3" in row
+    # JSON always names every image.
+    by_id = {r["diff_id"]: r for r in cli("ls", "--format", "json").json()}
+    assert len(by_id[base_ids[0]]["images"]) == 6
+
+
 def test_ls_sort_by_size(cli, two_images) -> None:
     sizes = [r["size"] for r in cli("ls", "--sort", "size", "--format", "json").json()]
     assert sizes == sorted(sizes, reverse=True)
