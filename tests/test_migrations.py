@@ -1,13 +1,22 @@
-"""The index schema comes from migrations/ and matches the tables the code describes."""
+"""The index schema comes from migrations/ and matches the tables the code describes.
+
+`python -m tests.test_migrations` rewrites packcache/store/schema_head.sql (the schema new
+caches are created with) from the migrations, after a new one is added.
+"""
 
 from __future__ import annotations
+
+import sqlite3
+import tempfile
+from contextlib import closing
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from packcache.store.database import HEAD_REVISION, migrations_dir
+from packcache.store.database import HEAD_REVISION, HEAD_SCHEMA_SQL, _upgrade, migrations_dir
 from packcache.store.schema import metadata
 from packcache.store.store import Store
 
@@ -16,6 +25,37 @@ def test_head_revision_constant_matches_the_migrations() -> None:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+
+
+def schema_sql_from_migrations() -> str:
+    """The CREATE statements Alembic's upgrade to head leaves in a new database, in order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db_path = Path(tmp) / "index.db"
+        _upgrade(db_path)
+        with closing(sqlite3.connect(db_path)) as conn:
+            statements = [
+                sql
+                for (sql,) in conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
+                )
+            ]
+    return "".join(f"{sql};\n\n" for sql in statements)
+
+
+def schema_of(db_path: Path) -> list[tuple]:
+    with closing(sqlite3.connect(db_path)) as conn:
+        return conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+
+
+def test_new_caches_get_exactly_the_schema_the_migrations_make(cache_dir, tmp_path) -> None:
+    assert HEAD_SCHEMA_SQL.read_text() == schema_sql_from_migrations(), (
+        "packcache/store/schema_head.sql is stale: run `python -m tests.test_migrations`"
+    )
+    Store.open(cache_dir)  # a new cache: created from schema_head.sql
+    _upgrade(tmp_path / "migrated.db")  # every migration, through Alembic
+    assert schema_of(cache_dir / "index.db") == schema_of(tmp_path / "migrated.db")
 
 
 def test_migrated_schema_matches_the_code(cache_dir) -> None:
@@ -61,3 +101,8 @@ def test_an_older_index_is_upgraded_when_opened_and_keeps_its_data(cache_dir) ->
         )
         assert conn.execute("SELECT diff_id FROM layers").fetchall() == [("sha256:x",)]
         assert conn.execute("SELECT COUNT(*) FROM input_layers").fetchone() == (0,)
+
+
+if __name__ == "__main__":
+    HEAD_SCHEMA_SQL.write_text(schema_sql_from_migrations())
+    print(f"wrote {HEAD_SCHEMA_SQL}")
