@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from packcache.engine.daemon import Daemon
+from packcache.errors import NotFoundError
+from tests.engines import images
 from tests.engines.harness import Engine
 from tests.layers import sha256
-from tests.test_engine_import import inspect, load_image, unique
+from tests.test_engine_import import BASE_LAYERS, inspect, load_image, unique
 
 
 def app_layers() -> list[dict[str, bytes]]:
@@ -157,3 +160,30 @@ def test_empty_and_repeated_layers_round_trip(cli, engine: Engine, tmp_path) -> 
     assert cli("--host", engine.host, "load", tag).exit_code == 0
     assert inspect(engine, tag)["RootFS"]["Layers"] == diff_ids
     assert saved_layers(engine, tag, tmp_path) == diff_ids
+
+
+def test_inspects_are_remembered_until_this_client_changes_the_daemon(
+    engine: Engine, tmp_path
+) -> None:
+    present, absent = unique("present"), unique("absent")
+    load_image(engine, tmp_path, present)
+    daemon = Daemon(engine.host)
+    asked: list[str] = []
+    real_inspect = daemon.client.api.inspect_image
+    daemon.client.api.inspect_image = lambda ref: asked.append(ref) or real_inspect(ref)
+
+    daemon.prefetch([present, absent, present])
+    assert sorted(asked) == sorted([present, absent])  # concurrently, each once
+    info = daemon.inspect_image(present)
+    assert info["Id"] == inspect(engine, present)["Id"]
+    assert daemon.holds_image(info["Id"])
+    assert daemon.image_diff_ids(info["Id"]) == inspect(engine, present)["RootFS"]["Layers"]
+    with pytest.raises(NotFoundError, match=absent):
+        daemon.inspect_image(absent)
+    assert not daemon.has_image(absent)
+    assert len(asked) == 2  # all of that answered from memory
+
+    archive = images.build_busybox_archive(tmp_path / "absent.tar", absent, BASE_LAYERS)
+    daemon.load(iter([archive.path.read_bytes()]))
+    assert daemon.inspect_image(absent)["Id"] == inspect(engine, absent)["Id"]  # asked again
+    assert asked[2:] == [absent]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -19,6 +20,9 @@ from packcache.errors import NotFoundError, PackcacheError
 
 MIN_API_VERSION = "1.41"  # Engine 20.10, the oldest engine in the test matrix
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+# Concurrent inspects: each is ~5 ms of daemon time and a few ms of Python; overlapped, the ten
+# buildpackages, build image and run image of a builder take 0.05 s instead of 0.2 s.
+INSPECT_THREADS = 8
 
 
 class DaemonError(PackcacheError):
@@ -70,6 +74,9 @@ class Daemon:
         self._image_ids: list[str] | None = None
         self._diff_ids: dict[str, list[str]] = {}
         self._held: dict[str, bool] = {}
+        # What `inspect_image` returned per ref (None: not found), until this client changes
+        # the daemon (load, pull): one operation asks about the same images several times.
+        self._inspected: dict[str, dict[str, Any] | None] = {}
         try:
             self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
             raw_info = self.client.api.info()
@@ -100,10 +107,43 @@ class Daemon:
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
         """`docker image inspect`: raises NotFoundError when the daemon has no such image."""
-        return self._call(ref, self.client.api.inspect_image, ref)
+        if ref not in self._inspected:
+            self._inspect(ref)
+        info = self._inspected[ref]
+        if info is None:
+            raise NotFoundError(f"no image {ref} in the Docker daemon at {self.host}")
+        return info
+
+    def prefetch(self, refs: Iterable[str]) -> None:
+        """Inspect these images at once, so the `inspect_image` calls that follow are answered
+        from memory. Errors other than "not found" are left for those calls to raise."""
+        wanted = [ref for ref in dict.fromkeys(refs) if ref not in self._inspected]
+        if len(wanted) < 2:
+            return
+        with ThreadPoolExecutor(min(INSPECT_THREADS, len(wanted))) as pool:
+            for future in [pool.submit(self._inspect, ref) for ref in wanted]:
+                future.exception()  # wait; not remembered, so raised again when asked for
+
+    def _inspect(self, ref: str) -> None:
+        try:
+            info = self._call(ref, self.client.api.inspect_image, ref)
+        except NotFoundError:
+            self._inspected[ref] = None
+            return
+        self._inspected[ref] = info
+        # An inspect also says the daemon holds that image ID, and its layers.
+        self._held[info["Id"]] = True
+        self._diff_ids[info["Id"]] = (info.get("RootFS") or {}).get("Layers") or []
+
+    def _forget(self) -> None:
+        """This client is about to change what the daemon holds."""
+        self._image_ids = None
+        self._held.clear()
+        self._inspected.clear()
 
     def pull(self, ref: str) -> None:
         """`docker pull` (the daemon fetches from its registry)."""
+        self._forget()
         self._call(f"the pull of {ref}", self.client.images.pull, ref)
 
     def has_image(self, ref: str) -> bool:
@@ -178,8 +218,7 @@ class Daemon:
     def load(self, chunks: Iterator[bytes]) -> list[str]:
         """`docker load` of a stream of archive chunks; returns the daemon's status lines."""
         messages: list[str] = []
-        self._image_ids = None  # the daemon is about to hold more
-        self._held.clear()
+        self._forget()
         events = self._call(
             "the load", lambda: list(self.client.api.load_image(chunks, quiet=True))
         )

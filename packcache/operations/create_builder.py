@@ -130,6 +130,15 @@ def _image_ref(uri: str) -> str:
     return uri
 
 
+def _daemon_ref(uri: str, base_dir: Path) -> str | None:
+    """The image a buildpack URI names in the daemon; None for files, URLs and URNs."""
+    if _local_path(uri, base_dir) is not None or uri.startswith(
+        ("file://", "http://", "https://", "urn:")
+    ):
+        return None
+    return _image_ref(uri)
+
+
 def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> dict[str, Any]:
     """`docker inspect` of an image, pulled first if allowed and missing."""
     try:
@@ -271,6 +280,13 @@ def _create(
     warnings: list[str] = []
     inputs = InputCache(store)
     layers = _Layers(store, lease, dry_run)
+    daemon.prefetch(
+        [
+            config.build_image,
+            *(ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]),
+            *filter(None, (_daemon_ref(bp.uri, config.base_dir) for bp in config.buildpacks)),
+        ]
+    )
 
     # 1. The build image: in the daemon, with the CNB user and (when builder.toml names one)
     #    the same stack.
