@@ -217,26 +217,27 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     with reported():
         usage = disk_usage(ctx.obj.open_index())
     if fmt is Format.json:
-        typer.echo(
-            render.to_json(
+        emit(
+            render.to_json_with_rows(
                 {
                     "layers": usage.layers,
                     "size": usage.size,
                     "uncompressed_size": usage.uncompressed_size,
-                    "images": [
-                        {
-                            "config_digest": image.config_digest,
-                            "image_ids": image.image_ids,
-                            "refs": image.refs,
-                            "layers": image.layers,
-                            "cached_layers": image.cached_layers,
-                            "size": image.size,
-                            "shared_size": image.shared_size,
-                            "unique_size": image.unique_size,
-                        }
-                        for image in usage.images
-                    ],
-                }
+                },
+                "images",
+                (
+                    {
+                        "config_digest": image.config_digest,
+                        "image_ids": image.image_ids,
+                        "refs": image.refs,
+                        "layers": image.layers,
+                        "cached_layers": image.cached_layers,
+                        "size": image.size,
+                        "shared_size": image.shared_size,
+                        "unique_size": image.unique_size,
+                    }
+                    for image in usage.images
+                ),
             )
         )
         return

@@ -40,6 +40,14 @@ def to_json_lines(items: Iterable[object]) -> str:
     return f"[\n{body}\n]" if body else "[]"
 
 
+def to_json_with_rows(fields: dict[str, object], rows_key: str, rows: Iterable[object]) -> str:
+    """A JSON object of `fields` plus `rows_key`: a list laid out as `to_json_lines` does, for
+    the many-row reports (`du` of 10,000 images: indent= took 0.09 s of 0.37)."""
+    members = [f"  {_encode(key)}: {_encode(value)}" for key, value in fields.items()]
+    members.append(f"  {_encode(rows_key)}: {to_json_lines(rows)}")
+    return "{\n" + ",\n".join(members) + "\n}"
+
+
 _encode = json.JSONEncoder().encode
 
 

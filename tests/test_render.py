@@ -46,3 +46,15 @@ def test_json_lines_is_one_json_array() -> None:
     assert json.loads(text) == items
     assert text.count("\n") == 3
     assert render.to_json_lines([]) == "[]"
+
+
+def test_json_with_rows_is_one_json_object() -> None:
+    import json
+
+    rows = [{"name": "a:1", "size": 3}, {"name": 'b"2', "size": 0}]
+    text = render.to_json_with_rows({"layers": 2, "size": 3}, "images", iter(rows))
+    assert json.loads(text) == {"layers": 2, "size": 3, "images": rows}
+    assert json.loads(render.to_json_with_rows({"layers": 0}, "images", [])) == {
+        "layers": 0,
+        "images": [],
+    }
