@@ -23,34 +23,41 @@ PACKCACHE_BENCH_REPEAT (default 3).
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import json
 import os
-import resource
 import shutil
-import stat
 import statistics
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.common import PACKCACHE, print_table
+from tests.bench.common import (
+    PACKCACHE,
+    Runs,
+    packcache_env,
+    print_table,
+    timed_process,
+    work_dir,
+)
+from tests.bench.images import (
+    GZIP_LEVEL,
+    MIB,
+    BuiltLayer,
+    file_chunks,
+    write_gzip_layer,
+    write_load_archive,
+)
 from tests.engines import images
 from tests.engines.harness import DOCKER_CLI, REQUIRED_KINDS, Engine
 
-MIB = 1 << 20
 BASE_LAYERS_MIB = [236, 236, 236, 236]  # + busybox: ~1 GiB of tar in 5 layers (tar overhead +8%)
 APP_LAYERS_MIB = [102, 75, 46, 28]  # ~270 MiB of tar in 4 layers
 BASE_SOURCE = "/usr/lib"
 APP_SOURCE = "/usr/share"
-GZIP_LEVEL = 6  # what Go's gzip (docker, containerd, pack) writes by default
 BASE_TAG = "bench/base:1"
 APP_TAG = "bench/app:1"
 REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
@@ -58,91 +65,6 @@ TARGET_IMPORT_RATIO = 0.9
 
 
 # --------------------------------------------------------------------------- building the images
-
-
-class _Hashing:
-    """A write-only file that hashes and counts the bytes passing to `raw`."""
-
-    def __init__(self, raw) -> None:
-        self.raw = raw
-        self.hasher = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.hasher.update(data)
-        self.size += len(data)
-        self.raw.write(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hasher.hexdigest()
-
-
-def _walk(root: str) -> Iterator[tuple[str, int]]:
-    """(path, bytes it adds to a tar) of every dir, regular file and symlink, in sorted order."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        yield dirpath, 512
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                if not os.access(path, os.R_OK):
-                    continue
-                yield path, 512 + -(-st.st_size // 512) * 512  # header + padded data
-            elif stat.S_ISLNK(st.st_mode):
-                yield path, 512
-
-
-def _chunks(root: str, budgets_mib: list[int]) -> list[list[str]]:
-    """Consecutive runs of real files under root, each about one budget in size."""
-    walker = _walk(root)
-    chunks = []
-    for budget in budgets_mib:
-        paths, total = [], 0
-        for path, size in walker:
-            paths.append(path)
-            total += size
-            if total >= budget * MIB:
-                break
-        else:
-            raise RuntimeError(f"{root} holds less than {sum(budgets_mib)} MiB of files")
-        chunks.append(paths)
-    return chunks
-
-
-@dataclass(frozen=True)
-class BuiltLayer:
-    path: Path  # gzip blob
-    diff_id: str
-    blob_digest: str
-    size: int  # uncompressed tar bytes
-    blob_size: int
-
-
-def _write_layer(path: Path, members: list[str]) -> BuiltLayer:
-    with open(path, "wb") as out:
-        blob = _Hashing(out)
-        with gzip.GzipFile(
-            filename="", fileobj=blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0
-        ) as gz:
-            plain = _Hashing(gz)
-            with tarfile.open(
-                fileobj=plain, mode="w", format=tarfile.PAX_FORMAT, copybufsize=MIB
-            ) as tar:
-                for member in members:
-                    tar.add(member, arcname=member.lstrip("/"), recursive=False)
-    return BuiltLayer(path, plain.digest, blob.digest, plain.size, blob.size)
 
 
 def _busybox_layer(path: Path) -> BuiltLayer:
@@ -174,41 +96,13 @@ class BenchImages:
         return sum(layer.size for layer in self.app[len(self.base) :]) / MIB
 
 
-def write_load_archive(
-    archive: Path, layers: list[BuiltLayer], tagged: list[tuple[str, bytes, list[BuiltLayer]]]
-) -> None:
-    """A legacy `docker load` archive of `layers` (their files are moved in: deleted after)
-    and one image per (tag, config, layer chain)."""
-    manifest = []
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT, copybufsize=MIB) as tar:
-        for layer in layers:
-            tar.add(layer.path, arcname=f"{layer.blob_digest[7:]}/layer.tar")
-            layer.path.unlink()
-        for tag, config, chain in tagged:
-            name = images.sha256_digest(config)[7:] + ".json"
-            info = tarfile.TarInfo(name)
-            info.size = len(config)
-            tar.addfile(info, io.BytesIO(config))
-            manifest.append(
-                {
-                    "Config": name,
-                    "RepoTags": [tag],
-                    "Layers": [f"{layer.blob_digest[7:]}/layer.tar" for layer in chain],
-                }
-            )
-        data = json.dumps(manifest).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-
-
 def build_images(work: Path) -> BenchImages:
-    base_chunks = _chunks(BASE_SOURCE, BASE_LAYERS_MIB)
-    app_chunks = _chunks(APP_SOURCE, APP_LAYERS_MIB)
+    base_chunks = file_chunks(BASE_SOURCE, BASE_LAYERS_MIB)
+    app_chunks = file_chunks(APP_SOURCE, APP_LAYERS_MIB)
     jobs = [(work / f"base{i}.tar.gz", c) for i, c in enumerate(base_chunks)]
     jobs += [(work / f"app{i}.tar.gz", c) for i, c in enumerate(app_chunks)]
     with ThreadPoolExecutor(2) as pool:  # zlib and hashlib release the GIL: 2 cores
-        built = list(pool.map(lambda job: _write_layer(*job), jobs))
+        built = list(pool.map(lambda job: write_gzip_layer(*job), jobs))
     busybox = _busybox_layer(work / "busybox.tar.gz")
     base = [busybox, *built[: len(base_chunks)]]
     app = [*base, *built[len(base_chunks) :]]
@@ -222,20 +116,6 @@ def build_images(work: Path) -> BenchImages:
 # --------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Runs:
-    seconds: list[float]
-    cpu: list[float]  # user + sys of the measured process (and its children)
-    daemon_cpu: list[float] = field(default_factory=list)  # dockerd + containerd meanwhile
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    def spread(self) -> str:
-        return f"{min(self.seconds):.2f}-{max(self.seconds):.2f}"
-
-
 def _process_cpu(pids: list[int | None]) -> float:
     """user + sys seconds of running processes (the engine's dockerd and containerd)."""
     total = 0.0
@@ -244,28 +124,6 @@ def _process_cpu(pids: list[int | None]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed(args: list[str], *, env=None, stdout=subprocess.DEVNULL) -> tuple[float, float, bytes]:
-    # Flush what earlier runs left dirty (GBs of layers), so its writeback does not land in
-    # this run's time: every measured command starts from the same clean page cache state.
-    os.sync()
-    cpu, start = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(args, env=env, stdout=stdout, stderr=subprocess.PIPE)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()}")
-    out = proc.stdout if isinstance(proc.stdout, bytes) else b""
-    return seconds, _children_cpu() - cpu, out
-
-
-def _packcache_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "PACKCACHE_"))}
 
 
 def describe_archive(path: Path) -> str:
@@ -306,14 +164,14 @@ def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
     engine.start()
     try:
         env = engine.cli_env()
-        pc_env = _packcache_env()
+        pc_env = packcache_env()
 
         def docker(*args: str, stdout=subprocess.DEVNULL) -> tuple[float, float, bytes]:
-            return _timed([DOCKER_CLI, *args], env=env, stdout=stdout)
+            return timed_process([DOCKER_CLI, *args], env=env, stdout=stdout)
 
         def packcache(cache: Path, *args: str) -> tuple[float, float, bytes]:
             cmd = [*PACKCACHE, "--host", engine.host, "--cache-dir", str(cache), *args]
-            return _timed(cmd, env=pc_env, stdout=subprocess.PIPE)
+            return timed_process(cmd, env=pc_env, stdout=subprocess.PIPE)
 
         start = time.perf_counter()
         docker("load", "-i", str(built.archive))
@@ -393,19 +251,13 @@ def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
         engine.stop()
 
 
-def _work_dir() -> Path:
-    """A temp dir on the roomiest of $HOME and /tmp (the images take several GB)."""
-    home, tmp = Path.home(), Path(tempfile.gettempdir())
-    return home if shutil.disk_usage(home).free >= shutil.disk_usage(tmp).free else tmp
-
-
 def main() -> None:
     kinds = [k for k in os.environ.get("PACKCACHE_BENCH_ENGINES", "").split(",") if k]
     kinds = kinds or REQUIRED_KINDS
     started = time.perf_counter()
     print(f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}", flush=True)
     results = []
-    with tempfile.TemporaryDirectory(prefix="packcache-bench-", dir=_work_dir()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="packcache-bench-", dir=work_dir()) as tmp:
         work = Path(tmp)
         built = build_images(work)
         print(

@@ -28,18 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.bench.common import PACKCACHE, print_table
-from tests.bench.engines import (
-    MIB,
-    BuiltLayer,
-    Runs,
-    _chunks,
-    _packcache_env,
-    _timed,
-    _work_dir,
-    _write_layer,
-    write_load_archive,
-)
+from tests.bench.common import PACKCACHE, Runs, packcache_env, print_table, timed_process, work_dir
+from tests.bench.images import MIB, BuiltLayer, file_chunks, write_gzip_layer, write_load_archive
 from tests.engines import images
 from tests.engines.harness import DOCKER_CLI, Engine
 
@@ -102,11 +92,11 @@ def _app_config(run1: list[BuiltLayer], app: list[BuiltLayer]) -> bytes:
 
 
 def build_images(work: Path) -> Built:
-    run_chunks = _chunks("/usr/lib", RUN_LAYERS_MIB * 2)
-    app_chunks = _chunks("/usr/share", APP_LAYERS_MIB)
+    run_chunks = file_chunks("/usr/lib", RUN_LAYERS_MIB * 2)
+    app_chunks = file_chunks("/usr/share", APP_LAYERS_MIB)
     jobs = [(work / f"layer{i}.tar.gz", chunk) for i, chunk in enumerate(run_chunks + app_chunks)]
     with ThreadPoolExecutor(2) as pool:  # zlib and hashlib release the GIL
-        layers = list(pool.map(lambda job: _write_layer(*job), jobs))
+        layers = list(pool.map(lambda job: write_gzip_layer(*job), jobs))
     run1, run2, app = layers[:3], layers[3:6], layers[6:]
     archive = work / "images.tar"
     write_load_archive(
@@ -162,14 +152,14 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
     engine = Engine(kind).start()
     result = EngineRuns(kind, engine.containerd_store)
     try:
-        env, pc_env = engine.cli_env(), _packcache_env()
+        env, pc_env = engine.cli_env(), packcache_env()
 
         def docker(*args: str) -> float:
-            return _timed([DOCKER_CLI, *args], env=env)[0]
+            return timed_process([DOCKER_CLI, *args], env=env)[0]
 
         def packcache(cache: Path, *args: str) -> tuple[float, dict]:
             report = work / "report.json"
-            seconds, _, _ = _timed(
+            seconds, _, _ = timed_process(
                 [
                     *PACKCACHE,
                     "--host",
@@ -214,7 +204,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="packcache-bench-rebase-", dir=_work_dir()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="packcache-bench-rebase-", dir=work_dir()) as tmp:
         work = Path(tmp)
         start = time.perf_counter()
         built = build_images(work)
