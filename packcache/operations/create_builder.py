@@ -31,12 +31,10 @@ from packcache import __version__
 from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive, oci_manifest
 from packcache.archive.save_reader import import_archive
 from packcache.builder import labels as L
-from packcache.builder.config import MODULE_INFO_KEYS, BuilderConfig, ModuleRef, read_config
+from packcache.builder.config import BuilderConfig, ModuleRef, read_config
 from packcache.builder.descriptors import (
     BuildpackDescriptor,
-    DescriptorError,
     LifecycleDescriptor,
-    api_key,
     descriptor_from_layers_label,
 )
 from packcache.builder.inputs import InputCache
@@ -52,6 +50,12 @@ from packcache.builder.layers import (
     lifecycle_layer,
     single_file_layer,
     whiteout_layer,
+)
+from packcache.builder.rules import (
+    BuilderError,
+    image_config,
+    resolve_order,
+    validate_buildpacks,
 )
 from packcache.builder.sources import (
     SourceError,
@@ -74,13 +78,7 @@ from packcache.operations.loading import LoadReport, load_image
 from packcache.store.store import ImageRecord, Lease, Store
 
 PULL_POLICIES = ("never", "if-not-present")
-CREATED = "1980-01-01T00:00:01Z"  # imgutil's NormalizedDateTime, as pack leaves it
-WORKING_DIR = "/layers"
 CREATOR = "packcache"
-
-
-class BuilderError(PackcacheError):
-    """The builder cannot be made from these inputs; nothing was loaded."""
 
 
 @dataclass
@@ -342,8 +340,15 @@ def _create(
     for module in modules:
         first_by_name.setdefault(module.descriptor.full_name, module)
     infos = [module.descriptor.info for module in modules]  # pack lists every one it added
-    _validate_buildpacks(first_by_name, lifecycle, stack_id, mixins, build, build_labels)
-    resolved_order = _resolve_order(config, infos)
+    validate_buildpacks(
+        {name: module.descriptor for name, module in first_by_name.items()},
+        lifecycle,
+        stack_id,
+        mixins,
+        build,
+        build_labels,
+    )
+    resolved_order = resolve_order(config, infos)
 
     # 6. The layers: cached ones leased; buildpackages the cache lacks imported with one
     #    `docker save`; directories and archives tarred unless their content key is known.
@@ -439,13 +444,13 @@ def _create(
         run_images=run_images,
     )
     labels[L.STACK_MIXINS] = L.go_json(mixins)
-    image_config = _image_config(build, diff_ids, labels)
+    builder_config = image_config(build, diff_ids, labels)
     report = CreateBuilderReport(
         name=name,
         dry_run=dry_run,
         no_cache=no_cache,
         image_id=None,
-        config_digest=sha256_digest(image_config),
+        config_digest=sha256_digest(builder_config),
         diff_ids=diff_ids,
         buildpacks=[
             BuildpackReport(
@@ -462,13 +467,13 @@ def _create(
         return report
 
     # 10. Record and load: the build image's layers are never sent, nor anything the daemon has.
-    store.record_image(ImageRecord(config=image_config, refs=[name]))
+    store.record_image(ImageRecord(config=builder_config, refs=[name]))
     if no_cache:
         if daemon.info.containerd_store:  # pack sends the build image's layers too: it saves it
             with daemon.save([config.build_image]) as stream:
                 import_archive(store, stream, engine=daemon.info.id, image_ids={build["Id"]})
         report.load = _load_like_pack(
-            store, daemon, image_config, len(build["RootFS"]["Layers"]), name
+            store, daemon, builder_config, len(build["RootFS"]["Layers"]), name
         )
     else:
         _ensure_engine_descriptors(store, daemon, config.build_image, build, lease)
@@ -659,162 +664,6 @@ def _ref_json(ref: ModuleRef) -> dict[str, Any]:
     if ref.optional:
         item["optional"] = True
     return item
-
-
-def _resolve_order(
-    config: BuilderConfig, infos: list[dict[str, Any]]
-) -> list[list[dict[str, Any]]]:
-    """pack's processOrder: each ref names a buildpack on the builder; a missing version is
-    filled in when only one version is there."""
-    resolved = []
-    for group in config.order or []:
-        out = []
-        for ref in group:
-            versions = list(dict.fromkeys(i["version"] for i in infos if i["id"] == ref.id))
-            where = f"{config.path}:{ref.line}"
-            if not versions:
-                raise BuilderError(
-                    f"{where}: order references buildpack '{ref.id}', which no [[buildpacks]] "
-                    "entry provides"
-                )
-            if ref.version and ref.version not in versions:
-                raise BuilderError(
-                    f"{where}: order references buildpack '{ref.id}' version {ref.version}, "
-                    f"which is not provided (found {', '.join(versions)})"
-                )
-            if not ref.version and len(versions) > 1:
-                raise BuilderError(
-                    f"{where}: order references '{ref.id}' without a version, and the "
-                    f"builder has several ({', '.join(versions)}): name one"
-                )
-            info = {**ref.info, "version": ref.version or versions[0]}
-            item = {k: info[k] for k in MODULE_INFO_KEYS if k in info}
-            if ref.optional:
-                item["optional"] = True
-            out.append(item)
-        resolved.append(out)
-    return resolved
-
-
-def _validate_buildpacks(
-    by_name: dict[str, _Module],
-    lifecycle: LifecycleDescriptor,
-    stack_id: str,
-    mixins: list[str] | None,
-    build: dict[str, Any],
-    build_labels: dict[str, str],
-) -> None:
-    """pack's validateBuildpacks: API compatible with the lifecycle; an order buildpack's group
-    on the builder; a buildpack's stacks or targets satisfied by the build image."""
-    supported = lifecycle.buildpack_apis()
-    for module in by_name.values():
-        descriptor = module.descriptor
-        try:
-            compatible = not supported or any(
-                api_key(v) == api_key(descriptor.api) for v in supported
-            )
-        except ValueError:
-            raise DescriptorError(
-                f"buildpack {descriptor.full_name}: bad API {descriptor.api!r}"
-            ) from None
-        if not compatible:
-            raise BuilderError(
-                f"buildpack {descriptor.full_name} (Buildpack API {descriptor.api}) is "
-                f"incompatible with lifecycle {lifecycle.version} (Buildpack API(s) "
-                f"{', '.join(lifecycle.apis['buildpack']['supported'] or [])})"
-            )
-        if descriptor.order:
-            for group in descriptor.order:
-                for ref in group.get("group", []):
-                    name = (
-                        f"{ref.get('id')}@{ref.get('version')}"
-                        if ref.get("version")
-                        else ref.get("id")
-                    )
-                    if name not in by_name:
-                        raise BuilderError(
-                            f"buildpack {name} not found on the builder "
-                            f"(needed by {descriptor.full_name})"
-                        )
-            continue
-        if descriptor.stacks:
-            stack = next((s for s in descriptor.stacks if s.get("id") in (stack_id, "*")), None)
-            if stack is None:
-                raise BuilderError(
-                    f"buildpack {descriptor.full_name} does not support stack '{stack_id}'"
-                )
-            provided = set(mixins or [])
-            missing = sorted(
-                m
-                for m in stack.get("mixins") or []
-                if not m.startswith("run:") and m not in provided
-            )
-            if missing:
-                raise BuilderError(
-                    f"buildpack {descriptor.full_name} requires missing mixin(s): "
-                    + ", ".join(missing)
-                )
-        if descriptor.targets:
-            os_name, arch = build.get("Os") or "linux", build.get("Architecture") or ""
-            distro = (build_labels.get(L.DISTRO_NAME, ""), build_labels.get(L.DISTRO_VERSION, ""))
-            if not any(
-                t.get("os") == os_name
-                and (not t.get("arch") or not arch or t.get("arch") == arch)
-                and (
-                    not t.get("distros")
-                    or not all(distro)
-                    or any((d.get("name"), d.get("version")) == distro for d in t["distros"])
-                )
-                for t in descriptor.targets
-            ):
-                raise BuilderError(
-                    f"buildpack {descriptor.full_name} supports none of the build image's "
-                    f"platform {os_name}/{arch}"
-                )
-
-
-def _image_config(build: dict[str, Any], diff_ids: list[str], labels: dict[str, str]) -> bytes:
-    """The builder's config as pack's imgutil writes it: the build image's inspected config
-    (only the fields imgutil keeps), new labels and working dir, created and every history
-    entry at 1980-01-01T00:00:01Z; Go's JSON field order."""
-    source = build.get("Config") or {}
-    container: dict[str, Any] = {}
-    for key in ("Cmd", "Healthcheck", "Entrypoint", "Env"):
-        if source.get(key):
-            container[key] = (
-                {
-                    k: source[key][k]
-                    for k in ("Test", "Interval", "Timeout", "StartPeriod", "Retries")
-                    if source[key].get(k)
-                }
-                if key == "Healthcheck"
-                else source[key]
-            )
-    container["Labels"] = L.sorted_map(labels)
-    for key in ("OnBuild", "User"):
-        if source.get(key):
-            container[key] = source[key]
-    if source.get("Volumes"):
-        container["Volumes"] = L.sorted_map(source["Volumes"])
-    container["WorkingDir"] = WORKING_DIR
-    if source.get("ExposedPorts"):
-        container["ExposedPorts"] = L.sorted_map(source["ExposedPorts"])
-    for key in ("StopSignal", "Shell"):
-        if source.get(key):
-            container[key] = source[key]
-    config: dict[str, Any] = {"architecture": build.get("Architecture") or ""}
-    if build.get("Author"):
-        config["author"] = build["Author"]
-    config["created"] = CREATED
-    config["history"] = [{"created": CREATED} for _ in diff_ids]
-    config["os"] = build.get("Os") or "linux"
-    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-    config["config"] = container
-    if build.get("OsVersion"):
-        config["os.version"] = build["OsVersion"]
-    if build.get("Variant"):
-        config["variant"] = build["Variant"]
-    return L.go_json(config).encode()
 
 
 def _ensure_engine_descriptors(
