@@ -144,6 +144,8 @@ class Database:
                 else:
                     _upgrade(db_path)
             except Exception as exc:
+                if revision is None:
+                    raise IndexError_(f"cannot create the index {db_path}: {exc}") from exc
                 raise IndexError_(
                     f"cannot upgrade the index {db_path} from revision {revision}: {exc} "
                     "(was it written by a newer packcache?)"
