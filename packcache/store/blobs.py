@@ -43,6 +43,11 @@ class StagedBlob:
 def _fsync_and_close(out: BinaryIO) -> None:
     try:
         os.fsync(out.fileno())
+        # Once on disk, the blob's pages leave the page cache. Keeping every ingested GB cached
+        # made the next blob's writes pay for new page-cache memory: importing a 1 GiB image
+        # cost 2.6 s of kernel time and ran at 0.79x `docker save > file`; dropping them, 0.74 s
+        # and 1.02x (26.1 graphdriver, interleaved, median of 4). Reads refill it as needed.
+        os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         out.close()
 
