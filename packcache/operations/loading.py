@@ -91,6 +91,7 @@ def plan_layers(
                 "import an image that has it first"
             )
         plan.append(LoadLayer(diff_id, layer, layer.digest, layer.size, layer.media_type))
+    store.blobs.prefetch(item.layer.digest for item in plan if item.layer is not None)
     return plan
 
 
