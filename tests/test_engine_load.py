@@ -176,7 +176,7 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
     assert sorted(asked) == sorted([present, absent])  # concurrently, each once
     info = daemon.inspect_image(present)
     assert info["Id"] == inspect(engine, present)["Id"]
-    assert daemon.holds_image(info["Id"])
+    assert daemon.has_image(info["Id"])  # by ID too, from the inspect by tag
     assert daemon.image_diff_ids(info["Id"]) == inspect(engine, present)["RootFS"]["Layers"]
     with pytest.raises(NotFoundError, match=absent):
         daemon.inspect_image(absent)

@@ -72,10 +72,9 @@ class Daemon:
     def __init__(self, host: str | None = None, timeout: int = 600) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self._image_ids: list[str] | None = None
-        self._diff_ids: dict[str, list[str]] = {}
-        self._held: dict[str, bool] = {}
-        # What `inspect_image` returned per ref (None: not found), until this client changes
-        # the daemon (load, pull): one operation asks about the same images several times.
+        # What `inspect_image` returned per ref and per image ID (None: not found), until this
+        # client changes the daemon (load, pull): one operation asks about the same images
+        # several times, by tag and by ID.
         self._inspected: dict[str, dict[str, Any] | None] = {}
         try:
             self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
@@ -130,15 +129,11 @@ class Daemon:
         except NotFoundError:
             self._inspected[ref] = None
             return
-        self._inspected[ref] = info
-        # An inspect also says the daemon holds that image ID, and its layers.
-        self._held[info["Id"]] = True
-        self._diff_ids[info["Id"]] = (info.get("RootFS") or {}).get("Layers") or []
+        self._inspected[ref] = self._inspected[info["Id"]] = info
 
     def _forget(self) -> None:
         """This client is about to change what the daemon holds."""
         self._image_ids = None
-        self._held.clear()
         self._inspected.clear()
 
     def pull(self, ref: str) -> None:
@@ -161,23 +156,13 @@ class Daemon:
             self._image_ids = [summary["Id"] for summary in summaries]
         return self._image_ids
 
-    def holds_image(self, image_id: str) -> bool:
-        """Does the daemon hold an image with this ID? (one inspect, remembered until this
-        client loads something)"""
-        if image_id not in self._held:
-            self._held[image_id] = self.has_image(image_id)
-        return self._held[image_id]
-
     def image_diff_ids(self, image_id: str) -> list[str] | None:
-        """An image's layer diffIDs (one inspect, remembered: an ID names fixed content);
-        None if it is gone meanwhile."""
-        if image_id not in self._diff_ids:
-            try:
-                info = self.inspect_image(image_id)
-            except NotFoundError:
-                return None
-            self._diff_ids[image_id] = (info.get("RootFS") or {}).get("Layers") or []
-        return self._diff_ids[image_id]
+        """An image's layer diffIDs (from its inspect); None if it is gone meanwhile."""
+        try:
+            info = self.inspect_image(image_id)
+        except NotFoundError:
+            return None
+        return (info.get("RootFS") or {}).get("Layers") or []
 
     def content_available(self, ref: str, manifest_digest: str, content_size: int) -> bool:
         """On a containerd store with API 1.48+, is every blob of the image there?

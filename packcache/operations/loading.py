@@ -59,7 +59,7 @@ def held_by_daemon(
     config digest there) is a config we hold, so only images new to the cache cost an inspect."""
     if daemon.info.containerd_store:
         candidates = store.manifests_with_layers(diff_ids)
-        descriptors = store.held_descriptors(d for d in candidates if daemon.holds_image(d))
+        descriptors = store.held_descriptors(d for d in candidates if daemon.has_image(d))
         return [descriptors.get(diff_id) for diff_id in diff_ids]
     image_ids = daemon.image_ids()
     known = store.config_diff_ids(image_ids)
