@@ -117,9 +117,13 @@ def test_cold_then_warm_rebase(cli, engine: Engine, tmp_path: Path, stack) -> No
     check_result(engine, tmp_path, app.tag, app, run2)
 
     # And back to v1: the cache has everything; the v1+app chain is still in the daemon.
+    # A containerd store's v1 blobs can be referenced by the digests the app's manifest
+    # recorded while the daemon still holds that image (Engine 28 keeps it, untagged, once
+    # the tag moves; 26.1 deletes it); if not, one save of v1 itself teaches them.
+    original_app_held = engine.docker("image", "inspect", report["old_image_id"], check=False)
+    v1_save = engine.containerd_store and original_app_held.returncode != 0
     back = rebase(cli, engine, app.tag, "--run-image", run1.tag).json()
-    # A containerd store's blob digests of v1 are learned once, from a save of v1 itself.
-    assert back["saved"] == ([run1.tag] if engine.containerd_store else [])
+    assert back["saved"] == ([run1.tag] if v1_save else [])
     check_result(engine, tmp_path, app.tag, app, run1)
 
 
