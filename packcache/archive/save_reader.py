@@ -121,8 +121,8 @@ def _read_stream(
 ) -> None:
     try:
         # tarfile parses the headers; member bytes are read straight from the stream (see
-        # _ForwardReader), not through tarfile's stream-mode buffer or its file objects.
-        forward = _ForwardReader(stream)
+        # ForwardReader), not through tarfile's stream-mode buffer or its file objects.
+        forward = ForwardReader(stream)
         with tarfile.open(fileobj=forward, mode="r:") as tar:
             for member in tar:
                 name = _clean_name(member)
@@ -165,7 +165,7 @@ def _read_stream(
         raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
 
 
-class _ForwardReader:
+class ForwardReader:
     """A stream that tarfile may treat as seekable, as long as it only ever moves forward.
 
     tarfile's random-access mode reads headers in order and skips what was not read (a member
@@ -205,7 +205,7 @@ class _ForwardReader:
 class _MemberBytes:
     """The bytes of the tar member just parsed, read straight from the forward stream."""
 
-    def __init__(self, forward: _ForwardReader, size: int) -> None:
+    def __init__(self, forward: ForwardReader, size: int) -> None:
         self._forward = forward
         self._left = size
 
@@ -218,7 +218,7 @@ class _MemberBytes:
         return data
 
 
-def _member(tar: tarfile.TarFile, forward: _ForwardReader, member: tarfile.TarInfo):
+def _member(tar: tarfile.TarFile, forward: ForwardReader, member: tarfile.TarInfo):
     """A reader of a regular member's bytes: direct from the stream unless it is sparse."""
     if member.issparse() or forward.tell() != member.offset_data:
         source = tar.extractfile(member)  # tarfile's own reader: slower, but knows sparse maps

@@ -8,7 +8,9 @@ For each required engine kind (started with tests/engines/harness.py, stopped af
    save holds gzip blobs; graphdrivers store and save them uncompressed) and loaded.
 2. `docker save BASE > file` (the baseline) vs `packcache import BASE` into an empty cache
    (cold), interleaved, median of 3; throughput is the save archive's size over the time.
-   Warm import: the cache already holds the image (no save at all).
+   Warm import: the cache already holds the image (no save at all). In the same rounds, two
+   floors (tests/bench/save_floor.py): reading the save stream only, and reading it while
+   computing every layer's digests as import does, without writing anything.
 3. Both images imported into a cache and the app removed from the daemon: `packcache load APP`
    (only the app layers go to the daemon) vs `docker load -i app.tar` of the app's own
    `docker save` archive, the app removed between runs, median of 3.
@@ -28,6 +30,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -151,6 +154,8 @@ class EngineResult:
     save_mib: float
     save: Runs
     cold: Runs
+    read_floor: Runs  # the save stream read and dropped
+    digest_floor: Runs  # ... and every layer's blob digest and diffID computed
     warm: Runs
     app_tar_mib: float
     pc_load: Runs
@@ -180,6 +185,7 @@ def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
         # 2. docker save vs cold import, interleaved so drifting noise hits both alike.
         saved = work / "save.tar"
         save, cold = Runs([], []), Runs([], [])
+        read_floor, digest_floor = Runs([], []), Runs([], [])
         save_format, save_bytes = "", 0
         cache = work / "cache"
         daemon_pids = [engine.pid, engine.containerd_pid]
@@ -200,6 +206,15 @@ def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
             cold.seconds.append(seconds)
             cold.cpu.append(cpu)
             cold.daemon_cpu.append(_process_cpu(daemon_pids) - before)
+            for floor, mode in ((read_floor, "read"), (digest_floor, "digests")):
+                before = _process_cpu(daemon_pids)
+                seconds, cpu, _ = timed_process(
+                    [sys.executable, "-m", "tests.bench.save_floor", engine.host, BASE_TAG, mode],
+                    env=pc_env,
+                )
+                floor.seconds.append(seconds)
+                floor.cpu.append(cpu)
+                floor.daemon_cpu.append(_process_cpu(daemon_pids) - before)
         warm = Runs([], [])
         for _ in range(REPEAT):
             seconds, cpu, _ = packcache(cache, "import", BASE_TAG)
@@ -240,6 +255,8 @@ def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
             save_mib=save_bytes / MIB,
             save=save,
             cold=cold,
+            read_floor=read_floor,
+            digest_floor=digest_floor,
             warm=warm,
             app_tar_mib=app_tar_mib,
             pc_load=pc_load,
@@ -331,6 +348,38 @@ def main() -> None:
             "import CPU / CPUs (s)",
         ],
         cpu_rows,
+    )
+    floor_rows = []
+    for r in results:
+        floor_rows.append(
+            [
+                r.kind,
+                f"{r.save.median:.2f}",
+                f"{r.read_floor.median:.2f} ({r.read_floor.spread()})",
+                f"{r.digest_floor.median:.2f} ({r.digest_floor.spread()})",
+                f"{statistics.median(r.digest_floor.cpu):.1f}",
+                f"{r.cold.median:.2f}",
+                f"{r.save.median / r.read_floor.median:.2f}x",
+                f"{r.save.median / r.digest_floor.median:.2f}x",
+                f"{r.cold.median / r.digest_floor.median:.2f}",
+            ]
+        )
+    print_table(
+        f"Floors of an import, same rounds (median of {REPEAT}, s (min-max)): the save stream "
+        "read by packcache's client, then also every layer's digests computed as import does "
+        "(gunzip + sha256 of a containerd store's blobs), nothing written",
+        [
+            "engine",
+            "save s",
+            "read s",
+            "read + digests s",
+            "its CPU s",
+            "import s",
+            "save/read",
+            "save/digests",
+            "import/digests",
+        ],
+        floor_rows,
     )
     rows = []
     for r in results:
