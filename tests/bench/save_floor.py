@@ -30,9 +30,10 @@ def main() -> None:
         blobs = BlobFiles(Path("/nonexistent"))  # write=False never touches its directory
         with tarfile.open(fileobj=ForwardReader(stream), mode="r:") as tar:
             for member in tar:
-                source = tar.extractfile(member) if member.isfile() else None
-                if source is None:
-                    continue
+                if not member.isfile():
+                    continue  # directories, and links to blobs already read
+                source = tar.extractfile(member)
+                assert source is not None
                 if member.size > SMALL_BLOB:
                     blobs.stage(source, write=False)
                 else:
