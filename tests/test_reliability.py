@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
+from packcache.archive.save_reader import import_archive
 from packcache.store.store import Store
 from packcache.store.verify import verify
+from tests.archives import build_oci_archive
+from tests.test_archive_import import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,3 +91,44 @@ def test_concurrent_ingest_and_prune_lose_nothing_and_respect_leases(tmp_path: P
     assert sum(int(r[1]) for r in rounds) > 0
     assert all(int(r[3]) == 3 for r in rounds)
     assert os.listdir(cache / "ingest") == []
+
+
+class _PruneNearTheEnd:
+    """A stream that runs `packcache prune --all` in another process when it reaches the
+    archive's last member: after an import has skipped the blobs the cache holds already,
+    before it records the image."""
+
+    def __init__(self, path: Path, cache: Path) -> None:
+        with tarfile.open(path) as tar:
+            self._trigger_at = tar.getmembers()[-1].offset
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by the test
+        self._cache = cache
+        self.prune: subprocess.CompletedProcess[str] | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.prune is None and self._file.tell() >= self._trigger_at:
+            prune = ["prune", "--all", "--format", "json"]
+            self.prune = subprocess.run(
+                [sys.executable, "-m", "packcache", "--cache-dir", str(self._cache), *prune],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+        return self._file.read(n)
+
+
+def test_a_prune_during_an_import_cannot_take_the_layers_it_skipped(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    store = Store.open(cache)
+    image, _ = build_oci_archive(tmp_path / "a.tar", LAYERS, gzip_layers=True)
+    with open(image.path, "rb") as stream:
+        import_archive(store, stream)
+    stream = _PruneNearTheEnd(image.path, cache)
+    with stream._file, store.lease("import") as lease:
+        report = import_archive(store, stream, lease=lease)  # type: ignore[arg-type]
+    assert stream.prune is not None and stream.prune.returncode == 0, stream.prune
+    # The prune ran while the import held the layers it had skipped as cached: kept, all.
+    assert sorted(json.loads(stream.prune.stdout)["in_use"]) == sorted(image.diff_ids)
+    assert report.layers_known == len(image.diff_ids)
+    assert store.cached_diff_ids(image.diff_ids) == set(image.diff_ids)
+    assert verify(store).ok

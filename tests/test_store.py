@@ -162,6 +162,18 @@ def test_leased_layers_survive_prune(store: Store) -> None:
     assert [layer.diff_id for layer in prune(store, everything=True).removed] == [kept]
 
 
+def test_hold_leases_and_reports_what_is_cached(store: Store) -> None:
+    kept = store.ingest_layer(io.BytesIO(random_tar(10_000)))
+    absent = "sha256:" + "0" * 64
+    with store.lease("test") as lease:
+        assert lease.hold([kept.diff_id, absent]) == {kept.diff_id}
+        held = lease.hold_by_digest(kept.digest)
+        assert held is not None and held.diff_id == kept.diff_id
+        assert lease.hold_by_digest(absent) is None
+        assert prune(store, everything=True).in_use == [kept.diff_id]
+    assert store.layer(kept.diff_id) is not None
+
+
 def test_lease_of_a_dead_process_expires(store: Store) -> None:
     diff_id = store.ingest_layer(io.BytesIO(random_tar(10_000))).diff_id
     with store.db.write() as conn:

@@ -117,7 +117,12 @@ class _Entries:
 
 
 def _read_stream(
-    store: Store, stream: BinaryIO, entries: _Entries, report: ImportReport, on_bytes
+    store: Store,
+    stream: BinaryIO,
+    entries: _Entries,
+    report: ImportReport,
+    lease: Lease | None,
+    on_bytes,
 ) -> None:
     try:
         # tarfile parses the headers; member bytes are read straight from the stream (see
@@ -136,8 +141,12 @@ def _read_stream(
                 blob = _BLOB_PATH.match(name)
                 digest = f"sha256:{blob.group(1)}" if blob else None
                 if digest is not None:
-                    known = store.layer_by_digest(digest)
-                    if known is not None:  # cached already: not even read
+                    known = (
+                        lease.hold_by_digest(digest)
+                        if lease is not None
+                        else store.layer_by_digest(digest)
+                    )
+                    if known is not None:  # cached already (and leased): not even read
                         entries.known[name] = _Known(digest, known.diff_id)
                         continue
                 source = _member(tar, forward, member)
@@ -372,7 +381,7 @@ def import_archive(
     report = ImportReport()
     entries = _Entries()
     try:
-        _read_stream(store, stream, entries, report, on_bytes)
+        _read_stream(store, stream, entries, report, lease, on_bytes)
         images, used = _plan_images(store, entries)
         staged_blobs = list(used.values())
         for staged, written in zip(
@@ -384,8 +393,6 @@ def import_archive(
             else:
                 report.layers_known += 1
         report.layers_known += len(entries.known)
-        if lease is not None:
-            lease.add(known.diff_id for known in entries.known.values())
     finally:
         for staged in entries.staged.values():
             store.blobs.discard(staged)

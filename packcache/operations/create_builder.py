@@ -206,11 +206,9 @@ class _Layers:
         self.written = 0
 
     def cached(self, diff_id: str) -> bool:
-        if self.store.layer(diff_id) is None:
-            return False
         if self.lease is not None:
-            self.lease.add([diff_id])
-        return True
+            return bool(self.lease.hold([diff_id]))
+        return self.store.layer(diff_id) is not None
 
     def add(self, entries: Iterable[TarEntry]) -> str:
         if self.dry_run:

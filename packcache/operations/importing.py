@@ -22,16 +22,19 @@ class DaemonImportReport:
     saved: list[str] = field(default_factory=list)  # refs read from `docker save`
 
 
-def cached_config(store: Store, inspected: dict, layers: list[str] | None = None) -> str | None:
+def cached_config(
+    store: Store, inspected: dict, layers: list[str] | None = None, lease: Lease | None = None
+) -> str | None:
     """The config digest of an inspected daemon image if the cache knows it and holds its
-    `layers` (default: all of them)."""
+    `layers` (default: all of them), which `lease` then holds."""
     try:
         config_digest = store.resolve_image(inspected["Id"])
     except NotFoundError:
         return None
     if layers is None:
         layers = inspected.get("RootFS", {}).get("Layers") or []
-    if store.cached_diff_ids(layers) != set(layers):
+    cached = lease.hold(layers) if lease is not None else store.cached_diff_ids(layers)
+    if cached != set(layers):
         return None
     return config_digest
 
@@ -48,7 +51,7 @@ def import_images(
     report = DaemonImportReport(archive=ImportReport())
     to_save = []
     for ref, info in inspected.items():
-        config_digest = cached_config(store, info)
+        config_digest = cached_config(store, info, lease=lease)
         manifest = None
         if config_digest is not None and daemon.info.containerd_store:
             # The manifest names the blobs this content store holds: needed to reference them.
@@ -58,8 +61,6 @@ def import_images(
         if config_digest is None:
             to_save.append(ref)
             continue
-        if lease is not None:
-            lease.add(info["RootFS"]["Layers"])
         store.record_image(
             ImageRecord(
                 config=store.image_config(config_digest),

@@ -294,7 +294,7 @@ def rebase(
     )
     with _pack_method_store() if no_cache else nullcontext(store) as source:
         # The app's config and layers: from the cache, or one `docker save` of the app image.
-        app_config_digest = None if no_cache else cached_config(source, app, app_layers)
+        app_config_digest = None if no_cache else cached_config(source, app, app_layers, lease)
         if app_config_digest is None:
             if dry_run:
                 report.saved.append(image)  # what a real run would save

@@ -81,9 +81,32 @@ class Lease:
         rows = [(self.id, d) for d in set(diff_ids)]
         if rows:
             with self.store.db.write_plain() as conn:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO lease_layers (lease_id, diff_id) VALUES (?, ?)", rows
-                )
+                self._insert(conn, rows)
+
+    def hold(self, diff_ids: Iterable[str]) -> set[str]:
+        """Lease these layers and return the ones cached. Both in one write transaction: a
+        prune either evicted a layer before (it is not returned) or skips it while the lease
+        lasts. Checking first and leasing after would let a prune slip in between."""
+        ids = set(diff_ids)
+        if not ids:
+            return set()
+        with self.store.db.write_plain() as conn:
+            self._insert(conn, [(self.id, d) for d in ids])
+            return queries.cached_diff_ids(conn, ids)
+
+    def hold_by_digest(self, digest: str) -> CachedLayer | None:
+        """The cached layer with this blob digest, leased (as `hold`), or None."""
+        with self.store.db.write_plain() as conn:
+            row = queries.cached_layer_by_digest(conn, digest)
+            if row is not None:
+                self._insert(conn, [(self.id, row[0])])
+        return self.store._layer(row)
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: list[tuple[int, str]]) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO lease_layers (lease_id, diff_id) VALUES (?, ?)", rows
+        )
 
 
 def _driver(conn: Connection) -> sqlite3.Connection:
@@ -162,14 +185,20 @@ class Store:
         all (the caller drains `source` if it must).
         """
         if expected_digest is not None:
-            known = self.layer_by_digest(expected_digest)
+            known = (
+                lease.hold_by_digest(expected_digest)
+                if lease is not None
+                else self.layer_by_digest(expected_digest)
+            )
             if known is not None:
-                if lease is not None:
-                    lease.add([known.diff_id])
                 return IngestResult(known.diff_id, expected_digest, -1, written=False)
-        cached = expected_diff_id is not None and self.layer(expected_diff_id) is not None
-        if cached and lease is not None:
-            lease.add([expected_diff_id])  # so it cannot be evicted while we only hash
+        cached = False
+        if expected_diff_id is not None:  # leased, so it cannot be evicted while we only hash
+            cached = bool(
+                lease.hold([expected_diff_id])
+                if lease is not None
+                else self.layer(expected_diff_id) is not None
+            )
         staged = self.blobs.stage(
             source,
             expected_digest=expected_digest,
