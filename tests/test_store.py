@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from packcache.errors import CorruptBlobError, NotFoundError
+from packcache.store import blobs
 from packcache.store.prune import prune
 from packcache.store.store import ImageRecord, Store
 from tests.conftest import add_image
@@ -139,6 +140,34 @@ def test_truncated_blob_on_disk_is_detected_at_open(store: Store) -> None:
     with pytest.raises(CorruptBlobError, match="wrong size"):
         store.layer(result.diff_id).compressed()
     assert store.layer(result.diff_id) is None
+
+
+def test_a_new_shard_is_on_disk_before_a_blob_is_renamed_into_it(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync_dir, real_replace = blobs._fsync_dir, os.replace
+    monkeypatch.setattr(
+        blobs, "_fsync_dir", lambda p: (events.append(("fsync", str(p))), real_fsync_dir(p))
+    )
+    monkeypatch.setattr(
+        blobs.os, "replace", lambda a, b: (events.append(("rename", str(b))), real_replace(a, b))
+    )
+    store = Store.open(tmp_path / "cache")
+    root, sha256_dir = tmp_path / "cache", tmp_path / "cache" / "blobs" / "sha256"
+    # A new cache: its directories' names are synced where they were created.
+    assert [("fsync", str(p)) for p in (root / "blobs", root, tmp_path)] == events
+    events.clear()
+    result = store.ingest_layer(io.BytesIO(random_tar(1000)))
+    shard = store.blobs.path(result.digest).parent
+    assert (
+        events
+        == [
+            ("fsync", str(sha256_dir)),  # the new shard's name, before anything is put in it
+            ("rename", str(shard / result.digest[7:])),
+            ("fsync", str(shard)),
+        ]
+    )
 
 
 def test_reads_update_last_access(store: Store) -> None:

@@ -126,8 +126,12 @@ class BlobFiles:
         self.ingest_dir = root / "ingest"
 
     def create_dirs(self) -> None:
+        created = not (self.blobs_dir.is_dir() and self.ingest_dir.is_dir())
         for directory in (self.blobs_dir, self.ingest_dir):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if created:  # a new cache: the directories' names on disk before blobs go in them
+            for directory in (self.blobs_dir.parent, self.root, self.root.parent):
+                _fsync_dir(directory)
 
     def path(self, digest: str) -> Path:
         hex_ = digest_hex(digest)
@@ -239,7 +243,12 @@ class BlobFiles:
         if staged.durable is not None:
             staged.durable.result()  # on disk before it is named a blob; raises its OSError
         final = self.path(staged.digest)
-        final.parent.mkdir(mode=0o700, exist_ok=True)
+        try:
+            final.parent.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        else:  # a new shard: its own name in blobs/sha256 must be on disk before the blob is
+            _fsync_dir(final.parent.parent)
         os.replace(staged.path, final)
         _fsync_dir(final.parent)
 
