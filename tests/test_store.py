@@ -11,10 +11,11 @@ import threading
 
 import pytest
 
-from packcache.errors import CorruptBlobError, NotFoundError
+from packcache.errors import CorruptBlobError, NotFoundError, PackcacheError
 from packcache.store import blobs
 from packcache.store.prune import prune
 from packcache.store.store import ImageRecord, Store
+from packcache.store.verify import verify
 from tests.conftest import add_image
 from tests.layers import compress, random_tar, sha256
 
@@ -168,6 +169,19 @@ def test_a_new_shard_is_on_disk_before_a_blob_is_renamed_into_it(
             ("fsync", str(shard)),
         ]
     )
+
+
+def test_a_failed_batch_commit_leaves_no_blob_behind(store: Store) -> None:
+    tars = [random_tar(2000) for _ in range(3)]
+    staged = [store.blobs.stage(io.BytesIO(t)) for t in tars[:2]]
+    staged.append(store.blobs.stage(io.BytesIO(tars[2]), write=False))  # fails: no file
+    with pytest.raises(PackcacheError, match="evicted while it was being hashed"):
+        store.commit_staged_many(staged)
+    for blob in staged:
+        store.blobs.discard(blob)
+    assert store.cached_diff_ids(blob.diff_id for blob in staged) == set()
+    assert list(store.blobs.iter_blob_paths()) == []  # the first two were moved, then removed
+    assert verify(store).ok
 
 
 def test_reads_update_last_access(store: Store) -> None:

@@ -176,7 +176,8 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite ends it itself on some errors (disk full)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         finally:

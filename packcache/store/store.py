@@ -78,10 +78,10 @@ class Lease:
         self.id = lease_id
 
     def add(self, diff_ids: Iterable[str]) -> None:
-        rows = [(self.id, d) for d in set(diff_ids)]
-        if rows:
+        ids = set(diff_ids)
+        if ids:
             with self.store.db.write_plain() as conn:
-                self._insert(conn, rows)
+                _insert_lease_rows(conn, self.id, ids)
 
     def hold(self, diff_ids: Iterable[str]) -> set[str]:
         """Lease these layers and return the ones cached. Both in one write transaction: a
@@ -91,7 +91,7 @@ class Lease:
         if not ids:
             return set()
         with self.store.db.write_plain() as conn:
-            self._insert(conn, [(self.id, d) for d in ids])
+            _insert_lease_rows(conn, self.id, ids)
             return queries.cached_diff_ids(conn, ids)
 
     def hold_by_digest(self, digest: str) -> CachedLayer | None:
@@ -99,14 +99,15 @@ class Lease:
         with self.store.db.write_plain() as conn:
             row = queries.cached_layer_by_digest(conn, digest)
             if row is not None:
-                self._insert(conn, [(self.id, row[0])])
+                _insert_lease_rows(conn, self.id, [row[0]])
         return self.store._layer(row)
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, rows: list[tuple[int, str]]) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO lease_layers (lease_id, diff_id) VALUES (?, ?)", rows
-        )
+
+def _insert_lease_rows(conn: sqlite3.Connection, lease_id: int, diff_ids: Iterable[str]) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO lease_layers (lease_id, diff_id) VALUES (?, ?)",
+        [(lease_id, diff_id) for diff_id in diff_ids],
+    )
 
 
 def _driver(conn: Connection) -> sqlite3.Connection:
@@ -226,55 +227,61 @@ class Store:
         lease: Lease | None = None,
     ) -> list[bool]:
         """commit_staged for several blobs in one index transaction (one WAL sync, not one
-        per layer, at the end of an import)."""
+        per layer, at the end of an import). If one fails, none is committed: the blobs this
+        call already moved into place are removed again while the write lock is still held
+        (every rename into blobs/ happens under it, so no other process has named them)."""
         now = time.time()
-        written_flags = []
+        renamed: list[str] = []  # digests of the blobs moved into place so far
         with self.lock.shared(), self.db.write_plain() as conn:
-            for staged in staged_blobs:
-                conn.execute(
-                    "INSERT INTO layers (diff_id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                    (staged.diff_id, now),
+            try:
+                return [
+                    self._commit_one(conn, staged, now, media_type, lease, renamed)
+                    for staged in staged_blobs
+                ]
+            except BaseException:
+                for digest in renamed:
+                    self.blobs.remove(digest)
+                raise
+
+    def _commit_one(
+        self,
+        conn: sqlite3.Connection,
+        staged: StagedBlob,
+        now: float,
+        media_type: str | None,
+        lease: Lease | None,
+        renamed: list[str],
+    ) -> bool:
+        conn.execute(
+            "INSERT INTO layers (diff_id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (staged.diff_id, now),
+        )
+        key, blob_digest = conn.execute(
+            "SELECT id, blob_digest FROM layers WHERE diff_id = ?", (staged.diff_id,)
+        ).fetchone()
+        written = False
+        if blob_digest is None:
+            if staged.path is None:
+                raise PackcacheError(
+                    f"layer {staged.diff_id} was evicted while it was being hashed; retry"
                 )
-                key, blob_digest = conn.execute(
-                    "SELECT id, blob_digest FROM layers WHERE diff_id = ?", (staged.diff_id,)
-                ).fetchone()
-                written = False
-                if blob_digest is None:
-                    if staged.path is None:
-                        raise PackcacheError(
-                            f"layer {staged.diff_id} was evicted while it was being hashed; retry"
-                        )
-                    self.blobs.commit(staged)  # file first: a crash leaves an orphan, not a lie
-                    conn.execute(
-                        "UPDATE layers SET size = ?, blob_digest = ?, blob_size = ?,"
-                        " compression = ?, last_access = ? WHERE id = ?",
-                        (
-                            staged.uncompressed_size,
-                            staged.digest,
-                            staged.size,
-                            staged.compression,
-                            now,
-                            key,
-                        ),
-                    )
-                    written = True
-                conn.execute(
-                    "INSERT INTO layer_digests (digest, layer_key, media_type, size)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (
-                        staged.digest,
-                        key,
-                        media_type or MEDIA_TYPES[staged.compression],
-                        staged.size,
-                    ),
-                )
-                if lease is not None:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO lease_layers (lease_id, diff_id) VALUES (?, ?)",
-                        (lease.id, staged.diff_id),
-                    )
-                written_flags.append(written)
-        return written_flags
+            self.blobs.commit(staged)  # file first: a crash leaves an orphan, not a lie
+            renamed.append(staged.digest)
+            size, compression = staged.uncompressed_size, staged.compression
+            conn.execute(
+                "UPDATE layers SET size = ?, blob_digest = ?, blob_size = ?,"
+                " compression = ?, last_access = ? WHERE id = ?",
+                (size, staged.digest, staged.size, compression, now, key),
+            )
+            written = True
+        conn.execute(
+            "INSERT INTO layer_digests (digest, layer_key, media_type, size)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (staged.digest, key, media_type or MEDIA_TYPES[staged.compression], staged.size),
+        )
+        if lease is not None:
+            _insert_lease_rows(conn, lease.id, [staged.diff_id])
+        return written
 
     def evict(self, diff_ids: Iterable[str]) -> list[EvictedLayer]:
         """Remove these layers (rows, then files) unless leased. Returns what was removed."""
