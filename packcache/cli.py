@@ -103,6 +103,25 @@ def reported() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("packcache: interrupted", err=True)
         raise typer.Exit(130) from None
+    except OSError as exc:  # the filesystem under the cache or an archive: disk full, I/O
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"packcache: error: {exc.strerror or exc}{where}", err=True)
+        raise typer.Exit(EXIT_FAILED) from exc
+    except Exception as exc:
+        cause = _sqlite_error(exc)
+        if cause is None:
+            raise
+        typer.echo(f"packcache: error: the cache index failed: {cause}", err=True)
+        raise typer.Exit(EXIT_FAILED) from exc
+
+
+def _sqlite_error(exc: BaseException) -> BaseException | None:
+    """The sqlite3 error `exc` is, or wraps (SQLAlchemy keeps it as .orig): found without
+    importing either, which read-only commands never load."""
+    for error in (exc, getattr(exc, "orig", None)):
+        if error is not None and type(error).__module__ == "sqlite3":
+            return error
+    return None
 
 
 @app.callback()

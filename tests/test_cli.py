@@ -315,3 +315,24 @@ def test_size_cap_from_config_file(cli, cache_dir, store: Store, monkeypatch) ->
     monkeypatch.setenv("PACKCACHE_MAX_SIZE", "lots")
     result = cli("info")
     assert result.exit_code == 2 and "PACKCACHE_MAX_SIZE" in result.stderr
+
+
+def test_an_index_failure_is_one_error_not_a_traceback(
+    cli, cache_dir, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packcache.store.database import Database
+    from tests.engines.images import build_legacy_archive
+
+    archive = build_legacy_archive(tmp_path / "x.tar", [{"x.txt": b"x\n"}], repo_tag="x:1")
+    Store.open(cache_dir)
+    before = snapshot(cache_dir)
+
+    def failing_write(self):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Database, "write_plain", failing_write)
+    result = cli("import", "--archive", str(archive.path))
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line == "packcache: error: the cache index failed: disk I/O error"
+    assert snapshot(cache_dir) == before

@@ -10,13 +10,19 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
+from errno import ENOSPC
 from pathlib import Path
+
+import pytest
 
 from packcache.archive.save_reader import import_archive
 from packcache.store.store import Store
 from packcache.store.verify import verify
 from tests.archives import build_oci_archive
+from tests.engines.images import build_legacy_archive
 from tests.test_archive_import import LAYERS
+from tests.test_cli import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,3 +138,32 @@ def test_a_prune_during_an_import_cannot_take_the_layers_it_skipped(tmp_path: Pa
     assert report.layers_known == len(image.diff_ids)
     assert store.cached_diff_ids(image.diff_ids) == set(image.diff_ids)
     assert verify(store).ok
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, for a real "No space left on device"."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_during_an_import_is_one_error_and_the_cache_as_it_was(
+    cli, small_filesystem: Path, tmp_path: Path
+) -> None:
+    cache = small_filesystem / "cache"
+    small = build_legacy_archive(tmp_path / "small.tar", LAYERS[:1], repo_tag="small:1")
+    assert cli("import", "--archive", str(small.path), cache=cache).exit_code == 0
+    # 3 MiB of random bytes do not compress: more than the filesystem has left.
+    big, _ = build_oci_archive(tmp_path / "big.tar", [{"big.bin": os.urandom(3 << 20)}], "big:1")
+    before = snapshot(cache)
+    result = cli("import", "--archive", str(big.path), cache=cache)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line == f"packcache: error: cannot write to the cache at {cache}: {os.strerror(ENOSPC)}"
+    assert snapshot(cache) == before
+    assert list((cache / "ingest").iterdir()) == []

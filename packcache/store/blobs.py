@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from packcache.digest import CHUNK, LayerDigester, VerifyingReader, digest_hex
-from packcache.errors import CorruptBlobError
+from packcache.errors import CorruptBlobError, PackcacheError
 
 INGEST_SUFFIX = ".partial"
 PIPELINE_DEPTH = 8  # chunks queued for the hashing and writing thread: 8 MiB of a layer at most
@@ -193,7 +193,10 @@ class BlobFiles:
         def consume(chunk: bytes) -> None:
             digester.update(chunk)
             if out is not None:
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise self._write_error(exc) from exc
 
         worker: _Worker | None = None
         try:
@@ -241,7 +244,10 @@ class BlobFiles:
         """Atomically move a staged blob into place. Concurrent commits of one digest both win."""
         assert staged.path is not None
         if staged.durable is not None:
-            staged.durable.result()  # on disk before it is named a blob; raises its OSError
+            try:
+                staged.durable.result()  # on disk before it is named a blob
+            except OSError as exc:
+                raise self._write_error(exc) from exc
         final = self.path(staged.digest)
         try:
             final.parent.mkdir(mode=0o700)
@@ -251,6 +257,10 @@ class BlobFiles:
             _fsync_dir(final.parent.parent)
         os.replace(staged.path, final)
         _fsync_dir(final.parent)
+
+    def _write_error(self, exc: OSError) -> PackcacheError:
+        """Disk full or an I/O error while a blob is written: say where."""
+        return PackcacheError(f"cannot write to the cache at {self.root}: {exc.strerror or exc}")
 
     def discard(self, staged: StagedBlob) -> None:
         if staged.durable is not None:
