@@ -448,11 +448,19 @@ def verify_command(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _enforce_size_cap(store) -> None:
-    """After a command that added data: prune to the configured cap, if any."""
+def _size_cap(store) -> int | None:
+    """The configured size cap, read before a command adds data (a bad setting is an error
+    before anything changes)."""
+    from packcache.store.prune import configured_max_size
+
+    return configured_max_size(store)
+
+
+def _enforce_size_cap(store, cap: int | None) -> None:
+    """After a command that added data: prune to the cap, if any."""
     from packcache.store.prune import enforce_size_cap
 
-    result = enforce_size_cap(store)
+    result = enforce_size_cap(store, cap)
     if result is not None and result.removed:
         log.warning(
             "size cap: evicted %d layers (%s)", len(result.removed), render.size(result.reclaimed)
@@ -483,6 +491,7 @@ def import_command(
         raise typer.Exit(EXIT_USAGE)
     with reported():
         store = ctx.obj.open_store()
+        cap = _size_cap(store)
         with store.lease("import") as lease, progress(quiet, "import") as on_bytes:
             if images:
                 report = import_images(
@@ -497,7 +506,7 @@ def import_command(
                     report = DaemonImportReport(
                         import_archive(store, source, lease=lease, on_bytes=on_bytes)
                     )
-        _enforce_size_cap(store)
+        _enforce_size_cap(store, cap)
     _print_import(report, fmt)
 
 
@@ -608,6 +617,7 @@ def rebase_command(
     started = time.perf_counter()
     with reported():
         store = ctx.obj.open_store()
+        cap = _size_cap(store)
         daemon = ctx.obj.daemon()
         with store.lease("rebase") as lease:
             report = rebase(
@@ -621,7 +631,7 @@ def rebase_command(
                 dry_run=dry_run,
                 lease=lease,
             )
-        _enforce_size_cap(store)
+        _enforce_size_cap(store, cap)
     report.timings["total"] = round(time.perf_counter() - started, 4)
     data = dataclasses.asdict(report)
     if report_file is not None:
@@ -694,6 +704,7 @@ def create_builder_command(
         extra_labels[key] = value
     with reported():
         store = ctx.obj.open_store()
+        cap = _size_cap(store)
         daemon = ctx.obj.daemon()
         with store.lease("create-builder") as lease:
             report = create_builder(
@@ -707,7 +718,7 @@ def create_builder_command(
                 dry_run=dry_run,
                 lease=lease,
             )
-        _enforce_size_cap(store)
+        _enforce_size_cap(store, cap)
     data = dataclasses.asdict(report)
     if report_file is not None:
         report_file.write_text(render.to_json(data) + "\n")

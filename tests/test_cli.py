@@ -300,21 +300,40 @@ def test_help_documents_size_units(cli) -> None:
 
 
 def test_size_cap_from_config_file(cli, cache_dir, store: Store, monkeypatch) -> None:
-    from packcache.store.prune import enforce_size_cap
+    from packcache.store.prune import configured_max_size, enforce_size_cap
 
     for seed in range(3):
         add_image(
             store, [random_tar(40_000, seed=bytes([seed]))], [f"img:{seed}"], compression="none"
         )
     (cache_dir / "config.toml").write_text('max-size = "110K"\n')
-    result = enforce_size_cap(store)
+    result = enforce_size_cap(store, configured_max_size(store))
     assert result.size_after <= 110_000 and len(result.removed) == 1
     assert cli("info", "--format", "json").json()["max_size"] == 110_000
     monkeypatch.setenv("PACKCACHE_MAX_SIZE", "60KB")
-    assert len(enforce_size_cap(store).removed) == 1
+    assert len(enforce_size_cap(store, configured_max_size(store)).removed) == 1
     monkeypatch.setenv("PACKCACHE_MAX_SIZE", "lots")
     result = cli("info")
     assert result.exit_code == 2 and "PACKCACHE_MAX_SIZE" in result.stderr
+
+
+@pytest.mark.parametrize("setting", ["env", "config"])
+def test_a_bad_size_cap_stops_an_import_before_it_changes_anything(
+    cli, cache_dir, tmp_path, monkeypatch, setting: str
+) -> None:
+    from tests.engines.images import build_legacy_archive
+
+    archive = build_legacy_archive(tmp_path / "x.tar", [{"x.txt": b"x\n"}], repo_tag="x:1")
+    Store.open(cache_dir)
+    if setting == "env":
+        monkeypatch.setenv("PACKCACHE_MAX_SIZE", "lots")
+    else:
+        (cache_dir / "config.toml").write_text('max-size = "lots"\n')
+    before = snapshot(cache_dir)
+    result = cli("import", "--archive", str(archive.path))
+    assert result.exit_code == 2
+    assert "lots" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert snapshot(cache_dir) == before
 
 
 def test_an_index_failure_is_one_error_not_a_traceback(

@@ -164,9 +164,9 @@ def configured_max_size(store: Store) -> int | None:
         raise UsageError(f"{source}: {exc}") from exc
 
 
-def enforce_size_cap(store: Store) -> PruneResult | None:
-    """Prune to the configured cap, if any; called after every command that adds data."""
-    cap = configured_max_size(store)
+def enforce_size_cap(store: Store, cap: int | None) -> PruneResult | None:
+    """Prune to `cap`, if any: called after every command that adds data, with the cap it
+    read before (configured_max_size), so a bad setting stops it before it changes anything."""
     if cap is None:
         return None
     return prune(store, max_size=cap)
