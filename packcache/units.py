@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from packcache.errors import UsageError
 
@@ -27,6 +28,7 @@ _SIZE_UNITS = {
     "tib": 1024**4,
     "pib": 1024**5,
 }
+MAX_SIZE = 2**63 - 1  # the largest integer SQLite stores
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 SIZE_HELP = (
@@ -48,7 +50,10 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _SIZE_UNITS:
         raise UsageError(f"invalid size {text!r}. {SIZE_HELP}")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    size = int(Decimal(match.group(1)) * _SIZE_UNITS[unit])  # exact: no float overflow
+    if size > MAX_SIZE:
+        raise UsageError(f"size {text!r} is too large (at most {MAX_SIZE} bytes)")
+    return size
 
 
 def parse_duration(text: str) -> float:

@@ -30,6 +30,12 @@ def test_parse_size_rejects(text: str) -> None:
         parse_size(text)
 
 
+@pytest.mark.parametrize("text", ["1" + "0" * 400, "9223372036854775808", "9300P"])
+def test_parse_size_rejects_what_no_index_can_hold(text: str) -> None:
+    with pytest.raises(UsageError, match="too large"):
+        parse_size(text)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
