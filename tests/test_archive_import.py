@@ -161,6 +161,32 @@ def _bad_archives(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         {k: v for k, v in members.items() if k != layer_name},
         "missing from the archive",
     )
+    config = json.loads(members[config_name])
+    os_list = json.dumps({**config, "os": ["linux"]}).encode()
+    os_list_name = sha256(os_list)[7:] + ".json"
+    cases["config field not a string"] = (
+        {
+            **members,
+            os_list_name: os_list,
+            "manifest.json": json.dumps([{**manifest[0], "Config": os_list_name}]).encode(),
+        },
+        "'os' is not a string",
+    )
+    for label, tags in (("RepoTags not strings", [1]), ("RepoTags a string", "bad:1")):
+        cases[label] = (
+            {**members, "manifest.json": json.dumps([{**manifest[0], "RepoTags": tags}]).encode()},
+            "malformed RepoTags",
+        )
+    deep = b"[" * 100_000 + b"]" * 100_000
+    cases["manifest nested too deep"] = ({**members, "manifest.json": deep}, "not valid JSON")
+    cases["index.json not an object"] = ({**members, "index.json": b"[]"}, "not a JSON object")
+    with io.BytesIO() as twice:
+        with tarfile.open(fileobj=twice, mode="w") as tar:
+            for name, content in [*members.items(), (layer_name, members[layer_name])]:
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        cases["entry twice"] = (twice.getvalue(), "appears twice")
     built: dict[str, tuple[Path, str]] = {}
     for name, (content, message) in cases.items():
         path = tmp_path / (name.replace(" ", "-") + ".tar")
@@ -188,6 +214,12 @@ BAD_NAMES = [
     "more layers than config",
     "layer digest mismatch",
     "layer missing",
+    "config field not a string",
+    "RepoTags not strings",
+    "RepoTags a string",
+    "manifest nested too deep",
+    "index.json not an object",
+    "entry twice",
 ]
 
 

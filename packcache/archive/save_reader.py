@@ -22,7 +22,7 @@ from packcache.digest import CHUNK, is_digest, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
 from packcache.refs import familiar, normalize
 from packcache.store.blobs import StagedBlob
-from packcache.store.store import ImageRecord, Lease, Store
+from packcache.store.store import ImageRecord, Lease, Store, recorded_config_fields
 
 SMALL_BLOB = 1 << 20  # blobs up to this size are held in memory until we know what they are
 MAX_METADATA = 16 << 20  # manifests, configs, index.json: anything larger is not metadata
@@ -96,6 +96,9 @@ class _Entries:
         self.known: dict[str, _Known] = {}
         self.links: dict[str, str] = {}
 
+    def __contains__(self, path: str) -> bool:
+        return any(path in kind for kind in (self.small, self.staged, self.known, self.links))
+
     def resolve(self, path: str) -> str:
         for _ in range(16):
             if path not in self.links:
@@ -112,7 +115,7 @@ class _Entries:
     def json(self, path: str, what: str) -> object:
         try:
             return json.loads(self.metadata(path, what))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ArchiveError(f"the archive's {what} {path!r} is not valid JSON: {exc}") from exc
 
 
@@ -133,6 +136,8 @@ def _read_stream(
                 name = _clean_name(member)
                 if member.isdir():
                     continue
+                if name in entries:
+                    raise ArchiveError(f"archive entry {name!r} appears twice")
                 if member.issym() or member.islnk():
                     entries.links[name] = _link_target(name, member)
                     continue
@@ -264,7 +269,10 @@ def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
                 raise ArchiveError("the archive's index.json has a malformed descriptor")
             digest = descriptor["digest"]
             annotations = descriptor.get("annotations") or {}
-            names = refs + ([annotations[REF_ANNOTATION]] if REF_ANNOTATION in annotations else [])
+            name = annotations.get(REF_ANNOTATION) if isinstance(annotations, dict) else None
+            if not isinstance(name, str | None):
+                raise ArchiveError("the archive's index.json has a malformed image name")
+            names = refs + ([name] if name else [])
             path = f"blobs/sha256/{digest[7:]}"
             if path not in entries.small:
                 continue  # a platform the save left out
@@ -278,7 +286,10 @@ def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
             if isinstance(config, dict) and is_digest(str(config.get("digest"))):
                 found[config["digest"]] = (digest, names)
 
-    walk(entries.json("index.json", "index").get("manifests"), [], 0)  # type: ignore[union-attr]
+    index = entries.json("index.json", "index")
+    if not isinstance(index, dict):
+        raise ArchiveError("the archive's index.json is not a JSON object")
+    walk(index.get("manifests"), [], 0)
     return found
 
 
@@ -307,7 +318,8 @@ def _plan_images(
         try:
             config = json.loads(config_bytes)
             diff_ids = config["rootfs"]["diff_ids"] or []
-        except (ValueError, KeyError, TypeError) as exc:
+            recorded_config_fields(config)  # checked before any blob is committed
+        except (ValueError, KeyError, TypeError, RecursionError, CorruptBlobError) as exc:
             raise ArchiveError(f"image config {config_path} is malformed: {exc}") from exc
         if not isinstance(diff_ids, list) or not all(is_digest(str(d)) for d in diff_ids):
             raise ArchiveError(f"image config {config_path} has malformed diff_ids")
@@ -338,12 +350,11 @@ def _plan_images(
                 )
             blob_digests.append(digest)
         manifest_digest, index_refs = by_config.get(config_digest, (None, []))
+        repo_tags = item.get("RepoTags") or []
+        if not isinstance(repo_tags, list) or not all(isinstance(t, str) for t in repo_tags):
+            raise ArchiveError("the archive's manifest.json has malformed RepoTags")
         try:
-            refs = list(
-                dict.fromkeys(
-                    familiar(normalize(r)) for r in [*(item.get("RepoTags") or []), *index_refs]
-                )
-            )
+            refs = list(dict.fromkeys(familiar(normalize(r)) for r in [*repo_tags, *index_refs]))
         except PackcacheError as exc:
             raise ArchiveError(f"the archive names an invalid image reference: {exc}") from exc
         manifest_bytes = (

@@ -103,6 +103,18 @@ class Lease:
         return self.store._layer(row)
 
 
+RECORDED_CONFIG_FIELDS = ("os", "architecture", "variant", "created")
+
+
+def recorded_config_fields(config: dict) -> list[str | None]:
+    """The config fields the index keeps in columns; raises if one is not a string."""
+    values = [config.get(name) for name in RECORDED_CONFIG_FIELDS]
+    for name, value in zip(RECORDED_CONFIG_FIELDS, values, strict=True):
+        if value is not None and not isinstance(value, str):
+            raise CorruptBlobError(f"image config field {name!r} is not a string: {value!r:.40}")
+    return values
+
+
 def _insert_lease_rows(conn: sqlite3.Connection, lease_id: int, diff_ids: Iterable[str]) -> None:
     conn.executemany(
         "INSERT OR IGNORE INTO lease_layers (lease_id, diff_id) VALUES (?, ?)",
@@ -381,6 +393,7 @@ class Store:
             diff_ids = list(config.get("rootfs", {}).get("diff_ids") or [])
         except (ValueError, AttributeError) as exc:
             raise CorruptBlobError(f"image config is not a valid config JSON: {exc}") from exc
+        platform_and_created = recorded_config_fields(config)
         digest = image.config_digest
         now = time.time()
         with self.db.write_plain() as conn:
@@ -391,10 +404,7 @@ class Store:
                 (
                     digest,
                     image.config.decode(),
-                    config.get("os"),
-                    config.get("architecture"),
-                    config.get("variant"),
-                    config.get("created"),
+                    *platform_and_created,
                     now,
                     now,
                 ),
