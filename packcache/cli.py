@@ -388,15 +388,16 @@ def rm_command(
     removed = []
     with reported():
         store = ctx.obj.open_store()
-        # Resolve every name first, so a typo in the last one changes nothing.
-        for ref in images or []:
-            store.resolve_image(ref)
-        for layer in layers or []:
-            store.resolve_layer(layer)
-        for ref in images or []:
-            removed += remove_image(store, ref)
-        for layer in layers or []:
-            found = remove_layer(store, layer)
+        # Resolve every name first, so a typo in the last one changes nothing; two names of
+        # one image (or layer) remove it once.
+        config_digests = dict.fromkeys(store.resolve_image(ref) for ref in images or [])
+        diff_ids = {store.resolve_layer(layer): layer for layer in layers or []}
+        for config_digest in config_digests:
+            removed += remove_image(store, config_digest)
+        for diff_id, layer in diff_ids.items():
+            if any(evicted.diff_id == diff_id for evicted in removed):
+                continue  # an image named too used it alone
+            found = remove_layer(store, diff_id)
             if not found:
                 raise PackcacheError(f"layer {layer} is in use by a running operation; not removed")
             removed += found

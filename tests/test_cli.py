@@ -169,6 +169,15 @@ def test_rm_layer(cli, two_images) -> None:
     assert base_ids[0] not in {r["diff_id"] for r in cli("ls", "--format", "json").json()}
 
 
+def test_rm_names_of_the_same_image_or_layer_remove_it_once(cli, two_images) -> None:
+    (_, base_ids), (_, app_ids) = two_images
+    args = ["app:1", "registry.local/app:1", "--layer", app_ids[3][7:20], "--layer", app_ids[3]]
+    out = cli("rm", *args, "--format", "json")
+    assert out.exit_code == 0, out.stderr
+    assert sorted(r["diff_id"] for r in out.json()["removed"]) == sorted(app_ids[2:])
+    assert {r["diff_id"] for r in cli("ls", "--format", "json").json()} == set(base_ids)
+
+
 def test_verify_finds_and_repairs_damage(cli, store: Store, cache_dir, two_images) -> None:
     assert cli("verify").stdout.strip().endswith("OK")
     (_, base_ids), (_, app_ids) = two_images
