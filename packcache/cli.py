@@ -128,7 +128,7 @@ def _sqlite_error(exc: BaseException) -> BaseException | None:
 def main_options(
     ctx: typer.Context,
     cache_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--cache-dir",
             envvar="PACKCACHE_DIR",
@@ -155,7 +155,12 @@ def main_options(
         format="packcache: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = Context(cache_dir=cache_dir or default_cache_dir(), verbose=verbose, host=host)
+    if cache_dir is not None and not cache_dir.strip():  # not the current directory
+        typer.echo("packcache: error: --cache-dir is empty", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    ctx.obj = Context(
+        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), verbose=verbose, host=host
+    )
 
 
 # A base layer can be used by hundreds of images: listing them all would pad every row of the

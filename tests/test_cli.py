@@ -364,3 +364,15 @@ def test_an_index_failure_is_one_error_not_a_traceback(
     [line] = result.stderr.splitlines()
     assert line == "packcache: error: the cache index failed: disk I/O error"
     assert snapshot(cache_dir) == before
+
+
+def test_an_empty_cache_dir_is_refused_not_the_current_directory(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from packcache.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["--cache-dir", "", "ls"])
+    assert result.exit_code == 2
+    assert result.stderr == "packcache: error: --cache-dir is empty\n"
+    assert list(tmp_path.iterdir()) == []

@@ -20,3 +20,10 @@ def test_engine_too_old() -> None:
         check_api_version("1.40", HOST)
     check_api_version("1.41", HOST)
     check_api_version("1.51", HOST)
+
+
+def test_a_malformed_host_is_named_not_a_traceback() -> None:
+    from packcache.engine.daemon import Daemon
+
+    with pytest.raises(DaemonError, match=r"invalid Docker host 'http://\[::1'"):
+        Daemon("http://[::1")

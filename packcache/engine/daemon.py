@@ -81,6 +81,8 @@ class Daemon:
             raw_info = self.client.api.info()
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             raise explain(self.host, exc) from exc
+        except ValueError as exc:  # a malformed URL, e.g. tcp://[::1
+            raise DaemonError(f"invalid Docker host {self.host!r}: {exc}") from exc
         api_version = self.client.api.api_version
         check_api_version(api_version, self.host)
         driver_status = dict(tuple(pair) for pair in raw_info.get("DriverStatus") or [])
