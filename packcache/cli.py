@@ -699,7 +699,8 @@ def create_builder_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
-    from packcache.operations.create_builder import create_builder
+    from packcache.builder.config import read_config
+    from packcache.operations.create_builder import check_pull_policy, create_builder
 
     extra_labels = {}
     for label in labels or []:
@@ -709,6 +710,9 @@ def create_builder_command(
             raise typer.Exit(EXIT_USAGE)
         extra_labels[key] = value
     with reported():
+        # The user's input first: a bad builder.toml is a usage error even with no daemon.
+        check_pull_policy(pull_policy)
+        builder_config = read_config(config)
         store = ctx.obj.open_store()
         cap = _size_cap(store)
         daemon = ctx.obj.daemon()
@@ -717,7 +721,7 @@ def create_builder_command(
                 store,
                 daemon,
                 name,
-                config,
+                builder_config,
                 pull_policy=pull_policy,
                 extra_labels=extra_labels,
                 no_cache=no_cache,

@@ -146,3 +146,20 @@ def test_multiline_values_do_not_confuse_line_numbers(tmp_path) -> None:
         '[build]\n  image = "b:1"\n  bogus = 1\n[lifecycle]\n  uri = "l"\n'
     )
     assert "builder.toml:13: unknown key 'build.bogus'" in error(tmp_path, text)
+
+
+def test_a_builder_toml_that_is_not_utf8_says_so(tmp_path) -> None:
+    path = tmp_path / "builder.toml"
+    path.write_bytes(b'description = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_config(path)
+
+
+def test_a_bad_builder_toml_is_a_usage_error_before_the_daemon_is_asked(cli, tmp_path) -> None:
+    path = tmp_path / "builder.toml"
+    path.write_text("description = 3\n")
+    result = cli(
+        "--host", f"unix://{tmp_path}/no.sock", "create-builder", "b:1", "--config", str(path)
+    )
+    assert result.exit_code == 2
+    assert result.stderr == f"packcache: error: {path}:1: 'description' must be a string\n"

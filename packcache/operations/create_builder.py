@@ -31,7 +31,7 @@ from packcache import __version__
 from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive, oci_manifest
 from packcache.archive.save_reader import import_archive
 from packcache.builder import labels as L
-from packcache.builder.config import BuilderConfig, ModuleRef, read_config
+from packcache.builder.config import BuilderConfig, ModuleRef
 from packcache.builder.descriptors import (
     BuildpackDescriptor,
     LifecycleDescriptor,
@@ -233,11 +233,16 @@ class _Module:
 # -- the operation ---------------------------------------------------------------------------
 
 
+def check_pull_policy(pull_policy: str) -> None:
+    if pull_policy not in PULL_POLICIES:
+        raise UsageError(f"--pull-policy must be one of {', '.join(PULL_POLICIES)}")
+
+
 def create_builder(
     store: Store,
     daemon: Daemon,
     name: str,
-    config_path: Path,
+    config: BuilderConfig,
     *,
     pull_policy: str = "if-not-present",
     extra_labels: dict[str, str] | None = None,
@@ -245,10 +250,9 @@ def create_builder(
     dry_run: bool = False,
     lease: Lease | None = None,
 ) -> CreateBuilderReport:
+    """Build the builder `config` (builder.toml, as `read_config` checked it) describes."""
     start = time.perf_counter()
-    if pull_policy not in PULL_POLICIES:
-        raise UsageError(f"--pull-policy must be one of {', '.join(PULL_POLICIES)}")
-    config = read_config(config_path)
+    check_pull_policy(pull_policy)
     with ExitStack() as cleanup:
         if no_cache:
             # pack's method, in a throwaway store: the real cache is neither read nor changed.
