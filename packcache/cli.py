@@ -754,4 +754,15 @@ def create_builder_command(
 
 
 def main() -> None:
-    app(prog_name="packcache")
+    """The `packcache` command: click's own usage errors (a bad option value, a missing
+    argument) as one `packcache: error:` line and exit 2, like every other error, instead of
+    typer's boxed panel."""
+    try:
+        code = app(prog_name="packcache", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's click: usage errors have exit_code 2
+        typer.echo(f"packcache: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-C outside a command's own handling
+        typer.echo("packcache: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from contextlib import closing
 
@@ -376,3 +377,22 @@ def test_an_empty_cache_dir_is_refused_not_the_current_directory(tmp_path, monke
     assert result.exit_code == 2
     assert result.stderr == "packcache: error: --cache-dir is empty\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ls", "--format", "yaml"], "Invalid value for '--format': 'yaml' is not one of"),
+        (["create-builder", "b:1"], "Missing option '--config'"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_usage_errors_of_the_command_are_one_line(cache_dir, args, message) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "packcache", "--cache-dir", str(cache_dir), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"packcache: error: {message}"), line
