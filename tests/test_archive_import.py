@@ -298,3 +298,43 @@ def test_missing_archive_file(cli, tmp_path) -> None:
 def test_import_archive_error_type(store: Store, tmp_path: Path) -> None:
     with pytest.raises(ArchiveError):
         import_archive(store, io.BytesIO(b""))
+
+
+def test_a_gzip_compressed_archive_imports_like_docker_load_takes_it(
+    cli, cache_dir, tmp_path, archive
+) -> None:
+    import gzip
+
+    image, _ = archive
+    compressed = tmp_path / "image.tar.gz"
+    compressed.write_bytes(gzip.compress(image.path.read_bytes()))
+    result = cli("import", "--archive", str(compressed), "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["images"][0]["diff_ids"] == image.diff_ids
+    # And from a pipe, as `docker save IMAGE | gzip` gives it.
+    args = ["--cache-dir", str(cache_dir), "import", "--archive", "-", "--format", "json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "packcache", *args],
+        input=compressed.read_bytes(),
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["layers_known"] == len(set(image.diff_ids))
+
+
+def test_a_damaged_gzip_archive_is_rejected_and_cache_unchanged(cli, cache_dir, tmp_path):
+    import gzip
+
+    image = build_legacy_archive(tmp_path / "x.tar", LAYERS, repo_tag="x:1")
+    data = bytearray(gzip.compress(image.path.read_bytes()))
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    damaged = tmp_path / "x.tar.gz"
+    damaged.write_bytes(bytes(data))
+    Store.open(cache_dir)
+    before = snapshot(cache_dir)
+    result = cli("import", "--archive", str(damaged))
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("packcache: error: the archive's gzip compression is damaged"), line
+    assert snapshot(cache_dir) == before
+    assert list((cache_dir / "ingest").iterdir()) == []

@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from packcache.digest import CHUNK, is_digest, sha256_digest
+from isal import igzip
+
+from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, is_digest, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
 from packcache.refs import familiar, normalize
 from packcache.store.blobs import StagedBlob
@@ -175,8 +177,20 @@ def _read_stream(
         raise ArchiveError(f"not a readable docker save archive: {exc}") from exc
     except EOFError as exc:
         raise ArchiveError("the archive ends early (truncated stream)") from exc
+    except DECOMPRESSION_ERRORS as exc:  # of a gzip-compressed archive (see _gunzipped)
+        raise ArchiveError(f"the archive's gzip compression is damaged: {exc}") from exc
     except CorruptBlobError as exc:
         raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
+
+
+def _gunzipped(stream: BinaryIO) -> BinaryIO:
+    """`docker load` takes a gzip-compressed archive (`docker save IMAGE | gzip`): so does
+    import, decompressing as it reads. Only a stream that can peek is checked (files, stdin);
+    the daemon's own save stream is never compressed."""
+    peek = getattr(stream, "peek", None)
+    if peek is not None and peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC):
+        return igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    return stream
 
 
 class ForwardReader:
@@ -392,7 +406,7 @@ def import_archive(
     report = ImportReport()
     entries = _Entries()
     try:
-        _read_stream(store, stream, entries, report, lease, on_bytes)
+        _read_stream(store, _gunzipped(stream), entries, report, lease, on_bytes)
         images, used = _plan_images(store, entries)
         staged_blobs = list(used.values())
         for staged, written in zip(
