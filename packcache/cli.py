@@ -116,10 +116,12 @@ def reported() -> Iterator[None]:
 
 
 def _sqlite_error(exc: BaseException) -> BaseException | None:
-    """The sqlite3 error `exc` is, or wraps (SQLAlchemy keeps it as .orig): found without
-    importing either, which read-only commands never load."""
+    """The sqlite3 error `exc` is, or wraps (SQLAlchemy keeps it as .orig; read-only commands
+    never import SQLAlchemy, so its exception classes are not named here)."""
+    import sqlite3
+
     for error in (exc, getattr(exc, "orig", None)):
-        if error is not None and type(error).__module__ == "sqlite3":
+        if isinstance(error, sqlite3.Error):
             return error
     return None
 

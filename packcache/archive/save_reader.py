@@ -148,11 +148,7 @@ def _read_stream(
                 blob = _BLOB_PATH.match(name)
                 digest = f"sha256:{blob.group(1)}" if blob else None
                 if digest is not None:
-                    known = (
-                        lease.hold_by_digest(digest)
-                        if lease is not None
-                        else store.layer_by_digest(digest)
-                    )
+                    known = store.layer_by_digest(digest, lease)
                     if known is not None:  # cached already (and leased): not even read
                         entries.known[name] = _Known(digest, known.diff_id)
                         continue

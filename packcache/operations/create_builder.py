@@ -206,9 +206,7 @@ class _Layers:
         self.written = 0
 
     def cached(self, diff_id: str) -> bool:
-        if self.lease is not None:
-            return bool(self.lease.hold([diff_id]))
-        return self.store.layer(diff_id) is not None
+        return bool(self.store.cached_diff_ids([diff_id], self.lease))
 
     def add(self, entries: Iterable[TarEntry]) -> str:
         if self.dry_run:

@@ -33,8 +33,7 @@ def cached_config(
         return None
     if layers is None:
         layers = inspected.get("RootFS", {}).get("Layers") or []
-    cached = lease.hold(layers) if lease is not None else store.cached_diff_ids(layers)
-    if cached != set(layers):
+    if store.cached_diff_ids(layers, lease) != set(layers):
         return None
     return config_digest
 

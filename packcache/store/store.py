@@ -152,8 +152,11 @@ class Store:
         with self.db.read() as conn:
             return self._layer(queries.cached_layer(conn, diff_id))
 
-    def layer_by_digest(self, digest: str) -> CachedLayer | None:
-        """The cached layer whose stored or any other known blob form has this digest."""
+    def layer_by_digest(self, digest: str, lease: Lease | None = None) -> CachedLayer | None:
+        """The cached layer whose stored or any other known blob form has this digest (held
+        by `lease`, if given: see Lease.hold)."""
+        if lease is not None:
+            return lease.hold_by_digest(digest)
         with self.db.read() as conn:
             return self._layer(queries.cached_layer_by_digest(conn, digest))
 
@@ -166,7 +169,10 @@ class Store:
                 (diff_id,),
             ).fetchall()
 
-    def cached_diff_ids(self, diff_ids: Iterable[str]) -> set[str]:
+    def cached_diff_ids(self, diff_ids: Iterable[str], lease: Lease | None = None) -> set[str]:
+        """Which of these layers are cached (held by `lease`, if given: see Lease.hold)."""
+        if lease is not None:
+            return lease.hold(diff_ids)
         with self.db.read() as conn:
             return queries.cached_diff_ids(conn, diff_ids)
 
@@ -198,20 +204,13 @@ class Store:
         all (the caller drains `source` if it must).
         """
         if expected_digest is not None:
-            known = (
-                lease.hold_by_digest(expected_digest)
-                if lease is not None
-                else self.layer_by_digest(expected_digest)
-            )
+            known = self.layer_by_digest(expected_digest, lease)
             if known is not None:
                 return IngestResult(known.diff_id, expected_digest, -1, written=False)
-        cached = False
-        if expected_diff_id is not None:  # leased, so it cannot be evicted while we only hash
-            cached = bool(
-                lease.hold([expected_diff_id])
-                if lease is not None
-                else self.layer(expected_diff_id) is not None
-            )
+        # Leased, so a cached layer cannot be evicted while we only hash.
+        cached = expected_diff_id is not None and bool(
+            self.cached_diff_ids([expected_diff_id], lease)
+        )
         staged = self.blobs.stage(
             source,
             expected_digest=expected_digest,
