@@ -27,3 +27,26 @@ def test_a_malformed_host_is_named_not_a_traceback() -> None:
 
     with pytest.raises(DaemonError, match=r"invalid Docker host 'http://\[::1'"):
         Daemon("http://[::1")
+
+
+def test_a_daemon_that_never_answers_is_reported_after_the_handshake_timeout(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import threading
+    import time
+
+    import packcache.engine.daemon as daemon_module
+
+    path = tmp_path / "silent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(4)
+    accepted = []  # held open, never answered
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    monkeypatch.setattr(daemon_module, "HANDSHAKE_TIMEOUT_S", 1)
+    started = time.monotonic()
+    with pytest.raises(DaemonError, match="does not answer"):
+        daemon_module.Daemon(f"unix://{path}")
+    assert time.monotonic() - started < 10
+    server.close()

@@ -63,7 +63,14 @@ def explain(host: str, exc: BaseException) -> DaemonError:
             f"cannot reach the Docker daemon at {host}: is it running? "
             "(set DOCKER_HOST or --host to use another)"
         )
+    if isinstance(exc, requests.Timeout) or "timed out" in text:
+        return DaemonError(f"the Docker daemon at {host} does not answer (timed out)")
     return DaemonError(f"Docker daemon at {host}: {text}")
+
+
+# A daemon that takes the connection and never answers is reported after this long, not after
+# the long timeout that loads and saves of gigabytes need.
+HANDSHAKE_TIMEOUT_S = 30
 
 
 class Daemon:
@@ -77,12 +84,15 @@ class Daemon:
         # several times, by tag and by ID.
         self._inspected: dict[str, dict[str, Any] | None] = {}
         try:
-            self.client = docker.DockerClient(base_url=self.host, version="auto", timeout=timeout)
+            self.client = docker.DockerClient(
+                base_url=self.host, version="auto", timeout=HANDSHAKE_TIMEOUT_S
+            )
             raw_info = self.client.api.info()
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             raise explain(self.host, exc) from exc
         except ValueError as exc:  # a malformed URL, e.g. tcp://[::1
             raise DaemonError(f"invalid Docker host {self.host!r}: {exc}") from exc
+        self.client.api.timeout = timeout
         api_version = self.client.api.api_version
         check_api_version(api_version, self.host)
         driver_status = dict(tuple(pair) for pair in raw_info.get("DriverStatus") or [])
