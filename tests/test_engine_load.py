@@ -187,3 +187,41 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
     daemon.load(iter([archive.path.read_bytes()]))
     assert daemon.inspect_image(absent)["Id"] == inspect(engine, absent)["Id"]  # asked again
     assert asked[2:] == [absent]
+
+
+def test_a_load_over_a_taken_tag_replaces_it_and_leaves_no_temporary_name(
+    cli, engine: Engine, tmp_path
+) -> None:
+    app, other = unique("app"), unique("other")
+    load_image(engine, tmp_path, app, extra=app_layers())
+    assert cli("--host", engine.host, "import", app).exit_code == 0
+    built = inspect(engine, app)
+    engine.docker("rmi", app)
+    load_image(engine, tmp_path, other, extra=[{"other.txt": b"other\n"}])
+    engine.docker("tag", other, app)  # the tag now names another image, which the load replaces
+    since = engine.docker("info", "--format", "{{.SystemTime}}").stdout.decode().strip()
+    result = cli("--host", engine.host, "load", app, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert inspect(engine, app)["RootFS"]["Layers"] == built["RootFS"]["Layers"]
+    if not engine.containerd_store:
+        assert inspect(engine, app)["Id"] == built["Id"]
+    names = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.decode()
+    assert "packcache-keep" not in names  # the replaced image was held only during the load
+    assert other in names  # and it keeps its own name
+    until = engine.docker("info", "--format", "{{.SystemTime}}").stdout.decode().strip()
+    events = engine.docker(
+        "events",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--filter",
+        "type=image",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}}",
+    ).stdout.decode()
+    held = [line for line in events.splitlines() if "packcache-keep" in line]
+    # On a containerd store it was held under a temporary name (tagged, then removed).
+    assert bool(held) == engine.containerd_store, events
+    run = engine.docker("run", "--rm", "--network", "none", app, "cat", "/app/main.txt")
+    assert run.stdout == b"hello from the app\n"

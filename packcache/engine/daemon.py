@@ -153,6 +153,17 @@ class Daemon:
         self._forget()
         self._call(f"the pull of {ref}", self.client.images.pull, ref)
 
+    def tag(self, image: str, ref: str) -> None:
+        """`docker tag IMAGE REF` (REF with its tag)."""
+        repository, _, tag = ref.rpartition(":")
+        self._forget()
+        self._call(f"tagging {ref}", self.client.api.tag, image, repository, tag)
+
+    def untag(self, ref: str) -> None:
+        """`docker rmi -f REF`: the name goes, and the image with it if it was its last."""
+        self._forget()
+        self._call(f"removing {ref}", self.client.api.remove_image, ref, force=True)
+
     def has_image(self, ref: str) -> bool:
         try:
             self.inspect_image(ref)

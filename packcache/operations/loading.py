@@ -9,7 +9,12 @@ layer included.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from packcache.archive.load_writer import (
@@ -20,11 +25,13 @@ from packcache.archive.load_writer import (
 )
 from packcache.digest import sha256_digest
 from packcache.engine.daemon import Daemon, DaemonError, chain_ids
-from packcache.errors import PackcacheError, UsageError
+from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.refs import familiar, normalize
 from packcache.store.layer import MEDIA_TYPES
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.streams import read_ahead
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,26 +145,13 @@ def load_config(
     in the cache once the daemon holds it complete."""
     start = time.perf_counter()
     tags = [familiar(normalize(tag)) for tag in tags]  # docker load wants name:tag
-    config_digest = sha256_digest(config)
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     if lease is not None:
         lease.add(diff_ids)
-    for full in (not reuse, True):
-        plan = plan_layers(store, daemon, diff_ids, reuse=not full)
-        counter = _Counter()
-        if daemon.info.containerd_store:
-            manifest = oci_manifest(config, plan)
-            image_id = sha256_digest(manifest)
-            chunks = oci_archive(config, manifest, plan, tags)
-        else:
-            manifest, image_id = None, config_digest
-            chunks = legacy_archive(config, plan, tags)
-        daemon.load(counter.count(read_ahead(chunks)))
-        content = len(config) + (len(manifest) if manifest else 0) + sum(i.size for i in plan)
-        if all(_verify(daemon, tag, image_id, diff_ids, content) for tag in tags):
-            break
-        if full:
-            raise DaemonError(f"the Docker daemon did not keep {tags[0]} complete after a load")
+    with _replaced_images_kept(daemon, tags):
+        image_id, manifest, plan, counter, full = _load_until_complete(
+            store, daemon, config, diff_ids, tags, reuse
+        )
     store.record_image(
         ImageRecord(
             config=config,
@@ -178,3 +172,55 @@ def load_config(
         full_reload=full and reuse,
         seconds=time.perf_counter() - start,
     )
+
+
+def _load_until_complete(
+    store: Store, daemon: Daemon, config: bytes, diff_ids: list[str], tags: list[str], reuse: bool
+) -> tuple[str, bytes | None, list[LoadLayer], _Counter, bool]:
+    """Load, reusing what the daemon holds (unless not `reuse`); if the daemon then does not
+    hold the image complete, load again with every blob included. Returns the image ID, the
+    manifest (containerd store), the plan sent, its byte counter and whether it was full."""
+    for full in (not reuse, True):
+        plan = plan_layers(store, daemon, diff_ids, reuse=not full)
+        counter = _Counter()
+        if daemon.info.containerd_store:
+            manifest = oci_manifest(config, plan)
+            image_id = sha256_digest(manifest)
+            chunks = oci_archive(config, manifest, plan, tags)
+        else:
+            manifest, image_id = None, sha256_digest(config)
+            chunks = legacy_archive(config, plan, tags)
+        daemon.load(counter.count(read_ahead(chunks)))
+        content = len(config) + (len(manifest) if manifest else 0) + sum(i.size for i in plan)
+        if all(_verify(daemon, tag, image_id, diff_ids, content) for tag in tags):
+            return image_id, manifest, plan, counter, full
+    raise DaemonError(f"the Docker daemon did not keep {tags[0]} complete after a load")
+
+
+@contextmanager
+def _replaced_images_kept(daemon: Daemon, tags: list[str]) -> Iterator[None]:
+    """Hold the images these tags name under a temporary name until the load is done.
+
+    A containerd store moves the tags when it imports and unpacks afterwards: the image a
+    tag used to name can be garbage-collected meanwhile, with the snapshots of layers the new
+    image is unpacked on top of ("parent snapshot ... does not exist", seen on 26.1 when a
+    builder is re-created under its name). A graphdriver keeps layers by chain: no need.
+    """
+    kept: list[str] = []
+    if daemon.info.containerd_store:
+        for tag in tags:
+            try:
+                old = daemon.inspect_image(tag)["Id"]
+            except NotFoundError:
+                continue
+            name = f"packcache-keep/{os.getpid()}-{len(kept)}:{secrets.token_hex(4)}"
+            daemon.tag(old, name)
+            kept.append(name)
+    try:
+        yield
+    finally:
+        for name in kept:
+            try:
+                daemon.untag(name)
+            except PackcacheError as exc:
+                log.warning("could not remove the temporary tag %s: %s", name, exc)
