@@ -207,8 +207,8 @@ def _replaced_images_kept(daemon: Daemon, tags: list[str]) -> Iterator[None]:
     builder is re-created under its name). A graphdriver keeps layers by chain: no need.
     """
     kept: list[str] = []
-    if daemon.info.containerd_store:
-        for tag in tags:
+    try:
+        for tag in tags if daemon.info.containerd_store else []:
             try:
                 old = daemon.inspect_image(tag)["Id"]
             except NotFoundError:
@@ -216,9 +216,8 @@ def _replaced_images_kept(daemon: Daemon, tags: list[str]) -> Iterator[None]:
             name = f"packcache-keep/{os.getpid()}-{len(kept)}:{secrets.token_hex(4)}"
             daemon.tag(old, name)
             kept.append(name)
-    try:
         yield
-    finally:
+    finally:  # every name made is removed, whether the load (or a later tagging) failed
         for name in kept:
             try:
                 daemon.untag(name)
