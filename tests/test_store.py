@@ -165,11 +165,14 @@ def test_a_new_shard_is_on_disk_before_a_blob_is_renamed_into_it(
     shard = store.blobs.path(result.digest).parent
     # The blob file's own fsync runs in the fsync thread, before the rename (awaited).
     ingest = str(store.blobs.ingest_dir)
-    assert [e for e in events if not e[1].startswith(ingest)] == [
-        ("fsync", str(sha256_dir)),  # the new shard's name, before anything is put in it
-        ("rename", str(shard / result.digest[7:])),
-        ("fsync", str(shard)),
-    ]
+    assert (
+        [e for e in events if not e[1].startswith(ingest)]
+        == [
+            ("fsync", str(sha256_dir)),  # the new shard's name, before anything is put in it
+            ("rename", str(shard / result.digest[7:])),
+            ("fsync", str(shard)),
+        ]
+    )
 
 
 def test_a_new_cache_syncs_its_directories_names(tmp_path, monkeypatch: pytest.MonkeyPatch):

@@ -354,9 +354,10 @@ class BlobFiles:
         if not staged_blobs:
             return
         shard_fds: dict[str, int] = {}
-        with opened_dir(self.root, BLOBS, SHA256) as sha_fd, opened_dir(
-            self.root, INGEST
-        ) as ingest_fd:
+        with (
+            opened_dir(self.root, BLOBS, SHA256) as sha_fd,
+            opened_dir(self.root, INGEST) as ingest_fd,
+        ):
             try:
                 new_shard = False
                 for staged in staged_blobs:
