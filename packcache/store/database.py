@@ -128,6 +128,11 @@ def _revision(conn: sqlite3.Connection, db_path: Path) -> str | None:
                 f"{db_path} is not a packcache index (it has tables "
                 f"{', '.join(sorted(tables))} but no packcache schema revision)"
             )
+        if "layers" not in tables:  # every packcache revision has it
+            raise IndexError_(
+                f"{db_path} is not a packcache index (it has tables "
+                f"{', '.join(sorted(tables))} but no layers)"
+            )
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         return row[0] if row else None
     except sqlite3.Error as exc:

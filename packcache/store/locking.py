@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from packcache.errors import PackcacheError
 from packcache.store.layout import FILE_MODE, UnsafeCacheError
 
 
@@ -41,11 +42,13 @@ class CacheLock:
                 return os.open(self.path, flags | os.O_RDONLY)
             except (FileNotFoundError, PermissionError):
                 return None
+        except PermissionError:
+            raise PackcacheError(f"cannot lock the cache: {self.path}: permission denied") from None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
                 raise UnsafeCacheError(
-                    f"{self.path} is not a regular file: packcache does not follow links in "
-                    "its cache"
+                    f"{self.path} is a symbolic link or not a regular file: packcache does not "
+                    "follow links in its cache"
                 ) from None
             raise
 
