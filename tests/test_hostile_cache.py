@@ -531,16 +531,19 @@ def test_an_eviction_the_user_cannot_finish_changes_nothing(base: Path, other_us
 
 def test_an_index_the_user_cannot_write_is_one_error_line(base: Path, other_user) -> None:
     cache = new_cache(base, False, archive(base, "one", "a"))
-    for path in [cache, *cache.rglob("*")]:
-        if path.is_dir():
-            path.chmod(0o777 | stat.S_ISVTX)  # others may add files, not replace root's
+    chown_tree(cache, *other_user)  # the user's cache, but for root's index
+    os.chown(cache / "index.db", 0, 0)
     (cache / "index.db").chmod(0o644)
-    (cache / "lock").chmod(0o666)
     before = index_rows(cache)
-    result = run(cache, "prune", "--all", user=True)
-    assert result.returncode == 1
-    assert "index" in error_line(result)
+    for command in (
+        ["prune", "--all"],
+        ["import", "--quiet", "--archive", str(archive(base, "two", "b"))],
+    ):
+        result = run(cache, *command, user=True)
+        assert result.returncode == 1
+        assert f"cannot write the index {cache / 'index.db'}" in error_line(result)
     assert index_rows(cache) == before
+    assert len(blob_files(cache)) == 2
 
 
 # -- a read-only cache still answers ------------------------------------------------------------
@@ -557,7 +560,7 @@ def test_a_cache_the_user_may_only_read_answers_reads(base: Path, other_user) ->
     before = tree(cache)
     listed = run(cache, "ls", "--format", "json", user=True)
     assert listed.returncode == 0, listed.stderr
-    assert len(listed.stdout.decode().splitlines()) == 4
+    assert len(json.loads(listed.stdout)) == 4
     usage = json.loads(run(cache, "du", "--format", "json", user=True).stdout)
     assert usage["layers"] == 4
     info = json.loads(run(cache, "info", "--format", "json", user=True).stdout)

@@ -13,7 +13,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from packcache.errors import PackcacheError
+from packcache.errors import IndexError_, PackcacheError
 from packcache.store.blobs import BlobFiles
 from packcache.store.database import HEAD_REVISION, identify
 from packcache.store.layout import (
@@ -84,6 +84,15 @@ def _probe(layout: CacheLayout) -> None:
         os.unlink(name, dir_fd=ingest_fd)
 
 
+def _check_index_writable(index: Path) -> None:
+    if os.path.lexists(index) and not os.access(index, os.R_OK | os.W_OK, effective_ids=True):
+        st = index.lstat()
+        raise IndexError_(
+            f"cannot write the index {index}: permission denied (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}, owned by uid {st.st_uid}; you are uid {os.geteuid()})"
+        )
+
+
 def prepare(layout: CacheLayout, *, writable: bool) -> bool:
     """Check (and for writing, create) the cache directory; returns whether to open it
     writable. A read-only open of a cache with no index yet (or one to upgrade) opens it
@@ -98,6 +107,7 @@ def prepare(layout: CacheLayout, *, writable: bool) -> bool:
             _create_root(root)
         _check_layout(layout, writing=True)
         identify(layout.index)  # a foreign file at index.db is refused before anything is made
+        _check_index_writable(layout.index)
         BlobFiles(layout).create_dirs()
         _probe(layout)
     except OSError as exc:
