@@ -357,13 +357,6 @@ class Database:
                 os.close(fd)
 
 
-def open_cache(root: Path, writable: bool = True) -> Database:
-    """The index of the cache at `root` (created if `writable` and needed): see Store.open."""
-    from packcache.store.store import Store
-
-    return Store.open(root, writable=writable).db
-
-
 def make_engine(db_path: Path) -> Engine:
     from sqlalchemy import create_engine, event
     from sqlalchemy.pool import NullPool
