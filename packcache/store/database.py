@@ -270,6 +270,13 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
+    def close_reader(self) -> None:
+        """Close this thread's read connection (the next read opens another): at the end of an
+        operation, so no file of the cache stays open after it."""
+        conn = self._readers.__dict__.pop("conn", None)
+        if conn is not None and self._readers.__dict__.pop("pid", None) == os.getpid():
+            conn.close()
+
     @property
     def engine(self) -> Engine:
         if self._engine is None:

@@ -107,9 +107,9 @@ def prepare(layout: CacheLayout, *, writable: bool) -> bool:
             _create_root(root)
         _check_layout(layout, writing=True)
         identify(layout.index)  # a foreign file at index.db is refused before anything is made
-        _check_index_writable(layout.index)
         BlobFiles(layout).create_dirs()
         _probe(layout)
+        _check_index_writable(layout.index)
     except OSError as exc:
         raise PackcacheError(
             f"cache directory {root} is not writable: {exc.strerror or exc}"

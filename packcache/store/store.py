@@ -464,8 +464,16 @@ class Store:
         try:
             yield Lease(self, lease_id)
         finally:
-            with self.db.write_plain() as conn:  # its lease_layers go with it (ON DELETE CASCADE)
-                conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+            try:
+                with self.db.write_plain() as conn:  # its lease_layers go (ON DELETE CASCADE)
+                    conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        """Close the index connection kept for reads (the store stays usable: the next read
+        opens one again)."""
+        self.db.close_reader()
 
     def _drop_dead_leases(self, conn: Connection) -> None:
         raw = _driver(conn)
