@@ -93,7 +93,7 @@ def _check_index_writable(index: Path) -> None:
         )
 
 
-def prepare(layout: CacheLayout, *, writable: bool) -> bool:
+def prepare(layout: CacheLayout, blobs: BlobFiles, *, writable: bool) -> bool:
     """Check (and for writing, create) the cache directory; returns whether to open it
     writable. A read-only open of a cache with no index yet (or one to upgrade) opens it
     writable, as `ls` always has."""
@@ -107,7 +107,7 @@ def prepare(layout: CacheLayout, *, writable: bool) -> bool:
             _create_root(root)
         _check_layout(layout, writing=True)
         identify(layout.index)  # a foreign file at index.db is refused before anything is made
-        BlobFiles(layout).create_dirs()
+        blobs.create_dirs()
         _probe(layout)
         _check_index_writable(layout.index)
     except OSError as exc:

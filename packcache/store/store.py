@@ -136,13 +136,13 @@ def _driver(conn: Connection) -> sqlite3.Connection:
 class Store:
     """The cache: blob files, their index and the lock, reached only through these methods."""
 
-    def __init__(self, layout: CacheLayout, *, writable: bool = True) -> None:
-        self.layout = layout
-        self.root = layout.root
+    def __init__(self, blobs: BlobFiles, *, writable: bool = True) -> None:
+        self.layout = blobs.layout
+        self.root = blobs.layout.root
         self.writable = writable
-        self.lock = CacheLock(layout.lock, writable=writable)
-        self.blobs = BlobFiles(layout)
-        self.db = Database(layout.index, self.lock, writable=writable)
+        self.blobs = blobs
+        self.lock = CacheLock(self.layout.lock, writable=writable)
+        self.db = Database(self.layout.index, self.lock, writable=writable)
         if writable:
             self.db.tighten_side_files()
             self.blobs.reclaim_partials()  # space of killed ingests comes back at the next write
@@ -152,8 +152,8 @@ class Store:
         """Open (writable: create or upgrade) the cache at `root`. Read-only (`writable=False`)
         needs no write access to it: for `ls`, `du`, `info` and `verify`; a cache with no
         index yet is created as a writable open would."""
-        layout = CacheLayout(Path(root))
-        return cls(layout, writable=prepare(layout, writable=writable))
+        blobs = BlobFiles(CacheLayout(Path(root)))
+        return cls(blobs, writable=prepare(blobs.layout, blobs, writable=writable))
 
     # -- files ------------------------------------------------------------------------------
 
