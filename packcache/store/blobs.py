@@ -375,6 +375,11 @@ class BlobFiles:
                     renamed.append(staged.digest)
                 for fd in shard_fds.values():
                     os.fsync(fd)
+            except PermissionError as exc:
+                raise PackcacheError(
+                    f"cannot write to {self.blobs_dir}: permission denied (is part of the cache "
+                    "another user's?)"
+                ) from exc
             finally:
                 for fd in shard_fds.values():
                     os.close(fd)
