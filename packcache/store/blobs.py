@@ -42,6 +42,7 @@ from packcache.store.queries import HOST, pid_alive
 
 INGEST_SUFFIX = ".partial"
 STALE_INGEST_AGE_S = 24 * 3600.0  # a temp file this old belongs to no live ingest, whoever wrote it
+SYNC_ALONE = 1 << 20  # blobs from this size are fsynced alone, in the background, while read
 PIPELINE_DEPTH = 8  # chunks queued for the hashing and writing thread: 8 MiB of a layer at most
 
 
@@ -56,6 +57,7 @@ class StagedBlob:
     compression: str
     path: Path | None
     # Done once the file is fsynced and closed; commit waits for it (see BlobFiles.stage).
+    # None for a small blob: commit_many syncs those of a batch together.
     durable: Future[None] | None = field(default=None, compare=False, repr=False)
 
 
@@ -147,6 +149,19 @@ def partial_owner_gone(name: str, mtime: float, now: float) -> bool:
     except ValueError:
         return True  # not a name packcache writes
     return now - mtime > STALE_INGEST_AGE_S
+
+
+def _syncfs(fd: int) -> bool:
+    """syncfs(2) on the filesystem holding `fd`; False where the C library lacks it."""
+    import ctypes  # only for a batch of small blobs
+
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is None:
+        return False
+    if syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
 
 
 def ensure_dir(parent_fd: int, name: str, where: Path) -> tuple[int, bool]:
@@ -318,7 +333,10 @@ class BlobFiles:
             durable = None
             if out is not None:
                 os.fchmod(out.fileno(), BLOB_MODE)
-                durable = _fsync_later(out)
+                if digester.size >= SYNC_ALONE:
+                    durable = _fsync_later(out)
+                else:  # synced with the rest of its batch by commit_many
+                    out.close()
         except BaseException:
             if worker is not None:
                 worker.close()
@@ -353,6 +371,12 @@ class BlobFiles:
                     raise self._write_error(exc) from exc
         if not staged_blobs:
             return
+        unsynced = [staged.path.name for staged in staged_blobs if staged.durable is None]  # type: ignore[union-attr]
+        if unsynced:
+            try:
+                self._sync_small(unsynced)
+            except OSError as exc:
+                raise self._write_error(exc) from exc
         shard_fds: dict[str, int] = {}
         with (
             opened_dir(self.root, BLOBS, SHA256) as sha_fd,
@@ -382,6 +406,19 @@ class BlobFiles:
                 ) from exc
             finally:
                 for fd in shard_fds.values():
+                    os.close(fd)
+
+    def _sync_small(self, names: list[str]) -> None:
+        """Put small staged blobs on disk: one fsync for one, else one syncfs of the cache's
+        filesystem, which writes them all out in a single journal commit instead of one each."""
+        with opened_dir(self.root, INGEST) as ingest_fd:
+            if len(names) > 1 and _syncfs(ingest_fd):
+                return
+            for name in names:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=ingest_fd)
+                try:
+                    os.fsync(fd)
+                finally:
                     os.close(fd)
 
     def _write_error(self, exc: OSError) -> PackcacheError:
