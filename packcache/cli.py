@@ -436,6 +436,8 @@ def verify_command(
                     "corrupt": report.corrupt,
                     "orphans": report.orphans,
                     "stale_ingest": report.stale_ingest,
+                    "unreadable": report.unreadable,
+                    "unremoved": report.unremoved,
                     "repaired": report.repaired,
                     "ok": report.ok,
                 }

@@ -358,40 +358,20 @@ class BlobFiles:
     def commit_many(self, staged_blobs: list[StagedBlob], renamed: list[str]) -> None:
         """Move staged blobs into place, appending each digest to `renamed` once it is there.
 
-        Each blob is on disk before it is named (its fsync is awaited); each shard directory
-        touched is fsynced once for the whole batch, before this returns and so before the
-        caller commits the index rows naming them. Concurrent commits of one digest both win.
+        Each blob is on disk before it is named; each shard directory touched is fsynced once
+        for the whole batch, before this returns and so before the caller commits the index
+        rows naming them. Concurrent commits of one digest both win.
         """
-        for staged in staged_blobs:
-            assert staged.path is not None
-            if staged.durable is not None:
-                try:
-                    staged.durable.result()
-                except OSError as exc:
-                    raise self._write_error(exc) from exc
         if not staged_blobs:
             return
-        unsynced = [staged.path.name for staged in staged_blobs if staged.durable is None]  # type: ignore[union-attr]
-        if unsynced:
-            try:
-                self._sync_small(unsynced)
-            except OSError as exc:
-                raise self._write_error(exc) from exc
+        self._make_durable(staged_blobs)
         shard_fds: dict[str, int] = {}
         with (
             opened_dir(self.root, BLOBS, SHA256) as sha_fd,
             opened_dir(self.root, INGEST) as ingest_fd,
         ):
             try:
-                new_shard = False
-                for staged in staged_blobs:
-                    hex_ = digest_hex(staged.digest)
-                    if hex_[:2] not in shard_fds:
-                        fd, created = ensure_dir(sha_fd, hex_[:2], self.path(staged.digest).parent)
-                        shard_fds[hex_[:2]] = fd
-                        new_shard = new_shard or created
-                if new_shard:  # new shards' names are on disk before anything is put in them
-                    os.fsync(sha_fd)
+                self._open_shards(sha_fd, staged_blobs, shard_fds)
                 for staged in staged_blobs:
                     hex_ = digest_hex(staged.digest)
                     name = staged.path.name  # type: ignore[union-attr]
@@ -407,6 +387,39 @@ class BlobFiles:
             finally:
                 for fd in shard_fds.values():
                     os.close(fd)
+
+    def _make_durable(self, staged_blobs: list[StagedBlob]) -> None:
+        """Wait for the background fsyncs of large blobs; sync the small ones together."""
+        unsynced = []
+        for staged in staged_blobs:
+            assert staged.path is not None
+            if staged.durable is None:
+                unsynced.append(staged.path.name)
+                continue
+            try:
+                staged.durable.result()
+            except OSError as exc:
+                raise self._write_error(exc) from exc
+        if unsynced:
+            try:
+                self._sync_small(unsynced)
+            except OSError as exc:
+                raise self._write_error(exc) from exc
+
+    def _open_shards(
+        self, sha_fd: int, staged_blobs: list[StagedBlob], shard_fds: dict[str, int]
+    ) -> None:
+        """Open (making them if needed) the shards these blobs go to, into `shard_fds`; new
+        shards' names are on disk before anything is put in them."""
+        new_shard = False
+        for staged in staged_blobs:
+            shard = digest_hex(staged.digest)[:2]
+            if shard not in shard_fds:
+                fd, created = ensure_dir(sha_fd, shard, self.path(staged.digest).parent)
+                shard_fds[shard] = fd
+                new_shard = new_shard or created
+        if new_shard:
+            os.fsync(sha_fd)
 
     def _sync_small(self, names: list[str]) -> None:
         """Put small staged blobs on disk: one fsync for one, else one syncfs of the cache's
