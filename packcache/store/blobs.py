@@ -151,6 +151,13 @@ def partial_owner_gone(name: str, mtime: float, now: float) -> bool:
     return now - mtime > STALE_INGEST_AGE_S
 
 
+def _check_expected(label: str, expected: str | None, actual: str) -> None:
+    if expected is not None and expected != actual:
+        raise CorruptBlobError(
+            f"layer bytes do not match their {label}: expected {expected}, got {actual}"
+        )
+
+
 def _syncfs(fd: int) -> bool:
     """syncfs(2) on the filesystem holding `fd`; False where the C library lacks it."""
     import ctypes  # only for a batch of small blobs
@@ -322,14 +329,8 @@ class BlobFiles:
             if worker is not None:
                 worker.finish()
             digest, diff_id, uncompressed_size = digester.finish()
-            for label, expected, actual in (
-                ("digest", expected_digest, digest),
-                ("diffID", expected_diff_id, diff_id),
-            ):
-                if expected is not None and expected != actual:
-                    raise CorruptBlobError(
-                        f"layer bytes do not match their {label}: expected {expected}, got {actual}"
-                    )
+            _check_expected("digest", expected_digest, digest)
+            _check_expected("diffID", expected_diff_id, diff_id)
             durable = None
             if out is not None:
                 os.fchmod(out.fileno(), BLOB_MODE)
