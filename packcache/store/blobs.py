@@ -42,7 +42,6 @@ from packcache.store.queries import HOST, pid_alive
 
 INGEST_SUFFIX = ".partial"
 STALE_INGEST_AGE_S = 24 * 3600.0  # a temp file this old belongs to no live ingest, whoever wrote it
-SYNC_ALONE = 1 << 20  # blobs from this size are fsynced alone, in the background, while read
 PIPELINE_DEPTH = 8  # chunks queued for the hashing and writing thread: 8 MiB of a layer at most
 
 
@@ -57,7 +56,6 @@ class StagedBlob:
     compression: str
     path: Path | None
     # Done once the file is fsynced and closed; commit waits for it (see BlobFiles.stage).
-    # None for a small blob: commit_many syncs those of a batch together.
     durable: Future[None] | None = field(default=None, compare=False, repr=False)
 
 
@@ -156,19 +154,6 @@ def _check_expected(label: str, expected: str | None, actual: str) -> None:
         raise CorruptBlobError(
             f"layer bytes do not match their {label}: expected {expected}, got {actual}"
         )
-
-
-def _syncfs(fd: int) -> bool:
-    """syncfs(2) on the filesystem holding `fd`; False where the C library lacks it."""
-    import ctypes  # only for a batch of small blobs
-
-    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    if syncfs is None:
-        return False
-    if syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return True
 
 
 def ensure_dir(parent_fd: int, name: str, where: Path) -> tuple[int, bool]:
@@ -334,10 +319,7 @@ class BlobFiles:
             durable = None
             if out is not None:
                 os.fchmod(out.fileno(), BLOB_MODE)
-                if digester.size >= SYNC_ALONE:
-                    durable = _fsync_later(out)
-                else:  # synced with the rest of its batch by commit_many
-                    out.close()
+                durable = _fsync_later(out)
         except BaseException:
             if worker is not None:
                 worker.close()
@@ -390,22 +372,14 @@ class BlobFiles:
                     os.close(fd)
 
     def _make_durable(self, staged_blobs: list[StagedBlob]) -> None:
-        """Wait for the background fsyncs of large blobs; sync the small ones together."""
-        unsynced = []
+        """Wait for the blobs' fsyncs (run in the background as they were staged)."""
         for staged in staged_blobs:
             assert staged.path is not None
-            if staged.durable is None:
-                unsynced.append(staged.path.name)
-                continue
-            try:
-                staged.durable.result()
-            except OSError as exc:
-                raise self._write_error(exc) from exc
-        if unsynced:
-            try:
-                self._sync_small(unsynced)
-            except OSError as exc:
-                raise self._write_error(exc) from exc
+            if staged.durable is not None:
+                try:
+                    staged.durable.result()
+                except OSError as exc:
+                    raise self._write_error(exc) from exc
 
     def _open_shards(
         self, sha_fd: int, staged_blobs: list[StagedBlob], shard_fds: dict[str, int]
@@ -421,19 +395,6 @@ class BlobFiles:
                 new_shard = new_shard or created
         if new_shard:
             os.fsync(sha_fd)
-
-    def _sync_small(self, names: list[str]) -> None:
-        """Put small staged blobs on disk: one fsync for one, else one syncfs of the cache's
-        filesystem, which writes them all out in a single journal commit instead of one each."""
-        with opened_dir(self.root, INGEST) as ingest_fd:
-            if len(names) > 1 and _syncfs(ingest_fd):
-                return
-            for name in names:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=ingest_fd)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
 
     def _write_error(self, exc: OSError) -> PackcacheError:
         """Disk full or an I/O error while a blob is written: say where."""

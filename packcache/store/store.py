@@ -1,8 +1,9 @@
 """The store: blob files plus their SQLite index, behind one small API.
 
 Every write follows one order: bytes to ingest/, fsync, verify, rename into blobs/, then index
-(under the shared cache lock). Every removal holds the exclusive cache lock, updates the rows,
-commits, then unlinks the files. So the index never names a blob that is not on disk.
+(under the shared cache lock). Every removal holds the exclusive cache lock, checks each file can
+be removed, updates the rows, commits, then unlinks the files. So the index never names a blob
+that is not on disk.
 """
 
 from __future__ import annotations
