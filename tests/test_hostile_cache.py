@@ -576,3 +576,22 @@ def test_a_cache_the_user_may_only_read_answers_reads(base: Path, other_user) ->
         assert result.returncode == 1, (command, result.stderr)
         error_line(result)
     assert tree(cache) == before
+
+
+def test_a_blob_the_user_cannot_read_is_reported_and_the_repair_goes_on(
+    base: Path, other_user
+) -> None:
+    cache = new_cache(base, True, archive(base, "one", "a"))
+    unreadable = blob_files(cache)[0]
+    unreadable.chmod(0o000)
+    stray = cache / "blobs" / "sha256" / "stray"
+    stray.symlink_to(unreadable)
+    os.lchown(stray, *other_user)
+    before = unreadable.read_bytes()  # root may read it
+    result = run(cache, "verify", "--repair", "--format", "json", user=True)
+    assert result.returncode == 1, "a blob it could not check is not called repaired"
+    report = json.loads(result.stdout)
+    assert len(report["unreadable"]) == 1 and report["corrupt"] == []
+    assert not os.path.lexists(stray), "the rest of the repair was done"
+    assert unreadable.read_bytes() == before
+    assert len(json.loads(run(cache, "ls", "--format", "json", user=True).stdout)) == 2
