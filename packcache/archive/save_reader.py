@@ -10,7 +10,6 @@ manifest and digest has checked out: a bad archive leaves the cache as it was.
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 import re
 import tarfile
@@ -20,8 +19,16 @@ from typing import BinaryIO
 
 from isal import igzip
 
-from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, is_digest, sha256_digest
+from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
+from packcache.jsondoc import (
+    DocumentError,
+    check_image_config,
+    check_index,
+    check_manifest,
+    config_diff_ids,
+    strict_loads,
+)
 from packcache.refs import familiar, normalize
 from packcache.store.blobs import StagedBlob
 from packcache.store.store import ImageRecord, Lease, Store, recorded_config_fields
@@ -116,9 +123,9 @@ class _Entries:
 
     def json(self, path: str, what: str) -> object:
         try:
-            return json.loads(self.metadata(path, what))
-        except (ValueError, RecursionError) as exc:
-            raise ArchiveError(f"the archive's {what} {path!r} is not valid JSON: {exc}") from exc
+            return strict_loads(self.metadata(path, what), f"the archive's {what} {path!r}")
+        except DocumentError as exc:
+            raise ArchiveError(str(exc)) from exc
 
 
 def _read_stream(
@@ -271,35 +278,36 @@ def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
         return {}
     found: dict[str, tuple[str, list[str]]] = {}
 
-    def walk(descriptors: object, refs: list[str], depth: int) -> None:
-        if not isinstance(descriptors, list) or depth > 2:
-            raise ArchiveError("the archive's index.json is malformed")
+    def walk(descriptors: list[dict], refs: list[str], depth: int) -> None:
+        if depth > 2:
+            raise ArchiveError("the archive's index.json nests indexes too deep")
         for descriptor in descriptors:
-            if not isinstance(descriptor, dict) or not is_digest(str(descriptor.get("digest"))):
-                raise ArchiveError("the archive's index.json has a malformed descriptor")
             digest = descriptor["digest"]
-            annotations = descriptor.get("annotations") or {}
-            name = annotations.get(REF_ANNOTATION) if isinstance(annotations, dict) else None
-            if not isinstance(name, str | None):
-                raise ArchiveError("the archive's index.json has a malformed image name")
+            name = (descriptor.get("annotations") or {}).get(REF_ANNOTATION)
             names = refs + ([name] if name else [])
             path = f"blobs/sha256/{digest[7:]}"
             if path not in entries.small:
                 continue  # a platform the save left out
             document = entries.json(path, "manifest")
-            if not isinstance(document, dict):
-                raise ArchiveError(f"the archive's manifest {path} is malformed")
-            if descriptor.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document:
-                walk(document.get("manifests"), names, depth + 1)
-                continue
-            config = document.get("config") or {}
-            if isinstance(config, dict) and is_digest(str(config.get("digest"))):
-                found[config["digest"]] = (digest, names)
+            try:
+                if descriptor.get("mediaType") in INDEX_MEDIA_TYPES or (
+                    isinstance(document, dict) and "manifests" in document
+                ):
+                    walk(check_index(document, f"the archive's index {path}"), names, depth + 1)
+                    continue
+                config = check_manifest(document, f"the archive's manifest {path}")["config"]
+            except DocumentError as exc:
+                raise ArchiveError(str(exc)) from exc
+            found[config["digest"]] = (digest, names)
 
     index = entries.json("index.json", "index")
     if not isinstance(index, dict):
         raise ArchiveError("the archive's index.json is not a JSON object")
-    walk(index.get("manifests"), [], 0)
+    try:
+        descriptors = check_index(index, "the archive's index.json")
+    except DocumentError as exc:
+        raise ArchiveError(str(exc)) from exc
+    walk(descriptors, [], 0)
     return found
 
 
@@ -325,14 +333,13 @@ def _plan_images(
         named = _BLOB_PATH.match(config_path) or _LEGACY_CONFIG.match(config_path)
         if named and f"sha256:{named.group(1)}" != config_digest:
             raise ArchiveError(f"image config {config_path} does not match its digest")
-        try:
-            config = json.loads(config_bytes)
-            diff_ids = config["rootfs"]["diff_ids"] or []
-            recorded_config_fields(config)  # checked before any blob is committed
-        except (ValueError, KeyError, TypeError, RecursionError, CorruptBlobError) as exc:
-            raise ArchiveError(f"image config {config_path} is malformed: {exc}") from exc
-        if not isinstance(diff_ids, list) or not all(is_digest(str(d)) for d in diff_ids):
-            raise ArchiveError(f"image config {config_path} has malformed diff_ids")
+        what = f"image config {config_path}"
+        try:  # every image is checked before any blob is committed
+            config = check_image_config(strict_loads(config_bytes, what), what)
+            recorded_config_fields(config)
+        except (DocumentError, CorruptBlobError) as exc:
+            raise ArchiveError(str(exc)) from exc
+        diff_ids = config_diff_ids(config)
         if len(layer_paths) != len(diff_ids):
             raise ArchiveError(
                 f"the archive lists {len(layer_paths)} layers for {config_digest} "
