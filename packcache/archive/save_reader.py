@@ -35,6 +35,23 @@ from packcache.store.store import ImageRecord, Lease, Store, recorded_config_fie
 
 SMALL_BLOB = 1 << 20  # blobs up to this size are held in memory until we know what they are
 MAX_METADATA = 16 << 20  # manifests, configs, index.json: anything larger is not metadata
+# What an archive may make the reader keep in memory until manifest.json (last in a legacy
+# save) says what is what: docker save writes a few small files per layer and image.
+MAX_HELD = 64 << 20  # bytes of small files, names and link targets held
+MAX_ENTRIES = 100_000  # entries of any kind
+ENTRY_COST = 256  # bytes of bookkeeping one held entry costs besides its name and data
+# A long name or PAX header is read whole by tarfile: real ones are a few hundred bytes.
+MAX_EXTENDED_HEADER = 1 << 20  # bytes of extended headers before one entry (and global ones)
+MAX_HEADER_CHAIN = 8  # extended headers before one entry: tarfile recurses once per header
+_EXTENDED_HEADERS = {
+    b"L": "GNU long name",
+    b"K": "GNU long link name",
+    b"x": "PAX",
+    b"X": "Solaris extended",
+    b"g": "PAX global",
+}
+_SPARSE_TYPE = b"S"
+_SPARSE_REFUSED = "the archive holds a sparse file, which docker save never writes"
 _BLOB_PATH = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _LEGACY_CONFIG = re.compile(r"^([0-9a-f]{64})\.json$")
 INDEX_MEDIA_TYPES = {
@@ -104,6 +121,25 @@ class _Entries:
         self.staged: dict[str, StagedBlob] = {}
         self.known: dict[str, _Known] = {}
         self.links: dict[str, str] = {}
+        self.entries = 0
+        self.held = 0  # bytes held for the entries above: see MAX_HELD
+
+    def count_entry(self) -> None:
+        self.entries += 1
+        if self.entries > MAX_ENTRIES:
+            raise ArchiveError(
+                f"the archive has more than {MAX_ENTRIES:,} entries; a docker save archive "
+                "has a few per layer, so packcache refuses it"
+            )
+
+    def hold(self, name: str, size: int) -> None:
+        """Account for keeping an entry (and `size` bytes of it) until the archive's end."""
+        self.held += len(name) + size + ENTRY_COST
+        if self.held > MAX_HELD:
+            raise ArchiveError(
+                f"the archive's files other than layers take more than {MAX_HELD >> 20} MiB "
+                "of memory; a docker save archive has far less metadata, so packcache refuses it"
+            )
 
     def __contains__(self, path: str) -> bool:
         return any(path in kind for kind in (self.small, self.staged, self.known, self.links))
@@ -140,40 +176,9 @@ def _read_stream(
         # tarfile parses the headers; member bytes are read straight from the stream (see
         # ForwardReader), not through tarfile's stream-mode buffer or its file objects.
         forward = ForwardReader(stream)
-        with tarfile.open(fileobj=forward, mode="r:") as tar:
-            for member in tar:
-                name = _clean_name(member)
-                if member.isdir():
-                    continue
-                if name in entries:
-                    raise ArchiveError(f"archive entry {name!r} appears twice")
-                if member.issym() or member.islnk():
-                    entries.links[name] = _link_target(name, member)
-                    continue
-                if not member.isfile():
-                    raise ArchiveError(f"archive entry {name!r} is not a regular file")
-                blob = _BLOB_PATH.match(name)
-                digest = f"sha256:{blob.group(1)}" if blob else None
-                if digest is not None:
-                    known = store.layer_by_digest(digest, lease)
-                    if known is not None:  # cached already (and leased): not even read
-                        entries.known[name] = _Known(digest, known.diff_id)
-                        continue
-                source = _member(tar, forward, member)
-                if name.endswith("/layer.tar") or member.size > SMALL_BLOB:
-                    if digest is None and not name.endswith("/layer.tar"):
-                        if member.size > MAX_METADATA:
-                            raise ArchiveError(f"unexpected large file {name!r} in the archive")
-                        entries.small[name] = source.read()
-                        continue
-                    staged = store.blobs.stage(_Counting(source, on_bytes), expected_digest=digest)
-                    entries.staged[name] = staged
-                    report.bytes_read += staged.size
-                else:
-                    data = source.read()
-                    if digest is not None and sha256_digest(data) != digest:
-                        raise ArchiveError(f"archive blob {name} does not match its digest")
-                    entries.small[name] = data
+        with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
+            while (member := _next_member(tar)) is not None:
+                _read_member(store, forward, member, entries, report, lease, on_bytes)
     except tarfile.TarError as exc:
         if "unexpected end" in str(exc):
             raise ArchiveError("the archive ends early (truncated stream)") from exc
@@ -184,6 +189,66 @@ def _read_stream(
         raise ArchiveError(f"the archive's gzip compression is damaged: {exc}") from exc
     except CorruptBlobError as exc:
         raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
+
+
+def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """The next member's header, which tarfile then forgets: it keeps every header it parsed
+    (with its PAX headers) for the archive's lifetime, and an archive may have millions."""
+    try:
+        member = tar.next()
+    except (ValueError, UnicodeError, OverflowError, RecursionError) as exc:
+        raise ArchiveError(f"not a readable docker save archive: bad tar header: {exc}") from exc
+    tar.members.clear()
+    return member
+
+
+def _read_member(
+    store: Store,
+    forward: ForwardReader,
+    member: tarfile.TarInfo,
+    entries: _Entries,
+    report: ImportReport,
+    lease: Lease | None,
+    on_bytes,
+) -> None:
+    name = _clean_name(member)
+    entries.count_entry()
+    if member.isdir():
+        return
+    if name in entries:
+        raise ArchiveError(f"archive entry {name!r} appears twice")
+    if member.issym() or member.islnk():
+        entries.hold(name, len(member.linkname))
+        entries.links[name] = _link_target(name, member)
+        return
+    if not member.isfile() or member.issparse():
+        raise ArchiveError(f"archive entry {name!r} is not a regular file")
+    blob = _BLOB_PATH.match(name)
+    digest = f"sha256:{blob.group(1)}" if blob else None
+    if digest is not None:
+        known = store.layer_by_digest(digest, lease)
+        if known is not None:  # cached already (and leased): not even read
+            entries.hold(name, 0)
+            entries.known[name] = _Known(digest, known.diff_id)
+            return
+    source = _MemberBytes(forward, member)
+    if name.endswith("/layer.tar") or member.size > SMALL_BLOB:
+        if digest is None and not name.endswith("/layer.tar"):
+            if member.size > MAX_METADATA:
+                raise ArchiveError(f"unexpected large file {name!r} in the archive")
+            entries.hold(name, member.size)
+            entries.small[name] = source.read()
+            return
+        entries.hold(name, 0)
+        staged = store.blobs.stage(_Counting(source, on_bytes), expected_digest=digest)
+        entries.staged[name] = staged
+        report.bytes_read += staged.size
+    else:
+        entries.hold(name, member.size)
+        data = source.read()
+        if digest is not None and sha256_digest(data) != digest:
+            raise ArchiveError(f"archive blob {name} does not match its digest")
+        entries.small[name] = data
 
 
 def _gunzipped(stream: BinaryIO) -> BinaryIO:
@@ -203,13 +268,19 @@ class ForwardReader:
     left unread, the padding after one) by reading and dropping it. A backward seek means a
     bug, and fails loudly. Unlike its stream mode ("r|"), which reads 10 KiB records and
     copies every byte several times, member bytes can then be read straight from here.
+    Before tarfile parses a header it is looked at here (see check_next_header), so that an
+    extended header too big to hold is refused before tarfile reads it whole.
     """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self._pos = 0
+        self._peeked = b""  # read from `raw` by peek, not yet by the caller
+        self._chain_bytes = 0  # extended headers read since the last entry's own header
+        self._chain_length = 0
+        self._global_bytes = 0  # PAX global headers, which tarfile keeps to the end
 
-    def read(self, n: int = -1) -> bytes:
+    def _fill(self, n: int) -> bytes:
         data = self._raw.read(n)
         if n is not None and 0 < len(data) < n:
             # tarfile takes a short read for the end of the archive: fill it (pipes, sockets).
@@ -218,8 +289,25 @@ class ForwardReader:
                 parts.append(more)
                 got += len(more)
             data = b"".join(parts)
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        if self._peeked and (n is None or n < 0):
+            data, self._peeked = self._peeked + self._raw.read(), b""
+        elif self._peeked:
+            data, self._peeked = self._peeked[:n], self._peeked[n:]
+            if len(data) < n:
+                data += self._fill(n - len(data))
+        else:
+            data = self._fill(n)
         self._pos += len(data)
         return data
+
+    def peek(self, n: int) -> bytes:
+        """The next `n` bytes (fewer at the end), left to be read."""
+        if len(self._peeked) < n:
+            self._peeked += self._fill(n - len(self._peeked))
+        return self._peeked[:n]
 
     def tell(self) -> int:
         return self._pos
@@ -232,13 +320,53 @@ class ForwardReader:
             pass
         return self._pos
 
+    def check_next_header(self) -> None:
+        """Refuse the header about to be parsed if tarfile would read too much for it."""
+        block = self.peek(tarfile.BLOCKSIZE)
+        kind = block[156:157]  # the type flag, in every tar format
+        if len(block) < tarfile.BLOCKSIZE or kind not in _EXTENDED_HEADERS:
+            if kind == _SPARSE_TYPE:  # its map may run on for any number of blocks
+                raise ArchiveError(_SPARSE_REFUSED)
+            self._chain_bytes = self._chain_length = 0
+            return
+        try:
+            size = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").size
+        except tarfile.HeaderError:
+            return  # tarfile reports it
+        self._chain_length += 1
+        self._chain_bytes += size
+        if kind == b"g":
+            self._global_bytes += size
+        label = _EXTENDED_HEADERS[kind]
+        if max(self._chain_bytes, self._global_bytes) > MAX_EXTENDED_HEADER:
+            raise ArchiveError(
+                f"the archive has a {label} header of {size:,} bytes at byte {self._pos:,}: "
+                f"packcache refuses extended tar headers over {MAX_EXTENDED_HEADER >> 20} MiB"
+            )
+        if self._chain_length > MAX_HEADER_CHAIN:
+            raise ArchiveError(f"the archive has {self._chain_length} extended headers in a row")
+        if kind in (b"x", b"g") and b"GNU.sparse." in self.peek(tarfile.BLOCKSIZE + size):
+            # tarfile reads a sparse map of any length it declares (GNU sparse format 1.0).
+            raise ArchiveError(_SPARSE_REFUSED)
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile's header parser, with each header (also each of a chain of extended headers)
+    checked by the ForwardReader before tarfile reads it."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        archive.fileobj.check_next_header()  # type: ignore[union-attr]
+        return super().fromtarfile(archive)
+
 
 class _MemberBytes:
     """The bytes of the tar member just parsed, read straight from the forward stream."""
 
-    def __init__(self, forward: ForwardReader, size: int) -> None:
+    def __init__(self, forward: ForwardReader, member: tarfile.TarInfo) -> None:
+        forward.seek(member.offset_data)  # already there: tarfile has just read the header
         self._forward = forward
-        self._left = size
+        self._left = member.size
 
     def read(self, n: int = -1) -> bytes:
         want = self._left if n is None or n < 0 else min(n, self._left)
@@ -247,15 +375,6 @@ class _MemberBytes:
             raise tarfile.ReadError("unexpected end of data")
         self._left -= len(data)
         return data
-
-
-def _member(tar: tarfile.TarFile, forward: ForwardReader, member: tarfile.TarInfo):
-    """A reader of a regular member's bytes: direct from the stream unless it is sparse."""
-    if member.issparse() or forward.tell() != member.offset_data:
-        source = tar.extractfile(member)  # tarfile's own reader: slower, but knows sparse maps
-        assert source is not None
-        return source
-    return _MemberBytes(forward, member.size)
 
 
 class _Counting:
