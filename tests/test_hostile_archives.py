@@ -6,14 +6,29 @@ memory), and a refused archive leaves the cache exactly as it was.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.archives import build_oci_archive
+from packcache.store.store import Store
+from tests.archives import (
+    FILL_BLOCK,
+    GzipTarWriter,
+    build_oci_archive,
+    oci_members,
+    write_zero_layer,
+    zero_layer_header,
+    zero_layer_tar_digest,
+)
 from tests.engines.images import build_legacy_archive, write_tar
 from tests.layers import sha256
 from tests.test_cli import snapshot
@@ -210,3 +225,198 @@ def test_odd_oci_manifest_is_refused(cli, seeded: Path, tmp_path: Path) -> None:
     members["index.json"] = _index(sha256(manifest_bytes), {})
     write_tar(path, members)
     assert_refused_and_cache_unchanged(cli, seeded, path, "descriptor")
+
+
+# -- memory: archives shaped to make a reader hold too much, run through the real CLI ----------
+
+PEAK_RSS_BOUND = 300 << 20  # generous: guards against unbounded growth, not against bloat
+
+_MEASURE = """
+import json, resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps([done.returncode, done.stdout, done.stderr, peak]))
+"""
+
+
+def import_measured(cache_dir: Path, archive: Path) -> tuple[int, str, str, int]:
+    """Run `packcache import --archive` as its own process, under a fresh wrapper process whose
+    only child it is; return its exit code, output and peak resident memory in bytes."""
+    command = [sys.executable, "-m", "packcache", "--cache-dir", str(cache_dir)]
+    command += ["import", "--archive", str(archive)]
+    wrapper = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True, check=True
+    )
+    returncode, stdout, stderr, peak = json.loads(wrapper.stdout)
+    print(f"peak RSS of importing {archive.name}: {peak / (1 << 20):.0f} MiB")
+    return returncode, stdout, stderr, peak
+
+
+def assert_refused_in_bounded_memory(cli, cache_dir: Path, archive: Path, message: str) -> int:
+    before = snapshot(cache_dir)
+    returncode, _, stderr, peak = import_measured(cache_dir, archive)
+    assert returncode == 1, stderr
+    [line] = stderr.splitlines()
+    assert line.startswith("packcache: error: ") and message in line, line
+    assert peak < PEAK_RSS_BOUND
+    assert snapshot(cache_dir) == before
+    assert list((cache_dir / "ingest").iterdir()) == []
+    assert cli("verify", cache=cache_dir).exit_code == 0
+    return peak
+
+
+def test_many_small_files_expanding_past_a_gigabyte_are_refused(cli, seeded, tmp_path) -> None:
+    """1,100 files of 1 MiB (not layers, so each would be held until manifest.json)."""
+    path = tmp_path / "small-files.tar.gz"
+    with open(path, "wb") as out:
+        writer = GzipTarWriter(out)
+        for i in range(1100):
+            writer.entry_header(f"junk/{i:05}", FILL_BLOCK)
+            writer.filled(FILL_BLOCK)
+        writer.end()
+    assert writer.expanded > 1 << 30 and path.stat().st_size < 2 << 20
+    assert_refused_in_bounded_memory(cli, seeded, path, "more than 64 MiB")
+
+
+def test_many_entries_with_long_names_are_refused(cli, seeded, tmp_path) -> None:
+    """150,000 empty files, each named by a 2,000-byte GNU long name."""
+    # The names differ in their last digits only, which only the long-name blocks hold: the
+    # headers around them are the same for every entry.
+    template = tarfile.TarInfo("n" * 1993 + "0000000").tobuf(tarfile.GNU_FORMAT)
+    long_name_header, name, header = template[:512], template[512:-512], template[-512:]
+    path = tmp_path / "many-entries.tar.gz"
+    with open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as gz:
+        for i in range(150_000):
+            gz.write(long_name_header + name[:1993] + b"%07d" % i + name[2000:] + header)
+        gz.write(bytes(1024))
+    assert path.stat().st_size < 4 << 20
+    assert_refused_in_bounded_memory(cli, seeded, path, "more than 64 MiB")
+
+
+def test_more_entries_than_the_cap_are_refused(cli, seeded: Path, tmp_path: Path) -> None:
+    # One header, its name's digits and checksum rewritten for each entry.
+    template = tarfile.TarInfo("d0000000").tobuf(tarfile.USTAR_FORMAT)
+    base = sum(template[:148]) + sum(template[156:]) + 8 * ord(" ") - sum(b"0000000")
+    path = tmp_path / "entries.tar"
+    with open(path, "wb") as out:
+        for i in range(100_001):
+            digits = b"%07d" % i
+            checksum = b"%06o\0 " % (base + sum(digits))
+            out.write(template[:1] + digits + template[8:148] + checksum + template[156:])
+        out.write(bytes(1024))
+    assert_refused_and_cache_unchanged(cli, seeded, path, "more than 100,000 entries")
+
+
+HUGE_HEADER = 400 << 20
+
+
+def _huge_pax_header(writer: GzipTarWriter) -> None:
+    """A PAX header of one record, "<length> path=aaa...\\n", HUGE_HEADER bytes long."""
+    prefix = f"{HUGE_HEADER} path=".encode()
+    writer.entry_header("././@PaxHeader", HUGE_HEADER, tarfile.XHDTYPE)
+    writer.raw(prefix)
+    writer.filled(HUGE_HEADER - len(prefix), b"a", last=b"\n")
+
+
+def _huge_long_name(writer: GzipTarWriter) -> None:
+    writer.entry_header("././@LongLink", HUGE_HEADER, tarfile.GNUTYPE_LONGNAME)
+    writer.filled(HUGE_HEADER, b"a", last=b"\0")
+
+
+@pytest.mark.parametrize("header", [_huge_pax_header, _huge_long_name], ids=["pax", "gnu"])
+def test_a_huge_extended_header_is_refused(cli, seeded: Path, tmp_path: Path, header) -> None:
+    path = tmp_path / "huge-header.tar.gz"
+    with open(path, "wb") as out:
+        writer = GzipTarWriter(out)
+        header(writer)
+        writer.file("manifest.json", b"[]")
+        writer.end()
+    assert path.stat().st_size < 2 << 20
+    assert_refused_in_bounded_memory(cli, seeded, path, "header of 419,430,400 bytes")
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ([(tarfile.XHDTYPE, 600_000), (tarfile.GNUTYPE_LONGNAME, 600_000)], "over 1 MiB"),
+        ([(tarfile.XGLTYPE, 600_000)] * 2, "over 1 MiB"),
+        ([(tarfile.GNUTYPE_LONGNAME, 100)] * 9, "9 extended headers in a row"),
+    ],
+    ids=["chain over the cap", "global headers over the cap", "long chain"],
+)
+def test_extended_headers_adding_up_are_refused(cli, seeded, tmp_path, headers, message):
+    path = tmp_path / "chain.tar"
+    with open(path, "wb") as out:
+        for kind, size in headers:
+            info = tarfile.TarInfo("././@LongLink")
+            info.type, info.size = kind, size
+            out.write(info.tobuf(tarfile.USTAR_FORMAT))
+            record = b"%d a=" % size  # a PAX record of `size` bytes (also a valid long name)
+            out.write(record + b"b" * (size - len(record) - 1) + b"\n" + bytes(-size % 512))
+        out.write(tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT) + bytes(1024))
+    assert_refused_and_cache_unchanged(cli, seeded, path, message)
+
+
+@pytest.mark.parametrize("form", ["gnu", "pax-1.0"])
+def test_sparse_files_are_refused(cli, seeded: Path, tmp_path: Path, form: str) -> None:
+    """tarfile reads the map of a sparse file of any length it declares: never asked to."""
+    path = tmp_path / "sparse.tar"
+    info = tarfile.TarInfo("sparse")
+    if form == "gnu":
+        info.type = tarfile.GNUTYPE_SPARSE
+        header = info.tobuf(tarfile.GNU_FORMAT)
+    else:
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}
+        header = info.tobuf(tarfile.PAX_FORMAT)
+    path.write_bytes(header + b"99999999\n" + bytes(2048))
+    assert_refused_and_cache_unchanged(cli, seeded, path, "sparse file")
+
+
+BOMB_SIZE = 2 << 30
+DISK_BOMB_SIZE = 1 << 30  # written out uncompressed: a smaller one shows the same
+
+
+def test_a_gzip_bomb_layer_streams_in_bounded_memory(cli, seeded, tmp_path: Path) -> None:
+    """A 2 MB gzip layer blob expanding to 2 GiB of zeros: it is stored as it came (2 MB),
+    decompressed only to hash it, one bounded piece at a time."""
+    header, diff_id = zero_layer_tar_digest(BOMB_SIZE)
+    blob = io.BytesIO()
+    write_zero_layer(GzipTarWriter(blob), header, BOMB_SIZE)
+    members, _, _ = oci_members([blob.getvalue()], [diff_id], "bomb:1")
+    path = tmp_path / "bomb.tar"
+    write_tar(path, members)
+    returncode, _, stderr, peak = import_measured(seeded, path)
+    assert returncode == 0, stderr
+    assert peak < PEAK_RSS_BOUND
+    [row] = cli("ls", "--image", "bomb:1", "--format", "json").json()
+    assert row["diff_id"] == diff_id
+    assert cli("verify").exit_code == 0
+
+
+def test_a_bomb_layer_in_a_compressed_archive_streams_to_disk_and_is_cleaned_up(
+    cli, tmp_path: Path
+) -> None:
+    """A 1 MB .tar.gz whose uncompressed layer.tar is 1 GiB of zeros is written to ingest/ as
+    it streams (disk use is bounded by the archive's expanded size, memory is not touched);
+    its config names another diffID, so the import is refused and ingest/ emptied."""
+    on_tmpfs = Path("/dev/shm").is_dir()
+    cache_dir = (Path(tempfile.mkdtemp(dir="/dev/shm")) if on_tmpfs else tmp_path) / "cache"
+    try:
+        header = zero_layer_header(DISK_BOMB_SIZE)
+        config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha256(b"other")]}})
+        config_name = sha256(config.encode())[7:] + ".json"
+        manifest = [{"Config": config_name, "RepoTags": ["bomb:1"], "Layers": ["l/layer.tar"]}]
+        path = tmp_path / "bomb.tar.gz"
+        with open(path, "wb") as out:
+            writer = GzipTarWriter(out)
+            writer.entry_header("l/layer.tar", len(header) + DISK_BOMB_SIZE + 1024)
+            write_zero_layer(writer, header, DISK_BOMB_SIZE)
+            writer.file(config_name, config.encode())
+            writer.file("manifest.json", json.dumps(manifest).encode())
+            writer.end()
+        assert path.stat().st_size < 4 << 20
+        Store.open(cache_dir)
+        assert_refused_in_bounded_memory(cli, cache_dir, path, "does not match its diffID")
+    finally:
+        if on_tmpfs:
+            shutil.rmtree(cache_dir.parent)

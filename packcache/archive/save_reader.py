@@ -329,9 +329,8 @@ class ForwardReader:
                 raise ArchiveError(_SPARSE_REFUSED)
             self._chain_bytes = self._chain_length = 0
             return
-        try:
-            size = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").size
-        except tarfile.HeaderError:
+        size = _header_size(block)
+        if size is None:
             return  # tarfile reports it
         self._chain_length += 1
         self._chain_bytes += size
@@ -348,6 +347,17 @@ class ForwardReader:
         if kind in (b"x", b"g") and b"GNU.sparse." in self.peek(tarfile.BLOCKSIZE + size):
             # tarfile reads a sparse map of any length it declares (GNU sparse format 1.0).
             raise ArchiveError(_SPARSE_REFUSED)
+
+
+def _header_size(block: bytes) -> int | None:
+    """The size field of a tar header: octal digits, or GNU's base-256 (its first byte 0x80)."""
+    field = block[124:136]
+    if field[0] == 0x80:
+        return int.from_bytes(field[1:], "big")
+    try:
+        return int(field.strip(b" \0") or b"0", 8)
+    except ValueError:
+        return None
 
 
 class _CheckedTarInfo(tarfile.TarInfo):
