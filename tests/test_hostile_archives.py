@@ -6,9 +6,11 @@ memory), and a refused archive leaves the cache exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from packcache.digest import DECOMPRESSION_ERRORS, GzipMembers, GzipTrailingGarbageError
 from packcache.store.store import Store
 from tests.archives import (
     FILL_BLOCK,
@@ -29,7 +32,7 @@ from tests.archives import (
     zero_layer_header,
     zero_layer_tar_digest,
 )
-from tests.engines.images import build_legacy_archive, write_tar
+from tests.engines.images import build_legacy_archive, layer_tar, write_tar
 from tests.layers import sha256
 from tests.test_cli import snapshot
 
@@ -420,3 +423,88 @@ def test_a_bomb_layer_in_a_compressed_archive_streams_to_disk_and_is_cleaned_up(
     finally:
         if on_tmpfs:
             shutil.rmtree(cache_dir.parent)
+
+
+# -- gzip that ends early, or goes on after its end ------------------------------------------
+
+GZIP_ENDINGS = {
+    # suffix after a good gzip stream (None: cut the stream short instead) -> error, or None
+    "garbage": (b"not gzip at all", "trailing garbage after the gzip stream"),
+    "one byte of garbage": (b"g", "trailing garbage after the gzip stream"),
+    "half a gzip magic": (b"\x1f", "trailing garbage after the gzip stream"),
+    "truncated in the data": (-200, "truncated"),
+    "truncated in the trailer": (-3, "truncated"),
+    "another member": (b"member", None),
+}
+
+
+def _ended(stream: bytes, ending: bytes | int) -> bytes:
+    if isinstance(ending, int):
+        return stream[:ending]
+    if ending == b"member":
+        return stream + gzip.compress(b"")
+    return stream + ending
+
+
+@pytest.mark.parametrize("case", GZIP_ENDINGS)
+@pytest.mark.parametrize("step", [1, 7, 1 << 20], ids=["bytewise", "7 bytes", "whole"])
+def test_gzip_members_tell_truncation_from_trailing_garbage(case: str, step: int) -> None:
+    ending, message = GZIP_ENDINGS[case]
+    plain = os.urandom(3000) * 20
+    stream = _ended(gzip.compress(plain), ending)
+    members = GzipMembers()
+    out = []
+    with pytest.raises(DECOMPRESSION_ERRORS) if message else contextlib.nullcontext() as caught:
+        for i in range(0, len(stream), step):
+            out.extend(members.inflate(stream[i : i + step]))
+        out.append(members.finish())
+    if message:
+        assert message in str(caught.value)
+    else:
+        assert b"".join(out) == plain
+
+
+def test_gzip_members_zero_padding_only_where_asked() -> None:
+    stream = gzip.compress(b"data") + bytes(100)
+    padded = GzipMembers(zero_padding=True)
+    assert b"".join([*padded.inflate(stream), padded.finish()]) == b"data"
+    strict = GzipMembers()
+    with pytest.raises(GzipTrailingGarbageError):
+        list(strict.inflate(stream))
+
+
+@pytest.mark.parametrize("case", GZIP_ENDINGS)
+@pytest.mark.parametrize("size", [50_000, 3 << 20], ids=["held", "streamed"])
+def test_a_gzip_layer_in_an_archive_that_ends_oddly(cli, seeded, tmp_path, case, size) -> None:
+    tar = layer_tar({"f": os.urandom(size)})
+    blob = _ended(gzip.compress(tar), GZIP_ENDINGS[case][0])
+    members, _, _ = oci_members([blob], [sha256(tar)], "ending:1")
+    path = tmp_path / "layer-ending.tar"
+    write_tar(path, members)
+    message = GZIP_ENDINGS[case][1]
+    if message is None:
+        assert cli("import", "--archive", str(path)).exit_code == 0
+        return
+    assert_refused_and_cache_unchanged(cli, seeded, path, "a layer in the archive is damaged")
+    assert_refused_and_cache_unchanged(cli, seeded, path, message)
+
+
+@pytest.mark.parametrize("case", [*GZIP_ENDINGS, "zero padding"])
+def test_a_gzip_compressed_archive_that_ends_oddly(cli, seeded, tmp_path, case) -> None:
+    image = build_legacy_archive(tmp_path / "x.tar", LAYERS, repo_tag="ending:1")
+    ending, message = (bytes(1000), None) if case == "zero padding" else GZIP_ENDINGS[case]
+    path = tmp_path / "x.tar.gz"
+    path.write_bytes(_ended(gzip.compress(image.path.read_bytes()), ending))
+    if message is None:
+        assert cli("import", "--archive", str(path)).exit_code == 0
+        assert cli("ls", "--image", "ending:1").exit_code == 0
+        return
+    assert_refused_and_cache_unchanged(cli, seeded, path, message)
+    # From a pipe, as `docker save | gzip` gives it, too.
+    args = ["--cache-dir", str(seeded), "import", "--archive", "-"]
+    done = subprocess.run(
+        [sys.executable, "-m", "packcache", *args], input=path.read_bytes(), capture_output=True
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.decode().splitlines()
+    assert line.startswith("packcache: error:") and message in line, line

@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from isal import igzip
-
 from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
 from packcache.jsondoc import (
@@ -32,6 +30,7 @@ from packcache.jsondoc import (
 from packcache.refs import familiar, normalize
 from packcache.store.blobs import StagedBlob
 from packcache.store.store import ImageRecord, Lease, Store, recorded_config_fields
+from packcache.streams import GunzipReader
 
 SMALL_BLOB = 1 << 20  # blobs up to this size are held in memory until we know what they are
 MAX_METADATA = 16 << 20  # manifests, configs, index.json: anything larger is not metadata
@@ -179,6 +178,8 @@ def _read_stream(
         with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
             while (member := _next_member(tar)) is not None:
                 _read_member(store, forward, member, entries, report, lease, on_bytes)
+        if isinstance(stream, GunzipReader):
+            stream.drain()  # the gzip stream must end cleanly too, after the tar's last block
     except tarfile.TarError as exc:
         if "unexpected end" in str(exc):
             raise ArchiveError("the archive ends early (truncated stream)") from exc
@@ -257,7 +258,7 @@ def _gunzipped(stream: BinaryIO) -> BinaryIO:
     the daemon's own save stream is never compressed."""
     peek = getattr(stream, "peek", None)
     if peek is not None and peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC):
-        return igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        return GunzipReader(stream)  # type: ignore[return-value]
     return stream
 
 
@@ -539,7 +540,10 @@ def import_archive(
     entries = _Entries()
     try:
         _read_stream(store, _gunzipped(stream), entries, report, lease, on_bytes)
-        images, used = _plan_images(store, entries)
+        try:
+            images, used = _plan_images(store, entries)
+        except CorruptBlobError as exc:  # a small layer, staged from memory there
+            raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
         staged_blobs = list(used.values())
         for staged, written in zip(
             staged_blobs, store.commit_staged_many(staged_blobs, lease=lease), strict=True
