@@ -105,10 +105,12 @@ def _string_map(value: object, what: str, name: str) -> dict[str, str]:
     return mapping
 
 
-def _string_fields(document: dict[str, Any], names: tuple[str, ...], what: str) -> None:
+def _string_fields(
+    document: dict[str, Any], names: tuple[str, ...], what: str, prefix: str = ""
+) -> None:
     for name in names:
         if document.get(name) is not None and not isinstance(document[name], str):
-            raise _fail(what, f"{name!r} is not a string")
+            raise _fail(what, f"{prefix + name!r} is not a string")
 
 
 def is_sha256_digest(value: object) -> bool:
@@ -122,7 +124,7 @@ def _check_container_config(value: object, what: str) -> None:
         _strings(container.get(name), what, f"config.{name}")
     for name in ("ExposedPorts", "Volumes"):
         _object(container.get(name), what, f"config.{name}")
-    _string_fields(container, ("User", "WorkingDir", "StopSignal"), f"{what} (config)")
+    _string_fields(container, ("User", "WorkingDir", "StopSignal"), what, "config.")
 
 
 def check_image_config(document: object, what: str = "the image config") -> dict[str, Any]:
@@ -135,14 +137,14 @@ def check_image_config(document: object, what: str = "the image config") -> dict
     _string_fields(config, _STRING_FIELDS, what)
     _strings(config.get("os.features"), what, "os.features")
     rootfs = _object(config.get("rootfs"), what, "rootfs", required=True)
-    _string_fields(rootfs, ("type",), what)
+    _string_fields(rootfs, ("type",), what, "rootfs.")
     diff_ids = _list(rootfs.get("diff_ids"), what, "rootfs.diff_ids")
     if not all(is_sha256_digest(d) for d in diff_ids):
         raise _fail(what, "'rootfs.diff_ids' is not a list of sha256 digests")
     _check_container_config(config.get("config"), what)
     for entry in _list(config.get("history"), what, "history"):
         step = _object(entry, what, "history[]", required=True)
-        _string_fields(step, ("created", "created_by", "author", "comment"), f"{what} (history)")
+        _string_fields(step, ("created", "created_by", "author", "comment"), what, "history[].")
         if step.get("empty_layer") is not None and not isinstance(step["empty_layer"], bool):
             raise _fail(what, "'history[].empty_layer' is not a boolean")
     return config
