@@ -361,6 +361,25 @@ def test_extended_headers_adding_up_are_refused(cli, seeded, tmp_path, headers, 
     assert_refused_and_cache_unchanged(cli, seeded, path, message)
 
 
+def test_a_pax_header_of_digits_is_refused(cli, seeded: Path, tmp_path: Path) -> None:
+    """Python's tarfile (before 3.11.10) searches a PAX header in time quadratic in its
+    longest run of digits: 64 KiB of them would hold the CPU for minutes, 1 MiB for hours."""
+    size = 64 << 10
+    record = b"%d path=" % size
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, size
+    path = tmp_path / "digits.tar"
+    path.write_bytes(
+        info.tobuf(tarfile.USTAR_FORMAT)
+        + record
+        + b"1" * (size - len(record) - 1)
+        + b"\n"
+        + tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT)
+        + bytes(1024)
+    )
+    assert_refused_and_cache_unchanged(cli, seeded, path, "run of over 64 digits")
+
+
 @pytest.mark.parametrize("form", ["gnu", "pax-1.0"])
 def test_sparse_files_are_refused(cli, seeded: Path, tmp_path: Path, form: str) -> None:
     """tarfile reads the map of a sparse file of any length it declares: never asked to."""

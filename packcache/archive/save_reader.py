@@ -50,6 +50,7 @@ _EXTENDED_HEADERS = {
     b"g": "PAX global",
 }
 _SPARSE_TYPE = b"S"
+_LONG_DIGITS = re.compile(rb"\d{65}")
 _SPARSE_REFUSED = "the archive holds a sparse file, which docker save never writes"
 _BLOB_PATH = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _LEGACY_CONFIG = re.compile(r"^([0-9a-f]{64})\.json$")
@@ -345,9 +346,18 @@ class ForwardReader:
             )
         if self._chain_length > MAX_HEADER_CHAIN:
             raise ArchiveError(f"the archive has {self._chain_length} extended headers in a row")
-        if kind in (b"x", b"g") and b"GNU.sparse." in self.peek(tarfile.BLOCKSIZE + size):
-            # tarfile reads a sparse map of any length it declares (GNU sparse format 1.0).
-            raise ArchiveError(_SPARSE_REFUSED)
+        if kind in (b"x", b"g"):
+            records = self.peek(tarfile.BLOCKSIZE + size)[tarfile.BLOCKSIZE :]
+            if b"GNU.sparse." in records:
+                # tarfile reads a sparse map of any length it declares (GNU sparse format 1.0).
+                raise ArchiveError(_SPARSE_REFUSED)
+            if _LONG_DIGITS.search(records):
+                # tarfile before Python 3.11.10 searches a PAX header in time quadratic in
+                # its longest run of digits (CVE-2024-6232): a 1 MiB one would take hours.
+                raise ArchiveError(
+                    f"the archive has a PAX header at byte {self._pos:,} "
+                    "holding a run of over 64 digits"
+                )
 
 
 def _header_size(block: bytes) -> int | None:
