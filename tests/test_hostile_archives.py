@@ -361,6 +361,32 @@ def test_extended_headers_adding_up_are_refused(cli, seeded, tmp_path, headers, 
     assert_refused_and_cache_unchanged(cli, seeded, path, message)
 
 
+def _header_with_size_field(kind: bytes, field: bytes) -> bytes:
+    """A tar header whose 12-byte size field is `field`, as written (checksum made right)."""
+    header = bytearray(tarfile.TarInfo("././@LongLink").tobuf(tarfile.USTAR_FORMAT))
+    header[156:157] = kind
+    header[124:136] = field
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "message"),
+    [
+        (tarfile.GNUTYPE_LONGNAME, b"7777777777\0x", "header of 1,073,741,823 bytes"),
+        (tarfile.GNUTYPE_LONGNAME, b"\x80" + (1 << 40).to_bytes(11, "big"), "1,099,511,627,776"),
+        (tarfile.GNUTYPE_LONGNAME, b"\xff" * 12, "negative size"),
+        (tarfile.REGTYPE, b"\xff" * 11 + b"\x00", "negative size"),
+    ],
+    ids=["octal cut at a NUL", "base-256", "negative long name", "negative file"],
+)
+def test_header_sizes_are_read_as_tarfile_reads_them(cli, seeded, tmp_path, kind, field, message):
+    path = tmp_path / "sizes.tar"
+    path.write_bytes(_header_with_size_field(kind, field) + bytes(4096))
+    assert_refused_and_cache_unchanged(cli, seeded, path, message)
+
+
 def test_a_pax_header_of_digits_is_refused(cli, seeded: Path, tmp_path: Path) -> None:
     """Python's tarfile (before 3.11.10) searches a PAX header in time quadratic in its
     longest run of digits: 64 KiB of them would hold the CPU for minutes, 1 MiB for hours."""

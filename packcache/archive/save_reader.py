@@ -284,7 +284,7 @@ class ForwardReader:
 
     def _fill(self, n: int) -> bytes:
         data = self._raw.read(n)
-        if n is not None and 0 < len(data) < n:
+        if 0 < len(data) < n:
             # tarfile takes a short read for the end of the archive: fill it (pipes, sockets).
             parts, got = [data], len(data)
             while got < n and (more := self._raw.read(n - got)):
@@ -293,10 +293,10 @@ class ForwardReader:
             data = b"".join(parts)
         return data
 
-    def read(self, n: int = -1) -> bytes:
-        if self._peeked and (n is None or n < 0):
-            data, self._peeked = self._peeked + self._raw.read(), b""
-        elif self._peeked:
+    def read(self, n: int) -> bytes:
+        if n is None or n < 0:  # a whole archive is never read into memory
+            raise ArchiveError("the archive has a tar header of negative size")
+        if self._peeked:
             data, self._peeked = self._peeked[:n], self._peeked[n:]
             if len(data) < n:
                 data += self._fill(n - len(data))
@@ -325,48 +325,56 @@ class ForwardReader:
     def check_next_header(self) -> None:
         """Refuse the header about to be parsed if tarfile would read too much for it."""
         block = self.peek(tarfile.BLOCKSIZE)
+        size = _header_size(block)
+        if len(block) < tarfile.BLOCKSIZE or size is None:
+            return  # tarfile reports it
+        if size < 0:  # tarfile would read (or skip) to the end of the stream
+            raise ArchiveError(f"the archive has a tar header of negative size at {self._pos:,}")
         kind = block[156:157]  # the type flag, in every tar format
-        if len(block) < tarfile.BLOCKSIZE or kind not in _EXTENDED_HEADERS:
-            if kind == _SPARSE_TYPE:  # its map may run on for any number of blocks
-                raise ArchiveError(_SPARSE_REFUSED)
+        if kind == _SPARSE_TYPE:  # its map may run on for any number of blocks
+            raise ArchiveError(_SPARSE_REFUSED)
+        if kind not in _EXTENDED_HEADERS:
             self._chain_bytes = self._chain_length = 0
             return
-        size = _header_size(block)
-        if size is None:
-            return  # tarfile reports it
         self._chain_length += 1
         self._chain_bytes += size
         if kind == b"g":
             self._global_bytes += size
-        label = _EXTENDED_HEADERS[kind]
         if max(self._chain_bytes, self._global_bytes) > MAX_EXTENDED_HEADER:
             raise ArchiveError(
-                f"the archive has a {label} header of {size:,} bytes at byte {self._pos:,}: "
-                f"packcache refuses extended tar headers over {MAX_EXTENDED_HEADER >> 20} MiB"
+                f"the archive has a {_EXTENDED_HEADERS[kind]} header of {size:,} bytes at byte "
+                f"{self._pos:,}: packcache refuses extended tar headers over "
+                f"{MAX_EXTENDED_HEADER >> 20} MiB"
             )
         if self._chain_length > MAX_HEADER_CHAIN:
             raise ArchiveError(f"the archive has {self._chain_length} extended headers in a row")
         if kind in (b"x", b"g"):
-            records = self.peek(tarfile.BLOCKSIZE + size)[tarfile.BLOCKSIZE :]
-            if b"GNU.sparse." in records:
-                # tarfile reads a sparse map of any length it declares (GNU sparse format 1.0).
-                raise ArchiveError(_SPARSE_REFUSED)
-            if _LONG_DIGITS.search(records):
-                # tarfile before Python 3.11.10 searches a PAX header in time quadratic in
-                # its longest run of digits (CVE-2024-6232): a 1 MiB one would take hours.
-                raise ArchiveError(
-                    f"the archive has a PAX header at byte {self._pos:,} "
-                    "holding a run of over 64 digits"
-                )
+            self._check_pax_records(self.peek(tarfile.BLOCKSIZE + size)[tarfile.BLOCKSIZE :])
+
+    def _check_pax_records(self, records: bytes) -> None:
+        if b"GNU.sparse." in records:
+            # tarfile reads a sparse map of any length it declares (GNU sparse format 1.0).
+            raise ArchiveError(_SPARSE_REFUSED)
+        if _LONG_DIGITS.search(records):
+            # tarfile before Python 3.11.10 searches a PAX header in time quadratic in its
+            # longest run of digits (CVE-2024-6232): a 1 MiB one would take hours.
+            raise ArchiveError(
+                f"the archive has a PAX header at byte {self._pos:,} "
+                "holding a run of over 64 digits"
+            )
 
 
 def _header_size(block: bytes) -> int | None:
-    """The size field of a tar header: octal digits, or GNU's base-256 (its first byte 0x80)."""
+    """A tar header's size field, read as tarfile reads it (nti): octal digits up to the first
+    NUL, or base-256 (first byte 0x80, or 0xff for a negative number)."""
     field = block[124:136]
-    if field[0] == 0x80:
-        return int.from_bytes(field[1:], "big")
+    if not field:
+        return None
+    if field[0] in (0x80, 0xFF):
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0xFF else value
     try:
-        return int(field.strip(b" \0") or b"0", 8)
+        return int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
     except ValueError:
         return None
 
