@@ -37,6 +37,7 @@ from tests.engines.images import build_legacy_archive, layer_tar, write_tar
 from tests.layers import sha256
 from tests.test_cli import snapshot
 
+REF = "io.containerd.image.name"
 LAYERS = [{"etc/base.txt": b"base layer\n"}, {"app/run.sh": b"#!/bin/sh\necho hi\n"}]
 
 
@@ -215,6 +216,47 @@ def test_odd_index_json_is_refused(cli, seeded: Path, tmp_path: Path, extra, mes
     members["index.json"] = _index(manifest_digest, extra)
     write_tar(path, members)
     assert_refused_and_cache_unchanged(cli, seeded, path, message)
+
+
+def _oci_with_index(tmp_path: Path, make_index: Callable[[dict], list[dict]]) -> Path:
+    """The OCI archive with index.json listing `make_index(manifest descriptor)`."""
+    path = tmp_path / "oci.tar"
+    build_oci_archive(path, LAYERS, "odd:1")
+    members = _members(path)
+    [descriptor] = json.loads(members["index.json"])["manifests"]
+    manifests = make_index(descriptor)
+    for document in [m.pop("document") for m in manifests if "document" in m]:
+        members[f"blobs/sha256/{sha256(document)[7:]}"] = document
+    members["index.json"] = json.dumps({"schemaVersion": 2, "manifests": manifests}).encode()
+    write_tar(path, members)
+    return path
+
+
+def test_an_index_naming_one_manifest_under_two_names_records_both(cli, seeded, tmp_path):
+    def two_names(descriptor: dict) -> list[dict]:
+        other = {**descriptor, "annotations": {REF: "docker.io/library/other:2"}}
+        return [descriptor, other]
+
+    path = _oci_with_index(tmp_path, two_names)
+    assert cli("import", "--archive", str(path)).exit_code == 0
+    images = cli("du", "--format", "json").json()["images"]
+    assert ["odd:1", "other:2"] in [sorted(image["refs"]) for image in images]
+
+
+def test_an_index_multiplying_its_manifests_is_refused(cli, seeded, tmp_path) -> None:
+    """400 names of a nested index that names the manifest 400 times: 160,000 to visit."""
+
+    def multiplied(descriptor: dict) -> list[dict]:
+        nested = json.dumps({"schemaVersion": 2, "manifests": [descriptor] * 400}).encode()
+        nested_descriptor = {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": sha256(nested),
+            "size": len(nested),
+        }
+        return [{**nested_descriptor, "document": nested}] + [dict(nested_descriptor)] * 399
+
+    path = _oci_with_index(tmp_path, multiplied)
+    assert_refused_and_cache_unchanged(cli, seeded, path, "names over 100,000 manifests")
 
 
 def test_odd_oci_manifest_is_refused(cli, seeded: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import re
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
@@ -425,10 +425,33 @@ def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
     if "index.json" not in entries.small:
         return {}
     found: dict[str, tuple[str, list[str]]] = {}
+    # Each document is parsed once however often it is named, and the descriptors visited
+    # are counted: an index may name one manifest, or one nested index, 100,000 times.
+    checked: dict[tuple[str, bool], tuple[bool, Any]] = {}
+    visits = 0
+
+    def check(path: str, descriptor: dict) -> tuple[bool, Any]:
+        """(True, its descriptors) for an index, (False, its config digest) for a manifest."""
+        key = (path, descriptor.get("mediaType") in INDEX_MEDIA_TYPES)
+        if key not in checked:
+            document = entries.json(path, "manifest")
+            try:
+                if key[1] or (isinstance(document, dict) and "manifests" in document):
+                    checked[key] = (True, check_index(document, f"the archive's index {path}"))
+                else:
+                    manifest = check_manifest(document, f"the archive's manifest {path}")
+                    checked[key] = (False, manifest["config"]["digest"])
+            except DocumentError as exc:
+                raise ArchiveError(str(exc)) from exc
+        return checked[key]
 
     def walk(descriptors: list[dict], refs: list[str], depth: int) -> None:
+        nonlocal visits
         if depth > 2:
             raise ArchiveError("the archive's index.json nests indexes too deep")
+        visits += len(descriptors)
+        if visits > MAX_ENTRIES:
+            raise ArchiveError(f"the archive's index.json names over {MAX_ENTRIES:,} manifests")
         for descriptor in descriptors:
             digest = descriptor["digest"]
             name = (descriptor.get("annotations") or {}).get(REF_ANNOTATION)
@@ -436,17 +459,11 @@ def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
             path = f"blobs/sha256/{digest[7:]}"
             if path not in entries.small:
                 continue  # a platform the save left out
-            document = entries.json(path, "manifest")
-            try:
-                if descriptor.get("mediaType") in INDEX_MEDIA_TYPES or (
-                    isinstance(document, dict) and "manifests" in document
-                ):
-                    walk(check_index(document, f"the archive's index {path}"), names, depth + 1)
-                    continue
-                config = check_manifest(document, f"the archive's manifest {path}")["config"]
-            except DocumentError as exc:
-                raise ArchiveError(str(exc)) from exc
-            found[config["digest"]] = (digest, names)
+            is_index, content = check(path, descriptor)
+            if is_index:
+                walk(content, names, depth + 1)
+            else:
+                found[content] = (digest, names)
 
     index = entries.json("index.json", "index")
     if not isinstance(index, dict):
