@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 from packcache.digest import GzipMembers
 
-GUNZIP_INPUT = 256 << 10  # compressed bytes read at a time: a bomb's tail is copied per piece
+GUNZIP_INPUT = 1 << 20  # compressed bytes read at a time: large pieces out, few calls
 
 _END = object()
 

@@ -49,6 +49,7 @@ _EXTENDED_HEADERS = {
     b"X": "Solaris extended",
     b"g": "PAX global",
 }
+LARGE_READ = 64 << 10  # a short read at least this large is passed on as it is
 _SPARSE_TYPE = b"S"
 _LONG_DIGITS = re.compile(rb"\d{65}")
 _SPARSE_REFUSED = "the archive holds a sparse file, which docker save never writes"
@@ -305,6 +306,18 @@ class ForwardReader:
         self._pos += len(data)
         return data
 
+    def read_some(self, n: int) -> bytes:
+        """Up to `n` bytes, fewer if the source hands over a large piece that is short of `n`
+        (a gunzipped one): a member's bytes are not copied to join them. Small short reads
+        (a socket's) are still filled, so a layer is never handled in many small chunks."""
+        if self._peeked:
+            return self.read(min(n, len(self._peeked)))
+        data = self._raw.read(n)
+        if 0 < len(data) < min(n, LARGE_READ):
+            data += self._fill(n - len(data))
+        self._pos += len(data)
+        return data
+
     def peek(self, n: int) -> bytes:
         """The next `n` bytes (fewer at the end), left to be read."""
         if len(self._peeked) < n:
@@ -398,9 +411,13 @@ class _MemberBytes:
         self._left = member.size
 
     def read(self, n: int = -1) -> bytes:
-        want = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._forward.read(want) if want else b""
-        if len(data) < want:
+        """Up to `n` bytes (all that are left for n < 0); b"" only at the member's end."""
+        whole = n is None or n < 0
+        want = self._left if whole else min(n, self._left)
+        if not want:
+            return b""
+        data = self._forward.read(want) if whole else self._forward.read_some(want)
+        if not data or (whole and len(data) < want):
             raise tarfile.ReadError("unexpected end of data")
         self._left -= len(data)
         return data
