@@ -361,7 +361,7 @@ class ForwardReader:
             )
         if self._chain_length > MAX_HEADER_CHAIN:
             raise ArchiveError(f"the archive has {self._chain_length} extended headers in a row")
-        if kind in (b"x", b"g"):
+        if kind in (b"x", b"X", b"g"):  # tarfile parses all three as PAX records
             self._check_pax_records(self.peek(tarfile.BLOCKSIZE + size)[tarfile.BLOCKSIZE :])
 
     def _check_pax_records(self, records: bytes) -> None:
