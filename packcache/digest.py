@@ -28,6 +28,9 @@ DECOMPRESSION_ERRORS = (
     zstandard.ZstdError,
 )
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# The most memory a zstd frame may make decompression hold (zstd's own default limit): a
+# frame asking for a larger window does not decompress.
+ZSTD_MAX_WINDOW = 1 << 27
 
 
 class GzipTruncatedError(EOFError):
@@ -169,9 +172,9 @@ class LayerDigester:
         if compression == "gzip":
             self._gzip = GzipMembers()
         elif compression == "zstd":
-            self._zstd_writer = zstandard.ZstdDecompressor().stream_writer(
-                self._plain, write_size=CHUNK, closefd=False
-            )
+            self._zstd_writer = zstandard.ZstdDecompressor(
+                max_window_size=ZSTD_MAX_WINDOW
+            ).stream_writer(self._plain, write_size=CHUNK, closefd=False)
 
     def _feed(self, chunk: bytes) -> None:
         try:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from packcache.digest import DECOMPRESSION_ERRORS, GzipMembers, GzipTrailingGarbageError
 from packcache.store.store import Store
@@ -482,6 +483,30 @@ def test_a_gzip_bomb_layer_streams_in_bounded_memory(cli, seeded, tmp_path: Path
     [row] = cli("ls", "--image", "bomb:1", "--format", "json").json()
     assert row["diff_id"] == diff_id
     assert cli("verify").exit_code == 0
+
+
+def test_a_zstd_bomb_layer_with_the_largest_window_streams_in_bounded_memory(
+    cli, seeded, tmp_path: Path
+) -> None:
+    """65 KB of zstd expanding to 2 GiB, framed with a 128 MiB window (the most the
+    decompressor accepts): one window and a piece at a time in memory."""
+    header, diff_id = zero_layer_tar_digest(BOMB_SIZE)
+    params = zstandard.ZstdCompressionParameters.from_level(1, window_log=27)
+    blob = io.BytesIO()
+    compressor = zstandard.ZstdCompressor(compression_params=params)
+    with compressor.stream_writer(blob, closefd=False) as writer:
+        writer.write(header)
+        for _ in range(BOMB_SIZE // FILL_BLOCK):
+            writer.write(bytes(FILL_BLOCK))
+        writer.write(bytes(2 * tarfile.BLOCKSIZE))
+    members, _, _ = oci_members([blob.getvalue()], [diff_id], "zbomb:1", gzip_layers=False)
+    path = tmp_path / "zbomb.tar"
+    write_tar(path, members)
+    returncode, _, stderr, peak = import_measured(seeded, path)
+    assert returncode == 0, stderr
+    assert peak < PEAK_RSS_BOUND
+    [row] = cli("ls", "--image", "zbomb:1", "--format", "json").json()
+    assert (row["diff_id"], row["compression"]) == (diff_id, "zstd")
 
 
 def test_a_bomb_layer_in_a_compressed_archive_streams_to_disk_and_is_cleaned_up(
