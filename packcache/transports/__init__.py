@@ -1,0 +1,1 @@
+"""Transports: how packcache talks to what holds images (the Docker daemon, containerd)."""

@@ -1,0 +1,402 @@
+"""The daemon's containerd, reached over its gRPC API: content, images and leases (v1).
+
+On the containerd image store an image is a record in containerd's images service whose target
+is a manifest in its content store; writing the manifest and config there and creating the
+record makes the image exist for the daemon with no unpack (the daemon unpacks on first run).
+
+grpc and the generated stubs are imported only when a ``Containerd`` is opened, so commands that
+never talk to containerd do not pay for importing them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from packcache.errors import PackcacheError
+
+ENV_ADDRESS = "PACKCACHE_CONTAINERD_ADDRESS"
+ENV_NAMESPACE = "PACKCACHE_CONTAINERD_NAMESPACE"
+DEFAULT_NAMESPACE = "moby"
+# A system containerd first: dockerd itself uses that socket when it exists, and only
+# otherwise starts its own under its exec-root.
+DEFAULT_SOCKETS = (
+    "/run/containerd/containerd.sock",
+    "/var/run/docker/containerd/containerd.sock",
+)
+NAMESPACE_HEADER = "containerd-namespace"
+LEASE_HEADER = "containerd-lease"
+# containerd's GC drops a lease past this time: a packcache killed mid-write leaves no content
+# pinned for ever.
+LEASE_EXPIRE_LABEL = "containerd.io/gc.expire"
+LEASE_LIFETIME_S = 3600
+# Small enough for containerd's message limit (16 MiB), large enough that per-message overhead
+# does not matter.
+WRITE_CHUNK = 1 << 20
+CALL_TIMEOUT_S = 30.0
+
+
+class ContainerdError(PackcacheError):
+    """containerd cannot be used: unreachable, refused, or it answered an error."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the daemon's containerd listens and which namespace holds the daemon's images."""
+
+    address: str  # a unix socket path
+    namespace: str
+    source: str  # how it was found: "daemon info", "environment" or "default"
+
+
+def find_endpoint(
+    info: Mapping[str, Any], environ: Mapping[str, str], exists=os.path.exists
+) -> Endpoint:
+    """The daemon's containerd from `docker info` (API 1.46+), else settings, else defaults.
+
+    Each of the address and the namespace is taken from the first source that has it.
+    """
+    reported = info.get("Containerd") or {}
+    namespaces = reported.get("Namespaces") or {}
+    address, namespace, source = reported.get("Address"), namespaces.get("Containers"), ""
+    if address:
+        source = "daemon info"
+    elif environ.get(ENV_ADDRESS):
+        address, source = environ[ENV_ADDRESS], "environment"
+    else:
+        found = [path for path in DEFAULT_SOCKETS if exists(path)]
+        address, source = (found or DEFAULT_SOCKETS)[0], "default"
+    namespace = namespace or environ.get(ENV_NAMESPACE) or DEFAULT_NAMESPACE
+    return Endpoint(address=address.removeprefix("unix://"), namespace=namespace, source=source)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI descriptor as containerd stores it (media type, digest, size)."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str  # as the daemon names it, e.g. docker.io/library/app:1
+    target: Descriptor
+    labels: Mapping[str, str]
+
+
+def _api() -> ModuleType:
+    """The generated stubs, with a clear error where `make` has not generated them."""
+    try:
+        from packcache.transports import containerd_api
+        from packcache.transports.containerd_api import (  # noqa: F401
+            content_pb2,
+            content_pb2_grpc,
+            descriptor_pb2,
+            images_pb2,
+            images_pb2_grpc,
+            leases_pb2,
+            leases_pb2_grpc,
+            namespaces_pb2,
+            namespaces_pb2_grpc,
+        )
+    except ImportError as exc:
+        raise ContainerdError(
+            f"the containerd API stubs are missing ({exc}): run `make` "
+            "(python -m packcache.transports.containerd_api.generate)"
+        ) from exc
+    return containerd_api
+
+
+def _check_socket(address: str) -> None:
+    """Say plainly what is wrong with the socket before grpc turns it into UNAVAILABLE."""
+    try:
+        mode = os.stat(address).st_mode
+    except FileNotFoundError:
+        raise ContainerdError(
+            f"no containerd socket at {address}: is containerd running? "
+            f"(set {ENV_ADDRESS} to use another)"
+        ) from None
+    except PermissionError:
+        mode = 0  # an unreadable directory on the way: the access check below says so
+    if mode and not stat.S_ISSOCK(mode):
+        raise ContainerdError(f"{address} is not a socket (set {ENV_ADDRESS} to containerd's)")
+    if not os.access(address, os.R_OK | os.W_OK):
+        raise ContainerdError(
+            f"permission denied on containerd's socket {address}: "
+            "run as root or with the socket's group"
+        )
+
+
+class Containerd:
+    """A connection to one containerd, working in one namespace."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        import grpc
+
+        self._grpc = grpc
+        self.endpoint = endpoint
+        api = _api()
+        _check_socket(endpoint.address)
+        self._channel = grpc.insecure_channel(f"unix://{endpoint.address}")
+        self._content = api.content_pb2_grpc.ContentStub(self._channel)
+        self._images = api.images_pb2_grpc.ImagesStub(self._channel)
+        self._leases = api.leases_pb2_grpc.LeasesStub(self._channel)
+        self._namespaces = api.namespaces_pb2_grpc.NamespacesStub(self._channel)
+        self._pb = api
+        try:
+            self._namespaces.Get(
+                api.namespaces_pb2.GetNamespaceRequest(name=endpoint.namespace),
+                timeout=CALL_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except grpc.RpcError as exc:
+            self.close()
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise ContainerdError(
+                    f"containerd at {endpoint.address} has no namespace {endpoint.namespace!r} "
+                    f"(set {ENV_NAMESPACE} to the daemon's)"
+                ) from None
+            raise self._explain("the namespace lookup", exc) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Containerd:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _metadata(self, lease: str | None = None) -> tuple[tuple[str, str], ...]:
+        pairs = ((NAMESPACE_HEADER, self.endpoint.namespace),)
+        return (*pairs, (LEASE_HEADER, lease)) if lease else pairs
+
+    def _explain(self, what: str, exc: Any) -> ContainerdError:
+        code, details = exc.code(), exc.details() or ""
+        where = f"containerd at {self.endpoint.address}"
+        if code == self._grpc.StatusCode.UNAVAILABLE:
+            if "ermission denied" in details:
+                return ContainerdError(
+                    f"permission denied on containerd's socket {self.endpoint.address}: "
+                    "run as root or with the socket's group"
+                )
+            return ContainerdError(f"cannot reach {where}: is it running? ({details})")
+        if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ContainerdError(f"{where} does not answer (timed out on {what})")
+        return ContainerdError(f"{where} refused {what}: {details}")
+
+    def _unary(self, what: str, method: Any, request: Any, lease: str | None = None) -> Any:
+        try:
+            return method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata(lease))
+        except self._grpc.RpcError as exc:
+            raise self._explain(what, exc) from None
+
+    # -- leases ------------------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self) -> Iterator[str]:
+        """A lease protecting what is written under it from containerd's GC, deleted after."""
+        expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + LEASE_LIFETIME_S))
+        lease_id = f"packcache-{secrets.token_hex(8)}"
+        pb = self._pb.leases_pb2
+        request = pb.CreateRequest(id=lease_id, labels={LEASE_EXPIRE_LABEL: expire})
+        self._unary("creating a lease", self._leases.Create, request)
+        try:
+            yield lease_id
+        finally:
+            self._unary("deleting a lease", self._leases.Delete, pb.DeleteRequest(id=lease_id))
+
+    def lease_ids(self) -> list[str]:
+        response = self._unary(
+            "listing leases", self._leases.List, self._pb.leases_pb2.ListRequest()
+        )
+        return [lease.id for lease in response.leases]
+
+    # -- content -----------------------------------------------------------------------------
+
+    def blob_size(self, digest: str) -> int | None:
+        """The size of a blob in the content store, or None where it has none."""
+        try:
+            response = self._content.Info(
+                self._pb.content_pb2.InfoRequest(digest=digest),
+                timeout=CALL_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except self._grpc.RpcError as exc:
+            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._explain(f"the info of {digest}", exc) from None
+        return response.info.size
+
+    def blob_labels(self, digest: str) -> dict[str, str]:
+        response = self._unary(
+            f"the info of {digest}",
+            self._content.Info,
+            self._pb.content_pb2.InfoRequest(digest=digest),
+        )
+        return dict(response.info.labels)
+
+    def ingest_refs(self) -> list[str]:
+        """Refs of unfinished writes in the content store."""
+        pb = self._pb.content_pb2
+        response = self._unary(
+            "listing writes", self._content.ListStatuses, pb.ListStatusesRequest()
+        )
+        return [status.ref for status in response.statuses]
+
+    def write_blob(
+        self,
+        digest: str,
+        size: int,
+        chunks: Iterable[bytes],
+        lease: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Stream a blob into the content store; False where it was there already.
+
+        containerd hashes what it receives and commits only bytes matching ``digest`` and
+        ``size``; a refused or broken write is aborted, so nothing of it stays.
+        """
+        if self.blob_size(digest) is not None:
+            return False
+        ref = f"packcache-{digest}-{secrets.token_hex(4)}"
+        requests = self._write_requests(ref, digest, size, chunks, labels or {})
+        try:
+            for _ in self._content.Write(requests, metadata=self._metadata(lease)):
+                pass
+        except self._grpc.RpcError as exc:
+            if exc.code() == self._grpc.StatusCode.ALREADY_EXISTS:
+                return False  # another writer committed it first
+            self._abort(ref)
+            raise self._explain(f"writing {digest}", exc) from None
+        except BaseException:
+            self._abort(ref)
+            raise
+        return True
+
+    def _write_requests(
+        self, ref: str, digest: str, size: int, chunks: Iterable[bytes], labels: Mapping[str, str]
+    ) -> Iterator[Any]:
+        pb = self._pb.content_pb2
+        offset = 0
+        for chunk in chunks:
+            for start in range(0, len(chunk), WRITE_CHUNK):
+                piece = chunk[start : start + WRITE_CHUNK]
+                # Every write carries its offset: containerd truncates the ingest on offset 0.
+                yield pb.WriteContentRequest(
+                    action=pb.WRITE, ref=ref, total=size, expected=digest, offset=offset, data=piece
+                )
+                offset += len(piece)
+        yield pb.WriteContentRequest(
+            action=pb.COMMIT, ref=ref, total=size, expected=digest, offset=offset, labels=labels
+        )
+
+    def _abort(self, ref: str) -> None:
+        try:
+            self._content.Abort(
+                self._pb.content_pb2.AbortRequest(ref=ref),
+                timeout=CALL_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except self._grpc.RpcError as exc:
+            if exc.code() != self._grpc.StatusCode.NOT_FOUND:
+                raise self._explain(f"aborting the write {ref}", exc) from None
+
+    def delete_blob(self, digest: str) -> None:
+        pb = self._pb.content_pb2
+        self._unary(
+            f"deleting {digest}", self._content.Delete, pb.DeleteContentRequest(digest=digest)
+        )
+
+    # -- images ------------------------------------------------------------------------------
+
+    def get_image(self, name: str) -> ImageRecord | None:
+        try:
+            response = self._images.Get(
+                self._pb.images_pb2.GetImageRequest(name=name),
+                timeout=CALL_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except self._grpc.RpcError as exc:
+            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._explain(f"the image {name}", exc) from None
+        image = response.image
+        target = image.target
+        return ImageRecord(
+            name=image.name,
+            target=Descriptor(
+                media_type=target.media_type,
+                digest=target.digest,
+                size=target.size,
+                annotations=dict(target.annotations),
+            ),
+            labels=dict(image.labels),
+        )
+
+    def put_image(
+        self, name: str, target: Descriptor, labels: Mapping[str, str] | None = None
+    ) -> None:
+        """Create the image record, or point an existing one at ``target`` (never unpacks)."""
+        pb = self._pb.images_pb2
+        image = pb.Image(
+            name=name,
+            labels=dict(labels or {}),
+            target=self._pb.descriptor_pb2.Descriptor(
+                media_type=target.media_type,
+                digest=target.digest,
+                size=target.size,
+                annotations=dict(target.annotations),
+            ),
+        )
+        try:
+            self._images.Create(
+                pb.CreateImageRequest(image=image),
+                timeout=CALL_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+            return
+        except self._grpc.RpcError as exc:
+            if exc.code() != self._grpc.StatusCode.ALREADY_EXISTS:
+                raise self._explain(f"creating the image {name}", exc) from None
+        from google.protobuf import field_mask_pb2
+
+        # Both fields are replaced: labels of the old target must not stick to the new one.
+        mask = field_mask_pb2.FieldMask(paths=["target", "labels"])
+        self._unary(
+            f"updating the image {name}",
+            self._images.Update,
+            pb.UpdateImageRequest(image=image, update_mask=mask),
+        )
+
+    def delete_image(self, name: str) -> bool:
+        """Remove the image record; False where there was none. Its content is left to GC."""
+        try:
+            self._images.Delete(
+                self._pb.images_pb2.DeleteImageRequest(name=name),
+                timeout=CALL_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except self._grpc.RpcError as exc:
+            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
+                return False
+            raise self._explain(f"deleting the image {name}", exc) from None
+        return True
+
+
+def gc_ref_labels(config_digest: str, layer_digests: Iterable[str]) -> dict[str, str]:
+    """A manifest's content labels naming its config and layers, so GC keeps them with it."""
+    labels = {"containerd.io/gc.ref.content.config": config_digest}
+    for index, digest in enumerate(layer_digests):
+        labels[f"containerd.io/gc.ref.content.l.{index}"] = digest
+    return labels
