@@ -153,20 +153,23 @@ class Containerd:
         self._leases = api.leases_pb2_grpc.LeasesStub(self._channel)
         self._namespaces = api.namespaces_pb2_grpc.NamespacesStub(self._channel)
         self._pb = api
+        # Listed, not fetched: containerd answers a Get of any name, existing or not, and
+        # would create a namespace on the first write into it.
         try:
-            self._namespaces.Get(
-                api.namespaces_pb2.GetNamespaceRequest(name=endpoint.namespace),
+            listed = self._namespaces.List(
+                api.namespaces_pb2.ListNamespacesRequest(),
                 timeout=CALL_TIMEOUT_S,
                 metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             self.close()
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise ContainerdError(
-                    f"containerd at {endpoint.address} has no namespace {endpoint.namespace!r} "
-                    f"(set {ENV_NAMESPACE} to the daemon's)"
-                ) from None
-            raise self._explain("the namespace lookup", exc) from None
+            raise self._explain("listing namespaces", exc) from None
+        if endpoint.namespace not in {namespace.name for namespace in listed.namespaces}:
+            self.close()
+            raise ContainerdError(
+                f"containerd at {endpoint.address} has no namespace {endpoint.namespace!r} "
+                f"(set {ENV_NAMESPACE} to the daemon's)"
+            )
 
     def close(self) -> None:
         self._channel.close()

@@ -1,0 +1,197 @@
+"""The containerd transport against the real containerd of the containerd-store test engines.
+
+An image made by writing only its config and manifest into the daemon's content store (its
+layers already there from a `docker load`) and creating its image record must be, for the
+daemon, an image like any loaded one: listed, inspected, saved whole, run, removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from packcache.transports.containerd import (
+    WRITE_CHUNK,
+    Containerd,
+    ContainerdError,
+    Descriptor,
+    Endpoint,
+    find_endpoint,
+    gc_ref_labels,
+)
+from tests.engines import images
+from tests.engines.harness import OPTIONAL_KINDS, Engine
+from tests.engines.pytest_plugin import EnginePool, session_kinds
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+CONTAINERD_KINDS = [
+    kind
+    for kind in ("26.1-containerd", "28-containerd")
+    if kind in session_kinds() or kind not in OPTIONAL_KINDS
+]
+
+
+def endpoint_of(engine: Engine) -> Endpoint:
+    """What packcache finds for this engine: its info where the API says, else the settings."""
+    settings = {
+        # The harness's own layout: containerd at <root>/c.sock, namespace pc-<root name>.
+        "PACKCACHE_CONTAINERD_ADDRESS": str(engine.root / "c.sock"),
+        "PACKCACHE_CONTAINERD_NAMESPACE": f"pc-{engine.root.name}",
+    }
+    return find_endpoint(engine.info(), settings)
+
+
+@pytest.fixture(params=CONTAINERD_KINDS)
+def engine(request: pytest.FixtureRequest, engine_pool: EnginePool) -> Engine:
+    return engine_pool.get(request.param)
+
+
+def chunks_of(data: bytes, size: int = WRITE_CHUNK) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_endpoint_matches_the_engine(engine: Engine) -> None:
+    found = endpoint_of(engine)
+    assert found.address == str(engine.root / "c.sock")
+    assert found.namespace == f"pc-{engine.root.name}"
+    if "Containerd" in engine.info():  # API 1.46+: the daemon itself said where
+        assert found.source == "daemon info"
+
+
+def test_an_image_made_of_metadata_only_is_a_whole_image(engine: Engine, tmp_path: Path) -> None:
+    tag = f"packcache-cd/base-{engine.root.name}:1"
+    payload = os.urandom(3 * WRITE_CHUNK + 17)  # a layer sent over several write messages
+    built = images.build_busybox_archive(tmp_path / "base.tar", tag, [{"payload.bin": payload}])
+    engine.docker("load", "-i", str(built.path))
+    name = f"docker.io/packcache-cd/made-{engine.root.name}:1"
+    config = dict(built.config)
+    config["config"] = {**config["config"], "Labels": {"made.by": "packcache"}}
+    config_bytes = images.canonical_json(config)
+    with Containerd(endpoint_of(engine)) as ctd:
+        # docker load keeps uncompressed layers as they were: blob digest = diffID.
+        layer_sizes = [ctd.blob_size(d) for d in built.diff_ids]
+        assert None not in layer_sizes
+        layers = [
+            {"mediaType": OCI_LAYER, "digest": d, "size": s}
+            for d, s in zip(built.diff_ids, layer_sizes, strict=True)
+        ]
+        config_digest = images.sha256_digest(config_bytes)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+            "layers": layers,
+        }
+        manifest_bytes = images.canonical_json(manifest)
+        manifest_digest = images.sha256_digest(manifest_bytes)
+        with ctd.lease() as lease:
+            assert ctd.write_blob(config_digest, len(config_bytes), [config_bytes], lease)
+            labels = gc_ref_labels(config_digest, built.diff_ids)
+            written = ctd.write_blob(
+                manifest_digest, len(manifest_bytes), chunks_of(manifest_bytes, 7), lease, labels
+            )
+            assert written
+            # Already there: detected, not written again.
+            assert not ctd.write_blob(config_digest, len(config_bytes), [config_bytes], lease)
+            target = Descriptor(OCI_MANIFEST, manifest_digest, len(manifest_bytes))
+            ctd.put_image(name, target, {"made.by": "packcache"})
+            assert lease in ctd.lease_ids()
+        assert lease not in ctd.lease_ids()
+        assert ctd.blob_labels(manifest_digest) == labels
+        record = ctd.get_image(name)
+        assert record is not None
+        assert (record.target.digest, record.target.size) == (manifest_digest, len(manifest_bytes))
+        assert record.labels == {"made.by": "packcache"}
+
+    listed = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.decode()
+    short = name.removeprefix("docker.io/")
+    assert short in listed.split()
+    inspected = json.loads(engine.docker("image", "inspect", short).stdout)[0]
+    assert inspected["Config"]["Labels"] == {"made.by": "packcache"}
+    assert inspected["RootFS"]["Layers"] == built.diff_ids
+
+    saved = tmp_path / "saved.tar"
+    engine.docker("save", "-o", str(saved), short)
+    with tarfile.open(saved) as tar:
+        blobs = {
+            "sha256:" + m.name.rsplit("/", 1)[1]: m for m in tar if m.name.startswith("blobs/")
+        }
+        for digest in [manifest_digest, config_digest, *built.diff_ids]:
+            data = tar.extractfile(blobs[digest]).read()  # type: ignore[union-attr]
+            assert images.sha256_digest(data) == digest
+
+    # The first run unpacks the layers the daemon never unpacked for this image.
+    out = engine.docker(
+        "run", "--pull", "never", "--rm", "--network", "none", short, "sha256sum", "/payload.bin"
+    ).stdout.decode()
+    assert out.split()[0] == images.sha256_digest(payload).removeprefix("sha256:")
+
+    engine.docker("rmi", short)
+    assert engine.docker("image", "inspect", short, check=False).returncode != 0
+    with Containerd(endpoint_of(engine)) as ctd:
+        assert ctd.get_image(name) is None
+    engine.docker("rmi", tag)
+
+
+def test_update_repoints_an_existing_record(engine: Engine) -> None:
+    name = f"docker.io/packcache-cd/repoint-{engine.root.name}:1"
+    with Containerd(endpoint_of(engine)) as ctd:
+        first = Descriptor(OCI_MANIFEST, "sha256:" + "1" * 64, 10)
+        second = Descriptor(OCI_MANIFEST, "sha256:" + "2" * 64, 20)
+        ctd.put_image(name, first, {"old": "label"})
+        ctd.put_image(name, second, {"new": "label"})
+        record = ctd.get_image(name)
+        assert record is not None
+        assert (record.target.digest, record.labels) == (second.digest, {"new": "label"})
+        assert ctd.delete_image(name)
+        assert ctd.get_image(name) is None
+        assert not ctd.delete_image(name)
+
+
+def test_a_blob_with_the_wrong_digest_is_refused_and_leaves_nothing(engine: Engine) -> None:
+    data = os.urandom(2 * WRITE_CHUNK + 5)
+    claimed = images.sha256_digest(data + b"x")
+    with Containerd(endpoint_of(engine)) as ctd:
+        with ctd.lease() as lease, pytest.raises(ContainerdError, match="refused writing"):
+            ctd.write_blob(claimed, len(data), chunks_of(data), lease)
+        assert ctd.blob_size(claimed) is None
+        assert ctd.blob_size(images.sha256_digest(data)) is None
+        assert not [ref for ref in ctd.ingest_refs() if claimed in ref]
+        assert lease not in ctd.lease_ids()
+
+
+def test_a_short_stream_is_refused_and_leaves_nothing(engine: Engine) -> None:
+    data = os.urandom(1000)
+    digest = images.sha256_digest(data)
+    with Containerd(endpoint_of(engine)) as ctd, ctd.lease() as lease:
+        with pytest.raises(ContainerdError):
+            ctd.write_blob(digest, len(data), [data[:500]], lease)
+        assert ctd.blob_size(digest) is None
+        assert not [ref for ref in ctd.ingest_refs() if digest in ref]
+
+
+def test_an_unknown_namespace_is_one_clear_error(engine: Engine) -> None:
+    found = endpoint_of(engine)
+    wrong = Endpoint(found.address, "no-such-namespace", found.source)
+    with pytest.raises(ContainerdError, match="has no namespace 'no-such-namespace'"):
+        Containerd(wrong)
+
+
+def test_a_blob_written_in_small_chunks_is_stored_and_deleted(engine: Engine) -> None:
+    data = os.urandom(WRITE_CHUNK + 1)
+    digest = images.sha256_digest(data)
+    with Containerd(endpoint_of(engine)) as ctd:
+        with ctd.lease() as lease:
+            assert ctd.write_blob(digest, len(data), chunks_of(data, 4096), lease)
+            assert ctd.blob_size(digest) == len(data)
+        ctd.delete_blob(digest)
+        assert ctd.blob_size(digest) is None
