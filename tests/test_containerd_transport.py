@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +65,9 @@ def test_endpoint_matches_the_engine(engine: Engine) -> None:
     found = endpoint_of(engine)
     assert found.address == str(engine.root / "c.sock")
     assert found.namespace == f"pc-{engine.root.name}"
-    if "Containerd" in engine.info():  # API 1.46+: the daemon itself said where
-        assert found.source == "daemon info"
+    api = tuple(int(part) for part in engine.api_version.split("."))
+    # API 1.46+: the daemon itself says where; older ones leave it to the settings.
+    assert found.source == ("daemon info" if api >= (1, 46) else "environment")
 
 
 def test_an_image_made_of_metadata_only_is_a_whole_image(engine: Engine, tmp_path: Path) -> None:
@@ -195,3 +198,28 @@ def test_a_blob_written_in_small_chunks_is_stored_and_deleted(engine: Engine) ->
             assert ctd.blob_size(digest) == len(data)
         ctd.delete_blob(digest)
         assert ctd.blob_size(digest) is None
+
+
+def test_an_unprivileged_user_gets_permission_denied(engine: Engine) -> None:
+    # containerd's socket is root's (0660): what a user outside its group meets.
+    found = endpoint_of(engine)
+    code = (
+        "import sys\n"
+        "from packcache.transports.containerd import Containerd, ContainerdError, Endpoint\n"
+        "try:\n"
+        f"    Containerd(Endpoint({found.address!r}, {found.namespace!r}, 'test'))\n"
+        "except ContainerdError as exc:\n"
+        "    sys.exit(str(exc))\n"
+    )
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = subprocess.run(
+        [*nobody, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (
+        f"permission denied on containerd's socket {found.address}: "
+        "run as root or with the socket's group"
+    )
