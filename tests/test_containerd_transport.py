@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from packcache.errors import CorruptBlobError
 from packcache.transports.containerd import (
     WRITE_CHUNK,
     Containerd,
@@ -184,7 +186,7 @@ def test_a_short_stream_is_refused_and_leaves_nothing(engine: Engine) -> None:
 
 def test_an_unknown_namespace_is_one_clear_error(engine: Engine) -> None:
     found = endpoint_of(engine)
-    wrong = Endpoint(found.address, "no-such-namespace", found.source)
+    wrong = Endpoint(found.address, "no-such-namespace", "environment")
     with pytest.raises(ContainerdError, match="has no namespace 'no-such-namespace'"):
         Containerd(wrong)
 
@@ -223,3 +225,40 @@ def test_an_unprivileged_user_gets_permission_denied(engine: Engine) -> None:
         f"permission denied on containerd's socket {found.address}: "
         "run as root or with the socket's group"
     )
+
+
+def test_a_failing_reader_raises_its_own_error_and_leaves_nothing(engine: Engine) -> None:
+    data = os.urandom(3 * WRITE_CHUNK)
+    digest = images.sha256_digest(data)
+
+    def reader() -> Iterator[bytes]:
+        yield data[:WRITE_CHUNK]
+        raise CorruptBlobError("the cached blob no longer matches its name")
+
+    with Containerd(endpoint_of(engine)) as ctd:
+        with ctd.lease() as lease, pytest.raises(CorruptBlobError, match="no longer matches"):
+            ctd.write_blob(digest, len(data), reader(), lease)
+        assert ctd.blob_size(digest) is None
+        assert not [ref for ref in ctd.ingest_refs() if digest in ref]
+        assert lease not in ctd.lease_ids()
+
+
+def test_containerd_down_mid_write_is_one_clear_error(tmp_path: Path) -> None:
+    # A private engine: its containerd is killed, which the shared engines must not see.
+    with Engine(CONTAINERD_KINDS[0]) as engine:
+        built = images.build_busybox_archive(tmp_path / "b.tar", "packcache-cd/down:1")
+        engine.docker("load", "-i", str(built.path))  # the daemon's namespace now exists
+        data = os.urandom(2 * WRITE_CHUNK)
+        digest = images.sha256_digest(data)
+        assert engine.containerd_pid is not None
+        with Containerd(endpoint_of(engine)) as ctd:
+
+            def reader() -> Iterator[bytes]:
+                yield data[:WRITE_CHUNK]
+                os.kill(engine.containerd_pid, signal.SIGKILL)  # type: ignore[arg-type]
+                os.waitpid(engine.containerd_pid, 0)  # type: ignore[arg-type]
+                yield data[WRITE_CHUNK:]
+
+            with pytest.raises(ContainerdError) as raised, ctd.lease() as lease:
+                ctd.write_blob(digest, len(data), reader(), lease)
+        assert str(raised.value).startswith(f"cannot reach containerd at {engine.root}/c.sock")

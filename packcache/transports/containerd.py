@@ -15,7 +15,7 @@ import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -153,8 +153,7 @@ class Containerd:
         self._leases = api.leases_pb2_grpc.LeasesStub(self._channel)
         self._namespaces = api.namespaces_pb2_grpc.NamespacesStub(self._channel)
         self._pb = api
-        # Listed, not fetched: containerd answers a Get of any name, existing or not, and
-        # would create a namespace on the first write into it.
+        # Listed, not fetched: containerd answers a Get of any name, existing or not.
         try:
             listed = self._namespaces.List(
                 api.namespaces_pb2.ListNamespacesRequest(),
@@ -164,11 +163,14 @@ class Containerd:
         except grpc.RpcError as exc:
             self.close()
             raise self._explain("listing namespaces", exc) from None
-        if endpoint.namespace not in {namespace.name for namespace in listed.namespaces}:
+        # containerd creates a namespace on the first write into it, so a daemon with no image
+        # yet has none: trusted where the daemon named it, a likely mistake where we guessed.
+        known = {namespace.name for namespace in listed.namespaces}
+        if endpoint.namespace not in known and endpoint.source != "daemon info":
             self.close()
             raise ContainerdError(
-                f"containerd at {endpoint.address} has no namespace {endpoint.namespace!r} "
-                f"(set {ENV_NAMESPACE} to the daemon's)"
+                f"containerd at {endpoint.address} has no namespace {endpoint.namespace!r}: "
+                f"the daemon has stored nothing there (set {ENV_NAMESPACE} to the daemon's)"
             )
 
     def close(self) -> None:
@@ -214,10 +216,15 @@ class Containerd:
         pb = self._pb.leases_pb2
         request = pb.CreateRequest(id=lease_id, labels={LEASE_EXPIRE_LABEL: expire})
         self._unary("creating a lease", self._leases.Create, request)
+        delete = pb.DeleteRequest(id=lease_id)
         try:
             yield lease_id
-        finally:
-            self._unary("deleting a lease", self._leases.Delete, pb.DeleteRequest(id=lease_id))
+        except BaseException:
+            # The error inside is the one to report; a lease left behind expires by its label.
+            with suppress(ContainerdError):
+                self._unary("deleting a lease", self._leases.Delete, delete)
+            raise
+        self._unary("deleting a lease", self._leases.Delete, delete)
 
     def lease_ids(self) -> list[str]:
         response = self._unary(
@@ -273,7 +280,10 @@ class Containerd:
         if self.blob_size(digest) is not None:
             return False
         ref = f"packcache-{digest}-{secrets.token_hex(4)}"
-        requests = self._write_requests(ref, digest, size, chunks, labels or {})
+        # grpc reads the requests in its own thread and reports a failure there only as a
+        # cancelled call: the reader's own error is kept here to be raised as it is.
+        reader_failed: list[BaseException] = []
+        requests = self._write_requests(ref, digest, size, chunks, labels or {}, reader_failed)
         try:
             for _ in self._content.Write(requests, metadata=self._metadata(lease)):
                 pass
@@ -281,6 +291,8 @@ class Containerd:
             if exc.code() == self._grpc.StatusCode.ALREADY_EXISTS:
                 return False  # another writer committed it first
             self._abort(ref)
+            if reader_failed:
+                raise reader_failed[0] from None
             raise self._explain(f"writing {digest}", exc) from None
         except BaseException:
             self._abort(ref)
@@ -288,32 +300,46 @@ class Containerd:
         return True
 
     def _write_requests(
-        self, ref: str, digest: str, size: int, chunks: Iterable[bytes], labels: Mapping[str, str]
+        self,
+        ref: str,
+        digest: str,
+        size: int,
+        chunks: Iterable[bytes],
+        labels: Mapping[str, str],
+        reader_failed: list[BaseException],
     ) -> Iterator[Any]:
         pb = self._pb.content_pb2
         offset = 0
-        for chunk in chunks:
-            for start in range(0, len(chunk), WRITE_CHUNK):
-                piece = chunk[start : start + WRITE_CHUNK]
-                # Every write carries its offset: containerd truncates the ingest on offset 0.
-                yield pb.WriteContentRequest(
-                    action=pb.WRITE, ref=ref, total=size, expected=digest, offset=offset, data=piece
-                )
-                offset += len(piece)
+        try:
+            for chunk in chunks:
+                for start in range(0, len(chunk), WRITE_CHUNK):
+                    piece = chunk[start : start + WRITE_CHUNK]
+                    # Every write carries its offset: containerd truncates the ingest on 0.
+                    yield pb.WriteContentRequest(
+                        action=pb.WRITE,
+                        ref=ref,
+                        total=size,
+                        expected=digest,
+                        offset=offset,
+                        data=piece,
+                    )
+                    offset += len(piece)
+        except BaseException as exc:
+            reader_failed.append(exc)
+            raise
         yield pb.WriteContentRequest(
             action=pb.COMMIT, ref=ref, total=size, expected=digest, offset=offset, labels=labels
         )
 
     def _abort(self, ref: str) -> None:
-        try:
+        """Drop an unfinished write; where containerd cannot, the lease's end releases it."""
+        # Any error here is dropped: the error that made us abort is the one to report.
+        with suppress(self._grpc.RpcError):
             self._content.Abort(
                 self._pb.content_pb2.AbortRequest(ref=ref),
                 timeout=CALL_TIMEOUT_S,
                 metadata=self._metadata(),
             )
-        except self._grpc.RpcError as exc:
-            if exc.code() != self._grpc.StatusCode.NOT_FOUND:
-                raise self._explain(f"aborting the write {ref}", exc) from None
 
     def delete_blob(self, digest: str) -> None:
         pb = self._pb.content_pb2
