@@ -144,7 +144,21 @@ def test_an_image_made_of_metadata_only_is_a_whole_image(engine: Engine, tmp_pat
     assert engine.docker("image", "inspect", short, check=False).returncode != 0
     with Containerd(endpoint_of(engine)) as ctd:
         assert ctd.get_image(name) is None
-    engine.docker("rmi", tag)
+        collect_garbage(ctd)
+        # Released to GC: what only this image held is gone, the shared layers stay.
+        assert ctd.blob_size(manifest_digest) is None
+        assert ctd.blob_size(config_digest) is None
+        assert None not in [ctd.blob_size(d) for d in built.diff_ids]
+        engine.docker("rmi", tag)
+        collect_garbage(ctd)
+        assert [ctd.blob_size(d) for d in built.diff_ids] == [None] * len(built.diff_ids)
+
+
+def collect_garbage(ctd: Containerd) -> None:
+    """Run containerd's GC now: deleting an image record with sync waits for a collection."""
+    target = Descriptor(OCI_MANIFEST, "sha256:" + "0" * 64, 1)
+    ctd.put_image("packcache-test/gc-trigger:1", target)
+    assert ctd.delete_image("packcache-test/gc-trigger:1", collect=True)
 
 
 def test_update_repoints_an_existing_record(engine: Engine) -> None:

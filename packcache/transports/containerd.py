@@ -408,11 +408,14 @@ class Containerd:
             pb.UpdateImageRequest(image=image, update_mask=mask),
         )
 
-    def delete_image(self, name: str) -> bool:
-        """Remove the image record; False where there was none. Its content is left to GC."""
+    def delete_image(self, name: str, *, collect: bool = False) -> bool:
+        """Remove the image record; False where there was none.
+
+        Its content is left to containerd's GC, which ``collect`` runs before returning.
+        """
         try:
             self._images.Delete(
-                self._pb.images_pb2.DeleteImageRequest(name=name),
+                self._pb.images_pb2.DeleteImageRequest(name=name, sync=collect),
                 timeout=CALL_TIMEOUT_S,
                 metadata=self._metadata(),
             )
