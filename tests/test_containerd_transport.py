@@ -151,7 +151,8 @@ def test_an_image_made_of_metadata_only_is_a_whole_image(engine: Engine, tmp_pat
         assert None not in [ctd.blob_size(d) for d in built.diff_ids]
         engine.docker("rmi", tag)
         collect_garbage(ctd)
-        assert [ctd.blob_size(d) for d in built.diff_ids] == [None] * len(built.diff_ids)
+        # The busybox layer may be shared with other tests' images; the payload is this test's.
+        assert ctd.blob_size(built.diff_ids[-1]) is None
 
 
 def collect_garbage(ctd: Containerd) -> None:
