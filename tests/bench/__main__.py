@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds,
                 load,
                 args.size,
+                module.__doc__ or "",
             )
             docs.replace_section(name, body)
             print(f"wrote its section of {docs.DOC.relative_to(common.ROOT)}", flush=True)

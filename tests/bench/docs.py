@@ -6,6 +6,7 @@ bench's section and leaves the others (and the text outside the markers) as they
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import re
@@ -70,14 +71,18 @@ def render(
     seconds: float,
     load_before: float,
     size: str,
+    method: str = "",
 ) -> str:
+    """The section of one run: what, when and where, how it measures (`method`), its tables."""
     about = (
         f"Commit {commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, size {size}: "
         f"{seconds:.0f} s, load average {load_before:.1f} at the start "
-        f"(`make bench BENCH={name}`{'' if size == 'full' else ' BENCH_SIZE=' + size})."
+        f"(`make bench BENCH={name}{'' if size == 'full' else ' BENCH_SIZE=' + size}`)."
     )
     lines = [f"## {TITLES[name]} (`tests/bench/{name}.py`)", "", about, ""]
     lines.append(f"Machine: {machine()}.")
+    if method:
+        lines += ["", inspect.cleandoc(method)]
     if engines:
         lines += ["", "Engines: " + "; ".join(engines) + "."]
     return "\n".join([*lines, "", *(f"{block}\n" for block in blocks)])
