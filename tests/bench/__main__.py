@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 list(common.RECORDED),
                 list(common.ENGINES_USED.values()),
                 seconds,
-                load,
+                (load, os.getloadavg()[0]),
                 args.size,
                 module.__doc__ or "",
             )

@@ -69,14 +69,14 @@ def render(
     blocks: list[str],
     engines: list[str],
     seconds: float,
-    load_before: float,
+    loads: tuple[float, float],
     size: str,
     method: str = "",
 ) -> str:
     """The section of one run: what, when and where, how it measures (`method`), its tables."""
     about = (
         f"Commit {commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, size {size}: "
-        f"{seconds:.0f} s, load average {load_before:.1f} at the start "
+        f"{seconds:.0f} s, load average {loads[0]:.1f} at the start and {loads[1]:.1f} at the end "
         f"(`make bench BENCH={name}{'' if size == 'full' else ' BENCH_SIZE=' + size}`)."
     )
     lines = [f"## {TITLES[name]} (`tests/bench/{name}.py`)", "", about, ""]
