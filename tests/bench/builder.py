@@ -1,6 +1,6 @@
 """On real engines: `packcache create-builder` against pack's method and the floor.
 
-For each required engine kind (started with tests/engines/harness.py, stopped afterwards):
+For each engine kind benched (started with tests/engines/harness.py, stopped afterwards):
 ten buildpackage images of ~40 MiB each (one random 40 MiB file per buildpack), a CNB build
 image (busybox), a run image and a lifecycle .tgz; builder.toml names the ten by docker://.
 

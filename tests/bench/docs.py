@@ -35,7 +35,10 @@ def _git(*args: str) -> str:
 def commit() -> str:
     """The checkout measured: its short commit, flagged when tracked files differ from it."""
     head = _git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    # The file this writes does not count: one run of several benches rewrites it as it goes.
+    dirty = _git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{DOC.relative_to(ROOT)}"
+    )
     return f"{head} (with uncommitted changes)" if dirty else head
 
 

@@ -1,6 +1,6 @@
 """On real engines: `packcache import` vs `docker save`, `packcache load` vs `docker load`.
 
-For each required engine kind (started with tests/engines/harness.py, stopped afterwards):
+For each engine kind benched (started with tests/engines/harness.py, stopped afterwards):
 
 1. A base image of ~1 GiB uncompressed in 5 layers (busybox + 4 tars of real files from /usr/lib)
    and an app image on top of it (+ ~270 MiB in 4 layers from /usr/share) are built once as one
