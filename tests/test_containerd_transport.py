@@ -29,18 +29,15 @@ from packcache.transports.containerd import (
     gc_ref_labels,
 )
 from tests.engines import images
-from tests.engines.harness import OPTIONAL_KINDS, Engine
-from tests.engines.pytest_plugin import EnginePool, session_kinds
+from tests.engines.harness import ENGINE_KINDS, Engine
+from tests.engines.pytest_plugin import EnginePool
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
-CONTAINERD_KINDS = [
-    kind
-    for kind in ("26.1-containerd", "28-containerd")
-    if kind in session_kinds() or kind not in OPTIONAL_KINDS
-]
+# containerd 1.7 and 2.1: the v1 services must read the same on both.
+CONTAINERD_KINDS = [kind for kind, spec in ENGINE_KINDS.items() if spec.containerd_store]
 
 
 def endpoint_of(engine: Engine) -> Endpoint:
