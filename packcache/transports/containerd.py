@@ -14,7 +14,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -57,7 +57,9 @@ class Endpoint:
 
 
 def find_endpoint(
-    info: Mapping[str, Any], environ: Mapping[str, str], exists=os.path.exists
+    info: Mapping[str, Any],
+    environ: Mapping[str, str],
+    exists: Callable[[str], bool] = os.path.exists,
 ) -> Endpoint:
     """The daemon's containerd from `docker info` (API 1.46+), else settings, else defaults.
 
