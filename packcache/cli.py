@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 the operation failed, 2 the command was used wrongly (see RE
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,7 +23,9 @@ from packcache.errors import EXIT_FAILED, EXIT_USAGE, PackcacheError
 from packcache.refs import short_id
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
-log = logging.getLogger("packcache")
+if TYPE_CHECKING:
+    from packcache.operations.importing import DaemonImportReport
+    from packcache.store.store import EvictedLayer
 
 app = typer.Typer(
     name="packcache",
@@ -199,22 +200,7 @@ def ls_command(
     with reported():
         layers = list_layers(ctx.obj.open_index(), image=image, sort=sort.value)
     if fmt is Format.json:
-        emit(
-            render.to_json_lines(
-                {
-                    "diff_id": layer.diff_id,
-                    "digests": layer.digests,
-                    "size": layer.size,
-                    "uncompressed_size": layer.uncompressed_size,
-                    "compression": layer.compression,
-                    "images": layer.images,
-                    "first_seen": render.iso(layer.first_seen),
-                    "last_used": render.iso(layer.last_used),
-                    "access_count": layer.access_count,
-                }
-                for layer in layers
-            )
-        )
+        emit(render.layers_json(layers))
         return
     now, size, ago = time.time(), render.size, render.ago
     images_cell = (lambda names: ",".join(names) or "-") if no_trunc else _images_cell
@@ -243,29 +229,7 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     with reported():
         usage = disk_usage(ctx.obj.open_index())
     if fmt is Format.json:
-        emit(
-            render.to_json_with_rows(
-                {
-                    "layers": usage.layers,
-                    "size": usage.size,
-                    "uncompressed_size": usage.uncompressed_size,
-                },
-                "images",
-                (
-                    {
-                        "config_digest": image.config_digest,
-                        "image_ids": image.image_ids,
-                        "refs": image.refs,
-                        "layers": image.layers,
-                        "cached_layers": image.cached_layers,
-                        "size": image.size,
-                        "shared_size": image.shared_size,
-                        "unique_size": image.unique_size,
-                    }
-                    for image in usage.images
-                ),
-            )
-        )
+        emit(render.disk_usage_json(usage))
         return
     typer.echo(
         f"{usage.layers} layers, {render.size(usage.size)} on disk "
@@ -291,27 +255,7 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         )
 
 
-def _print_evicted(removed, dry_run: bool, fmt: Format, extra: dict | None = None) -> None:
-    reclaimed = sum(layer.blob_size for layer in removed)
-    if fmt is Format.json:
-        typer.echo(
-            render.to_json(
-                {
-                    "dry_run": dry_run,
-                    "removed": [
-                        {
-                            "diff_id": layer.diff_id,
-                            "digest": layer.blob_digest,
-                            "size": layer.blob_size,
-                        }
-                        for layer in removed
-                    ],
-                    "reclaimed": reclaimed,
-                    **(extra or {}),
-                }
-            )
-        )
-        return
+def _print_evicted(removed: list[EvictedLayer], reclaimed: int, dry_run: bool) -> None:
     verb = "Would remove" if dry_run else "Removed"
     for layer in removed:
         typer.echo(f"{verb} {layer.diff_id}  {render.size(layer.blob_size)}")
@@ -361,17 +305,11 @@ def prune_command(
             everything=everything,
             dry_run=dry_run,
         )
-    _print_evicted(
-        result.removed,
-        dry_run,
-        fmt,
-        {
-            "size_before": result.size_before,
-            "size_after": result.size_after,
-            "in_use": result.in_use,
-        },
-    )
-    if result.in_use and fmt is Format.table:
+    if fmt is Format.json:
+        typer.echo(render.prune_json(result))
+        return
+    _print_evicted(result.removed, result.reclaimed, dry_run)
+    if result.in_use:
         typer.echo(f"Kept {len(result.in_use)} layers in use by a running operation")
 
 
@@ -387,28 +325,17 @@ def rm_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Remove images (and the layers only they use) or single layers from the cache."""
-    from packcache.store.prune import remove_image, remove_layer
+    from packcache.operations.housekeeping import remove
 
     if not images and not layers:
         typer.echo("packcache: error: name an image or --layer to remove", err=True)
         raise typer.Exit(EXIT_USAGE)
-    removed = []
     with reported():
-        store = ctx.obj.open_store()
-        # Resolve every name first, so a typo in the last one changes nothing; two names of
-        # one image (or layer) remove it once.
-        config_digests = dict.fromkeys(store.resolve_image(ref) for ref in images or [])
-        diff_ids = {store.resolve_layer(layer): layer for layer in layers or []}
-        for config_digest in config_digests:
-            removed += remove_image(store, config_digest)
-        for diff_id, layer in diff_ids.items():
-            if any(evicted.diff_id == diff_id for evicted in removed):
-                continue  # an image named too used it alone
-            found = remove_layer(store, diff_id)
-            if not found:
-                raise PackcacheError(f"layer {layer} is in use by a running operation; not removed")
-            removed += found
-    _print_evicted(removed, False, fmt)
+        report = remove(ctx.obj.open_store(), images or [], layers or [])
+    if fmt is Format.json:
+        typer.echo(render.remove_json(report))
+        return
+    _print_evicted(report.removed, report.reclaimed, report.dry_run)
 
 
 @app.command("verify")
@@ -425,19 +352,7 @@ def verify_command(
     with reported():
         report = verify(ctx.obj.open_store(), repair=repair)
     if fmt is Format.json:
-        typer.echo(
-            render.to_json(
-                {
-                    "checked": report.checked,
-                    "missing": report.missing,
-                    "corrupt": report.corrupt,
-                    "orphans": report.orphans,
-                    "stale_ingest": report.stale_ingest,
-                    "repaired": report.repaired,
-                    "ok": report.ok,
-                }
-            )
-        )
+        typer.echo(render.verify_json(report))
     else:
         typer.echo(f"Checked {report.checked} blobs")
         for label, items in (
@@ -454,25 +369,6 @@ def verify_command(
             typer.echo("Repaired")
     if not report.ok and not report.repaired:
         raise typer.Exit(EXIT_FAILED)
-
-
-def _size_cap(store) -> int | None:
-    """The configured size cap, read before a command adds data (a bad setting is an error
-    before anything changes)."""
-    from packcache.store.prune import configured_max_size
-
-    return configured_max_size(store)
-
-
-def _enforce_size_cap(store, cap: int | None) -> None:
-    """After a command that added data: prune to the cap, if any."""
-    from packcache.store.prune import enforce_size_cap
-
-    result = enforce_size_cap(store, cap)
-    if result is not None and result.removed:
-        log.warning(
-            "size cap: evicted %d layers (%s)", len(result.removed), render.size(result.reclaimed)
-        )
 
 
 @app.command("import")
@@ -492,6 +388,7 @@ def import_command(
 ) -> None:
     """Add images to the cache: new layers only, from one `docker save` read once."""
     from packcache.archive.save_reader import import_archive
+    from packcache.operations.housekeeping import size_capped
     from packcache.operations.importing import DaemonImportReport, import_images
 
     if bool(images) == bool(archive):
@@ -499,8 +396,11 @@ def import_command(
         raise typer.Exit(EXIT_USAGE)
     with reported():
         store = ctx.obj.open_store()
-        cap = _size_cap(store)
-        with store.lease("import") as lease, progress(quiet, "import") as on_bytes:
+        with (
+            size_capped(store),
+            store.lease("import") as lease,
+            progress(quiet, "import") as on_bytes,
+        ):
             if images:
                 report = import_images(
                     store, ctx.obj.daemon(), images, lease=lease, on_bytes=on_bytes
@@ -514,7 +414,6 @@ def import_command(
                     report = DaemonImportReport(
                         import_archive(store, source, lease=lease, on_bytes=on_bytes)
                     )
-        _enforce_size_cap(store, cap)
     _print_import(report, fmt)
 
 
@@ -533,29 +432,20 @@ def progress(quiet: bool, label: str) -> Iterator[object]:
         yield lambda n: bar.advance(task, n)
 
 
-def _print_import(daemon_report, fmt: Format) -> None:
+def _write_report(report: object, report_file: Path | None, fmt: Format) -> None:
+    """The report's JSON to --report FILE and, with --format json, to stdout."""
+    text = render.report_json(report)
+    if report_file is not None:
+        with reported():
+            report_file.write_text(text + "\n")
+    if fmt is Format.json:
+        typer.echo(text)
+
+
+def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
     report = daemon_report.archive
     if fmt is Format.json:
-        typer.echo(
-            render.to_json(
-                {
-                    "images": [
-                        {
-                            "config_digest": image.config_digest,
-                            "manifest_digest": image.manifest_digest,
-                            "refs": image.refs,
-                            "diff_ids": image.diff_ids,
-                        }
-                        for image in report.images
-                    ],
-                    "layers_written": report.layers_written,
-                    "layers_known": report.layers_known,
-                    "bytes_read": report.bytes_read,
-                    "bytes_written": report.bytes_written,
-                    "already_cached": daemon_report.already_cached,
-                }
-            )
-        )
+        typer.echo(render.import_json(daemon_report))
         return
     for ref in daemon_report.already_cached:
         typer.echo(f"Already cached: {ref}")
@@ -579,15 +469,16 @@ def load_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
+    from packcache.operations.housekeeping import size_capped
     from packcache.operations.loading import load_image
 
     with reported():
         store = ctx.obj.open_store()
-        daemon = ctx.obj.daemon()
-        with store.lease("load") as lease:
+        with size_capped(store), store.lease("load") as lease:
+            daemon = ctx.obj.daemon()
             report = load_image(store, daemon, image, tags, lease=lease)
     if fmt is Format.json:
-        typer.echo(render.to_json(dataclasses.asdict(report)))
+        typer.echo(render.report_json(report))
         return
     typer.echo(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
@@ -620,14 +511,14 @@ def rebase_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
+    from packcache.operations.housekeeping import size_capped
     from packcache.operations.rebase import rebase
 
     started = time.perf_counter()
     with reported():
         store = ctx.obj.open_store()
-        cap = _size_cap(store)
-        daemon = ctx.obj.daemon()
-        with store.lease("rebase") as lease:
+        with size_capped(store), store.lease("rebase") as lease:
+            daemon = ctx.obj.daemon()
             report = rebase(
                 store,
                 daemon,
@@ -639,13 +530,9 @@ def rebase_command(
                 dry_run=dry_run,
                 lease=lease,
             )
-        _enforce_size_cap(store, cap)
     report.timings["total"] = round(time.perf_counter() - started, 4)
-    data = dataclasses.asdict(report)
-    if report_file is not None:
-        report_file.write_text(render.to_json(data) + "\n")
+    _write_report(report, report_file, fmt)
     if fmt is Format.json:
-        typer.echo(render.to_json(data))
         return
     verb = "Would rebase" if report.dry_run else "Rebased"
     typer.echo(f"{verb} {report.image} onto {report.run_image} ({short_id(report.run_image_id)})")
@@ -703,6 +590,7 @@ def create_builder_command(
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
     from packcache.builder.config import read_config
     from packcache.operations.create_builder import check_pull_policy, create_builder
+    from packcache.operations.housekeeping import size_capped
 
     extra_labels = {}
     for label in labels or []:
@@ -716,9 +604,8 @@ def create_builder_command(
         check_pull_policy(pull_policy)
         builder_config = read_config(config)
         store = ctx.obj.open_store()
-        cap = _size_cap(store)
-        daemon = ctx.obj.daemon()
-        with store.lease("create-builder") as lease:
+        with size_capped(store), store.lease("create-builder") as lease:
+            daemon = ctx.obj.daemon()
             report = create_builder(
                 store,
                 daemon,
@@ -730,12 +617,8 @@ def create_builder_command(
                 dry_run=dry_run,
                 lease=lease,
             )
-        _enforce_size_cap(store, cap)
-    data = dataclasses.asdict(report)
-    if report_file is not None:
-        report_file.write_text(render.to_json(data) + "\n")
+    _write_report(report, report_file, fmt)
     if fmt is Format.json:
-        typer.echo(render.to_json(data))
         return
     for warning in report.warnings:
         typer.echo(f"Warning: {warning}", err=True)
