@@ -27,12 +27,15 @@ if TYPE_CHECKING:
     from packcache.operations.importing import DaemonImportReport
     from packcache.store.store import EvictedLayer
 
+# Help strings are rich markup: a [word] in one is taken for a style and vanishes, so defaults
+# go in show_default= (tests/test_cli_help.py checks every help text is printed whole).
 app = typer.Typer(
     name="packcache",
     help="A host layer cache for Cloud Native Buildpacks images on the Docker daemon.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
 
 
@@ -494,10 +497,12 @@ def rebase_command(
     image: Annotated[str, typer.Argument(help="The app image in the Docker daemon.")],
     run_image: Annotated[
         str | None,
-        typer.Option("--run-image", help="New run image [default: from the image's metadata]."),
+        typer.Option(
+            "--run-image", help="New run image.", show_default="from the image's metadata"
+        ),
     ] = None,
     tag: Annotated[
-        str | None, typer.Option("--tag", help="Name the result this [default: IMAGE].")
+        str | None, typer.Option("--tag", help="Name the result this.", show_default="IMAGE")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Skip the rebasable, target and run image checks.")
