@@ -14,12 +14,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from packcache import render
-from packcache.errors import EXIT_FAILED, EXIT_USAGE, PackcacheError
+from packcache.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PackcacheError,
+    UsageError,
+)
 from packcache.refs import short_id
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
@@ -62,8 +68,20 @@ ReportOption = Annotated[
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "packcache"
+    base = expand_home(os.environ.get("XDG_CACHE_HOME") or "", "XDG_CACHE_HOME")
+    if not base.is_absolute():  # the XDG spec: a relative path is invalid and ignored
+        base = expand_home("~/.cache", "the default cache dir")
+    return base / "packcache"
+
+
+def expand_home(text: str, source: str) -> Path:
+    """`text` with a leading ~ or ~user expanded as a shell would, which it does not do inside
+    quotes or in a config file."""
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):
+        user = expanded.split("/", 1)[0]
+        raise UsageError(f"{source} {text!r}: cannot expand {user} (no such user or no $HOME)")
+    return Path(expanded)
 
 
 @dataclass
@@ -71,6 +89,14 @@ class Context:
     cache_dir: Path
     verbose: int
     host: str | None
+    cache_dir_source: str = "--cache-dir"  # where cache_dir came from, to name in errors
+
+    def checked_cache_dir(self) -> Path:
+        """The cache dir, refused with a usage error if it exists and is not a directory."""
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            kind = "a file" if self.cache_dir.is_file() else "not a directory"
+            raise UsageError(f"the cache dir {self.cache_dir} ({self.cache_dir_source}) is {kind}")
+        return self.cache_dir
 
     def daemon(self):
         from packcache.engine.daemon import Daemon
@@ -80,13 +106,13 @@ class Context:
     def open_store(self):
         from packcache.store.store import Store  # imported late: `--help` stays instant
 
-        return Store.open(self.cache_dir)
+        return Store.open(self.checked_cache_dir())
 
     def open_index(self):
         """The index alone, for read-only commands: no SQLAlchemy import (see database.py)."""
         from packcache.store.database import open_cache
 
-        return open_cache(self.cache_dir)
+        return open_cache(self.checked_cache_dir())
 
 
 def emit(text: str) -> None:
@@ -101,22 +127,29 @@ def reported() -> Iterator[None]:
     """Turn library errors into one message on stderr and the documented exit code."""
     try:
         yield
-    except PackcacheError as exc:
-        typer.echo(f"packcache: error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from exc
     except KeyboardInterrupt:
         typer.echo("packcache: interrupted", err=True)
-        raise typer.Exit(130) from None
-    except OSError as exc:  # the filesystem under the cache or an archive: disk full, I/O
-        where = f": {exc.filename}" if exc.filename else ""
-        typer.echo(f"packcache: error: {exc.strerror or exc}{where}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
-        cause = _sqlite_error(exc)
-        if cause is None:
-            raise
-        typer.echo(f"packcache: error: the cache index failed: {cause}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
+        shown = shown_error(exc)
+        if shown is None:
+            raise  # a bug: main() shows it in one line, the runner of the tests in full
+        message, code = shown
+        typer.echo(f"packcache: error: {message}", err=True)
+        raise typer.Exit(code) from exc
+
+
+def shown_error(exc: BaseException) -> tuple[str, int] | None:
+    """The message and exit code an expected error is shown with; None for a bug."""
+    if isinstance(exc, PackcacheError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):  # the filesystem under the cache or an archive: disk full, I/O
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}", EXIT_FAILED
+    cause = _sqlite_error(exc)
+    if cause is not None:
+        return f"the cache index failed: {cause}", EXIT_FAILED
+    return None
 
 
 def _sqlite_error(exc: BaseException) -> BaseException | None:
@@ -164,8 +197,16 @@ def main_options(
     if cache_dir is not None and not cache_dir.strip():  # not the current directory
         typer.echo("packcache: error: --cache-dir is empty", err=True)
         raise typer.Exit(EXIT_USAGE)
+    source = "--cache-dir"
+    if getattr(ctx.get_parameter_source("cache_dir"), "name", None) == "ENVIRONMENT":
+        source = "PACKCACHE_DIR"
+    with reported():
+        path = expand_home(cache_dir, source) if cache_dir else default_cache_dir()
     ctx.obj = Context(
-        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), verbose=verbose, host=host
+        cache_dir=path,
+        verbose=verbose,
+        host=host,
+        cache_dir_source=source if cache_dir else "the default",
     )
 
 
@@ -644,15 +685,32 @@ def create_builder_command(
 
 
 def main() -> None:
-    """The `packcache` command: click's own usage errors (a bad option value, a missing
-    argument) as one `packcache: error:` line and exit 2, like every other error, instead of
-    typer's boxed panel."""
+    """The `packcache` command: every error, click's own usage errors (a bad option value, a
+    missing argument) and bugs included, as one `packcache: error:` line on stderr and its exit
+    code; -vv also logs a bug's traceback."""
     try:
         code = app(prog_name="packcache", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe is found here, not while the interpreter exits
     except typer.TyperException as exc:  # typer's click: usage errors have exit_code 2
-        typer.echo(f"packcache: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except typer.Abort:  # Ctrl-C outside a command's own handling
+        _exit_with(exc.format_message(), exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a command's own handling
         typer.echo("packcache: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # the reader went away (`packcache ls | head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:
+        shown = shown_error(exc)
+        if shown is None:
+            logging.getLogger("packcache").debug("the traceback:", exc_info=exc)
+            shown = (
+                f"unexpected {type(exc).__name__}: {exc} (a bug; -vv shows where)",
+                EXIT_FAILED,
+            )
+        _exit_with(*shown)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_with(message: str, code: int) -> NoReturn:
+    typer.echo(f"packcache: error: {message}", err=True)
+    sys.exit(code)
