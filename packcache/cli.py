@@ -117,7 +117,7 @@ class Context:
 
 def emit(text: str) -> None:
     """Print a command's data. Not typer.echo: it scans the whole text for ANSI codes to strip
-    when stdout is not a terminal, which costs more than building the 100,000-row `ls` table."""
+    when stdout is not a terminal, which costs more than building a large `ls` table."""
     sys.stdout.write(text)
     sys.stdout.write("\n")
 
@@ -210,9 +210,9 @@ def main_options(
     )
 
 
-# A base layer can be used by hundreds of images: listing them all would pad every row of the
-# table to the longest list (80 MB of output for 100,000 layers), so tables name a few, like
-# `docker ps` truncates, and --no-trunc or JSON give them all.
+# A base layer can be used by hundreds of images, and listing them all would pad every row of
+# the table to the longest list: tables name a few, as `docker ps` truncates, and --no-trunc or
+# JSON give them all.
 LS_IMAGES_SHOWN = 3
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns separated by three spaces, like `docker images`.
 
-    Column-wise max() and one format string per line: `ls` prints 100,000 rows.
+    Column-wise max() and one format string per line: `ls` prints a row per cached layer.
     """
     widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
     # The last column is not padded, so lines carry no trailing spaces.
@@ -66,8 +67,13 @@ _encode = json.JSONEncoder().encode
 
 
 @cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(field.name for field in dataclasses.fields(cls))
+def _fields_of(cls: type) -> tuple[tuple[str, ...], Callable[[object], tuple]]:
+    """A dataclass's field names, and a function of an instance to their values in order."""
+    names = tuple(field.name for field in dataclasses.fields(cls))
+    values = operator.attrgetter(*names)
+    if len(names) == 1:  # attrgetter of one name gives the value, not a tuple
+        return names, lambda report: (values(report),)
+    return names, values
 
 
 def record(
@@ -78,40 +84,41 @@ def record(
     properties: Sequence[str] = (),
 ) -> dict[str, object]:
     """Dataclass `report` as a dict for json: each field not `omitted`, under its name or the key
-    `renamed` gives it, then the `properties`; nested dataclasses become dicts."""
-    renamed = renamed or {}
-    data = {
-        renamed.get(name, name): _plain(getattr(report, name))
-        for name in _field_names(type(report))
-        if name not in omitted
-    }
+    `renamed` gives it, then the `properties`. Values are taken as they are: a caller makes
+    records of nested dataclasses itself."""
+    names, values = _fields_of(type(report))
+    data = dict(zip(names, values(report), strict=True))
+    for name in omitted:
+        del data[name]
+    for name, key in (renamed or {}).items():
+        data[key] = data.pop(name)
     for name in properties:
-        data[name] = _plain(getattr(report, name))
+        data[name] = getattr(report, name)
     return data
 
 
-def _plain(value: object) -> object:
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-        return [dataclasses.asdict(item) for item in value]
-    return value
+def records(rows: Iterable[object]) -> Iterator[dict[str, object]]:
+    """`record` of each of many rows of one dataclass, as `ls` and `du` print them."""
+    names: tuple[str, ...] = ()
+    for row in rows:
+        if not names:
+            names, values = _fields_of(type(row))
+        yield dict(zip(names, values(row), strict=True))
 
 
 def layers_json(layers: Iterable[LayerInfo]) -> str:
-    """`ls`: one element a line, times as ISO 8601 UTC."""
+    """`ls`: one layer a line, times as ISO 8601 UTC."""
 
-    def element(layer: LayerInfo) -> dict[str, object]:
-        data = record(layer)
-        data["first_seen"], data["last_used"] = iso(layer.first_seen), iso(layer.last_used)
+    def with_times(data: dict[str, object]) -> dict[str, object]:
+        data["first_seen"], data["last_used"] = iso(data["first_seen"]), iso(data["last_used"])
         return data
 
-    return to_json_lines(map(element, layers))
+    return to_json_lines(map(with_times, records(layers)))
 
 
 def disk_usage_json(usage: DiskUsage) -> str:
     """`du`: the totals, then one image a line."""
-    return to_json_with_rows(record(usage, omitted={"images"}), "images", map(record, usage.images))
+    return to_json_with_rows(record(usage, omitted={"images"}), "images", records(usage.images))
 
 
 def _evicted(layer: EvictedLayer) -> dict[str, object]:
@@ -135,8 +142,8 @@ def verify_json(report: VerifyReport) -> str:
 
 
 def import_json(report: DaemonImportReport) -> str:
-    """The archive's report with the images the daemon's cache already held; an image shows its
-    digests, refs and diffIDs, not the config and manifest bytes."""
+    """`import`: the archive's counts and images (digests, refs and diffIDs, not the config and
+    manifest bytes), then the refs that were cached already (`saved` is not documented)."""
     data = record(report.archive)
     data["images"] = [
         record(image, omitted={"blob_digests", "config", "manifest"})
@@ -147,8 +154,8 @@ def import_json(report: DaemonImportReport) -> str:
 
 
 def report_json(report: object) -> str:
-    """load, rebase, create-builder: every field as it is named."""
-    return to_json(record(report))
+    """load, rebase, create-builder: every field as it is named, nested reports too."""
+    return to_json(dataclasses.asdict(report))
 
 
 def size(n: int) -> str:
