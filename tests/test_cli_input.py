@@ -261,21 +261,25 @@ def test_a_closed_stdout_is_no_traceback(cache_dir, two_images, command) -> None
     assert done.stderr == ""
 
 
-def test_a_report_file_that_cannot_be_written_is_one_line(cli, tmp_path) -> None:
+def test_a_report_file_that_cannot_be_written_is_one_line(capsys, tmp_path) -> None:
+    """--report FILE is written after the operation, outside its error handling."""
+    import typer
+
     from packcache.operations.loading import LoadReport
 
     report = LoadReport("sha256:x", ["a:1"], 1, 0, 3, False, 0.1)
-    with pytest.raises(SystemExit) as exited:  # typer.Exit: what the runner turns into a code
-        try:
-            cli_module._write_report(
-                report, tmp_path / "no-such-dir" / "r.json", cli_module.Format.table
-            )
-        except Exception as exc:  # typer.Exit is click's, not a SystemExit
-            raise SystemExit(getattr(exc, "exit_code", exc)) from exc
-    assert exited.value.code == 1
+    target = tmp_path / "no-such-dir" / "r.json"
+    with pytest.raises(typer.Exit) as exited:
+        cli_module._write_report(report, target, cli_module.Format.table)
+    assert exited.value.exit_code == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        f"packcache: error: No such file or directory: {target}"
+    )
 
 
-def test_store_is_usable_after_the_errors(cli, cache_dir) -> None:
-    """The checks above refuse before opening anything; a good cache dir still works."""
+def test_a_cache_dir_that_is_a_directory_or_a_link_to_one_is_used(cli, cache_dir, tmp_path) -> None:
     Store.open(cache_dir)
     assert cli("ls", "--format", "json").json() == []
+    link = tmp_path / "link"
+    link.symlink_to(cache_dir, target_is_directory=True)
+    assert cli("du", "--format", "json", cache=link).json()["layers"] == 0
