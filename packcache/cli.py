@@ -68,8 +68,9 @@ ReportOption = Annotated[
 
 
 def default_cache_dir() -> Path:
-    base = expand_home(os.environ.get("XDG_CACHE_HOME") or "", "XDG_CACHE_HOME")
-    if not base.is_absolute():  # the XDG spec: a relative path is invalid and ignored
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = expand_home(xdg, "XDG_CACHE_HOME") if xdg else None
+    if base is None or not base.is_absolute():  # the XDG spec: a relative path is ignored
         base = expand_home("~/.cache", "the default cache dir")
     return base / "packcache"
 
