@@ -104,16 +104,14 @@ class Context:
 
         return Daemon(self.host)
 
-    def open_store(self):
+    def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
 
-        return Store.open(self.checked_cache_dir())
+        return Store.open(self.checked_cache_dir(), writable=writable)
 
     def open_index(self):
-        """The index alone, for read-only commands: no SQLAlchemy import (see database.py)."""
-        from packcache.store.database import open_cache
-
-        return open_cache(self.checked_cache_dir())
+        """The cache read-only, for read-only commands: no SQLAlchemy import (see database.py)."""
+        return self.open_store(writable=False)
 
 
 def emit(text: str) -> None:
@@ -280,6 +278,9 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         f"{usage.layers} layers, {render.size(usage.size)} on disk "
         f"({render.size(usage.uncompressed_size)} uncompressed)"
     )
+    if usage.partial_files:
+        partial = render.size(usage.partial_size)
+        typer.echo(f"{usage.partial_files} partial files in ingest/ ({partial})")
     if usage.images:
         typer.echo("")
         typer.echo(
@@ -395,7 +396,7 @@ def verify_command(
     from packcache.store.verify import verify
 
     with reported():
-        report = verify(ctx.obj.open_store(), repair=repair)
+        report = verify(ctx.obj.open_store(writable=repair), repair=repair)
     if fmt is Format.json:
         typer.echo(render.verify_json(report))
     else:
@@ -405,6 +406,8 @@ def verify_command(
             ("corrupt blob for layer", report.corrupt),
             ("orphan file", report.orphans),
             ("stale ingest file", report.stale_ingest),
+            ("unreadable blob for layer", report.unreadable),
+            ("could not remove", report.unremoved),
         ):
             for item in items:
                 typer.echo(f"{label}: {item}")
@@ -600,7 +603,7 @@ def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     from packcache.store.info import cache_info
 
     with reported():
-        info = cache_info(ctx.obj.open_store())
+        info = cache_info(ctx.obj.open_store(writable=False))
     if fmt is Format.json:
         typer.echo(render.to_json(info))
         return

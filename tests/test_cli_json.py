@@ -20,7 +20,7 @@ LS = {
     "last_used",
     "access_count",
 }
-DU = {"layers", "size", "uncompressed_size", "images"}
+DU = {"layers", "size", "uncompressed_size", "partial_files", "partial_size", "images"}
 DU_IMAGE = {
     "config_digest",
     "image_ids",
@@ -75,7 +75,17 @@ CREATE_BUILDER = {
     "seconds",
 }
 BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused"}
-VERIFY = {"checked", "missing", "corrupt", "orphans", "stale_ingest", "repaired", "ok"}
+VERIFY = {
+    "checked",
+    "missing",
+    "corrupt",
+    "unreadable",
+    "orphans",
+    "stale_ingest",
+    "unremoved",
+    "repaired",
+    "ok",
+}
 INFO = {
     "cache_dir",
     "index",
@@ -88,6 +98,8 @@ INFO = {
     "digests",
     "leases",
     "max_size",
+    "partial_files",
+    "partial_size",
 }
 
 

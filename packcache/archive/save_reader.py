@@ -159,7 +159,7 @@ def _read_stream(
                             raise ArchiveError(f"unexpected large file {name!r} in the archive")
                         entries.small[name] = source.read()
                         continue
-                    staged = store.blobs.stage(_Counting(source, on_bytes), expected_digest=digest)
+                    staged = store.stage(_Counting(source, on_bytes), expected_digest=digest)
                     entries.staged[name] = staged
                     report.bytes_read += staged.size
                 else:
@@ -342,7 +342,7 @@ def _plan_images(
         for path, diff_id in zip(layer_paths, diff_ids, strict=True):
             resolved = entries.resolve(posixpath.normpath(path))
             if resolved in entries.small:  # a small layer: stage it now, from memory
-                entries.staged[resolved] = store.blobs.stage(
+                entries.staged[resolved] = store.stage(
                     io.BytesIO(entries.small.pop(resolved))
                 )
             if resolved in entries.staged:
@@ -416,7 +416,7 @@ def import_archive(
         report.layers_known += len(entries.known)
     finally:
         for staged in entries.staged.values():
-            store.blobs.discard(staged)
+            store.discard(staged)
     for image in images:
         store.record_image(
             ImageRecord(

@@ -98,7 +98,7 @@ def plan_layers(
                 "import an image that has it first"
             )
         plan.append(LoadLayer(diff_id, layer, layer.digest, layer.size, layer.media_type))
-    store.blobs.prefetch(item.layer.digest for item in plan if item.layer is not None)
+    store.prefetch(item.layer.digest for item in plan if item.layer is not None)
     return plan
 
 

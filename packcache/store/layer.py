@@ -7,15 +7,12 @@ its digest (sha256 of the blob as stored or shipped, compressed or not).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 import zstandard
 from isal import igzip
 
 from packcache.digest import VerifyingReader
-
-if TYPE_CHECKING:
-    from packcache.store.store import Store
 
 MEDIA_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -39,11 +36,21 @@ class Layer(Protocol):
     def uncompressed(self) -> BinaryIO: ...  # the tar named by `diff_id`
 
 
+class LayerBlobs(Protocol):
+    """What a cached layer needs of the store that holds it (the store implements it)."""
+
+    def open_layer_blob(self, diff_id: str, digest: str, size: int) -> VerifyingReader:
+        """Open the blob, count the use, evict the layer if its bytes turn out wrong."""
+        ...
+
+    def evict_corrupt(self, diff_id: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class CachedLayer:
     """A layer held in the cache. Every open counts as a use for LRU eviction."""
 
-    store: Store
+    blobs: LayerBlobs
     diff_id: str
     digest: str
     size: int
@@ -57,10 +64,7 @@ class CachedLayer:
         return MEDIA_TYPES[self.compression]
 
     def _open_blob(self) -> VerifyingReader:
-        self.store.touch([self.diff_id])
-        return self.store.blobs.open(
-            self.digest, self.size, on_mismatch=lambda: self.store.evict_corrupt(self.diff_id)
-        )
+        return self.blobs.open_layer_blob(self.diff_id, self.digest, self.size)
 
     def compressed(self) -> BinaryIO:
         return self._open_blob()  # type: ignore[return-value]
@@ -80,5 +84,5 @@ class CachedLayer:
             plain,
             self.diff_id,
             self.uncompressed_size,
-            on_mismatch=lambda: self.store.evict_corrupt(self.diff_id),
+            on_mismatch=lambda: self.blobs.evict_corrupt(self.diff_id),
         )  # type: ignore[return-value]
