@@ -95,8 +95,10 @@ class Context:
     def checked_cache_dir(self) -> Path:
         """The cache dir, refused with a usage error if it exists and is not a directory."""
         if self.cache_dir.exists() and not self.cache_dir.is_dir():
-            kind = "a file" if self.cache_dir.is_file() else "not a directory"
-            raise UsageError(f"the cache dir {self.cache_dir} ({self.cache_dir_source}) is {kind}")
+            kind = ": it is a file" if self.cache_dir.is_file() else ""
+            raise UsageError(
+                f"the cache dir {self.cache_dir} ({self.cache_dir_source}) is not a directory{kind}"
+            )
         return self.cache_dir
 
     def daemon(self):

@@ -143,7 +143,8 @@ def test_a_cache_dir_that_is_a_file_is_a_usage_error(cli, tmp_path, command) -> 
     result = cli(command, *args, cache=not_a_dir)
     assert result.exit_code == 2
     line = one_error_line(result.stderr)
-    assert line == f"packcache: error: the cache dir {not_a_dir} (--cache-dir) is a file"
+    expected = f"the cache dir {not_a_dir} (--cache-dir) is not a directory: it is a file"
+    assert line == f"packcache: error: {expected}"
     assert not_a_dir.read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
@@ -154,7 +155,8 @@ def test_a_cache_dir_from_the_environment_that_is_a_file(tmp_path) -> None:
     done = packcache("ls", env={"PACKCACHE_DIR": str(not_a_dir)})
     assert done.returncode == 2
     line = one_error_line(done.stderr)
-    assert line == f"packcache: error: the cache dir {not_a_dir} (PACKCACHE_DIR) is a file"
+    expected = f"the cache dir {not_a_dir} (PACKCACHE_DIR) is not a directory: it is a file"
+    assert line == f"packcache: error: {expected}"
     assert not_a_dir.read_text() == "mine\n"
 
 
