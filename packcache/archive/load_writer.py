@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
+from packcache.image.layer import Layer
 from packcache.refs import normalize
-from packcache.store.layer import Layer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -5,7 +5,6 @@ Errors become one clear PackcacheError naming the socket, so a user knows what t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -237,15 +236,3 @@ class Daemon:
             if event.get("stream"):
                 messages.append(event["stream"].strip())
         return messages
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """The chain ID of each layer prefix: what a graphdriver names a stack of layers by."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(diff_id)
-        else:
-            text = f"{chains[-1]} {diff_id}".encode()
-            chains.append("sha256:" + hashlib.sha256(text).hexdigest())
-    return chains

@@ -24,10 +24,10 @@ from packcache.archive.load_writer import (
     oci_manifest,
 )
 from packcache.digest import sha256_digest
-from packcache.engine.daemon import Daemon, DaemonError, chain_ids
+from packcache.engine.daemon import Daemon, DaemonError
 from packcache.errors import NotFoundError, PackcacheError, UsageError
+from packcache.image.layer import MEDIA_TYPES, chain_ids
 from packcache.refs import familiar, normalize
-from packcache.store.layer import MEDIA_TYPES
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.streams import read_ahead
 
