@@ -69,7 +69,7 @@ class Context:
     host: str | None
 
     def daemon(self):
-        from packcache.engine.daemon import Daemon
+        from packcache.transports.daemon import Daemon
 
         return Daemon(self.host)
 

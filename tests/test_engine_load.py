@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError
+from packcache.transports.daemon import Daemon
 from tests.engines import images
 from tests.engines.harness import Engine
 from tests.layers import sha256

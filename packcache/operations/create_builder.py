@@ -71,11 +71,11 @@ from packcache.builder.sources import (
 )
 from packcache.builder.tarwriter import TarEntry, tar_chunks, tar_reader
 from packcache.digest import sha256_digest
-from packcache.engine.daemon import Daemon, DaemonError
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.operations.importing import import_images
 from packcache.operations.loading import LoadReport, load_image
 from packcache.store.store import ImageRecord, Lease, Store
+from packcache.transports.daemon import Daemon, DaemonError
 
 PULL_POLICIES = ("never", "if-not-present")
 CREATOR = "packcache"

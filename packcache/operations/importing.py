@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from packcache.archive.save_reader import ImportReport, import_archive
-from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError
 from packcache.store.store import ImageRecord, Lease, Store
+from packcache.transports.daemon import Daemon
 
 
 @dataclass

@@ -24,12 +24,12 @@ from packcache.archive.load_writer import (
     oci_manifest,
 )
 from packcache.digest import sha256_digest
-from packcache.engine.daemon import Daemon, DaemonError
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.layer import MEDIA_TYPES, chain_ids
 from packcache.refs import familiar, normalize
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.streams import read_ahead
+from packcache.transports.daemon import Daemon, DaemonError
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.operations.importing import cached_config, import_images
 from packcache.operations.loading import held_by_daemon, load_config
 from packcache.refs import looks_like_id, normalize
 from packcache.store.store import Lease, Store
+from packcache.transports.daemon import Daemon
 
 LIFECYCLE_METADATA = "io.buildpacks.lifecycle.metadata"
 REBASABLE = "io.buildpacks.rebasable"

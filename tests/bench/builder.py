@@ -106,7 +106,7 @@ FLOOR_ARCHIVE = """
 import sys
 from pathlib import Path
 from packcache.archive.load_writer import legacy_archive, oci_archive, oci_manifest
-from packcache.engine.daemon import Daemon
+from packcache.transports.daemon import Daemon
 from packcache.operations.loading import plan_layers
 from packcache.store.store import Store
 import json

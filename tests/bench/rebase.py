@@ -122,9 +122,9 @@ class EngineRuns:
 def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
     """The archive a warm rebase sends, but with every app layer in it: the floor."""
     from packcache.archive.load_writer import legacy_archive, oci_archive, oci_manifest
-    from packcache.engine.daemon import Daemon
     from packcache.operations.loading import held_by_daemon
     from packcache.store.store import Store
+    from packcache.transports.daemon import Daemon
 
     store = Store.open(cache)
     daemon = Daemon(engine.host)
