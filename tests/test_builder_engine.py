@@ -334,6 +334,12 @@ def test_no_cache_builds_the_same_image_and_leaves_the_cache_alone(
     name = fx.unique("pack-method")
     slow = create(cli, engine, name, inputs.toml, "--no-cache")
     assert sorted(slow["imported"]) == sorted(p.ref for p in inputs.packages)
+    # pack's method: every builder layer sent; the build image's as placeholders on a
+    # graphdriver, sent too on a containerd store.
+    build_layers = len(inputs.build["RootFS"]["Layers"])
+    reused = 0 if engine.containerd_store else build_layers
+    assert slow["load"]["layers_sent"] == len(slow["diff_ids"]) - reused
+    assert slow["load"]["layers_reused"] == reused
     assert cli("ls", "--format", "json").json() == []
     fast = create(cli, engine, fx.unique("cached"), inputs.toml)
     if not engine.containerd_store:  # the containerd ID also names how blobs were stored
