@@ -37,7 +37,8 @@ class ContainerConfig:
     shell: tuple[str, ...] = ()
 
     @classmethod
-    def from_inspect(cls, raw: Any) -> ContainerConfig:
+    def from_json(cls, raw: Any) -> ContainerConfig:
+        """From an image config's "config" or an inspect's "Config" (the same fields)."""
         section = _dict(raw)
         return cls(
             cmd=_strings(section.get("Cmd")),
@@ -94,7 +95,7 @@ class InspectedImage:
             variant=raw.get("Variant") or "",
             os_version=raw.get("OsVersion") or "",
             author=raw.get("Author") or "",
-            config=ContainerConfig.from_inspect(raw.get("Config")),
+            config=ContainerConfig.from_json(raw.get("Config")),
         )
 
     @property
