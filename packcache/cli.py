@@ -73,16 +73,14 @@ class Context:
 
         return Daemon(self.host)
 
-    def open_store(self):
+    def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
 
-        return Store.open(self.cache_dir)
+        return Store.open(self.cache_dir, writable=writable)
 
     def open_index(self):
-        """The index alone, for read-only commands: no SQLAlchemy import (see database.py)."""
-        from packcache.store.database import open_cache
-
-        return open_cache(self.cache_dir)
+        """The cache read-only, for read-only commands: no SQLAlchemy import (see database.py)."""
+        return self.open_store(writable=False)
 
 
 def emit(text: str) -> None:
@@ -249,6 +247,8 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
                     "layers": usage.layers,
                     "size": usage.size,
                     "uncompressed_size": usage.uncompressed_size,
+                    "partial_files": usage.partial_files,
+                    "partial_size": usage.partial_size,
                 },
                 "images",
                 (
@@ -271,6 +271,9 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         f"{usage.layers} layers, {render.size(usage.size)} on disk "
         f"({render.size(usage.uncompressed_size)} uncompressed)"
     )
+    if usage.partial_files:
+        partial = render.size(usage.partial_size)
+        typer.echo(f"{usage.partial_files} partial files in ingest/ ({partial})")
     if usage.images:
         typer.echo("")
         typer.echo(
@@ -423,7 +426,7 @@ def verify_command(
     from packcache.store.verify import verify
 
     with reported():
-        report = verify(ctx.obj.open_store(), repair=repair)
+        report = verify(ctx.obj.open_store(writable=repair), repair=repair)
     if fmt is Format.json:
         typer.echo(
             render.to_json(
@@ -433,6 +436,8 @@ def verify_command(
                     "corrupt": report.corrupt,
                     "orphans": report.orphans,
                     "stale_ingest": report.stale_ingest,
+                    "unreadable": report.unreadable,
+                    "unremoved": report.unremoved,
                     "repaired": report.repaired,
                     "ok": report.ok,
                 }
@@ -445,6 +450,8 @@ def verify_command(
             ("corrupt blob for layer", report.corrupt),
             ("orphan file", report.orphans),
             ("stale ingest file", report.stale_ingest),
+            ("unreadable blob for layer", report.unreadable),
+            ("could not remove", report.unremoved),
         ):
             for item in items:
                 typer.echo(f"{label}: {item}")
@@ -666,7 +673,7 @@ def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     from packcache.store.info import cache_info
 
     with reported():
-        info = cache_info(ctx.obj.open_store())
+        info = cache_info(ctx.obj.open_store(writable=False))
     if fmt is Format.json:
         typer.echo(render.to_json(info))
         return

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import re
 import zlib
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import zstandard
@@ -27,6 +28,75 @@ DECOMPRESSION_ERRORS = (
     zstandard.ZstdError,
 )
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# The most memory a zstd frame may make decompression hold (zstd's own default limit): a
+# frame asking for a larger window does not decompress.
+ZSTD_MAX_WINDOW = 1 << 27
+
+
+class GzipTruncatedError(EOFError):
+    """A gzip stream ends inside a member."""
+
+
+class GzipTrailingGarbageError(gzip.BadGzipFile):
+    """Bytes follow the last gzip member that do not start another one."""
+
+
+class GzipMembers:
+    """Inflates a gzip stream of one or more members (pigz and concatenated writers make
+    several), pushed in as it arrives, with bounded output per step: a small, highly
+    compressible input never balloons in memory. Tells a stream cut short inside a member
+    (truncated) from bytes after its last member that start no other (trailing garbage).
+    """
+
+    def __init__(self, *, zero_padding: bool = False, piece: int = CHUNK) -> None:
+        # python-isal's zlib: 1.4x the stdlib's MiB/s through gunzip + sha256 of a layer
+        # here, and gunzip is what bounds importing from a containerd store.
+        self._inflater = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._after: bytes | None = None  # past a member's end: what follows it so far
+        self._zero_padding = zero_padding  # gzip(1) takes zeros after the last member
+        self._piece = piece
+
+    def inflate(self, data: bytes) -> Iterator[bytes]:
+        """The decompressed bytes of `data`, in pieces of at most `piece` bytes."""
+        while True:
+            if self._after is not None:  # between members
+                if not data:
+                    return
+                data = self._next_member(self._after + data)
+                continue
+            out = self._inflater.decompress(data, self._piece)
+            if out:
+                yield out
+            data = self._inflater.unconsumed_tail
+            if self._inflater.eof:
+                self._after, data = b"", self._inflater.unused_data
+            elif not data and len(out) < self._piece:  # a full piece may leave output pending
+                return
+
+    def _next_member(self, after: bytes) -> bytes:
+        """Start the next member if `after` begins one; return the bytes left to inflate."""
+        if self._zero_padding and not after.strip(b"\0"):
+            self._after = b""
+            return b""
+        if len(after) < len(GZIP_MAGIC) and GZIP_MAGIC.startswith(after):
+            self._after = after  # perhaps the start of a member: wait for more
+            return b""
+        if not after.startswith(GZIP_MAGIC):
+            raise GzipTrailingGarbageError("trailing garbage after the gzip stream")
+        self._inflater = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._after = None
+        return after
+
+    def finish(self) -> bytes:
+        """The last decompressed bytes; raises if the stream stopped short or had garbage."""
+        if self._after is None:
+            out = self._inflater.flush()
+            if not self._inflater.eof:
+                raise GzipTruncatedError("the gzip stream is truncated")
+            return out
+        if self._after:
+            raise GzipTrailingGarbageError("trailing garbage after the gzip stream")
+        return b""
 
 
 def is_digest(text: str) -> bool:
@@ -81,7 +151,7 @@ class LayerDigester:
         self.size = 0
         self.compression: str | None = None
         self._head = b""
-        self._gzip = None
+        self._gzip: GzipMembers | None = None
         self._zstd_writer: zstandard.ZstdDecompressionWriter | None = None
         self._plain = _HashSink()
 
@@ -100,13 +170,11 @@ class LayerDigester:
     def _start(self, compression: str) -> None:
         self.compression = compression
         if compression == "gzip":
-            # python-isal's zlib: 1.4x the stdlib's MiB/s through gunzip + sha256 of a layer
-            # here, and gunzip is what bounds importing from a containerd store.
-            self._gzip = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._gzip = GzipMembers()
         elif compression == "zstd":
-            self._zstd_writer = zstandard.ZstdDecompressor().stream_writer(
-                self._plain, write_size=CHUNK, closefd=False
-            )
+            self._zstd_writer = zstandard.ZstdDecompressor(
+                max_window_size=ZSTD_MAX_WINDOW
+            ).stream_writer(self._plain, write_size=CHUNK, closefd=False)
 
     def _feed(self, chunk: bytes) -> None:
         try:
@@ -124,16 +192,9 @@ class LayerDigester:
             self._feed_gzip(chunk)
 
     def _feed_gzip(self, chunk: bytes) -> None:
-        data = chunk
-        while data:
-            assert self._gzip is not None
-            out = self._gzip.decompress(data, CHUNK)
+        assert self._gzip is not None
+        for out in self._gzip.inflate(chunk):
             self._plain.write(out)
-            data = self._gzip.unconsumed_tail
-            if not data and self._gzip.eof and self._gzip.unused_data:
-                # A multi-member gzip stream (pigz, concatenated writers): start the next member.
-                data = self._gzip.unused_data
-                self._gzip = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def finish(self) -> tuple[str, str, int]:
         """Return (blob digest, diffID, uncompressed size); raises if compression is cut short."""
@@ -143,9 +204,10 @@ class LayerDigester:
             self._feed(chunk)
         if self.compression == "gzip":
             assert self._gzip is not None
-            if self.size and not self._gzip.eof:
-                raise CorruptBlobError("gzip layer ends before its compressed stream does")
-            self._plain.write(self._gzip.flush())
+            try:
+                self._plain.write(self._gzip.finish())
+            except DECOMPRESSION_ERRORS as exc:
+                raise CorruptBlobError(f"layer blob does not decompress: {exc}") from exc
         elif self.compression == "zstd":
             assert self._zstd_writer is not None
             self._zstd_writer.flush()

@@ -1,10 +1,15 @@
-"""Overlapping the reading of a stream with its sending."""
+"""Streams: overlapping the reading of a stream with its sending, and gunzipping one."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from packcache.digest import GzipMembers
+
+GUNZIP_INPUT = 1 << 20  # compressed bytes read at a time: large pieces out, few calls
 
 _END = object()
 
@@ -47,3 +52,55 @@ def read_ahead(chunks: Iterable[bytes], depth: int = 8) -> Iterator[bytes]:
     finally:
         stop.set()
         producer.join()
+
+
+class GunzipReader:
+    """A readable stream of the decompressed bytes of a gzip `raw` stream, read as needed.
+
+    Unlike gzip.GzipFile it tells a stream that ends inside a member (GzipTruncatedError)
+    from one with bytes after its last member (GzipTrailingGarbageError); zeros after the
+    last member are padding, as gzip(1) takes them. Memory stays bounded by the pieces
+    GzipMembers hands out, however far the stream expands.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._members = GzipMembers(zero_padding=True)
+        self._pieces: Iterator[bytes] = iter(())
+        self._piece = b""
+        self._offset = 0
+        self._ended = False
+
+    def _next_piece(self) -> bool:
+        """Move on to the next decompressed piece; False at the end of the stream."""
+        while not self._ended:
+            piece = next(self._pieces, None)
+            if piece is None:
+                data = self._raw.read(GUNZIP_INPUT)
+                if data:
+                    self._pieces = self._members.inflate(data)
+                    continue
+                self._ended = True
+                piece = self._members.finish()
+            if piece:
+                self._piece, self._offset = piece, 0
+                return True
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (all that is left for n < 0); fewer than asked is not the end."""
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.read(GUNZIP_INPUT), b""))
+        if self._offset >= len(self._piece) and not self._next_piece():
+            return b""
+        if self._offset == 0 and n >= len(self._piece):
+            data = self._piece  # the whole piece, not copied
+        else:
+            data = self._piece[self._offset : self._offset + n]
+        self._offset += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end, dropping the bytes: checks what follows the data a reader used."""
+        while self._next_piece():
+            self._offset = len(self._piece)

@@ -3,9 +3,13 @@ for the legacy layout)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from tests.engines.images import (
     BuiltImage,
@@ -36,6 +40,33 @@ def build_oci_archive(
     tars = [layer_tar(layer) for layer in layers]
     blobs = [gzip_bytes(t) if gzip_layers else t for t in tars]
     diff_ids = [sha256_digest(t) for t in tars]
+    members, config, manifest_digest = oci_members(
+        blobs, diff_ids, repo_tag, gzip_layers=gzip_layers, config_extra=config_extra
+    )
+    members.update(extra_members or {})
+    write_tar(path, members)
+    image = BuiltImage(
+        path=path,
+        repo_tag=repo_tag,
+        config_digest=sha256_digest(canonical_json(config)),
+        diff_ids=diff_ids,
+        blob_digests=[sha256_digest(b) for b in blobs],
+        compressed=[gzip_layers] * len(blobs),
+        config=config,
+    )
+    return image, manifest_digest
+
+
+def oci_members(
+    blobs: Sequence[bytes],
+    diff_ids: Sequence[str],
+    repo_tag: str,
+    *,
+    gzip_layers: bool = True,
+    config_extra: dict | None = None,
+) -> tuple[dict[str, bytes], dict, str]:
+    """The members of an OCI-layout save of one image made of these layer blobs: returns
+    them, the image config and the manifest digest."""
     config = image_config(diff_ids, config_extra)
     config_bytes = canonical_json(config)
     config_digest = sha256_digest(config_bytes)
@@ -74,15 +105,80 @@ def build_oci_archive(
             }
         ]
     ).encode()
-    members.update(extra_members or {})
-    write_tar(path, members)
-    image = BuiltImage(
-        path=path,
-        repo_tag=repo_tag,
-        config_digest=config_digest,
-        diff_ids=diff_ids,
-        blob_digests=[sha256_digest(b) for b in blobs],
-        compressed=[gzip_layers] * len(blobs),
-        config=config,
-    )
-    return image, manifest_digest
+    return members, config, manifest_digest
+
+
+class GzipTarWriter:
+    """Writes a .tar.gz that expands to any size in little time and space.
+
+    A gzip file may hold many members, read back as one stream: each header is compressed on
+    its own, and a block of data repeated many times is compressed once and its member written
+    again and again. `expanded` counts the bytes the file decompresses to.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._members: dict[bytes, bytes] = {}
+        self.expanded = 0
+
+    def raw(self, data: bytes) -> None:
+        self._out.write(gzip.compress(data, compresslevel=1, mtime=0))
+        self.expanded += len(data)
+
+    def repeat(self, block: bytes, times: int) -> None:
+        member = self._members.get(block)
+        if member is None:
+            member = self._members[block] = gzip.compress(block, compresslevel=9, mtime=0)
+        for _ in range(times):
+            self._out.write(member)
+        self.expanded += len(block) * times
+
+    def entry_header(self, name: str, size: int, kind: bytes = tarfile.REGTYPE) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.type = size, kind
+        self.raw(info.tobuf(tarfile.USTAR_FORMAT))
+
+    def filled(self, size: int, byte: bytes = b"\0", last: bytes = b"") -> None:
+        """`size` bytes of data (`byte` repeated, then `last`), padded to the tar block."""
+        body = size - len(last)
+        whole, rest = divmod(body, FILL_BLOCK)
+        self.repeat(byte * FILL_BLOCK, whole)
+        tail = byte * rest + last
+        self.raw(tail + bytes(-size % tarfile.BLOCKSIZE))
+
+    def file(self, name: str, data: bytes) -> None:
+        self.entry_header(name, len(data))
+        self.raw(data + bytes(-len(data) % tarfile.BLOCKSIZE))
+
+    def end(self) -> None:
+        self.raw(bytes(2 * tarfile.BLOCKSIZE))
+
+
+FILL_BLOCK = 1 << 20
+
+
+def zero_layer_header(size: int) -> bytes:
+    info = tarfile.TarInfo("zeros")
+    info.size = size
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+def zero_layer_tar_digest(size: int) -> tuple[bytes, str]:
+    """The header of a layer tar holding one file of `size` zero bytes, and the tar's digest
+    (its diffID), hashed without ever holding the tar."""
+    header = zero_layer_header(size)
+    hasher = hashlib.sha256(header)
+    block = bytes(FILL_BLOCK)
+    whole, rest = divmod(size, FILL_BLOCK)
+    for _ in range(whole):
+        hasher.update(block)
+    hasher.update(bytes(rest + (-size % tarfile.BLOCKSIZE) + 2 * tarfile.BLOCKSIZE))
+    return header, "sha256:" + hasher.hexdigest()
+
+
+def write_zero_layer(writer: GzipTarWriter, header: bytes, size: int) -> None:
+    """The layer tar of zero_layer_tar_digest, through `writer` (as a gzip layer or as part of
+    a compressed archive)."""
+    writer.raw(header)
+    writer.filled(size)
+    writer.end()

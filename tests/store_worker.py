@@ -26,6 +26,7 @@ def layer_blob(seed: int, size: int) -> tuple[bytes, str]:
 
 def ingest(cache: Path, first: int, count: int, size: int) -> None:
     store = Store.open(cache)
+    print("ready", flush=True)  # the kill tests time their kill from here, not from start-up
     for seed in range(first, first + count):
         blob, diff_id = layer_blob(seed, size)
         result = store.ingest_layer(io.BytesIO(blob))

@@ -128,6 +128,8 @@ def test_prune_max_size_evicts_least_recently_used(cli, store: Store, two_images
         "layers": 0,
         "size": 0,
         "uncompressed_size": 0,
+        "partial_files": 0,
+        "partial_size": 0,
         "images": [],
     }
 

@@ -147,28 +147,66 @@ def test_a_new_shard_is_on_disk_before_a_blob_is_renamed_into_it(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[tuple[str, str]] = []
-    real_fsync_dir, real_replace = blobs._fsync_dir, os.replace
-    monkeypatch.setattr(
-        blobs, "_fsync_dir", lambda p: (events.append(("fsync", str(p))), real_fsync_dir(p))
-    )
-    monkeypatch.setattr(
-        blobs.os, "replace", lambda a, b: (events.append(("rename", str(b))), real_replace(a, b))
-    )
-    store = Store.open(tmp_path / "cache")
-    root, sha256_dir = tmp_path / "cache", tmp_path / "cache" / "blobs" / "sha256"
-    # A new cache: its directories' names are synced where they were created.
-    assert [("fsync", str(p)) for p in (root / "blobs", root, tmp_path)] == events
-    events.clear()
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst, *, src_dir_fd=None, dst_dir_fd=None) -> None:
+        events.append(("rename", os.path.join(os.readlink(f"/proc/self/fd/{dst_dir_fd}"), dst)))
+        real_replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    store = Store.open(tmp_path / "cache")  # created before the patch: only blobs' syncs count
+    monkeypatch.setattr(blobs.os, "fsync", fsync)
+    monkeypatch.setattr(blobs.os, "replace", replace)
+    sha256_dir = tmp_path / "cache" / "blobs" / "sha256"
     result = store.ingest_layer(io.BytesIO(random_tar(1000)))
     shard = store.blobs.path(result.digest).parent
+    # The blob file's own fsync runs in the fsync thread, before the rename (awaited).
+    ingest = str(store.blobs.ingest_dir)
     assert (
-        events
+        [e for e in events if not e[1].startswith(ingest)]
         == [
             ("fsync", str(sha256_dir)),  # the new shard's name, before anything is put in it
             ("rename", str(shard / result.digest[7:])),
             ("fsync", str(shard)),
         ]
     )
+
+
+def test_a_new_cache_syncs_its_directories_names(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs.os, "fsync", fsync)
+    Store.open(tmp_path / "cache")
+    root = tmp_path / "cache"
+    assert synced == [str(root / "blobs"), str(root), str(tmp_path)]
+
+
+def test_a_batch_commit_syncs_each_shard_once(store: Store, monkeypatch: pytest.MonkeyPatch):
+    tars = [random_tar(500, seed=f"batch{i}".encode()) for i in range(40)]
+    staged = [store.stage(io.BytesIO(t)) for t in tars]
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs.os, "fsync", fsync)
+    assert store.commit_staged_many(staged) == [True] * 40
+    shards = {str(store.blobs.path(s.digest).parent) for s in staged}
+    ingest = str(store.blobs.ingest_dir)  # the blob files' own syncs, still in flight
+    dirs = [path for path in synced if not path.startswith(ingest)]
+    assert sorted(dirs) == sorted([*shards, str(store.blobs.blobs_dir)])
+    assert store.cached_diff_ids(s.diff_id for s in staged) == {s.diff_id for s in staged}
+    assert verify(store).ok
 
 
 def test_a_failed_batch_commit_leaves_no_blob_behind(store: Store) -> None:

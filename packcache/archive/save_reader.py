@@ -10,24 +10,49 @@ manifest and digest has checked out: a bad archive leaves the cache as it was.
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 import re
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from isal import igzip
-
-from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, is_digest, sha256_digest
+from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
+from packcache.jsondoc import (
+    DocumentError,
+    check_image_config,
+    check_index,
+    check_manifest,
+    config_diff_ids,
+    strict_loads,
+)
 from packcache.refs import familiar, normalize
 from packcache.store.blobs import StagedBlob
 from packcache.store.store import ImageRecord, Lease, Store, recorded_config_fields
+from packcache.streams import GunzipReader
 
 SMALL_BLOB = 1 << 20  # blobs up to this size are held in memory until we know what they are
 MAX_METADATA = 16 << 20  # manifests, configs, index.json: anything larger is not metadata
+# What an archive may make the reader keep in memory until manifest.json (last in a legacy
+# save) says what is what: docker save writes a few small files per layer and image.
+MAX_HELD = 64 << 20  # bytes of small files, names and link targets held
+MAX_ENTRIES = 100_000  # entries of any kind
+ENTRY_COST = 256  # bytes of bookkeeping one held entry costs besides its name and data
+# A long name or PAX header is read whole by tarfile: real ones are a few hundred bytes.
+MAX_EXTENDED_HEADER = 1 << 20  # bytes of extended headers before one entry (and global ones)
+MAX_HEADER_CHAIN = 8  # extended headers before one entry: tarfile recurses once per header
+_EXTENDED_HEADERS = {
+    b"L": "GNU long name",
+    b"K": "GNU long link name",
+    b"x": "PAX",
+    b"X": "Solaris extended",
+    b"g": "PAX global",
+}
+LARGE_READ = 64 << 10  # a short read at least this large is passed on as it is
+_SPARSE_TYPE = b"S"
+_LONG_DIGITS = re.compile(rb"\d{65}")
+_SPARSE_REFUSED = "the archive holds a sparse file, which docker save never writes"
 _BLOB_PATH = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _LEGACY_CONFIG = re.compile(r"^([0-9a-f]{64})\.json$")
 INDEX_MEDIA_TYPES = {
@@ -97,6 +122,25 @@ class _Entries:
         self.staged: dict[str, StagedBlob] = {}
         self.known: dict[str, _Known] = {}
         self.links: dict[str, str] = {}
+        self.entries = 0
+        self.held = 0  # bytes held for the entries above: see MAX_HELD
+
+    def count_entry(self) -> None:
+        self.entries += 1
+        if self.entries > MAX_ENTRIES:
+            raise ArchiveError(
+                f"the archive has more than {MAX_ENTRIES:,} entries; a docker save archive "
+                "has a few per layer, so packcache refuses it"
+            )
+
+    def hold(self, name: str, size: int) -> None:
+        """Account for keeping an entry (and `size` bytes of it) until the archive's end."""
+        self.held += len(name) + size + ENTRY_COST
+        if self.held > MAX_HELD:
+            raise ArchiveError(
+                f"the archive's files other than layers take more than {MAX_HELD >> 20} MiB "
+                "of memory; a docker save archive has far less metadata, so packcache refuses it"
+            )
 
     def __contains__(self, path: str) -> bool:
         return any(path in kind for kind in (self.small, self.staged, self.known, self.links))
@@ -116,9 +160,9 @@ class _Entries:
 
     def json(self, path: str, what: str) -> object:
         try:
-            return json.loads(self.metadata(path, what))
-        except (ValueError, RecursionError) as exc:
-            raise ArchiveError(f"the archive's {what} {path!r} is not valid JSON: {exc}") from exc
+            return strict_loads(self.metadata(path, what), f"the archive's {what} {path!r}")
+        except DocumentError as exc:
+            raise ArchiveError(str(exc)) from exc
 
 
 def _read_stream(
@@ -133,40 +177,11 @@ def _read_stream(
         # tarfile parses the headers; member bytes are read straight from the stream (see
         # ForwardReader), not through tarfile's stream-mode buffer or its file objects.
         forward = ForwardReader(stream)
-        with tarfile.open(fileobj=forward, mode="r:") as tar:
-            for member in tar:
-                name = _clean_name(member)
-                if member.isdir():
-                    continue
-                if name in entries:
-                    raise ArchiveError(f"archive entry {name!r} appears twice")
-                if member.issym() or member.islnk():
-                    entries.links[name] = _link_target(name, member)
-                    continue
-                if not member.isfile():
-                    raise ArchiveError(f"archive entry {name!r} is not a regular file")
-                blob = _BLOB_PATH.match(name)
-                digest = f"sha256:{blob.group(1)}" if blob else None
-                if digest is not None:
-                    known = store.layer_by_digest(digest, lease)
-                    if known is not None:  # cached already (and leased): not even read
-                        entries.known[name] = _Known(digest, known.diff_id)
-                        continue
-                source = _member(tar, forward, member)
-                if name.endswith("/layer.tar") or member.size > SMALL_BLOB:
-                    if digest is None and not name.endswith("/layer.tar"):
-                        if member.size > MAX_METADATA:
-                            raise ArchiveError(f"unexpected large file {name!r} in the archive")
-                        entries.small[name] = source.read()
-                        continue
-                    staged = store.blobs.stage(_Counting(source, on_bytes), expected_digest=digest)
-                    entries.staged[name] = staged
-                    report.bytes_read += staged.size
-                else:
-                    data = source.read()
-                    if digest is not None and sha256_digest(data) != digest:
-                        raise ArchiveError(f"archive blob {name} does not match its digest")
-                    entries.small[name] = data
+        with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
+            while (member := _next_member(tar)) is not None:
+                _read_member(store, forward, member, entries, report, lease, on_bytes)
+        if isinstance(stream, GunzipReader):
+            stream.drain()  # the gzip stream must end cleanly too, after the tar's last block
     except tarfile.TarError as exc:
         if "unexpected end" in str(exc):
             raise ArchiveError("the archive ends early (truncated stream)") from exc
@@ -179,13 +194,73 @@ def _read_stream(
         raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
 
 
+def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """The next member's header, which tarfile then forgets: it keeps every header it parsed
+    (with its PAX headers) for the archive's lifetime, and an archive may have millions."""
+    try:
+        member = tar.next()
+    except (ValueError, UnicodeError, OverflowError, RecursionError) as exc:
+        raise ArchiveError(f"not a readable docker save archive: bad tar header: {exc}") from exc
+    tar.members.clear()
+    return member
+
+
+def _read_member(
+    store: Store,
+    forward: ForwardReader,
+    member: tarfile.TarInfo,
+    entries: _Entries,
+    report: ImportReport,
+    lease: Lease | None,
+    on_bytes,
+) -> None:
+    name = _clean_name(member)
+    entries.count_entry()
+    if member.isdir():
+        return
+    if name in entries:
+        raise ArchiveError(f"archive entry {name!r} appears twice")
+    if member.issym() or member.islnk():
+        entries.hold(name, len(member.linkname))
+        entries.links[name] = _link_target(name, member)
+        return
+    if not member.isfile() or member.issparse():
+        raise ArchiveError(f"archive entry {name!r} is not a regular file")
+    blob = _BLOB_PATH.match(name)
+    digest = f"sha256:{blob.group(1)}" if blob else None
+    if digest is not None:
+        known = store.layer_by_digest(digest, lease)
+        if known is not None:  # cached already (and leased): not even read
+            entries.hold(name, 0)
+            entries.known[name] = _Known(digest, known.diff_id)
+            return
+    source = _MemberBytes(forward, member)
+    if name.endswith("/layer.tar") or member.size > SMALL_BLOB:
+        if digest is None and not name.endswith("/layer.tar"):
+            if member.size > MAX_METADATA:
+                raise ArchiveError(f"unexpected large file {name!r} in the archive")
+            entries.hold(name, member.size)
+            entries.small[name] = source.read()
+            return
+        entries.hold(name, 0)
+        staged = store.stage(_Counting(source, on_bytes), expected_digest=digest)
+        entries.staged[name] = staged
+        report.bytes_read += staged.size
+    else:
+        entries.hold(name, member.size)
+        data = source.read()
+        if digest is not None and sha256_digest(data) != digest:
+            raise ArchiveError(f"archive blob {name} does not match its digest")
+        entries.small[name] = data
+
+
 def _gunzipped(stream: BinaryIO) -> BinaryIO:
     """`docker load` takes a gzip-compressed archive (`docker save IMAGE | gzip`): so does
     import, decompressing as it reads. Only a stream that can peek is checked (files, stdin);
     the daemon's own save stream is never compressed."""
     peek = getattr(stream, "peek", None)
     if peek is not None and peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC):
-        return igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        return GunzipReader(stream)  # type: ignore[return-value]
     return stream
 
 
@@ -196,23 +271,58 @@ class ForwardReader:
     left unread, the padding after one) by reading and dropping it. A backward seek means a
     bug, and fails loudly. Unlike its stream mode ("r|"), which reads 10 KiB records and
     copies every byte several times, member bytes can then be read straight from here.
+    Before tarfile parses a header it is looked at here (see check_next_header), so that an
+    extended header too big to hold is refused before tarfile reads it whole.
     """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self._pos = 0
+        self._peeked = b""  # read from `raw` by peek, not yet by the caller
+        self._chain_bytes = 0  # extended headers read since the last entry's own header
+        self._chain_length = 0
+        self._global_bytes = 0  # PAX global headers, which tarfile keeps to the end
 
-    def read(self, n: int = -1) -> bytes:
+    def _fill(self, n: int) -> bytes:
         data = self._raw.read(n)
-        if n is not None and 0 < len(data) < n:
+        if 0 < len(data) < n:
             # tarfile takes a short read for the end of the archive: fill it (pipes, sockets).
             parts, got = [data], len(data)
             while got < n and (more := self._raw.read(n - got)):
                 parts.append(more)
                 got += len(more)
             data = b"".join(parts)
+        return data
+
+    def read(self, n: int) -> bytes:
+        if n is None or n < 0:  # a whole archive is never read into memory
+            raise ArchiveError("the archive has a tar header of negative size")
+        if self._peeked:
+            data, self._peeked = self._peeked[:n], self._peeked[n:]
+            if len(data) < n:
+                data += self._fill(n - len(data))
+        else:
+            data = self._fill(n)
         self._pos += len(data)
         return data
+
+    def read_some(self, n: int) -> bytes:
+        """Up to `n` bytes, fewer if the source hands over a large piece that is short of `n`
+        (a gunzipped one): a member's bytes are not copied to join them. Small short reads
+        (a socket's) are still filled, so a layer is never handled in many small chunks."""
+        if self._peeked:
+            return self.read(min(n, len(self._peeked)))
+        data = self._raw.read(n)
+        if 0 < len(data) < min(n, LARGE_READ):
+            data += self._fill(n - len(data))
+        self._pos += len(data)
+        return data
+
+    def peek(self, n: int) -> bytes:
+        """The next `n` bytes (fewer at the end), left to be read."""
+        if len(self._peeked) < n:
+            self._peeked += self._fill(n - len(self._peeked))
+        return self._peeked[:n]
 
     def tell(self) -> int:
         return self._pos
@@ -225,30 +335,92 @@ class ForwardReader:
             pass
         return self._pos
 
+    def check_next_header(self) -> None:
+        """Refuse the header about to be parsed if tarfile would read too much for it."""
+        block = self.peek(tarfile.BLOCKSIZE)
+        size = _header_size(block)
+        if len(block) < tarfile.BLOCKSIZE or size is None:
+            return  # tarfile reports it
+        if size < 0:  # tarfile would read (or skip) to the end of the stream
+            raise ArchiveError(f"the archive has a tar header of negative size at {self._pos:,}")
+        kind = block[156:157]  # the type flag, in every tar format
+        if kind == _SPARSE_TYPE:  # its map may run on for any number of blocks
+            raise ArchiveError(_SPARSE_REFUSED)
+        if kind not in _EXTENDED_HEADERS:
+            self._chain_bytes = self._chain_length = 0
+            return
+        self._chain_length += 1
+        self._chain_bytes += size
+        if kind == b"g":
+            self._global_bytes += size
+        if max(self._chain_bytes, self._global_bytes) > MAX_EXTENDED_HEADER:
+            raise ArchiveError(
+                f"the archive has a {_EXTENDED_HEADERS[kind]} header of {size:,} bytes at byte "
+                f"{self._pos:,}: packcache refuses extended tar headers over "
+                f"{MAX_EXTENDED_HEADER >> 20} MiB"
+            )
+        if self._chain_length > MAX_HEADER_CHAIN:
+            raise ArchiveError(f"the archive has {self._chain_length} extended headers in a row")
+        if kind in (b"x", b"X", b"g"):  # tarfile parses all three as PAX records
+            self._check_pax_records(self.peek(tarfile.BLOCKSIZE + size)[tarfile.BLOCKSIZE :])
+
+    def _check_pax_records(self, records: bytes) -> None:
+        if b"GNU.sparse." in records:
+            # tarfile reads a sparse map of any length it declares (GNU sparse format 1.0).
+            raise ArchiveError(_SPARSE_REFUSED)
+        if _LONG_DIGITS.search(records):
+            # tarfile before Python 3.11.10 searches a PAX header in time quadratic in its
+            # longest run of digits (CVE-2024-6232): a 1 MiB one would take hours.
+            raise ArchiveError(
+                f"the archive has a PAX header at byte {self._pos:,} "
+                "holding a run of over 64 digits"
+            )
+
+
+def _header_size(block: bytes) -> int | None:
+    """A tar header's size field, read as tarfile reads it (nti): octal digits up to the first
+    NUL, or base-256 (first byte 0x80, or 0xff for a negative number)."""
+    field = block[124:136]
+    if not field:
+        return None
+    if field[0] in (0x80, 0xFF):
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0xFF else value
+    try:
+        return int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+    except ValueError:
+        return None
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile's header parser, with each header (also each of a chain of extended headers)
+    checked by the ForwardReader before tarfile reads it."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        archive.fileobj.check_next_header()  # type: ignore[union-attr]
+        return super().fromtarfile(archive)
+
 
 class _MemberBytes:
     """The bytes of the tar member just parsed, read straight from the forward stream."""
 
-    def __init__(self, forward: ForwardReader, size: int) -> None:
+    def __init__(self, forward: ForwardReader, member: tarfile.TarInfo) -> None:
+        forward.seek(member.offset_data)  # already there: tarfile has just read the header
         self._forward = forward
-        self._left = size
+        self._left = member.size
 
     def read(self, n: int = -1) -> bytes:
-        want = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._forward.read(want) if want else b""
-        if len(data) < want:
+        """Up to `n` bytes (all that are left for n < 0); b"" only at the member's end."""
+        whole = n is None or n < 0
+        want = self._left if whole else min(n, self._left)
+        if not want:
+            return b""
+        data = self._forward.read(want) if whole else self._forward.read_some(want)
+        if not data or (whole and len(data) < want):
             raise tarfile.ReadError("unexpected end of data")
         self._left -= len(data)
         return data
-
-
-def _member(tar: tarfile.TarFile, forward: ForwardReader, member: tarfile.TarInfo):
-    """A reader of a regular member's bytes: direct from the stream unless it is sparse."""
-    if member.issparse() or forward.tell() != member.offset_data:
-        source = tar.extractfile(member)  # tarfile's own reader: slower, but knows sparse maps
-        assert source is not None
-        return source
-    return _MemberBytes(forward, member.size)
 
 
 class _Counting:
@@ -270,36 +442,54 @@ def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
     if "index.json" not in entries.small:
         return {}
     found: dict[str, tuple[str, list[str]]] = {}
+    # Each document is parsed once however often it is named, and the descriptors visited
+    # are counted: an index may name one manifest, or one nested index, 100,000 times.
+    checked: dict[tuple[str, bool], tuple[bool, Any]] = {}
+    visits = 0
 
-    def walk(descriptors: object, refs: list[str], depth: int) -> None:
-        if not isinstance(descriptors, list) or depth > 2:
-            raise ArchiveError("the archive's index.json is malformed")
+    def check(path: str, descriptor: dict) -> tuple[bool, Any]:
+        """(True, its descriptors) for an index, (False, its config digest) for a manifest."""
+        key = (path, descriptor.get("mediaType") in INDEX_MEDIA_TYPES)
+        if key not in checked:
+            document = entries.json(path, "manifest")
+            try:
+                if key[1] or (isinstance(document, dict) and "manifests" in document):
+                    checked[key] = (True, check_index(document, f"the archive's index {path}"))
+                else:
+                    manifest = check_manifest(document, f"the archive's manifest {path}")
+                    checked[key] = (False, manifest["config"]["digest"])
+            except DocumentError as exc:
+                raise ArchiveError(str(exc)) from exc
+        return checked[key]
+
+    def walk(descriptors: list[dict], refs: list[str], depth: int) -> None:
+        nonlocal visits
+        if depth > 2:
+            raise ArchiveError("the archive's index.json nests indexes too deep")
+        visits += len(descriptors)
+        if visits > MAX_ENTRIES:
+            raise ArchiveError(f"the archive's index.json names over {MAX_ENTRIES:,} manifests")
         for descriptor in descriptors:
-            if not isinstance(descriptor, dict) or not is_digest(str(descriptor.get("digest"))):
-                raise ArchiveError("the archive's index.json has a malformed descriptor")
             digest = descriptor["digest"]
-            annotations = descriptor.get("annotations") or {}
-            name = annotations.get(REF_ANNOTATION) if isinstance(annotations, dict) else None
-            if not isinstance(name, str | None):
-                raise ArchiveError("the archive's index.json has a malformed image name")
+            name = (descriptor.get("annotations") or {}).get(REF_ANNOTATION)
             names = refs + ([name] if name else [])
             path = f"blobs/sha256/{digest[7:]}"
             if path not in entries.small:
                 continue  # a platform the save left out
-            document = entries.json(path, "manifest")
-            if not isinstance(document, dict):
-                raise ArchiveError(f"the archive's manifest {path} is malformed")
-            if descriptor.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document:
-                walk(document.get("manifests"), names, depth + 1)
-                continue
-            config = document.get("config") or {}
-            if isinstance(config, dict) and is_digest(str(config.get("digest"))):
-                found[config["digest"]] = (digest, names)
+            is_index, content = check(path, descriptor)
+            if is_index:
+                walk(content, names, depth + 1)
+            else:
+                found[content] = (digest, names)
 
     index = entries.json("index.json", "index")
     if not isinstance(index, dict):
         raise ArchiveError("the archive's index.json is not a JSON object")
-    walk(index.get("manifests"), [], 0)
+    try:
+        descriptors = check_index(index, "the archive's index.json")
+    except DocumentError as exc:
+        raise ArchiveError(str(exc)) from exc
+    walk(descriptors, [], 0)
     return found
 
 
@@ -325,14 +515,13 @@ def _plan_images(
         named = _BLOB_PATH.match(config_path) or _LEGACY_CONFIG.match(config_path)
         if named and f"sha256:{named.group(1)}" != config_digest:
             raise ArchiveError(f"image config {config_path} does not match its digest")
-        try:
-            config = json.loads(config_bytes)
-            diff_ids = config["rootfs"]["diff_ids"] or []
-            recorded_config_fields(config)  # checked before any blob is committed
-        except (ValueError, KeyError, TypeError, RecursionError, CorruptBlobError) as exc:
-            raise ArchiveError(f"image config {config_path} is malformed: {exc}") from exc
-        if not isinstance(diff_ids, list) or not all(is_digest(str(d)) for d in diff_ids):
-            raise ArchiveError(f"image config {config_path} has malformed diff_ids")
+        what = f"image config {config_path}"
+        try:  # every image is checked before any blob is committed
+            config = check_image_config(strict_loads(config_bytes, what), what)
+            recorded_config_fields(config)
+        except (DocumentError, CorruptBlobError) as exc:
+            raise ArchiveError(str(exc)) from exc
+        diff_ids = config_diff_ids(config)
         if len(layer_paths) != len(diff_ids):
             raise ArchiveError(
                 f"the archive lists {len(layer_paths)} layers for {config_digest} "
@@ -342,9 +531,7 @@ def _plan_images(
         for path, diff_id in zip(layer_paths, diff_ids, strict=True):
             resolved = entries.resolve(posixpath.normpath(path))
             if resolved in entries.small:  # a small layer: stage it now, from memory
-                entries.staged[resolved] = store.blobs.stage(
-                    io.BytesIO(entries.small.pop(resolved))
-                )
+                entries.staged[resolved] = store.stage(io.BytesIO(entries.small.pop(resolved)))
             if resolved in entries.staged:
                 staged = entries.staged[resolved]
                 actual, digest = staged.diff_id, staged.digest
@@ -403,7 +590,10 @@ def import_archive(
     entries = _Entries()
     try:
         _read_stream(store, _gunzipped(stream), entries, report, lease, on_bytes)
-        images, used = _plan_images(store, entries)
+        try:
+            images, used = _plan_images(store, entries)
+        except CorruptBlobError as exc:  # a small layer, staged from memory there
+            raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
         staged_blobs = list(used.values())
         for staged, written in zip(
             staged_blobs, store.commit_staged_many(staged_blobs, lease=lease), strict=True
@@ -416,7 +606,7 @@ def import_archive(
         report.layers_known += len(entries.known)
     finally:
         for staged in entries.staged.values():
-            store.blobs.discard(staged)
+            store.discard(staged)
     for image in images:
         store.record_image(
             ImageRecord(

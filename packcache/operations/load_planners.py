@@ -97,7 +97,7 @@ class LoadPlanner(ABC):
                     "import an image that has it first"
                 )
             plan.append(LoadLayer(diff_id, layer, layer.digest, layer.size, layer.media_type))
-        self.store.blobs.prefetch(item.layer.digest for item in plan if item.layer is not None)
+        self.store.prefetch(item.layer.digest for item in plan if item.layer is not None)
         return plan
 
     @abstractmethod

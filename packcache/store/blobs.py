@@ -7,12 +7,14 @@ place. A crash leaves either nothing in blobs/ or a complete, verified blob.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import secrets
-import socket
+import stat
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -21,8 +23,25 @@ from typing import BinaryIO
 
 from packcache.digest import CHUNK, LayerDigester, VerifyingReader, digest_hex
 from packcache.errors import CorruptBlobError, PackcacheError
+from packcache.store.layout import (
+    BLOB_MODE,
+    BLOBS,
+    DIR_MODE,
+    FILE_MODE,
+    INGEST,
+    SHA256,
+    CacheLayout,
+    UnsafeCacheError,
+    describe,
+    lstat_in,
+    open_root,
+    open_subdir,
+    opened_dir,
+)
+from packcache.store.queries import HOST, pid_alive
 
 INGEST_SUFFIX = ".partial"
+STALE_INGEST_AGE_S = 24 * 3600.0  # a temp file this old belongs to no live ingest, whoever wrote it
 PIPELINE_DEPTH = 8  # chunks queued for the hashing and writing thread: 8 MiB of a layer at most
 
 
@@ -43,10 +62,8 @@ class StagedBlob:
 def _fsync_and_close(out: BinaryIO) -> None:
     try:
         os.fsync(out.fileno())
-        # Once on disk, the blob's pages leave the page cache. Keeping every ingested GB cached
-        # made the next blob's writes pay for new page-cache memory: importing a 1 GiB image
-        # cost 2.6 s of kernel time and ran at 0.79x `docker save > file`; dropping them, 0.74 s
-        # and 1.02x (26.1 graphdriver, interleaved, median of 4). Reads refill it as needed.
+        # Once on disk, the blob's pages leave the page cache: keeping every ingested byte
+        # cached makes the next blob's writes pay to reclaim that memory; reads refill it.
         os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         out.close()
@@ -63,14 +80,6 @@ def _fsync_later(out: BinaryIO) -> Future[None]:
         if _fsyncer is None or _fsyncer[0] != os.getpid():
             _fsyncer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="packcache-fsync"))
         return _fsyncer[1].submit(_fsync_and_close, out)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Worker:
@@ -119,38 +128,124 @@ class _Worker:
             raise self._error
 
 
+@dataclass(frozen=True)
+class Partial:
+    """A temp file in ingest/: a blob being written, or left by a process that died."""
+
+    name: str
+    size: int
+    reclaimable: bool  # its writer is gone (or it is not a name packcache writes)
+
+
+def partial_owner_gone(name: str, mtime: float, now: float) -> bool:
+    """Whether the process that named this temp file (<host>-<pid>-<token>.partial) is gone: a
+    process of this host that no longer runs, or a day without a write from another host."""
+    try:
+        host, pid, _ = name.removesuffix(INGEST_SUFFIX).rsplit("-", 2)
+        if host == HOST and not pid_alive(int(pid)):
+            return True
+    except ValueError:
+        return True  # not a name packcache writes
+    return now - mtime > STALE_INGEST_AGE_S
+
+
+def _check_expected(label: str, expected: str | None, actual: str) -> None:
+    if expected is not None and expected != actual:
+        raise CorruptBlobError(
+            f"layer bytes do not match their {label}: expected {expected}, got {actual}"
+        )
+
+
+def ensure_dir(parent_fd: int, name: str, where: Path) -> tuple[int, bool]:
+    """Open directory `name` in `parent_fd`, creating it 0700 if missing (chmod after mkdir,
+    so the umask does not decide); returns (descriptor, created). A link there is refused."""
+    try:
+        os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+        created = True
+    except FileExistsError:
+        created = False
+    fd = open_subdir(parent_fd, name, where)
+    if created:
+        os.fchmod(fd, DIR_MODE)
+    return fd, created
+
+
 class BlobFiles:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs_dir = root / "blobs" / "sha256"
-        self.ingest_dir = root / "ingest"
+    def __init__(self, layout: CacheLayout) -> None:
+        self.layout = layout
+        self.root = layout.root
+        self.blobs_dir = layout.blobs_dir
+        self.ingest_dir = layout.ingest_dir
 
     def create_dirs(self) -> None:
-        created = not (self.blobs_dir.is_dir() and self.ingest_dir.is_dir())
-        for directory in (self.blobs_dir, self.ingest_dir):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if created:  # a new cache: the directories' names on disk before blobs go in them
-            for directory in (self.blobs_dir.parent, self.root, self.root.parent):
-                _fsync_dir(directory)
+        """blobs/, blobs/sha256 and ingest/, 0700; their names on disk before blobs go in."""
+        root_fd = open_root(self.root)
+        opened = []
+        try:
+            ingest_fd, new_ingest = ensure_dir(root_fd, INGEST, self.ingest_dir)
+            opened.append(ingest_fd)
+            blobs_fd, new_blobs = ensure_dir(root_fd, BLOBS, self.blobs_dir.parent)
+            opened.append(blobs_fd)
+            sha_fd, new_sha = ensure_dir(blobs_fd, SHA256, self.blobs_dir)
+            opened.append(sha_fd)
+            if new_sha:
+                os.fsync(blobs_fd)
+            if new_ingest or new_blobs:
+                os.fsync(root_fd)
+                with suppress(OSError):  # the root's own name, if we may open its parent
+                    parent = os.open(self.root.parent, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        os.fsync(parent)
+                    finally:
+                        os.close(parent)
+        finally:
+            for fd in [root_fd, *opened]:
+                os.close(fd)
 
     def path(self, digest: str) -> Path:
+        return self.layout.blob_path(digest_hex(digest))
+
+    def open_fd(self, digest: str) -> int:
+        """A read descriptor of a blob, reached without following any link; raises
+        FileNotFoundError when it is missing, CorruptBlobError when it is not a regular file."""
         hex_ = digest_hex(digest)
-        return self.blobs_dir / hex_[:2] / hex_
+        try:
+            with opened_dir(self.root, BLOBS, SHA256, hex_[:2]) as shard_fd:
+                # O_NONBLOCK: a fifo planted there must not hang the open.
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                fd = os.open(hex_, flags, dir_fd=shard_fd)
+        except UnsafeCacheError as exc:
+            raise CorruptBlobError(f"blob {digest}: {exc}") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise CorruptBlobError(f"blob {digest} is a symbolic link: it is not used") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptBlobError(f"blob {digest} is not a regular file: it is not used")
+        os.set_blocking(fd, True)
+        return fd
 
     def open(self, digest: str, size: int | None = None, on_mismatch=None) -> VerifyingReader:
         """Open a blob for reading; the reader raises CorruptBlobError at EOF if it was altered."""
-        path = self.path(digest)
         try:
-            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
+            fd = self.open_fd(digest)
         except FileNotFoundError as exc:
             if on_mismatch is not None:
                 on_mismatch()
-            raise CorruptBlobError(f"blob {digest} is missing from {path.parent}") from exc
-        if size is not None and os.fstat(raw.fileno()).st_size != size:
-            raw.close()
+            raise CorruptBlobError(
+                f"blob {digest} is missing from {self.path(digest).parent}"
+            ) from exc
+        except CorruptBlobError:
+            if on_mismatch is not None:
+                on_mismatch()
+            raise
+        if size is not None and os.fstat(fd).st_size != size:
+            os.close(fd)
             if on_mismatch is not None:
                 on_mismatch()
             raise CorruptBlobError(f"blob {digest} has the wrong size on disk: it is corrupt")
+        raw = os.fdopen(fd, "rb", buffering=0)
         return VerifyingReader(raw, digest, size, on_mismatch)
 
     def prefetch(self, digests: Iterable[str]) -> None:
@@ -158,13 +253,24 @@ class BlobFiles:
         them one after another, and ingests drop blobs from the page cache (see above)."""
         for digest in digests:
             try:
-                fd = os.open(self.path(digest), os.O_RDONLY)
-            except OSError:
-                continue  # a missing blob is reported when it is read
+                fd = self.open_fd(digest)
+            except (OSError, PackcacheError):
+                continue  # a missing or bad blob is reported when it is read
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
             finally:
                 os.close(fd)
+
+    def _create_temp(self) -> tuple[Path, BinaryIO]:
+        name = f"{HOST}-{os.getpid()}-{secrets.token_hex(8)}{INGEST_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with opened_dir(self.root, INGEST) as ingest_fd:
+            fd = os.open(name, flags, FILE_MODE, dir_fd=ingest_fd)
+        return self.ingest_dir / name, os.fdopen(fd, "wb", buffering=0)
+
+    def _unlink_temp(self, path: Path) -> None:
+        with opened_dir(self.root, INGEST) as ingest_fd, suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=ingest_fd)
 
     def stage(
         self,
@@ -179,16 +285,14 @@ class BlobFiles:
         With write=False the bytes are only hashed (to learn or check digests of a layer the
         cache already holds in another form). Raises CorruptBlobError when a digest differs.
         The fsync runs in a background thread, so a caller reading a stream of blobs (`docker
-        save`) goes on to the next one while the kernel writes this one out; `commit` waits
-        for it, so nothing reaches blobs/ before it is on disk.
+        save`) goes on to the next one while the kernel writes this one out; `commit_many`
+        waits for it, so nothing reaches blobs/ before it is on disk.
         """
         digester = LayerDigester()
         temp: Path | None = None
         out = None
         if write:
-            name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}{INGEST_SUFFIX}"
-            temp = self.ingest_dir / name
-            out = open(temp, "xb", buffering=0)  # noqa: SIM115 - closed below
+            temp, out = self._create_temp()
 
         def consume(chunk: bytes) -> None:
             digester.update(chunk)
@@ -210,17 +314,11 @@ class BlobFiles:
             if worker is not None:
                 worker.finish()
             digest, diff_id, uncompressed_size = digester.finish()
-            for label, expected, actual in (
-                ("digest", expected_digest, digest),
-                ("diffID", expected_diff_id, diff_id),
-            ):
-                if expected is not None and expected != actual:
-                    raise CorruptBlobError(
-                        f"layer bytes do not match their {label}: expected {expected}, got {actual}"
-                    )
+            _check_expected("digest", expected_digest, digest)
+            _check_expected("diffID", expected_diff_id, diff_id)
             durable = None
             if out is not None:
-                os.fchmod(out.fileno(), 0o444)
+                os.fchmod(out.fileno(), BLOB_MODE)
                 durable = _fsync_later(out)
         except BaseException:
             if worker is not None:
@@ -228,7 +326,7 @@ class BlobFiles:
             if out is not None:
                 out.close()
             if temp is not None:
-                temp.unlink(missing_ok=True)
+                self._unlink_temp(temp)
             raise
         return StagedBlob(
             digest=digest,
@@ -240,23 +338,63 @@ class BlobFiles:
             durable=durable,
         )
 
-    def commit(self, staged: StagedBlob) -> None:
-        """Atomically move a staged blob into place. Concurrent commits of one digest both win."""
-        assert staged.path is not None
-        if staged.durable is not None:
+    def commit_many(self, staged_blobs: list[StagedBlob], renamed: list[str]) -> None:
+        """Move staged blobs into place, appending each digest to `renamed` once it is there.
+
+        Each blob is on disk before it is named; each shard directory touched is fsynced once
+        for the whole batch, before this returns and so before the caller commits the index
+        rows naming them. Concurrent commits of one digest both win.
+        """
+        if not staged_blobs:
+            return
+        self._make_durable(staged_blobs)
+        shard_fds: dict[str, int] = {}
+        with (
+            opened_dir(self.root, BLOBS, SHA256) as sha_fd,
+            opened_dir(self.root, INGEST) as ingest_fd,
+        ):
             try:
-                staged.durable.result()  # on disk before it is named a blob
-            except OSError as exc:
-                raise self._write_error(exc) from exc
-        final = self.path(staged.digest)
-        try:
-            final.parent.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        else:  # a new shard: its own name in blobs/sha256 must be on disk before the blob is
-            _fsync_dir(final.parent.parent)
-        os.replace(staged.path, final)
-        _fsync_dir(final.parent)
+                self._open_shards(sha_fd, staged_blobs, shard_fds)
+                for staged in staged_blobs:
+                    hex_ = digest_hex(staged.digest)
+                    name = staged.path.name  # type: ignore[union-attr]
+                    os.replace(name, hex_, src_dir_fd=ingest_fd, dst_dir_fd=shard_fds[hex_[:2]])
+                    renamed.append(staged.digest)
+                for fd in shard_fds.values():
+                    os.fsync(fd)
+            except PermissionError as exc:
+                raise PackcacheError(
+                    f"cannot write to {self.blobs_dir}: permission denied (is part of the cache "
+                    "another user's?)"
+                ) from exc
+            finally:
+                for fd in shard_fds.values():
+                    os.close(fd)
+
+    def _make_durable(self, staged_blobs: list[StagedBlob]) -> None:
+        """Wait for the blobs' fsyncs (run in the background as they were staged)."""
+        for staged in staged_blobs:
+            assert staged.path is not None
+            if staged.durable is not None:
+                try:
+                    staged.durable.result()
+                except OSError as exc:
+                    raise self._write_error(exc) from exc
+
+    def _open_shards(
+        self, sha_fd: int, staged_blobs: list[StagedBlob], shard_fds: dict[str, int]
+    ) -> None:
+        """Open (making them if needed) the shards these blobs go to, into `shard_fds`; new
+        shards' names are on disk before anything is put in them."""
+        new_shard = False
+        for staged in staged_blobs:
+            shard = digest_hex(staged.digest)[:2]
+            if shard not in shard_fds:
+                fd, created = ensure_dir(sha_fd, shard, self.path(staged.digest).parent)
+                shard_fds[shard] = fd
+                new_shard = new_shard or created
+        if new_shard:
+            os.fsync(sha_fd)
 
     def _write_error(self, exc: OSError) -> PackcacheError:
         """Disk full or an I/O error while a blob is written: say where."""
@@ -267,16 +405,107 @@ class BlobFiles:
             with suppress(OSError):  # its file is removed either way
                 staged.durable.result()
         if staged.path is not None:
-            staged.path.unlink(missing_ok=True)
+            self._unlink_temp(staged.path)
+
+    def removal_problem(self, digest: str) -> str | None:
+        """Why this process could not unlink the blob, or None if it can (or it is gone).
+        Asked before an eviction commits, so rows are never dropped with their file left."""
+        hex_ = digest_hex(digest)
+        shard = hex_[:2]
+        path = self.path(digest)
+        try:
+            with opened_dir(self.root, BLOBS, SHA256) as sha_fd:
+                shard_st = lstat_in(sha_fd, shard)
+                if shard_st is None:
+                    return None
+                if not stat.S_ISDIR(shard_st.st_mode):
+                    return f"{path.parent} is {describe(shard_st.st_mode)}"
+                if not os.access(shard, os.W_OK | os.X_OK, dir_fd=sha_fd, effective_ids=True):
+                    return _denied(path, shard_st)
+                with opened_dir(self.root, BLOBS, SHA256, shard) as shard_fd:
+                    st = lstat_in(shard_fd, hex_)
+                    if st is None:
+                        return None
+                    euid = os.geteuid()
+                    sticky = shard_st.st_mode & stat.S_ISVTX
+                    if sticky and euid not in (0, st.st_uid, shard_st.st_uid):
+                        return _denied(path, shard_st)
+                    # Root passes every mode check; only an immutable file stops it.
+                    if euid == 0 and not os.access(
+                        hex_, os.W_OK, dir_fd=shard_fd, effective_ids=True, follow_symlinks=False
+                    ):
+                        return f"cannot remove {path}: it is immutable or on a read-only mount"
+        except (OSError, PackcacheError) as exc:
+            return f"cannot remove {path}: {getattr(exc, 'strerror', None) or exc}"
+        return None
 
     def remove(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
+        """Unlink a blob (a link found in its place is what is unlinked, never its target)."""
+        hex_ = digest_hex(digest)
+        try:
+            with opened_dir(self.root, BLOBS, SHA256, hex_[:2]) as shard_fd:
+                os.unlink(hex_, dir_fd=shard_fd)
+        except FileNotFoundError:
+            pass
 
-    def iter_blob_paths(self):
-        """Yield (digest, path) of every file under blobs/ (for verify's orphan scan)."""
-        if not self.blobs_dir.exists():
+    def iter_blob_paths(self) -> Iterator[tuple[str, Path]]:
+        """(digest, path) of every regular file in a shard under blobs/sha256, links and
+        other entries skipped (verify reports those)."""
+        try:
+            with opened_dir(self.root, BLOBS, SHA256) as sha_fd:
+                for shard in sorted(os.listdir(sha_fd)):
+                    try:
+                        shard_fd = open_subdir(sha_fd, shard, self.blobs_dir / shard)
+                    except (OSError, PackcacheError):
+                        continue
+                    try:
+                        for name in sorted(os.listdir(shard_fd)):
+                            st = lstat_in(shard_fd, name)
+                            if st is not None and stat.S_ISREG(st.st_mode):
+                                yield f"sha256:{name}", self.blobs_dir / shard / name
+                    finally:
+                        os.close(shard_fd)
+        except FileNotFoundError:
             return
-        for shard in sorted(self.blobs_dir.iterdir()):
-            if shard.is_dir():
-                for path in sorted(shard.iterdir()):
-                    yield f"sha256:{path.name}", path
+
+    def partials(self) -> list[Partial]:
+        """The temp files in ingest/ (regular files only; anything else is verify's business)."""
+        now = time.time()
+        found = []
+        try:
+            with opened_dir(self.root, INGEST) as ingest_fd:
+                for name in os.listdir(ingest_fd):
+                    st = lstat_in(ingest_fd, name)
+                    if st is None or not stat.S_ISREG(st.st_mode):
+                        continue
+                    if name.endswith(INGEST_SUFFIX):
+                        gone = partial_owner_gone(name, st.st_mtime, now)
+                        found.append(Partial(name, st.st_size, gone))
+        except FileNotFoundError:
+            return []
+        return found
+
+    def reclaim_partials(self) -> list[Partial]:
+        """Remove the temp files whose writer is gone; a live writer's are never touched."""
+        reclaimed = []
+        dead = [partial for partial in self.partials() if partial.reclaimable]
+        if not dead:
+            return []
+        with opened_dir(self.root, INGEST) as ingest_fd:
+            for partial in dead:
+                try:
+                    os.unlink(partial.name, dir_fd=ingest_fd)
+                except FileNotFoundError:
+                    continue
+                except PermissionError:
+                    continue  # another user's leftover in a shared cache: verify reports it
+                reclaimed.append(partial)
+        return reclaimed
+
+
+def _denied(path: Path, shard_st: os.stat_result) -> str:
+    mode = stat.S_IMODE(shard_st.st_mode)
+    return (
+        f"cannot remove {path}: permission denied (its directory is mode {mode:04o}, "
+        f"owned by uid {shard_st.st_uid}; you are uid {os.geteuid()})"
+    )

@@ -7,7 +7,8 @@ from packcache.store.store import Store
 
 
 def cache_info(store: Store) -> dict[str, object]:
-    with store.db.read() as conn:
+    partials = store.partials()
+    with store.read() as conn:
         revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         layers, size, uncompressed = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(blob_size), 0), COALESCE(SUM(size), 0) FROM layers"
@@ -25,11 +26,14 @@ def cache_info(store: Store) -> dict[str, object]:
         }
     return {
         "cache_dir": str(store.root),
-        "index": str(store.root / "index.db"),
+        "index": str(store.layout.index),
         "schema_revision": revision,
         "layers": layers,
         "size": size,
         "uncompressed_size": uncompressed,
         **counts,
+        # Temp files in ingest/: running ingests, or killed ones' (reclaimed at the next write).
+        "partial_files": len(partials),
+        "partial_size": sum(partial.size for partial in partials),
         "max_size": configured_max_size(store),
     }

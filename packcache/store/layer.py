@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
 import zstandard
 from isal import igzip
@@ -11,17 +11,24 @@ from isal import igzip
 from packcache.digest import VerifyingReader
 from packcache.image.layer import MEDIA_TYPES, Layer
 
-__all__ = ["MEDIA_TYPES", "CachedLayer", "Layer"]
+__all__ = ["MEDIA_TYPES", "CachedLayer", "Layer", "LayerBlobs"]
 
-if TYPE_CHECKING:
-    from packcache.store.store import Store
+
+class LayerBlobs(Protocol):
+    """What a cached layer needs of the store that holds it (the store implements it)."""
+
+    def open_layer_blob(self, diff_id: str, digest: str, size: int) -> VerifyingReader:
+        """Open the blob, count the use, evict the layer if its bytes turn out wrong."""
+        ...
+
+    def evict_corrupt(self, diff_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class CachedLayer:
     """A layer held in the cache. Every open counts as a use for LRU eviction."""
 
-    store: Store
+    blobs: LayerBlobs
     diff_id: str
     digest: str
     size: int
@@ -35,10 +42,7 @@ class CachedLayer:
         return MEDIA_TYPES[self.compression]
 
     def _open_blob(self) -> VerifyingReader:
-        self.store.touch([self.diff_id])
-        return self.store.blobs.open(
-            self.digest, self.size, on_mismatch=lambda: self.store.evict_corrupt(self.diff_id)
-        )
+        return self.blobs.open_layer_blob(self.diff_id, self.digest, self.size)
 
     def compressed(self) -> BinaryIO:
         return self._open_blob()  # type: ignore[return-value]
@@ -58,5 +62,5 @@ class CachedLayer:
             plain,
             self.diff_id,
             self.uncompressed_size,
-            on_mismatch=lambda: self.store.evict_corrupt(self.diff_id),
+            on_mismatch=lambda: self.blobs.evict_corrupt(self.diff_id),
         )  # type: ignore[return-value]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
+import stat
 import time
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from packcache.errors import UsageError
 from packcache.store import queries
 from packcache.store.store import EvictedLayer, Store
 from packcache.units import parse_size
 
-CONFIG_FILE = "config.toml"
 MAX_SIZE_ENV = "PACKCACHE_MAX_SIZE"
 
 
@@ -85,7 +87,7 @@ def prune(
     cache is at or under `max_size` bytes; limited to `image`'s layers when given."""
     if max_size is None and older_than is None and not everything and image is None:
         raise UsageError("say what to prune: --max-size, --older-than, --image or --all")
-    with store.db.read() as conn:
+    with store.read() as conn:
         image_key = queries.resolve_image(conn, image)[0] if image else None
     # --image alone evicts that image's layers.
     everything = everything or (image is not None and max_size is None and older_than is None)
@@ -93,7 +95,7 @@ def prune(
         max_size=max_size, older_than=older_than, image_key=image_key, everything=everything
     )
     if dry_run:
-        with store.db.read() as conn:
+        with store.read() as conn:
             chosen, skipped = _choose(conn, queries.leased_diff_ids(conn), **options)
             size_before = queries.total_size(conn)
         removed = [EvictedLayer(*row) for row in chosen]
@@ -115,7 +117,7 @@ def prune(
 
 def remove_image(store: Store, ref: str) -> list[EvictedLayer]:
     """`rm IMAGE`: forget the image and evict the layers no other cached image uses."""
-    with store.db.read() as conn:
+    with store.read() as conn:
         image_key, config_digest = queries.resolve_image(conn, ref)
 
     def choose(conn: sqlite3.Connection, _leased: set[str]) -> list[str]:
@@ -140,18 +142,44 @@ def remove_layer(store: Store, layer_id: str) -> list[EvictedLayer]:
     return store.evict([store.resolve_layer(layer_id)])
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a settings file, not data: anything larger is a mistake
+
+
+def _read_config(path: Path) -> str | None:
+    """config.toml's text, read without following a link; None if there is none."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise UsageError(f"cannot read {path}: {reason}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"cannot read {path}: it is not a regular file")
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UsageError(f"cannot read {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def configured_max_size(store: Store) -> int | None:
     """The automatic size cap: $PACKCACHE_MAX_SIZE, else `max-size` in <cache>/config.toml."""
     text = os.environ.get(MAX_SIZE_ENV)
     source = MAX_SIZE_ENV
     if text is None:
-        path = store.root / CONFIG_FILE
-        if not path.exists():
+        path = store.layout.config
+        content = _read_config(path)
+        if content is None:
             return None
         try:
-            config = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"cannot read {path}: {exc}") from exc
+            config = tomllib.loads(content)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"cannot read {path}: {exc}") from None
         unknown = set(config) - {"max-size"}
         if unknown:
             raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")

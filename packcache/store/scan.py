@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from packcache.refs import familiar, short_id
 from packcache.store import queries
-from packcache.store.database import Database
 
 SORT_KEYS = ("size", "last-used", "created")
+
+
+class Index(Protocol):
+    """What these queries read from: a Store (or its Database)."""
+
+    def read(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
 
 @dataclass(slots=True)
@@ -52,6 +59,8 @@ class DiskUsage:
     size: int  # bytes of blob files
     uncompressed_size: int
     images: list[ImageUsage] = field(default_factory=list)
+    partial_files: int = 0  # temp files in ingest/: ingests running, or left by killed ones
+    partial_size: int = 0
 
 
 def _image_names(conn: sqlite3.Connection) -> dict[int, str]:
@@ -71,16 +80,16 @@ _LAYER_ORDER = {
     "size": "l.blob_size DESC, l.id",
     "created": "l.first_seen DESC, l.id",
     # Unary + keeps SQLite off the last_access index: walking it costs a random row read per
-    # layer, 2.5x slower over 100,000 layers than reading them in order and sorting.
+    # layer, slower on a large index than reading the rows in order and sorting them.
     "last-used": "+l.last_access DESC, l.id",
 }
 
 
-def list_layers(db: Database, image: str | None = None, sort: str = "last-used") -> list[LayerInfo]:
+def list_layers(db: Index, image: str | None = None, sort: str = "last-used") -> list[LayerInfo]:
     """One entry per cached layer (of `image` only, in image order, when given).
 
     SQLite sorts and gathers each layer's other digests and users in one query; Python only
-    names the users. At 100,000 layers every microsecond a row is 0.1 s of `ls`.
+    names the users, since per-row work in Python dominates `ls` on a large index.
     """
     with db.read() as conn:
         if image is None:
@@ -138,7 +147,7 @@ def list_layers(db: Database, image: str | None = None, sort: str = "last-used")
     return layers
 
 
-def disk_usage(db: Database) -> DiskUsage:
+def disk_usage(db: Index) -> DiskUsage:
     """Totals, and per image its size, shared size and unique size (like `docker system df -v`)."""
     with db.read() as conn:
         count, size, uncompressed = conn.execute(
@@ -187,4 +196,12 @@ def disk_usage(db: Database) -> DiskUsage:
             )
         )
     images.sort(key=lambda image: (-image.size, image.name))
-    return DiskUsage(layers=count, size=size, uncompressed_size=uncompressed, images=images)
+    partials = db.partials() if hasattr(db, "partials") else []
+    return DiskUsage(
+        layers=count,
+        size=size,
+        uncompressed_size=uncompressed,
+        images=images,
+        partial_files=len(partials),
+        partial_size=sum(partial.size for partial in partials),
+    )

@@ -1,9 +1,12 @@
-"""The index's tables. migrations/ creates and upgrades them; this module only describes them.
+"""The index's tables: the one description of the schema a person edits.
+
+migrations/ holds its history (each change is a new revision, its upgrade written to match this
+module; a test runs Alembic's autogenerate comparison against a database migrated to head), and
+schema_head.sql, which new caches are created with, is generated from the migrations and checked.
 
 Layers and images have integer keys: the joins that `du` and `ls --image` run over every image's
-layer list are three times faster on integers than on 71-character digests (measured on 100,000
-layers and 10,000 images). Times are UNIX seconds (REAL): LRU order and age filters are plain
-comparisons.
+layer list are much faster on integers than on 71-character digests. Times are UNIX seconds
+(REAL): LRU order and age filters are plain comparisons.
 """
 
 from __future__ import annotations

@@ -1,3 +1,6 @@
+-- Generated from migrations/ by `python -m tests.test_migrations`: do not edit. The schema
+-- a person edits is packcache/store/schema.py; a change to it is a new migration.
+
 CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL, 
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)

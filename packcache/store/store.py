@@ -1,8 +1,9 @@
 """The store: blob files plus their SQLite index, behind one small API.
 
 Every write follows one order: bytes to ingest/, fsync, verify, rename into blobs/, then index
-(under the shared cache lock). Every removal holds the exclusive cache lock, updates the rows,
-commits, then unlinks the files. So the index never names a blob that is not on disk.
+(under the shared cache lock). Every removal holds the exclusive cache lock, checks each file can
+be removed, updates the rows, commits, then unlinks the files. So the index never names a blob
+that is not on disk.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from packcache.digest import sha256_digest
+from packcache.digest import VerifyingReader, sha256_digest
 from packcache.errors import CorruptBlobError, NotFoundError, PackcacheError
 from packcache.refs import familiar, normalize
 from packcache.store import queries
-from packcache.store.blobs import BlobFiles, StagedBlob
-from packcache.store.database import Database, open_cache
+from packcache.store.blobs import BlobFiles, Partial, StagedBlob
+from packcache.store.database import Database
 from packcache.store.layer import MEDIA_TYPES, CachedLayer
+from packcache.store.layout import CacheLayout
 from packcache.store.locking import CacheLock
+from packcache.store.opening import prepare
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -32,9 +35,9 @@ if TYPE_CHECKING:
 # SQLAlchemy owns the schema (schema.py, Alembic) and the maintenance writes (evictions, image
 # removal); it is imported inside the methods that use it. The writes every import, load, rebase
 # and create-builder makes (leases, last access, committing blobs, recording images and builder
-# inputs) are plain SQL on the sqlite3 driver: importing SQLAlchemy costs 0.16 s here, 4-8% of
-# a warm rebase or builder, and more of a builder re-created unchanged. (Importing it in a
-# background thread instead raced imports on the main thread.)
+# inputs) are plain SQL on the sqlite3 driver, because importing SQLAlchemy would cost those
+# commands a noticeable share of their time. It is imported on the main thread only: importing
+# it in the background races the main thread's imports.
 
 LEASE_TTL_S = 6 * 3600.0  # longer than any operation; a lease of a killed process dies sooner
 
@@ -95,7 +98,11 @@ class Lease:
             return queries.cached_diff_ids(conn, ids)
 
     def hold_by_digest(self, digest: str) -> CachedLayer | None:
-        """The cached layer with this blob digest, leased (as `hold`), or None."""
+        """The cached layer with this blob digest, leased (as `hold`), or None. A digest the
+        cache does not know costs a read, not a write transaction: archives name many."""
+        with self.store.db.read() as conn:
+            if queries.cached_layer_by_digest(conn, digest) is None:
+                return None
         with self.store.db.write_plain() as conn:
             row = queries.cached_layer_by_digest(conn, digest)
             if row is not None:
@@ -128,15 +135,66 @@ def _driver(conn: Connection) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, root: Path, db: Database) -> None:
-        self.root = root
-        self.db = db
-        self.blobs = BlobFiles(root)
-        self.lock = CacheLock(root / "lock")
+    """The cache: blob files, their index and the lock, reached only through these methods."""
+
+    def __init__(self, blobs: BlobFiles, *, writable: bool = True) -> None:
+        self.layout = blobs.layout
+        self.root = blobs.layout.root
+        self.writable = writable
+        self.blobs = blobs
+        self.lock = CacheLock(self.layout.lock, writable=writable)
+        self.db = Database(self.layout.index, self.lock, writable=writable)
+        if writable:
+            self.db.tighten_side_files()
+            self.blobs.reclaim_partials()  # space of killed ingests comes back at the next write
 
     @classmethod
-    def open(cls, root: Path) -> Store:
-        return cls(Path(root), open_cache(Path(root)))
+    def open(cls, root: Path, *, writable: bool = True) -> Store:
+        """Open (writable: create or upgrade) the cache at `root`. Read-only (`writable=False`)
+        needs no write access to it: for `ls`, `du`, `info` and `verify`; a cache with no
+        index yet is created as a writable open would."""
+        blobs = BlobFiles(CacheLayout(Path(root)))
+        return cls(blobs, writable=prepare(blobs.layout, blobs, writable=writable))
+
+    # -- files ------------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read connection to the index (plain sqlite3: see database.py)."""
+        with self.db.read() as conn:
+            yield conn
+
+    def stage(
+        self,
+        source: BinaryIO,
+        *,
+        expected_digest: str | None = None,
+        expected_diff_id: str | None = None,
+        write: bool = True,
+    ) -> StagedBlob:
+        """Hash (and write to ingest/) a layer blob, to be committed with commit_staged(_many)
+        and then discarded: see BlobFiles.stage."""
+        return self.blobs.stage(
+            source, expected_digest=expected_digest, expected_diff_id=expected_diff_id, write=write
+        )
+
+    def discard(self, staged: StagedBlob) -> None:
+        """Remove a staged blob's temp file (a no-op once it is committed)."""
+        self.blobs.discard(staged)
+
+    def prefetch(self, digests: Iterable[str]) -> None:
+        """Have the kernel start reading these blobs (a load streams them next)."""
+        self.blobs.prefetch(digests)
+
+    def partials(self) -> list[Partial]:
+        """Temp files in ingest/: blobs being written, or left by killed processes."""
+        return self.blobs.partials()
+
+    def open_layer_blob(self, diff_id: str, digest: str, size: int) -> VerifyingReader:
+        """For CachedLayer: open its blob, count the use, evict it if its bytes are wrong."""
+        if self.writable:
+            self.touch([diff_id])
+        return self.blobs.open(digest, size, on_mismatch=lambda: self.evict_corrupt(diff_id))
 
     # -- layers ----------------------------------------------------------------------------
 
@@ -211,7 +269,7 @@ class Store:
         cached = expected_diff_id is not None and bool(
             self.cached_diff_ids([expected_diff_id], lease)
         )
-        staged = self.blobs.stage(
+        staged = self.stage(
             source,
             expected_digest=expected_digest,
             expected_diff_id=expected_diff_id,
@@ -220,7 +278,7 @@ class Store:
         try:
             written = self.commit_staged(staged, media_type, lease)
         finally:
-            self.blobs.discard(staged)  # no-op once renamed into place
+            self.discard(staged)  # no-op once renamed into place
         return IngestResult(staged.diff_id, staged.digest, staged.size, written=written)
 
     def commit_staged(
@@ -237,62 +295,69 @@ class Store:
         media_type: str | None = None,
         lease: Lease | None = None,
     ) -> list[bool]:
-        """commit_staged for several blobs in one index transaction (one WAL sync, not one
-        per layer, at the end of an import). If one fails, none is committed: the blobs this
+        """commit_staged for several blobs in one index transaction and one round of
+        directory fsyncs (not one per layer). Files first: every blob is renamed into place
+        and its directory synced before the rows naming it commit, so a crash leaves an
+        orphan, never a row without its file. If one fails, none is committed: the blobs this
         call already moved into place are removed again while the write lock is still held
         (every rename into blobs/ happens under it, so no other process has named them)."""
         now = time.time()
         renamed: list[str] = []  # digests of the blobs moved into place so far
         with self.lock.shared(), self.db.write_plain() as conn:
             try:
-                return [
-                    self._commit_one(conn, staged, now, media_type, lease, renamed)
-                    for staged in staged_blobs
-                ]
+                keys, writes = self._plan_commit(conn, staged_blobs, now)
+                self.blobs.commit_many([staged for staged, _key in writes], renamed)
+                conn.executemany(
+                    "UPDATE layers SET size = ?, blob_digest = ?, blob_size = ?,"
+                    " compression = ?, last_access = ? WHERE id = ?",
+                    [
+                        (s.uncompressed_size, s.digest, s.size, s.compression, now, key)
+                        for s, key in writes
+                    ],
+                )
+                conn.executemany(
+                    "INSERT INTO layer_digests (digest, layer_key, media_type, size)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        (s.digest, key, media_type or MEDIA_TYPES[s.compression], s.size)
+                        for s, key in zip(staged_blobs, keys, strict=True)
+                    ],
+                )
+                if lease is not None:
+                    _insert_lease_rows(conn, lease.id, {s.diff_id for s in staged_blobs})
             except BaseException:
                 for digest in renamed:
                     self.blobs.remove(digest)
                 raise
+        written = {id(staged) for staged, _key in writes}
+        return [id(staged) in written for staged in staged_blobs]
 
-    def _commit_one(
-        self,
-        conn: sqlite3.Connection,
-        staged: StagedBlob,
-        now: float,
-        media_type: str | None,
-        lease: Lease | None,
-        renamed: list[str],
-    ) -> bool:
-        conn.execute(
-            "INSERT INTO layers (diff_id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (staged.diff_id, now),
-        )
-        key, blob_digest = conn.execute(
-            "SELECT id, blob_digest FROM layers WHERE diff_id = ?", (staged.diff_id,)
-        ).fetchone()
-        written = False
-        if blob_digest is None:
-            if staged.path is None:
-                raise PackcacheError(
-                    f"layer {staged.diff_id} was evicted while it was being hashed; retry"
-                )
-            self.blobs.commit(staged)  # file first: a crash leaves an orphan, not a lie
-            renamed.append(staged.digest)
-            size, compression = staged.uncompressed_size, staged.compression
+    @staticmethod
+    def _plan_commit(
+        conn: sqlite3.Connection, staged_blobs: list[StagedBlob], now: float
+    ) -> tuple[list[int], list[tuple[StagedBlob, int]]]:
+        """Each staged blob's layer row key, and which blobs to move into place: those of
+        layers not cached yet (once per layer, if a batch holds two forms of one)."""
+        keys: list[int] = []
+        writes: list[tuple[StagedBlob, int]] = []
+        chosen: set[str] = set()
+        for staged in staged_blobs:
             conn.execute(
-                "UPDATE layers SET size = ?, blob_digest = ?, blob_size = ?,"
-                " compression = ?, last_access = ? WHERE id = ?",
-                (size, staged.digest, staged.size, compression, now, key),
+                "INSERT INTO layers (diff_id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (staged.diff_id, now),
             )
-            written = True
-        conn.execute(
-            "INSERT INTO layer_digests (digest, layer_key, media_type, size)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (staged.digest, key, media_type or MEDIA_TYPES[staged.compression], staged.size),
-        )
-        if lease is not None:
-            _insert_lease_rows(conn, lease.id, [staged.diff_id])
-        return written
+            key, blob_digest = conn.execute(
+                "SELECT id, blob_digest FROM layers WHERE diff_id = ?", (staged.diff_id,)
+            ).fetchone()
+            keys.append(key)
+            if blob_digest is None and staged.diff_id not in chosen:
+                if staged.path is None:
+                    raise PackcacheError(
+                        f"layer {staged.diff_id} was evicted while it was being hashed; retry"
+                    )
+                chosen.add(staged.diff_id)
+                writes.append((staged, key))
+        return keys, writes
 
     def evict(self, diff_ids: Iterable[str]) -> list[EvictedLayer]:
         """Remove these layers (rows, then files) unless leased. Returns what was removed."""
@@ -319,10 +384,29 @@ class Store:
                     row = queries.cached_layer(raw, diff_id)
                     if row is not None:
                         removed.append(EvictedLayer(row[0], row[1], row[2]))
+                self._check_removable([layer.blob_digest for layer in removed])
                 self.uncache_rows(conn, [layer.diff_id for layer in removed])
             for layer in removed:  # after commit: a crash now leaves orphans, never dangling rows
-                self.blobs.remove(layer.blob_digest)
+                self._remove_blob(layer.blob_digest)
+            self.blobs.reclaim_partials()
         return removed
+
+    def _check_removable(self, digests: list[str]) -> None:
+        """Refuse (before any row changes) an eviction whose files this user cannot unlink:
+        it happens whole or not at all."""
+        problems = [p for d in digests if (p := self.blobs.removal_problem(d)) is not None]
+        if problems:
+            more = f" (and {len(problems) - 1} more blobs)" if len(problems) > 1 else ""
+            raise PackcacheError(f"{problems[0]}{more}; nothing was removed")
+
+    def _remove_blob(self, digest: str) -> None:
+        try:
+            self.blobs.remove(digest)
+        except OSError as exc:  # checked before the commit: only a race or a new flag gets here
+            raise PackcacheError(
+                f"cannot remove {self.blobs.path(digest)}: {exc.strerror}; its layer is "
+                "evicted and `packcache verify --repair` removes the file"
+            ) from exc
 
     def uncache_rows(self, conn: Connection, diff_ids: list[str]) -> None:
         """Mark layers as no longer cached; forget what nothing needs any more."""
@@ -354,13 +438,18 @@ class Store:
         )
 
     def evict_corrupt(self, diff_id: str) -> None:
-        """Drop a layer whose blob failed its digest check, lease or not: it is not that layer."""
+        """Drop a layer whose blob failed its digest check, lease or not: it is not that layer.
+        Left as it is (verify reports it) when this user could not remove its file."""
+        if not self.writable:
+            return
         with self.lock.exclusive():
             with self.db.write() as conn:
                 row = queries.cached_layer(_driver(conn), diff_id)
+                if row is not None and self.blobs.removal_problem(row[1]) is not None:
+                    return
                 self.uncache_rows(conn, [diff_id])
             if row is not None:
-                self.blobs.remove(row[1])
+                self._remove_blob(row[1])
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -376,8 +465,16 @@ class Store:
         try:
             yield Lease(self, lease_id)
         finally:
-            with self.db.write_plain() as conn:  # its lease_layers go with it (ON DELETE CASCADE)
-                conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+            try:
+                with self.db.write_plain() as conn:  # its lease_layers go (ON DELETE CASCADE)
+                    conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        """Close the index connection kept for reads (the store stays usable: the next read
+        opens one again)."""
+        self.db.close_reader()
 
     def _drop_dead_leases(self, conn: Connection) -> None:
         raw = _driver(conn)
