@@ -102,7 +102,7 @@ class Context:
         return self.cache_dir
 
     def daemon(self):
-        from packcache.engine.daemon import Daemon
+        from packcache.transports.daemon import Daemon
 
         return Daemon(self.host)
 

@@ -1,0 +1,2 @@
+"""Transports: where images come from and go to (the Docker daemon today; registries and the
+launch cache to come). Each speaks in the image vocabulary of packcache.image."""
