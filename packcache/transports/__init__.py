@@ -1,1 +1,2 @@
-"""Transports: how packcache talks to what holds images (the Docker daemon, containerd)."""
+"""Transports: where images come from and go to (the Docker daemon and its containerd today;
+registries and the launch cache to come). Each speaks in the image vocabulary of packcache.image."""
