@@ -343,11 +343,19 @@ class Containerd:
                 metadata=self._metadata(),
             )
 
-    def delete_blob(self, digest: str) -> None:
-        pb = self._pb.content_pb2
-        self._unary(
-            f"deleting {digest}", self._content.Delete, pb.DeleteContentRequest(digest=digest)
-        )
+    def delete_blob(self, digest: str) -> bool:
+        """Remove a blob from the content store; False where it was not there."""
+        try:
+            self._content.Delete(
+                self._pb.content_pb2.DeleteContentRequest(digest=digest),
+                timeout=CALL_TIMEOUT_S,
+                metadata=self._metadata(),
+            )
+        except self._grpc.RpcError as exc:
+            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
+                return False
+            raise self._explain(f"deleting {digest}", exc) from None
+        return True
 
     # -- images ------------------------------------------------------------------------------
 
