@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# Private Docker engines for the tests, fetched from Debian's registry into .engines/ (no install).
+# Private Docker engines and a container registry for the tests, fetched from Debian's
+# archive into .engines/ (no install).
 engines: $(STAMP)
 	$(BIN)/python -m tests.engines.provision
+	$(BIN)/python -m tests.registries.provision
 
 test: $(STAMP) engines
 	$(BIN)/ruff check packcache migrations tests
