@@ -1,0 +1,1 @@
+"""Transports: where image content comes from and goes to (daemon, registry, archives)."""
