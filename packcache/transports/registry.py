@@ -249,11 +249,16 @@ class RegistryClient:
         self.options = options or RegistryOptions()
         self.actions = ",".join(actions)
         self.insecure = host in self.options.insecure
+        if self.insecure:  # asked for by name: urllib3's warning on every request is noise
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._credentials = credentials
         self._credentials_read = credentials is not None
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
         self._session.verify = not self.insecure
+        # Not the environment's CA bundle (REQUESTS_CA_BUNDLE would override verify) nor
+        # ~/.netrc credentials: TLS and auth are docker's, from certs.d and the Docker config.
+        self._session.trust_env = False
         adapter = _ContextAdapter(ssl_context(host, self.options.certs_dir, self.insecure))
         self._session.mount("https://", adapter)
         self._session.mount("http://", HTTPAdapter(pool_maxsize=16, max_retries=0))
