@@ -24,6 +24,7 @@ from packcache.transports.registry import (
 from packcache.transports.registry_credentials import Credentials, find_credentials
 from tests.engines.images import BuiltImage
 from tests.registries import pushing
+from tests.registries.faults import CuttingProxy
 
 if TYPE_CHECKING:
     from tests.engines.pytest_plugin import EnginePool
@@ -265,3 +266,49 @@ def test_image_name_parsing() -> None:
     assert ImageName.parse(f"localhost:5000/x@{digest}").reference == digest
     with pytest.raises(PackcacheError, match="not a sha256 digest"):
         ImageName.parse("localhost:5000/x@md5:abcd")
+
+
+def test_blob_download_dropped_mid_way_resumes_with_range(
+    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+) -> None:
+    manifest = plain_client(registries.plain).manifest("t/app", "1")
+    big = max(manifest.layers, key=lambda layer: layer["size"])
+    proxy = CuttingProxy(registries.plain.port, cut_after=300_000, cuts=2)
+    try:
+        client = plain_client_at(proxy.host, backoff_seconds=0.01)
+        store = Store.open(tmp_path / "cache")
+        with client.open_blob("t/app", big["digest"], big["size"]) as blob:
+            staged = store.stage(blob, expected_digest=big["digest"])
+            assert blob.drops == 2
+        assert staged.size == big["size"]
+        store.discard(staged)
+    finally:
+        proxy.close()
+    assert proxy.cuts_done == 2
+    ranges = [
+        line for line in registries.plain.requests_logged("GET", big["digest"]) if " 206 " in line
+    ]
+    assert len(ranges) == 2, registries.plain.log_text()[-3000:]
+
+
+def test_blob_download_that_keeps_dropping_is_one_clear_error(
+    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+) -> None:
+    manifest = plain_client(registries.plain).manifest("t/app", "1")
+    big = max(manifest.layers, key=lambda layer: layer["size"])
+    proxy = CuttingProxy(registries.plain.port, cut_after=100_000, cuts=100)
+    try:
+        client = plain_client_at(proxy.host, attempts=3, backoff_seconds=0.01)
+        store = Store.open(tmp_path / "cache")
+        with (
+            pytest.raises(PackcacheError, match=r"kept breaking off \(3 times"),
+            client.open_blob("t/app", big["digest"], big["size"]) as blob,
+        ):
+            store.stage(blob, expected_digest=big["digest"])
+        assert store.partials() == []
+    finally:
+        proxy.close()
+
+
+def plain_client_at(host: str, **options: object) -> RegistryClient:
+    return RegistryClient(host, RegistryOptions(insecure=frozenset({host}), **options))  # type: ignore[arg-type]
