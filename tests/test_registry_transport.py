@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,39 +21,13 @@ from packcache.transports.registry import (
     RegistryOptions,
 )
 from packcache.transports.registry_credentials import Credentials, find_credentials
-from tests.engines.images import BuiltImage
-from tests.registries import pushing
 from tests.registries.faults import CuttingProxy
 
 if TYPE_CHECKING:
-    from tests.engines.pytest_plugin import EnginePool
     from tests.registries.harness import Registry, RegistrySet
+    from tests.registries.pytest_plugin import Pushed
 
 pytestmark = pytest.mark.engine
-ENGINE = "26.1-graphdriver"
-
-
-@dataclass
-class Pushed:
-    amd64: BuiltImage
-    arm64: BuiltImage
-    digests: dict[str, str]  # registry kind -> manifest digest of app:1
-
-
-@pytest.fixture(scope="module")
-def pushed(
-    registries: RegistrySet, engine_pool: EnginePool, tmp_path_factory: pytest.TempPathFactory
-) -> Pushed:
-    engine = engine_pool.get(ENGINE)
-    tmp = tmp_path_factory.mktemp("pushed")
-    amd64 = pushing.build_app(tmp, "t/app:amd64", "amd64")
-    arm64 = pushing.build_app(tmp, "t/app:arm64", "arm64", "arm64")
-    digests = {}
-    for kind in ("plain", "tls-basic", "token"):
-        digests[kind] = pushing.push(engine, registries, registries.get(kind), amd64, "t/app:1")
-    pushing.push(engine, registries, registries.plain, arm64, "t/app:arm64")
-    pushing.push_index(engine, registries.plain, "t/app:multi", ["t/app:1", "t/app:arm64"])
-    return Pushed(amd64, arm64, digests)
 
 
 def docker_config(tmp_path: Path, host: str, user: str, password: str) -> Path:
@@ -80,25 +53,25 @@ def plain_client(registry: Registry, **options: object) -> RegistryClient:
     )
 
 
-def assert_is_app(client: RegistryClient, pushed: Pushed, digest: str) -> None:
+def assert_is_app(client: RegistryClient, registry_images: Pushed, digest: str) -> None:
     manifest = client.manifest("t/app", "1")
     assert manifest.digest == digest
     assert manifest.media_type == DOCKER_MANIFEST
     config = client.read_document_blob("t/app", manifest.config)
-    assert strict_loads(config, "config")["rootfs"]["diff_ids"] == pushed.amd64.diff_ids
+    assert strict_loads(config, "config")["rootfs"]["diff_ids"] == registry_images.amd64.diff_ids
 
 
 def test_plain_registry_named_insecure_serves_manifest_and_config(
-    registries: RegistrySet, pushed: Pushed
+    registries: RegistrySet, registry_images: Pushed
 ) -> None:
     with plain_client(registries.plain) as client:
-        assert_is_app(client, pushed, pushed.digests["plain"])
-        by_digest = client.manifest("t/app", pushed.digests["plain"])
-        assert by_digest.digest == pushed.digests["plain"]
+        assert_is_app(client, registry_images, registry_images.digests["plain"])
+        by_digest = client.manifest("t/app", registry_images.digests["plain"])
+        assert by_digest.digest == registry_images.digests["plain"]
 
 
 def test_plain_registry_not_named_insecure_is_refused_clearly(
-    registries: RegistrySet, pushed: Pushed
+    registries: RegistrySet, registry_images: Pushed
 ) -> None:
     client = RegistryClient(registries.plain.host, RegistryOptions(attempts=1))
     with pytest.raises(PackcacheError, match=r"TLS to registry .* failed .*or name it insecure"):
@@ -106,7 +79,7 @@ def test_plain_registry_not_named_insecure_is_refused_clearly(
 
 
 def test_tls_basic_registry_with_ca_in_certs_dir_and_docker_config_auths(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     registry = registries.tls_basic
     options = RegistryOptions(
@@ -116,11 +89,11 @@ def test_tls_basic_registry_with_ca_in_certs_dir_and_docker_config_auths(
         ),
     )
     with RegistryClient(registry.host, options) as client:
-        assert_is_app(client, pushed, pushed.digests["tls-basic"])
+        assert_is_app(client, registry_images, registry_images.digests["tls-basic"])
 
 
 def test_tls_registry_without_its_ca_is_refused_unless_insecure(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     registry = registries.tls_basic
     credentials = Credentials(registries.user, registries.password)
@@ -134,11 +107,11 @@ def test_tls_registry_without_its_ca_is_refused_unless_insecure(
         RegistryOptions(certs_dir=tmp_path, insecure=frozenset({registry.host})),
         credentials=credentials,
     )
-    assert_is_app(unverified, pushed, pushed.digests["tls-basic"])
+    assert_is_app(unverified, registry_images, registry_images.digests["tls-basic"])
 
 
 def test_wrong_password_is_one_clear_error(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     registry = registries.tls_basic
     options = RegistryOptions(certs_dir=trusting_certs_dir(tmp_path, registries, registry))
@@ -153,7 +126,7 @@ def test_wrong_password_is_one_clear_error(
 
 
 def test_token_registry_fetches_a_pull_token_for_the_repository(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     registry = registries.token
     assert registries.realm is not None
@@ -161,7 +134,7 @@ def test_token_registry_fetches_a_pull_token_for_the_repository(
     config = docker_config(tmp_path, registry.host, registries.user, registries.password)
     options = RegistryOptions(insecure=frozenset({registry.host}), docker_config_dir=config)
     with RegistryClient(registry.host, options) as client:
-        assert_is_app(client, pushed, pushed.digests["token"])
+        assert_is_app(client, registry_images, registry_images.digests["token"])
     # One token for the repository scope, reused for the manifest and the config.
     assert registries.realm.requests[before:] == [(registries.user, "repository:t/app:pull")]
     wrong = RegistryClient(
@@ -174,7 +147,10 @@ def test_token_registry_fetches_a_pull_token_for_the_repository(
 
 
 def test_credential_helper_from_the_docker_config(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    registries: RegistrySet,
+    registry_images: Pushed,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     registry = registries.token
     bin_dir = tmp_path / "bin"
@@ -199,10 +175,12 @@ def test_credential_helper_from_the_docker_config(
     (config_dir / "config.json").write_text(json.dumps({"credsStore": "pctest"}))
     assert find_credentials("other.example", config_dir) is None
     options = RegistryOptions(insecure=frozenset({registry.host}), docker_config_dir=config_dir)
-    assert_is_app(RegistryClient(registry.host, options), pushed, pushed.digests["token"])
+    assert_is_app(
+        RegistryClient(registry.host, options), registry_images, registry_images.digests["token"]
+    )
 
 
-def test_unknown_repository_tag_and_blob(registries: RegistrySet, pushed: Pushed) -> None:
+def test_unknown_repository_tag_and_blob(registries: RegistrySet, registry_images: Pushed) -> None:
     client = plain_client(registries.plain)
     with pytest.raises(NotFoundError, match="manifest t/nothing:1 not found"):
         client.manifest("t/nothing", "1")
@@ -225,14 +203,14 @@ def test_registry_that_is_down(registries: RegistrySet) -> None:
         client.manifest("t/app", "1")
 
 
-def test_manifest_list_platform_choice(registries: RegistrySet, pushed: Pushed) -> None:
+def test_manifest_list_platform_choice(registries: RegistrySet, registry_images: Pushed) -> None:
     client = plain_client(registries.plain)
     amd64 = client.manifest("t/app", "multi")
-    assert amd64.digest == pushed.digests["plain"]
+    assert amd64.digest == registry_images.digests["plain"]
     arm64 = client.manifest("t/app", "multi", Platform.parse("linux/arm64"))
     config = strict_loads(client.read_document_blob("t/app", arm64.config), "config")
     assert config["architecture"] == "arm64"
-    assert config["rootfs"]["diff_ids"] == pushed.arm64.diff_ids
+    assert config["rootfs"]["diff_ids"] == registry_images.arm64.diff_ids
     with pytest.raises(
         NotFoundError,
         match=r"without an image for linux/s390x \(it has: linux/amd64, linux/arm64\)",
@@ -241,12 +219,12 @@ def test_manifest_list_platform_choice(registries: RegistrySet, pushed: Pushed) 
 
 
 def test_blobs_stream_into_the_store_with_their_diff_ids(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     client = plain_client(registries.plain)
     manifest = client.manifest("t/app", "1")
     store = Store.open(tmp_path / "cache")
-    for layer, diff_id in zip(manifest.layers, pushed.amd64.diff_ids, strict=True):
+    for layer, diff_id in zip(manifest.layers, registry_images.amd64.diff_ids, strict=True):
         assert client.blob_size("t/app", layer["digest"]) == layer["size"]
         with client.open_blob("t/app", layer["digest"], layer["size"]) as blob:
             staged = store.stage(blob, expected_digest=layer["digest"])
@@ -269,11 +247,11 @@ def test_image_name_parsing() -> None:
 
 
 def test_blob_download_dropped_mid_way_resumes_with_range(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     manifest = plain_client(registries.plain).manifest("t/app", "1")
     big = max(manifest.layers, key=lambda layer: layer["size"])
-    proxy = CuttingProxy(registries.plain.port, cut_after=300_000, cuts=2)
+    proxy = CuttingProxy(registries.plain.port, cut_after=300_000, cuts=2, blob=big["digest"])
     try:
         client = plain_client_at(proxy.host, backoff_seconds=0.01)
         store = Store.open(tmp_path / "cache")
@@ -292,11 +270,11 @@ def test_blob_download_dropped_mid_way_resumes_with_range(
 
 
 def test_blob_download_that_keeps_dropping_is_one_clear_error(
-    registries: RegistrySet, pushed: Pushed, tmp_path: Path
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     manifest = plain_client(registries.plain).manifest("t/app", "1")
     big = max(manifest.layers, key=lambda layer: layer["size"])
-    proxy = CuttingProxy(registries.plain.port, cut_after=100_000, cuts=100)
+    proxy = CuttingProxy(registries.plain.port, cut_after=100_000, cuts=100, blob=big["digest"])
     try:
         client = plain_client_at(proxy.host, attempts=3, backoff_seconds=0.01)
         store = Store.open(tmp_path / "cache")

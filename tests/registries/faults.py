@@ -1,8 +1,9 @@
 """A fault-injecting TCP proxy in front of a real test registry (plain HTTP).
 
 It forwards bytes both ways and, for the first `cuts` connections whose request is a blob
-GET, closes the connection after `cut_after` bytes of the answer: a connection dropped
-mid-blob, as a flaky network or a restarted proxy does it.
+GET, closes the connection after `cut_after` bytes of the answer (a connection dropped
+mid-blob, as a flaky network or a restarted proxy does it), or flips a bit of that byte
+(a registry serving bytes that do not match their digest).
 """
 
 from __future__ import annotations
@@ -15,10 +16,21 @@ from tests.registries.harness import LOCALHOST
 
 
 class CuttingProxy:
-    def __init__(self, upstream_port: int, *, cut_after: int, cuts: int) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        *,
+        cut_after: int,
+        cuts: int,
+        flip_only: bool = False,
+        blob: str = "sha256:",
+    ) -> None:
         self.upstream_port = upstream_port
         self.cut_after = cut_after
         self.cuts_left = cuts
+        # Instead of closing the connection, flip one bit of byte `cut_after` and go on.
+        self.flip_only = flip_only
+        self._match = f"/blobs/{blob}".encode()  # which blob GETs to break
         self.cuts_done = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server((LOCALHOST, 0))
@@ -48,31 +60,35 @@ class CuttingProxy:
 
     def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
         cut_at: list[int | None] = [None]
+        sent = [0]  # answer bytes so far on this connection: a cut counts from its request
 
         def to_upstream() -> None:
             with contextlib.suppress(OSError):
                 while data := client.recv(65536):
-                    if b"GET " in data and b"/blobs/sha256:" in data:
+                    if b"GET " in data and self._match in data:
                         with self._lock:
                             if self.cuts_left > 0:
                                 self.cuts_left -= 1
-                                cut_at[0] = self.cut_after
+                                cut_at[0] = sent[0] + self.cut_after
                     upstream.sendall(data)
             with contextlib.suppress(OSError):
                 upstream.shutdown(socket.SHUT_WR)
 
         threading.Thread(target=to_upstream, daemon=True).start()
-        sent = 0
         with contextlib.suppress(OSError):
             while data := upstream.recv(65536):
-                limit = cut_at[0]
-                if limit is not None and sent + len(data) >= limit:
-                    client.sendall(data[: limit - sent])
+                limit, done = cut_at[0], sent[0]
+                if limit is not None and done <= limit < done + len(data):
+                    cut_at[0] = None
                     with self._lock:
                         self.cuts_done += 1
-                    break
+                    if not self.flip_only:
+                        client.sendall(data[: limit - done])
+                        break
+                    at = limit - done
+                    data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
                 client.sendall(data)
-                sent += len(data)
+                sent[0] += len(data)
         for sock in (client, upstream):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,160 @@
+"""Pulling images from the real test registries straight into the store (no daemon)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from packcache.errors import CorruptBlobError, NotFoundError, PackcacheError
+from packcache.store.store import Store
+from packcache.transports.registry import (
+    ImageName,
+    Platform,
+    RegistryClient,
+    RegistryOptions,
+)
+from packcache.transports.registry_credentials import Credentials
+from packcache.transports.registry_pull import pull_image
+from tests.registries.faults import CuttingProxy
+
+if TYPE_CHECKING:
+    from tests.registries.harness import Registry, RegistrySet
+    from tests.registries.pytest_plugin import Pushed
+
+pytestmark = pytest.mark.engine
+
+
+def insecure(host: str, **options: object) -> RegistryClient:
+    return RegistryClient(host, RegistryOptions(insecure=frozenset({host}), **options))  # type: ignore[arg-type]
+
+
+def pull(store: Store, client: RegistryClient, ref: str, **kwargs: object):
+    with store.lease("test pull") as lease:
+        return pull_image(store, client, ImageName.parse(ref), lease=lease, **kwargs)  # type: ignore[arg-type]
+
+
+def layer_gets(registry: Registry, digests: list[str]) -> int:
+    return sum(len(registry.requests_logged("GET", f"/blobs/{d}")) for d in digests)
+
+
+def test_pull_fills_an_empty_cache_and_records_the_image(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    store = Store.open(tmp_path / "cache")
+    ref = f"{registry.host}/t/app:1"
+    report = pull(store, insecure(registry.host), ref)
+    built = registry_images.amd64
+    assert report.manifest_digest == registry_images.digests["plain"]
+    assert report.config_digest == built.config_digest
+    assert len(report.downloaded) == len(built.diff_ids) and report.already_cached == []
+    assert store.cached_diff_ids(built.diff_ids) == set(built.diff_ids)
+    assert store.resolve_image(ref) == built.config_digest
+    assert store.resolve_image(f"{registry.host}/t/app@{report.manifest_digest}") == (
+        built.config_digest
+    )
+    manifest = store.manifest(report.manifest_digest)
+    assert manifest is not None
+    for digest in report.downloaded:
+        assert store.layer_by_digest(digest) is not None
+        assert f'"{digest}"' in manifest.decode()
+
+
+def test_second_pull_downloads_nothing(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    store = Store.open(tmp_path / "cache")
+    first = pull(store, insecure(registry.host), f"{registry.host}/t/app:1")
+    gets = layer_gets(registry, first.downloaded)
+    again = pull(store, insecure(registry.host), f"{registry.host}/t/app:1")
+    assert again.downloaded == [] and again.bytes_downloaded == 0
+    assert sorted(again.already_cached) == sorted(registry_images.amd64.diff_ids)
+    assert layer_gets(registry, first.downloaded) == gets
+
+
+def test_same_layers_in_another_compression_are_not_downloaded(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    """t/app:cd (pushed by the containerd-store engine, uncompressed) has t/app:1's diffIDs."""
+    registry = registries.plain
+    store = Store.open(tmp_path / "cache")
+    pull(store, insecure(registry.host), f"{registry.host}/t/app:1")
+    report = pull(store, insecure(registry.host), f"{registry.host}/t/app:cd")
+    assert report.manifest_digest == registry_images.digests["plain-containerd"]
+    assert report.downloaded == []
+    assert store.resolve_image(f"{registry.host}/t/app:cd") == registry_images.amd64.config_digest
+
+
+def test_pull_of_uncompressed_layers_from_a_containerd_store_push(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    store = Store.open(tmp_path / "cache")
+    report = pull(store, insecure(registry.host), f"{registry.host}/t/app:cd")
+    assert len(report.downloaded) == len(registry_images.amd64.diff_ids)
+    diff_ids = registry_images.amd64.diff_ids
+    assert store.cached_diff_ids(diff_ids) == set(diff_ids)
+    assert {store.layer(d).compression for d in diff_ids} == {"none"}  # type: ignore[union-attr]
+
+
+def test_pull_through_token_auth_and_from_a_list(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    store = Store.open(tmp_path / "cache")
+    token = registries.token
+    client = RegistryClient(
+        token.host,
+        RegistryOptions(insecure=frozenset({token.host})),
+        credentials=Credentials(registries.user, registries.password),
+    )
+    report = pull(store, client, f"{token.host}/t/app:1")
+    assert report.config_digest == registry_images.amd64.config_digest
+    plain = registries.plain
+    arm = pull(
+        store,
+        insecure(plain.host),
+        f"{plain.host}/t/app:multi",
+        platform=Platform.parse("linux/arm64"),
+    )
+    assert arm.config_digest == registry_images.arm64.config_digest
+
+
+def test_bytes_not_matching_the_digest_are_refused_and_nothing_recorded(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    store = Store.open(tmp_path / "cache")
+    # The cd image: its busybox layer is uncompressed, so a flipped bit still decompresses.
+    manifest = insecure(registry.host).manifest("t/app", "cd")
+    big = max(manifest.layers, key=lambda layer: layer["size"])
+    proxy = CuttingProxy(
+        registry.port, cut_after=500_000, cuts=1, flip_only=True, blob=big["digest"]
+    )
+    try:
+        with pytest.raises(CorruptBlobError, match="do not match their digest"):
+            pull(store, insecure(proxy.host, backoff_seconds=0.01), f"{proxy.host}/t/app:cd")
+    finally:
+        proxy.close()
+    assert proxy.cuts_done == 1
+    with pytest.raises(NotFoundError):
+        store.resolve_image(f"{proxy.host}/t/app:cd")
+    assert store.cached_diff_ids(registry_images.amd64.diff_ids) == set()
+    assert store.partials() == []
+
+
+def test_unknown_tag_and_registry_down_leave_the_cache_empty(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    store = Store.open(tmp_path / "cache")
+    with pytest.raises(NotFoundError, match="manifest t/app:nope not found"):
+        pull(store, insecure(registry.host), f"{registry.host}/t/app:nope")
+    from tests.registries.harness import free_port
+
+    down = f"127.0.0.1:{free_port()}"
+    with pytest.raises(PackcacheError, match="is not reachable"):
+        pull(store, insecure(down, attempts=1), f"{down}/t/app:1")
+    assert store.cached_diff_ids(registry_images.amd64.diff_ids) == set()
