@@ -302,8 +302,8 @@ class RegistryClient:
             if response.status_code not in (200, 401):
                 detail = _error_detail(response)
                 raise PackcacheError(
-                    f"{self.host} is not a registry: GET /v2/ answered "
-                    f"HTTP {response.status_code} {detail}".rstrip()
+                    f"registry {self.host} answered HTTP {response.status_code} to GET /v2/"
+                    f"{': ' + detail if detail else ''}"
                 )
             self._challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
             response.close()
