@@ -17,6 +17,8 @@ from packcache.transports.registry import (
 )
 from packcache.transports.registry_credentials import Credentials
 from packcache.transports.registry_pull import pull_image
+from tests.layers import random_tar
+from tests.registries import uploading
 from tests.registries.faults import CuttingProxy
 
 if TYPE_CHECKING:
@@ -158,3 +160,39 @@ def test_unknown_tag_and_registry_down_leave_the_cache_empty(
     with pytest.raises(PackcacheError, match="is not reachable"):
         pull(store, insecure(down, attempts=1), f"{down}/t/app:1")
     assert store.cached_diff_ids(registry_images.amd64.diff_ids) == set()
+
+
+def test_pull_of_an_oci_index_with_zstd_and_gzip_layers(
+    registries: RegistrySet, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    amd64 = uploading.upload_oci_image(
+        registry.url, "t/oci", "amd64",
+        [random_tar(300_000, seed=b"oci0"), random_tar(200_000, seed=b"oci1")], ["zstd", "gzip"],
+    )  # fmt: skip
+    arm64 = uploading.upload_oci_image(
+        registry.url, "t/oci", "arm64v8", [random_tar(100_000, seed=b"oci2")], ["none"]
+    )
+    index = uploading.upload_oci_index(
+        registry.url, "t/oci", "multi",
+        [(amd64, {"os": "linux", "architecture": "amd64"}),
+         (arm64, {"os": "linux", "architecture": "arm64", "variant": "v8"})],
+    )  # fmt: skip
+    client = insecure(registry.host)
+    assert client.manifest("t/oci", index).digest == amd64.manifest_digest
+    assert client.manifest("t/oci", "multi", Platform.parse("linux/arm64/v8")).digest == (
+        arm64.manifest_digest
+    )
+    store = Store.open(tmp_path / "cache")
+    report = pull(store, client, f"{registry.host}/t/oci:multi")
+    assert (report.manifest_digest, report.config_digest) == (
+        amd64.manifest_digest,
+        amd64.config_digest,
+    )
+    assert sorted(report.downloaded) == sorted(amd64.layer_digests)
+    compressions = [store.layer(d).compression for d in amd64.diff_ids]  # type: ignore[union-attr]
+    assert compressions == ["zstd", "gzip"]
+    arm = pull(
+        store, client, f"{registry.host}/t/oci:multi", platform=Platform.parse("linux/arm64")
+    )
+    assert arm.config_digest == arm64.config_digest
