@@ -196,3 +196,17 @@ def test_pull_of_an_oci_index_with_zstd_and_gzip_layers(
         store, client, f"{registry.host}/t/oci:multi", platform=Platform.parse("linux/arm64")
     )
     assert arm.config_digest == arm64.config_digest
+
+
+def test_an_artifact_that_is_not_an_image_is_refused(
+    registries: RegistrySet, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    uploading.upload_oci_image(
+        registry.url, "t/chart", "1", [random_tar(10_000, seed=b"chart")], ["gzip"],
+        config_media_type="application/vnd.cncf.helm.config.v1+json",
+    )  # fmt: skip
+    store = Store.open(tmp_path / "cache")
+    with pytest.raises(PackcacheError, match="is not a container image"):
+        pull(store, insecure(registry.host), f"{registry.host}/t/chart:1")
+    assert store.partials() == []

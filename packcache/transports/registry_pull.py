@@ -35,6 +35,9 @@ LAYER_MEDIA_TYPES = frozenset(
         "application/vnd.oci.image.layer.v1.tar+zstd",
     }
 )
+CONFIG_MEDIA_TYPES = frozenset(
+    {"application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"}
+)
 PARALLEL_BLOBS = 4
 
 
@@ -75,6 +78,10 @@ def pull_image(
     """Fetch `name` (on `client`'s registry) into `store` and record it; see the module doc."""
     manifest = client.manifest(name.repository, name.reference, platform)
     what = f"{name.host}/{name.repository}@{manifest.digest}"
+    if manifest.config.get("mediaType") not in CONFIG_MEDIA_TYPES:
+        raise PackcacheError(
+            f"{what} is not a container image (config type {manifest.config.get('mediaType')!r})"
+        )
     config_bytes = client.read_document_blob(name.repository, manifest.config)
     config = check_image_config(strict_loads(config_bytes, f"the config of {what}"), what)
     pairs = _layer_pairs(manifest, config, what)

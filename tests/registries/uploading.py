@@ -57,12 +57,18 @@ def put_manifest(base: str, repository: str, tag: str, media_type: str, document
 
 
 def upload_oci_image(
-    base: str, repository: str, tag: str, layers: list[bytes], compressions: list[str]
+    base: str,
+    repository: str,
+    tag: str,
+    layers: list[bytes],
+    compressions: list[str],
+    config_media_type: str = OCI_CONFIG,
 ) -> UploadedImage:
-    """An OCI image of these layer tars, each compressed as asked."""
+    """An OCI image of these layer tars, each compressed as asked (an artifact, not an image,
+    with another config media type)."""
     diff_ids = [sha256(tar) for tar in layers]
     config = json.dumps(images.image_config(diff_ids, None)).encode()
-    config_descriptor = {"mediaType": OCI_CONFIG, **upload_blob(base, repository, config)}
+    config_descriptor = {"mediaType": config_media_type, **upload_blob(base, repository, config)}
     layer_descriptors = [
         {"mediaType": LAYER_TYPES[kind], **upload_blob(base, repository, compress(tar, kind))}
         for tar, kind in zip(layers, compressions, strict=True)
