@@ -290,3 +290,21 @@ def test_blob_download_that_keeps_dropping_is_one_clear_error(
 
 def plain_client_at(host: str, **options: object) -> RegistryClient:
     return RegistryClient(host, RegistryOptions(insecure=frozenset({host}), **options))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [503, 429, 502])
+def test_overloaded_registry_is_retried_with_backoff(
+    registries: RegistrySet, registry_images: Pushed, status: int
+) -> None:
+    proxy = CuttingProxy(
+        registries.plain.port, cut_after=0, cuts=2, answer_status=status, match="/manifests/1 "
+    )
+    try:
+        client = plain_client_at(proxy.host, attempts=3, backoff_seconds=0.01)
+        assert client.manifest("t/app", "1").digest == registry_images.digests["plain"]
+        assert proxy.cuts_done == 2
+        proxy.cuts_left = 5
+        with pytest.raises(PackcacheError, match=f"answered HTTP {status} for manifest t/app:1"):
+            client.manifest("t/app", "1")
+    finally:
+        proxy.close()

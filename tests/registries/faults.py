@@ -3,7 +3,8 @@
 It forwards bytes both ways and, for the first `cuts` connections whose request is a blob
 GET, closes the connection after `cut_after` bytes of the answer (a connection dropped
 mid-blob, as a flaky network or a restarted proxy does it), or flips a bit of that byte
-(a registry serving bytes that do not match their digest).
+(a registry serving bytes that do not match their digest), or answers the GET itself with
+an error status (a registry that is overloaded for a while).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ class CuttingProxy:
         cuts: int,
         flip_only: bool = False,
         blob: str = "sha256:",
+        answer_status: int | None = None,
+        match: str | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.cut_after = cut_after
         self.cuts_left = cuts
         # Instead of closing the connection, flip one bit of byte `cut_after` and go on.
         self.flip_only = flip_only
-        self._match = f"/blobs/{blob}".encode()  # which blob GETs to break
+        self._match = (match or f"/blobs/{blob}").encode()  # which GETs to break
+        # Instead of forwarding a matching GET, answer it with this status (503, 429...).
+        self.answer_status = answer_status
         self.cuts_done = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server((LOCALHOST, 0))
@@ -67,9 +72,19 @@ class CuttingProxy:
                 while data := client.recv(65536):
                     if b"GET " in data and self._match in data:
                         with self._lock:
-                            if self.cuts_left > 0:
-                                self.cuts_left -= 1
-                                cut_at[0] = sent[0] + self.cut_after
+                            breaking = self.cuts_left > 0
+                            self.cuts_left -= breaking
+                        if breaking and self.answer_status is not None:
+                            with self._lock:
+                                self.cuts_done += 1
+                            # HTTP/1.1 waits for this answer before its next request.
+                            client.sendall(
+                                f"HTTP/1.1 {self.answer_status} Injected\r\n"
+                                "Content-Length: 0\r\nRetry-After: 0\r\n\r\n".encode()
+                            )
+                            continue
+                        if breaking:
+                            cut_at[0] = sent[0] + self.cut_after
                     upstream.sendall(data)
             with contextlib.suppress(OSError):
                 upstream.shutdown(socket.SHUT_WR)
