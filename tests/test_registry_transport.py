@@ -308,3 +308,21 @@ def test_overloaded_registry_is_retried_with_backoff(
             client.manifest("t/app", "1")
     finally:
         proxy.close()
+
+
+def test_manifest_bytes_not_matching_their_digest_are_refused(
+    registries: RegistrySet, registry_images: Pushed
+) -> None:
+    body = plain_client(registries.plain).manifest("t/app", "1").body
+    # The answer's headers are a few hundred bytes: this offset lands in the body's tail.
+    proxy = CuttingProxy(
+        registries.plain.port, cut_after=len(body) + 100, cuts=1, flip_only=True,
+        match="/manifests/1 ",
+    )  # fmt: skip
+    try:
+        client = plain_client_at(proxy.host)
+        with pytest.raises(PackcacheError, match=r"served manifest t/app:1 with digest sha256:"):
+            client.manifest("t/app", "1")
+        assert proxy.cuts_done == 1
+    finally:
+        proxy.close()

@@ -37,6 +37,7 @@ MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
 ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 MAX_DOCUMENT_BYTES = 4 << 20  # distribution refuses manifests over 4 MiB too
+MAX_CONFIG_BYTES = 16 << 20  # as the archive reader's cap on metadata
 CHUNK = 1 << 20
 DEFAULT_CERTS_DIR = Path("/etc/docker/certs.d")
 DOCKER_HUB = "docker.io"
@@ -531,7 +532,7 @@ class RegistryClient:
         digest = descriptor["digest"]
         what = f"blob {self.host}/{repository}@{digest}"
         response = self._open_blob_response(repository, digest, 0)
-        body = read_bounded(response, MAX_DOCUMENT_BYTES, what)
+        body = read_bounded(response, MAX_CONFIG_BYTES, what)
         if _digest_of(body) != digest or (
             descriptor.get("size") is not None and len(body) != descriptor["size"]
         ):
