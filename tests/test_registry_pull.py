@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from tests.registries import uploading
 from tests.registries.faults import CuttingProxy
 
 if TYPE_CHECKING:
+    from tests.engines.harness import Engine
     from tests.registries.harness import Registry, RegistrySet
     from tests.registries.pytest_plugin import Pushed
 
@@ -54,9 +56,6 @@ def test_pull_fills_an_empty_cache_and_records_the_image(
     assert len(report.downloaded) == len(built.diff_ids) and report.already_cached == []
     assert store.cached_diff_ids(built.diff_ids) == set(built.diff_ids)
     assert store.resolve_image(ref) == built.config_digest
-    assert store.resolve_image(f"{registry.host}/t/app@{report.manifest_digest}") == (
-        built.config_digest
-    )
     manifest = store.manifest(report.manifest_digest)
     assert manifest is not None
     for digest in report.downloaded:
@@ -210,3 +209,22 @@ def test_an_artifact_that_is_not_an_image_is_refused(
     with pytest.raises(PackcacheError, match="is not a container image"):
         pull(store, insecure(registry.host), f"{registry.host}/t/chart:1")
     assert store.partials() == []
+
+
+def test_pulled_image_loads_into_every_engine_and_runs(
+    cli, cache_dir: Path, engine: Engine, registries: RegistrySet, registry_images: Pushed
+) -> None:
+    registry = registries.plain
+    ref = f"{registry.host}/t/app:1"
+    pull(Store.open(cache_dir), insecure(registry.host), ref)
+    result = cli("--host", engine.host, "load", ref, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    try:
+        run = engine.docker(
+            "run", "--rm", "--network", "none", "--pull", "never", ref, "cat", "/app/seed"
+        )
+        assert run.stdout == b"amd64"
+        layers = json.loads(engine.docker("image", "inspect", ref).stdout)[0]["RootFS"]["Layers"]
+        assert layers == registry_images.amd64.diff_ids
+    finally:
+        engine.docker("rmi", ref)

@@ -117,9 +117,9 @@ def pull_image(
             store.commit_staged_many(staged, lease=lease)
         report.downloaded = [s.digest for s in staged]
         report.bytes_downloaded = sum(s.size for s in staged)
-        refs = [f"{name.host}/{name.repository}@{manifest.digest}"]
-        if not name.reference.startswith("sha256:"):
-            refs.insert(0, str(name))
+        # Refs are tags (what `load` names the image in a daemon); the repo digest is the
+        # repository and the manifest digest recorded beside them.
+        refs = [] if name.reference.startswith("sha256:") else [str(name)]
         store.record_image(
             ImageRecord(
                 config=config_bytes,
