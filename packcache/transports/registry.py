@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -235,6 +236,20 @@ def _digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def _session(host: str, options: RegistryOptions) -> requests.Session:
+    """A session whose HTTPS to `host` is verified as docker verifies it (see ssl_context)."""
+    insecure = host in options.insecure
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    session.verify = not insecure
+    # Not the environment's CA bundle (REQUESTS_CA_BUNDLE would override verify) nor
+    # ~/.netrc credentials: TLS and auth are docker's, from certs.d and the Docker config.
+    session.trust_env = False
+    session.mount("https://", _ContextAdapter(ssl_context(host, options.certs_dir, insecure)))
+    session.mount("http://", HTTPAdapter(pool_maxsize=16, max_retries=0))
+    return session
+
+
 class RegistryClient:
     """Requests to one registry host, authenticated per repository scope."""
 
@@ -254,21 +269,15 @@ class RegistryClient:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._credentials = credentials
         self._credentials_read = credentials is not None
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = USER_AGENT
-        self._session.verify = not self.insecure
-        # Not the environment's CA bundle (REQUESTS_CA_BUNDLE would override verify) nor
-        # ~/.netrc credentials: TLS and auth are docker's, from certs.d and the Docker config.
-        self._session.trust_env = False
-        adapter = _ContextAdapter(ssl_context(host, self.options.certs_dir, self.insecure))
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", HTTPAdapter(pool_maxsize=16, max_retries=0))
+        self._session = _session(host, self.options)
+        self._realm_sessions: dict[str, requests.Session] = {}
         self._base: str | None = None
         self._challenge: _Challenge | None = None
         self._tokens: dict[str, str] = {}
 
     def close(self) -> None:
-        self._session.close()
+        for session in (self._session, *self._realm_sessions.values()):
+            session.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -355,9 +364,14 @@ class RegistryClient:
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
         auth = (credentials.username, credentials.password) if credentials else None
+        session = self._realm_session(realm)
         response = self._with_retries(
-            lambda: self._raw("GET", realm, params=params, auth=auth), "token"
-        )
+            lambda: session.request(
+                "GET", realm, params=params, auth=auth, stream=True,
+                timeout=self.options.timeout_seconds,
+            ),
+            "token",
+        )  # fmt: skip
         if response.status_code in (401, 403):
             detail = _error_detail(response)
             raise PackcacheError(
@@ -379,6 +393,16 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise PackcacheError(f"the token service of {self.host} answered without a token")
         return token
+
+    def _realm_session(self, realm: str) -> requests.Session:
+        """The registry's own session for a realm on its host; for another host, one with
+        that host's TLS (an insecure registry does not make its token service insecure)."""
+        realm_host = urlsplit(realm).netloc
+        if realm_host == self.host:
+            return self._session
+        if realm_host not in self._realm_sessions:
+            self._realm_sessions[realm_host] = _session(realm_host, self.options)
+        return self._realm_sessions[realm_host]
 
     # -- requests --------------------------------------------------------------------------
 
@@ -449,11 +473,8 @@ class RegistryClient:
 
     def _manifest_document(self, repository: str, reference: str) -> tuple[bytes, str, str]:
         """(body, media type, digest) of one manifest or index, its digest checked."""
-        what = (
-            f"manifest {repository}:{reference}"
-            if ":" not in reference
-            else (f"manifest {repository}@{reference}")
-        )
+        sep = "@" if reference.startswith("sha256:") else ":"
+        what = f"manifest {repository}{sep}{reference}"
         response = self.request("GET", repository, f"manifests/{reference}", {"Accept": ACCEPT})
         if response.status_code != 200:
             raise self._fail(response, what)
