@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,3 +229,77 @@ def test_pulled_image_loads_into_every_engine_and_runs(
         assert layers == registry_images.amd64.diff_ids
     finally:
         engine.docker("rmi", ref)
+
+
+def test_pull_command(
+    cli, cache_dir: Path, registries: RegistrySet, registry_images: Pushed
+) -> None:
+    host = registries.plain.host
+    ref = f"{host}/t/app:1"
+    first = cli("pull", "--insecure-registry", host, ref)
+    assert first.exit_code == 0, first.stderr
+    short = registry_images.amd64.config_digest.removeprefix("sha256:")[:12]
+    assert first.stdout.startswith(f"Pulled {ref} ({short}): 3 layers downloaded (")
+    again = cli("pull", "--insecure-registry", host, ref, "--format", "json")
+    assert again.exit_code == 0, again.stderr
+    [report] = again.json()
+    assert report["downloaded"] == [] and len(report["already_cached"]) == 3
+    assert report["manifest_digest"] == registry_images.digests["plain"]
+    assert Store.open(cache_dir).resolve_image(ref) == registry_images.amd64.config_digest
+
+
+def test_pull_command_with_docker_config_credentials_and_platform(
+    cli, tmp_path: Path, registries: RegistrySet, registry_images: Pushed, monkeypatch
+) -> None:
+    token = registries.token
+    config = tmp_path / "docker"
+    config.mkdir()
+    auth = base64.b64encode(f"{registries.user}:{registries.password}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {token.host: {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    plain = registries.plain.host
+    result = cli(
+        "pull", "--insecure-registry", token.host, "--insecure-registry", plain,
+        "--platform", "linux/arm64", f"{token.host}/t/app:1", f"{plain}/t/app:multi",
+        "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    configs = [report["config_digest"] for report in result.json()]
+    # t/app:1 is a single-platform image: --platform chooses only within lists.
+    assert configs == [registry_images.amd64.config_digest, registry_images.arm64.config_digest]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["{plain}/t/app:nope"], 1, "manifest t/app:nope not found on {plain}"),
+        (["{plain}/t/nothing:1"], 1, "manifest t/nothing:1 not found on {plain}"),
+        (
+            ["--platform", "linux/s390x", "{plain}/t/app:multi"],
+            1,
+            "without an image for linux/s390x",
+        ),
+        (["--platform", "linux", "{plain}/t/app:1"], 2, "invalid platform 'linux'"),
+        (["{plain}/T/App:1"], 2, "invalid image reference"),
+        (["{plain}/t/app@md5:0000"], 2, "invalid image reference"),
+    ],
+)
+def test_pull_command_errors(
+    cli, cache_dir: Path, registries: RegistrySet, registry_images: Pushed,
+    args: list[str], code: int, message: str,
+) -> None:  # fmt: skip
+    plain = registries.plain.host
+    result = cli("pull", "--insecure-registry", plain, *[a.format(plain=plain) for a in args])
+    assert result.exit_code == code
+    assert result.stderr.startswith("packcache: error: ")
+    assert message.format(plain=plain) in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert Store.open(cache_dir).cached_diff_ids(registry_images.amd64.diff_ids) == set()
+
+
+def test_pull_command_without_insecure_registry_for_a_plain_one(
+    cli, registries: RegistrySet, registry_images: Pushed
+) -> None:
+    result = cli("pull", f"{registries.plain.host}/t/app:1")
+    assert result.exit_code == 1
+    assert "TLS to registry" in result.stderr and "name it insecure" in result.stderr

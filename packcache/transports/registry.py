@@ -25,7 +25,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from packcache.errors import NotFoundError, PackcacheError
+from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.jsondoc import check_index, check_manifest, is_sha256_digest, strict_loads
 from packcache.refs import normalize
 from packcache.transports.registry_credentials import Credentials, find_credentials
@@ -59,7 +59,7 @@ class ImageName:
     def parse(cls, text: str) -> ImageName:
         name, at, digest = normalize(text).partition("@")
         if at and not is_sha256_digest(digest):
-            raise PackcacheError(f"invalid image reference {text!r}: not a sha256 digest")
+            raise UsageError(f"invalid image reference {text!r}: not a sha256 digest")
         host, _, path = name.partition("/")
         repository, reference = path, digest
         if not at:
@@ -85,7 +85,7 @@ class Platform:
     def parse(cls, text: str) -> Platform:
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts):
-            raise PackcacheError(f"invalid platform {text!r}: expected os/arch[/variant]")
+            raise UsageError(f"invalid platform {text!r}: expected os/arch[/variant]")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
     def matches(self, platform: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ from packcache.transports.registry import (
     Manifest,
     Platform,
     RegistryClient,
+    RegistryOptions,
 )
 
 LAYER_MEDIA_TYPES = frozenset(
@@ -133,3 +134,27 @@ def pull_image(
         for blob in staged:
             store.discard(blob)
     return report
+
+
+def pull_images(
+    store: Store,
+    refs: list[str],
+    *,
+    lease: Lease,
+    options: RegistryOptions,
+    platform: Platform = DEFAULT_PLATFORM,
+) -> list[PullReport]:
+    """pull_image for each reference (all checked first), one client per registry."""
+    names = [ImageName.parse(ref) for ref in refs]
+    clients: dict[str, RegistryClient] = {}
+    try:
+        reports = []
+        for name in names:
+            if name.api_host not in clients:
+                clients[name.api_host] = RegistryClient(name.api_host, options)
+            client = clients[name.api_host]
+            reports.append(pull_image(store, client, name, lease=lease, platform=platform))
+        return reports
+    finally:
+        for client in clients.values():
+            client.close()
