@@ -613,7 +613,7 @@ def pull_command(
         typer.Option(
             "--platform",
             metavar="OS/ARCH[/VARIANT]",
-            help="Which image of a multi-platform one [default: linux/amd64].",
+            help="Which image of a multi-platform one (default: linux/amd64).",
         ),
     ] = None,
     insecure_registries: Annotated[
