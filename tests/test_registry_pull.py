@@ -303,3 +303,22 @@ def test_pull_command_without_insecure_registry_for_a_plain_one(
     result = cli("pull", f"{registries.plain.host}/t/app:1")
     assert result.exit_code == 1
     assert "TLS to registry" in result.stderr and "name it insecure" in result.stderr
+
+
+def test_a_config_whose_diff_ids_lie_is_refused(registries: RegistrySet, tmp_path: Path) -> None:
+    registry = registries.plain
+    tar = random_tar(50_000, seed=b"liar")
+    lie = ["sha256:" + "1" * 64]
+    uploading.upload_oci_image(registry.url, "t/liar", "1", [tar], ["gzip"], claimed_diff_ids=lie)
+    store = Store.open(tmp_path / "cache")
+    client = insecure(registry.host)
+    with pytest.raises(CorruptBlobError, match="do not match their diffID"):
+        pull(store, client, f"{registry.host}/t/liar:1")
+    assert store.cached_diff_ids(lie) == set() and store.partials() == []
+    # Once the blob is cached under its true diffID, the lie is caught without a download.
+    uploading.upload_oci_image(registry.url, "t/liar", "true", [tar], ["gzip"])
+    pull(store, client, f"{registry.host}/t/liar:true")
+    with pytest.raises(PackcacheError, match=r"layer sha256:\w+ is sha256:\w+, not the config's"):
+        pull(store, client, f"{registry.host}/t/liar:1")
+    with pytest.raises(NotFoundError):
+        store.resolve_image(f"{registry.host}/t/liar:1")

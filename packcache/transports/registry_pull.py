@@ -92,7 +92,13 @@ def pull_image(
     held = lease.hold(diff_id for _, diff_id in pairs)
     missing: dict[str, tuple[dict, str]] = {}
     for layer, diff_id in pairs:
-        if diff_id in held or lease.hold_by_digest(layer["digest"]) is not None:
+        known = None if diff_id in held else lease.hold_by_digest(layer["digest"])
+        if known is not None and known.diff_id != diff_id:
+            # The cache verified what this blob holds: a config naming another diffID lies.
+            raise PackcacheError(
+                f"{what}: layer {layer['digest']} is {known.diff_id}, not the config's {diff_id}"
+            )
+        if diff_id in held or known is not None:
             report.already_cached.append(diff_id)
         else:
             missing.setdefault(diff_id, (layer, diff_id))
