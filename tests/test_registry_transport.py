@@ -326,3 +326,22 @@ def test_manifest_bytes_not_matching_their_digest_are_refused(
         assert proxy.cuts_done == 1
     finally:
         proxy.close()
+
+
+def test_anonymous_token_for_a_public_repository(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    registry = registries.token
+    realm = registries.realm
+    assert realm is not None
+    options = RegistryOptions(insecure=frozenset({registry.host}), docker_config_dir=tmp_path)
+    with pytest.raises(PackcacheError, match=r"refused the credentials \(none given\)"):
+        RegistryClient(registry.host, options).manifest("t/app", "1")
+    realm.anonymous_pull = True
+    try:
+        before = len(realm.requests)
+        client = RegistryClient(registry.host, options)
+        assert_is_app(client, registry_images, registry_images.digests["token"])
+        assert realm.requests[before:] == [("", "repository:t/app:pull")]
+    finally:
+        realm.anonymous_pull = False

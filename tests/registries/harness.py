@@ -170,6 +170,9 @@ class TokenRealm:
     directory: Path
     users: dict[str, str]
     requests: list[tuple[str, str]] = field(default_factory=list)
+    # Tokens for requests without credentials too (account ""), pull only, as Docker Hub
+    # gives them for public repositories.
+    anonymous_pull: bool = False
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -207,7 +210,12 @@ class TokenRealm:
 
     def _answer(self, handler: BaseHTTPRequestHandler) -> None:
         query = parse_qs(urlsplit(handler.path).query)
-        account = self._account(handler.headers.get("Authorization", ""))
+        authorization = handler.headers.get("Authorization", "")
+        account = self._account(authorization)
+        anonymous = not authorization and self.anonymous_pull
+        if anonymous:
+            account = ""
+            query["scope"] = [s.replace(",push", "") for s in query.get("scope", [])]
         if account is None:
             handler.send_response(401)
             handler.send_header("Content-Length", "0")
