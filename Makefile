@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# Private Docker engines and a container registry for the tests, fetched from Debian's
-# archive into .engines/ (no install).
+# Private Docker engines (20.10, 26.1 and 28) and a container registry for the tests, fetched
+# from Debian's archive into .engines/ (no install).
 engines: $(STAMP)
 	$(BIN)/python -m tests.engines.provision
 	$(BIN)/python -m tests.registries.provision
@@ -29,18 +29,20 @@ test: $(STAMP) engines
 	$(BIN)/ruff check packcache migrations tests
 	$(BIN)/python -m pytest -q
 
-# An editable install leaves packcache's own modules uncompiled, and with PYTHONDONTWRITEBYTECODE
-# set (as on this machine) every command then compiles them again: 44 ms of each run's start-up
-# (measured: importing the CLI and create-builder, median of 21, 0.227 -> 0.183 s). What users
-# time gets the bytecode a wheel install would have.
+# What is timed gets the bytecode a wheel install has: an editable install under
+# PYTHONDONTWRITEBYTECODE would compile packcache again on every command.
 bytecode: $(STAMP)
 	$(BIN)/python -m compileall -q packcache migrations
 
 demo: $(STAMP) engines bytecode
 	$(BIN)/python -m tests.demo
 
+# Writes each bench's tables into docs/benchmarks.md. BENCH=rebase,builder runs a subset (of
+# index_scale, ingest, engines, rebase, builder); BENCH_SIZE=quick uses smaller images.
+BENCH ?=
+BENCH_SIZE ?= full
 bench: $(STAMP) engines bytecode
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench --only '$(BENCH)' --size '$(BENCH_SIZE)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check packcache migrations tests

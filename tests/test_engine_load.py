@@ -12,7 +12,7 @@ import pytest
 from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError
 from tests.engines import images
-from tests.engines.harness import Engine
+from tests.engines.harness import CONTENT_CHECK_KIND, Engine
 from tests.layers import sha256
 from tests.test_engine_import import BASE_LAYERS, inspect, load_image, unique
 
@@ -116,11 +116,13 @@ def test_load_needs_a_cached_image(cli, engine: Engine) -> None:
     assert result.exit_code == 1 and "no image 'never-imported:1' in the cache" in result.stderr
 
 
-def test_incomplete_load_is_detected_and_reloaded_whole(cli, engine: Engine, tmp_path, store):
+def test_incomplete_load_is_detected_and_reloaded_whole(cli, engine_pool, tmp_path, store):
     """A manifest naming a blob the content store lacks loads "fine" but is broken; the check
-    after the load (API 1.48+) catches it and everything is sent again."""
-    if not engine.containerd_store or tuple(map(int, engine.api_version.split("."))) < (1, 48):
-        pytest.skip("only a containerd store with API 1.48+ can report missing content")
+    after the load (`?manifests=1`, API 1.48+: only a containerd store of Engine 28 and newer
+    can report missing content) catches it and everything is sent again."""
+    engine = engine_pool.get(CONTENT_CHECK_KIND)
+    assert engine.containerd_store
+    assert tuple(map(int, engine.api_version.split("."))) >= (1, 48)
     base, app = unique("base"), unique("app")
     load_image(engine, tmp_path, base)
     load_image(engine, tmp_path, app, extra=app_layers())

@@ -1,6 +1,6 @@
-"""Issue 5 on real engines: `packcache create-builder` against pack's method and the floor.
+"""On real engines: `packcache create-builder` against pack's method and the floor.
 
-For each required engine kind (started with tests/engines/harness.py, stopped afterwards):
+For each engine kind benched (started with tests/engines/harness.py, stopped afterwards):
 ten buildpackage images of ~40 MiB each (one random 40 MiB file per buildpack), a CNB build
 image (busybox), a run image and a lifecycle .tgz; builder.toml names the ten by docker://.
 
@@ -13,7 +13,9 @@ image (busybox), a run image and a lifecycle .tgz; builder.toml names the ten by
     inputs (no layer bytes sent) vs pack's method; then one buildpackage image changed.
 
 Every command is a fresh process (start-up included); medians of PACKCACHE_BENCH_REPEAT runs
-(default 3) for the fast ones. Printed, never asserted. Env: PACKCACHE_BENCH_ENGINES.
+(default 3) for the fast ones. Printed, never asserted. Env: PACKCACHE_BENCH_ENGINES (default
+20.10-graphdriver, 26.1-graphdriver, 26.1-containerd); PACKCACHE_BENCH_SIZE=quick: buildpackages
+of 10 MiB.
 """
 
 from __future__ import annotations
@@ -29,11 +31,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests import builder_fixtures as fx
-from tests.bench.common import PACKCACHE, print_table
-from tests.engines.harness import DOCKER_CLI, REQUIRED_KINDS, Engine
+from tests.bench.common import (
+    DEFAULT_KINDS,
+    PACKCACHE,
+    engine_kinds,
+    note,
+    print_table,
+    scaled,
+    start_engine,
+)
+from tests.engines.harness import DOCKER_CLI, Engine
 
 PACKAGES = 10
-PACKAGE_MIB = 40
+PACKAGE_MIB = scaled(40, 10)
 REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
 BUILDER = "bench/builder:1"
 TARGET_FLOOR = 1.15
@@ -141,7 +151,7 @@ def timed_load(engine: Engine, path: Path) -> tuple[float, dict]:
 
 
 def bench_engine(kind: str) -> None:
-    engine = Engine(kind).start()
+    engine = start_engine(kind)
     work = Path(tempfile.mkdtemp(prefix="packcache-bench-builder-", dir=Path.home()))
     try:
         toml, refs = make_inputs(engine, work)
@@ -206,8 +216,8 @@ def bench_engine(kind: str) -> None:
                 row("floor (bare docker load of new layers)", floor, None, floor, "none"),
             ],
         )
-        print(
-            f"\nwarm / floor = {warm / floor:.2f} (target <= {TARGET_FLOOR}); "
+        note(
+            f"warm / floor = {warm / floor:.2f} (target <= {TARGET_FLOOR}); "
             f"pack's method / warm = {pack_a / warm:.2f} (target >= {TARGET_FIRST})"
         )
         headers = ["method", "seconds", "vs warm", "MiB sent", "layers sent", "docker save"]
@@ -222,18 +232,15 @@ def bench_engine(kind: str) -> None:
                 ),
             ],
         )
-        print(
-            f"\npack's method / warm unchanged = {pack_b / again:.2f} (target >= {TARGET_RECREATE})"
-        )
+        note(f"pack's method / warm unchanged = {pack_b / again:.2f} (target >= {TARGET_RECREATE})")
     finally:
         engine.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
-    kinds = os.environ.get("PACKCACHE_BENCH_ENGINES", ",".join(REQUIRED_KINDS)).split(",")
-    for kind in kinds:
-        bench_engine(kind.strip())
+    for kind in engine_kinds("PACKCACHE_BENCH_ENGINES", DEFAULT_KINDS):
+        bench_engine(kind)
 
 
 if __name__ == "__main__":

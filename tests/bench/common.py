@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.engines.harness import Engine
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKCACHE = [str(Path(sys.executable).with_name("packcache"))]
 
@@ -32,13 +34,63 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=True, stdout=subprocess.DEVNULL, **kwargs)
 
 
+# What the bench running now printed for docs/benchmarks.md (see tests/bench/docs.py): its
+# tables and verdict lines, in order, and the engines it started.
+RECORDED: list[str] = []
+ENGINES_USED: dict[str, str] = {}
+
+
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """Print a markdown table and record it for docs/benchmarks.md."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        lines.append(
+            "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        )
+    table = "\n".join(lines)
+    print(f"\n## {title}\n\n{table}", flush=True)
+    RECORDED.append(f"### {title}\n\n{table}")
+
+
+def note(text: str) -> None:
+    """Print a line of results (a verdict, a total) and record it for docs/benchmarks.md."""
+    print(f"\n{text}", flush=True)
+    RECORDED.append(text)
+
+
+def start_engine(kind: str) -> Engine:
+    """Start a private engine of `kind`, remembering what it is for the docs."""
+    engine = Engine(kind).start()
+    ENGINES_USED[kind] = (
+        f"{kind} (Engine {engine.version}, API {engine.api_version}, {engine.storage_driver})"
+    )
+    return engine
+
+
+def size_mode() -> str:
+    """ "full" (the default) or "quick": smaller images and layers, same method and repeats."""
+    mode = os.environ.get("PACKCACHE_BENCH_SIZE", "full")
+    if mode not in ("full", "quick"):
+        raise SystemExit(f"PACKCACHE_BENCH_SIZE must be full or quick, not {mode!r}")
+    return mode
+
+
+def scaled(full: int, quick: int) -> int:
+    return full if size_mode() == "full" else quick
+
+
+# The engines the engine benches start unless told otherwise.
+DEFAULT_KINDS = ["20.10-graphdriver", "26.1-graphdriver", "26.1-containerd"]
+
+
+def engine_kinds(variable: str, default: list[str]) -> list[str]:
+    """Engine kinds from a comma-separated environment variable, else the default."""
+    kinds = [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
+    return kinds or default
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Issue 3 on real engines: `packcache import` vs `docker save`, `packcache load` vs `docker load`.
+"""On real engines: `packcache import` vs `docker save`, `packcache load` vs `docker load`.
 
-For each required engine kind (started with tests/engines/harness.py, stopped afterwards):
+For each engine kind benched (started with tests/engines/harness.py, stopped afterwards):
 
 1. A base image of ~1 GiB uncompressed in 5 layers (busybox + 4 tars of real files from /usr/lib)
    and an app image on top of it (+ ~270 MiB in 4 layers from /usr/share) are built once as one
@@ -19,8 +19,9 @@ Every command is a fresh process (start-up included), run after an `os.sync()` s
 an earlier run's GBs does not land in its time. CPU seconds of the command and of the engine's
 dockerd + containerd are printed too: on a small machine import competes with the daemon for
 cores. Temp files (several GB) go under $HOME unless /tmp has more room. Printed by
-`make bench`, never asserted. Env: PACKCACHE_BENCH_ENGINES (comma-separated kinds),
-PACKCACHE_BENCH_REPEAT (default 3).
+`make bench`, never asserted. Env: PACKCACHE_BENCH_ENGINES (comma-separated kinds, default
+20.10-graphdriver, 26.1-graphdriver, 26.1-containerd), PACKCACHE_BENCH_REPEAT (default 3),
+PACKCACHE_BENCH_SIZE=quick (a quarter of the sizes).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.bench.common import (
+    DEFAULT_KINDS,
     PACKCACHE,
     Runs,
+    engine_kinds,
+    note,
     packcache_env,
     print_table,
+    scaled,
+    start_engine,
     timed_process,
     work_dir,
 )
@@ -55,10 +61,11 @@ from tests.bench.images import (
     write_load_archive,
 )
 from tests.engines import images
-from tests.engines.harness import DOCKER_CLI, REQUIRED_KINDS, Engine
+from tests.engines.harness import DOCKER_CLI
 
-BASE_LAYERS_MIB = [236, 236, 236, 236]  # + busybox: ~1 GiB of tar in 5 layers (tar overhead +8%)
-APP_LAYERS_MIB = [102, 75, 46, 28]  # ~270 MiB of tar in 4 layers
+# + busybox: ~1 GiB of tar in 5 layers (tar overhead +8%); quick: a quarter
+BASE_LAYERS_MIB = [scaled(236, 59)] * 4
+APP_LAYERS_MIB = [scaled(n, n // 4) for n in (102, 75, 46, 28)]  # ~270 MiB of tar in 4 layers
 BASE_SOURCE = "/usr/lib"
 APP_SOURCE = "/usr/share"
 BASE_TAG = "bench/base:1"
@@ -165,8 +172,7 @@ class EngineResult:
 
 
 def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
-    engine = Engine(kind)
-    engine.start()
+    engine = start_engine(kind)
     try:
         env = engine.cli_env()
         pc_env = packcache_env()
@@ -269,21 +275,19 @@ def bench_engine(kind: str, built: BenchImages, work: Path) -> EngineResult:
 
 
 def main() -> None:
-    kinds = [k for k in os.environ.get("PACKCACHE_BENCH_ENGINES", "").split(",") if k]
-    kinds = kinds or REQUIRED_KINDS
+    kinds = engine_kinds("PACKCACHE_BENCH_ENGINES", DEFAULT_KINDS)
     started = time.perf_counter()
     print(f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="packcache-bench-", dir=work_dir()) as tmp:
         work = Path(tmp)
         built = build_images(work)
-        print(
+        note(
             f"built base {BASE_TAG} ({built.base_mib:.0f} MiB in {len(built.base)} layers, "
             f"from {BASE_SOURCE}) and app {APP_TAG} (+{built.app_only_mib:.0f} MiB in "
             f"{len(built.app) - len(built.base)} layers, from {APP_SOURCE}), gzip level "
             f"{GZIP_LEVEL}: {built.archive.stat().st_size / MIB:.0f} MiB archive in "
-            f"{time.perf_counter() - started:.0f} s",
-            flush=True,
+            f"{time.perf_counter() - started:.0f} s"
         )
         for kind in kinds:
             t0 = time.perf_counter()
@@ -409,8 +413,8 @@ def main() -> None:
         ],
         rows,
     )
-    print(
-        "\nsetup (docker load of both images, gzip layers): "
+    note(
+        "setup (docker load of both images, gzip layers): "
         + ", ".join(f"{r.kind} {r.setup_seconds:.0f} s" for r in results)
         + f"; total {time.perf_counter() - started:.0f} s; load average at end "
         + f"{os.getloadavg()[0]:.1f}"

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from isal import isal_zlib
 
-from tests.bench.common import print_table, timed
+from tests.bench.common import print_table, scaled, timed
 from tests.layers import make_tar
 
-LAYER_MIB = int(os.environ.get("PACKCACHE_BENCH_LAYER_MIB", "1024"))
+LAYER_MIB = int(os.environ.get("PACKCACHE_BENCH_LAYER_MIB") or scaled(1024, 256))
+REAL_FILES_MIB = scaled(200, 50)
 
 INGEST = """
 import sys
@@ -42,7 +43,7 @@ def make_layer(path: Path) -> None:
             out.write(make_tar({f"part{piece:04d}.bin": os.urandom(64 << 20)}))
 
 
-def make_real_gzip_layer(path: Path, mib: int = 200) -> None:
+def make_real_gzip_layer(path: Path, mib: int = REAL_FILES_MIB) -> None:
     """A gzip layer of real files (/usr/share, level 6 as Go writes): compressible like an app's
     layers, unlike the random bytes above."""
     with gzip.open(path, "wb", compresslevel=6) as out, tarfile.open(fileobj=out, mode="w|") as tar:

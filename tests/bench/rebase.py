@@ -1,4 +1,4 @@
-"""Issue 4: `packcache rebase` against pack's method and the floor, per engine, in one run.
+"""`packcache rebase` against pack's method and the floor, per engine, in one run.
 
 Images built once from real files on this machine: a run image v1 and v2 of ~800 MiB in three
 layers each (from /usr/lib, different files) and an app of ~270 MiB in four layers (from
@@ -14,6 +14,7 @@ v1 and with the previous result removed from the daemon:
   image layers as placeholders / references to the content store's blobs).
 
 Every packcache run is a fresh process, start-up included. Printed, never asserted.
+PACKCACHE_BENCH_SIZE=quick: a quarter of the sizes.
 """
 
 from __future__ import annotations
@@ -28,21 +29,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.bench.common import PACKCACHE, Runs, packcache_env, print_table, timed_process, work_dir
+from tests.bench.common import (
+    PACKCACHE,
+    Runs,
+    engine_kinds,
+    note,
+    packcache_env,
+    print_table,
+    scaled,
+    start_engine,
+    timed_process,
+    work_dir,
+)
 from tests.bench.images import MIB, BuiltLayer, file_chunks, write_gzip_layer, write_load_archive
 from tests.engines import images
 from tests.engines.harness import DOCKER_CLI, Engine
 
-RUN_LAYERS_MIB = [270, 270, 270]
-APP_LAYERS_MIB = [110, 80, 50, 30]
+RUN_LAYERS_MIB = [scaled(270, 68)] * 3
+APP_LAYERS_MIB = [scaled(n, n // 4) for n in (110, 80, 50, 30)]
 REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
-ENGINES = [
-    k
-    for k in os.environ.get(
-        "PACKCACHE_BENCH_REBASE_ENGINES", "20.10-graphdriver,26.1-containerd"
-    ).split(",")
-    if k
-]
+ENGINES = engine_kinds("PACKCACHE_BENCH_REBASE_ENGINES", ["20.10-graphdriver", "26.1-containerd"])
 RUN_REPO = "bench/run"
 APP, APP_ORIGINAL = "bench/app:latest", "bench/app:original"
 STACK = "io.packcache.bench"
@@ -149,7 +155,7 @@ def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
 
 
 def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
-    engine = Engine(kind).start()
+    engine = start_engine(kind)
     result = EngineRuns(kind, engine.containerd_store)
     try:
         env, pc_env = engine.cli_env(), packcache_env()
@@ -210,10 +216,9 @@ def main() -> None:
         built = build_images(work)
         mib = sum(layer.size for layer in built.run1) / MIB
         app_mib = sum(layer.size for layer in built.app) / MIB
-        print(
+        note(
             f"built run images v1/v2 ({mib:.0f} MiB in 3 layers each) and an app "
-            f"(+{app_mib:.0f} MiB in 4 layers) in {time.perf_counter() - start:.0f} s",
-            flush=True,
+            f"(+{app_mib:.0f} MiB in 4 layers) in {time.perf_counter() - start:.0f} s"
         )
         results = [bench_engine(kind, built, work) for kind in ENGINES]
     for result in results:
@@ -262,7 +267,7 @@ def main() -> None:
             ],
             rows,
         )
-        print(f"\n{verdicts}")
+        note(verdicts)
 
 
 if __name__ == "__main__":

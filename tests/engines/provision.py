@@ -2,7 +2,7 @@
 
 Usage (from the repo root, as root)::
 
-    python -m tests.engines.provision [--dir DIR] [--optional] [--force]
+    python -m tests.engines.provision [--dir DIR] [--force] [--only BUNDLE ...]
 
 Every bundle is fetched with a throw-away apt sources list / lists dir / cache dir (so
 the machine's apt state is never touched), downloaded with ``apt-get download`` and
@@ -39,7 +39,6 @@ class Bundle:
     name: str  # folder name under DIR
     suite: str  # Debian suite the packages come from
     packages: tuple[str, ...]
-    required: bool
     # The docker.io version must start with this; guards against a suite moving on
     # (e.g. sid jumping to 29.x) while the engine kind is still called "28".
     docker_version_prefix: str | None = None
@@ -50,14 +49,15 @@ BUNDLES: dict[str, Bundle] = {
     for b in (
         # bookworm runc (glibc 2.34+) is shared by every engine: trixie/sid runc need
         # GLIBC_2.38, which bookworm does not have.
-        Bundle("runc", "bookworm", ("runc",), required=True),
+        Bundle("runc", "bookworm", ("runc",)),
         # static busybox for test images (so `docker run` has something to exec).
-        Bundle("busybox", "bookworm", ("busybox-static",), required=True),
+        Bundle("busybox", "bookworm", ("busybox-static",)),
         # tini provides tini-static, the target of docker.io's docker-init symlink
         # (only used by `docker run --init`); bookworm's is static and runs anywhere.
-        Bundle("20.10", "bookworm", ("docker.io", "containerd", "tini"), True, "20.10."),
-        Bundle("26.1", "trixie", ("docker.io", "containerd"), True, "26.1."),
-        Bundle("28", "sid", ("docker.io", "containerd"), False, "28."),
+        Bundle("20.10", "bookworm", ("docker.io", "containerd", "tini"), "20.10."),
+        Bundle("26.1", "trixie", ("docker.io", "containerd"), "26.1."),
+        # The engine whose API (1.48+) reports an image's missing content.
+        Bundle("28", "sid", ("docker.io", "containerd"), "28."),
     )
 }
 # tini-static from bookworm is copied into the newer bundles (their own tini needs
@@ -302,22 +302,21 @@ def provision_bundle(
 def provision(
     engines_dir: Path | None = None,
     *,
-    optional: bool = False,
     force: bool = False,
     only: list[str] | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, str]:
-    """Provision bundles, reporting each through log; return {optional bundle: error}.
+) -> None:
+    """Provision bundles (all, or those named in `only`), reporting each through log.
 
-    Raises ProvisionError when a required bundle cannot be fetched.
+    Raises ProvisionError when a bundle cannot be fetched: every engine is required.
     """
     engines_dir = (engines_dir or default_dir()).resolve()
     if os.geteuid() != 0:
         raise ProvisionError("run as root (apt-get update/download with private dirs needs it)")
-    wanted = [b for b in BUNDLES.values() if (b.required or optional)]
-    if only:
-        wanted = [b for b in wanted if b.name in only]
-    failed_optional: dict[str, str] = {}
+    unknown = sorted(set(only or ()) - set(BUNDLES))
+    if unknown:
+        raise ProvisionError(f"unknown bundles {unknown}; known: {sorted(BUNDLES)}")
+    wanted = [b for b in BUNDLES.values() if not only or b.name in only]
     with locked(engines_dir):
         todo = [b for b in wanted if force or not is_provisioned(engines_dir, b.name)]
         for b in wanted:
@@ -325,7 +324,7 @@ def provision(
                 m = read_marker(engines_dir, b.name) or {}
                 log(f"ok      {b.name:8} (already provisioned: {m.get('versions')})")
         if not todo:
-            return failed_optional
+            return
         uri, signed_by = machine_debian_source()
         work = engines_dir / ".apt"
         apts: dict[str, SuiteApt] = {}
@@ -336,14 +335,10 @@ def provision(
                 try:
                     provision_bundle(engines_dir, b, apt, log)
                 except (ProvisionError, subprocess.CalledProcessError, OSError) as exc:
-                    if b.required:
-                        raise ProvisionError(f"required bundle {b.name!r}: {exc}") from exc
-                    failed_optional[b.name] = str(exc)
-                    log(f"FAILED  {b.name:8} (optional): {exc}")
+                    raise ProvisionError(f"bundle {b.name!r}: {exc}") from exc
         finally:
             # Package lists are ~20 MB a suite and only needed while fetching.
             shutil.rmtree(work, ignore_errors=True)
-    return failed_optional
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,18 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--dir", type=Path, default=None, help="default: $PACKCACHE_ENGINES_DIR or <repo>/.engines"
     )
-    ap.add_argument(
-        "--optional", action="store_true", help="also fetch optional engines (sid docker 28)"
-    )
     ap.add_argument("--force", action="store_true", help="re-fetch even if a marker exists")
+    ap.add_argument(
+        "--only", nargs="+", metavar="BUNDLE", help=f"fetch only these, of {', '.join(BUNDLES)}"
+    )
     args = ap.parse_args(argv)
     engines_dir = (args.dir or default_dir()).resolve()
     t0 = time.monotonic()
     try:
-        failed = provision(
+        provision(
             engines_dir,
-            optional=args.optional,
             force=args.force,
+            only=args.only,
             log=lambda line: print(line, flush=True),
         )
     except ProvisionError as exc:
@@ -370,8 +365,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     total = sum(dir_size(engines_dir / b) for b in BUNDLES if (engines_dir / b).exists())
     print(f"engines dir {engines_dir}: {total / (1 << 20):.0f} MiB, {time.monotonic() - t0:.1f} s")
-    for name, err in failed.items():
-        print(f"provision: optional bundle {name!r} NOT available: {err}", file=sys.stderr)
     return 0
 
 

@@ -2,21 +2,19 @@
 
 Enable with ``pytest_plugins = ["tests.engines.pytest_plugin"]`` in tests/conftest.py.
 
-* ``engine``: session-scoped, parametrized over the required engine kinds (ids are
-  the kind names), plus the optional ones when PACKCACHE_OPTIONAL_ENGINES=1.
+* ``engine``: session-scoped, parametrized over every engine kind (ids are the kind
+  names).
 * ``engine_pool``: the session's engines by kind, e.g. ``engine_pool.get("26.1-containerd")``
   for tests that need a specific engine or two engines at once.
 
 Engines start lazily (first test that needs one) and are stopped at session end, and
-also from atexit if the session is interrupted.  A required engine that is not
-provisioned (or does not start) FAILS the test: in CI a missing engine is an error,
-never a skip.
+also from atexit if the session is interrupted.  An engine that is not provisioned (or
+does not start) FAILS the test: in CI a missing engine is an error, never a skip.
 """
 
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 import time
 from pathlib import Path
@@ -26,18 +24,10 @@ import pytest
 from tests.engines import provision
 from tests.engines.harness import (
     ENGINE_KINDS,
-    OPTIONAL_KINDS,
     REQUIRED_KINDS,
     Engine,
     EngineError,
 )
-
-
-def session_kinds() -> list[str]:
-    kinds = list(REQUIRED_KINDS)
-    if os.environ.get("PACKCACHE_OPTIONAL_ENGINES") == "1":
-        kinds += OPTIONAL_KINDS
-    return kinds
 
 
 class EnginePool:
@@ -68,10 +58,9 @@ class EnginePool:
             raise EngineError(f"unknown engine kind {kind!r}")
         eng = Engine(kind)
         if not eng.is_provisioned():
-            opt = "" if ENGINE_KINDS[kind].required else " --optional"
             raise EngineError(
                 f"not provisioned in {eng.engines_dir}. Run (as root, from the repo root): "
-                f"`python -m tests.engines.provision{opt}`"
+                "`python -m tests.engines.provision`"
             )
         t0 = time.monotonic()
         eng.start()
@@ -120,7 +109,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     d = provision.default_dir()
     status = ", ".join(
         f"{k}={'ok' if Engine(k, engines_dir=d).is_provisioned() else 'MISSING'}"
-        for k in session_kinds()
+        for k in REQUIRED_KINDS
     )
     return f"packcache engines ({d}): {status}"
 
@@ -131,6 +120,6 @@ def engine_pool(request: pytest.FixtureRequest) -> EnginePool:
     return _POOL
 
 
-@pytest.fixture(scope="session", params=session_kinds(), ids=session_kinds())
+@pytest.fixture(scope="session", params=REQUIRED_KINDS, ids=REQUIRED_KINDS)
 def engine(request: pytest.FixtureRequest, engine_pool: EnginePool) -> Engine:
     return engine_pool.get(request.param)
