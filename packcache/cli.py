@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 the operation failed, 2 the command was used wrongly (see RE
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -15,23 +14,34 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from packcache import render
-from packcache.errors import EXIT_FAILED, EXIT_USAGE, PackcacheError
+from packcache.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PackcacheError,
+    UsageError,
+)
 from packcache.refs import short_id
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
-log = logging.getLogger("packcache")
+if TYPE_CHECKING:
+    from packcache.operations.importing import DaemonImportReport
+    from packcache.store.store import EvictedLayer
 
+# Help strings are rich markup: a [word] in one is taken for a style and vanishes, so defaults
+# go in show_default= (tests/test_cli_help.py checks every help text is printed whole).
 app = typer.Typer(
     name="packcache",
     help="A host layer cache for Cloud Native Buildpacks images on the Docker daemon.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
 
 
@@ -58,8 +68,21 @@ ReportOption = Annotated[
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "packcache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = expand_home(xdg, "XDG_CACHE_HOME") if xdg else None
+    if base is None or not base.is_absolute():  # the XDG spec: a relative path is ignored
+        base = expand_home("~/.cache", "the default cache dir")
+    return base / "packcache"
+
+
+def expand_home(text: str, source: str) -> Path:
+    """`text` with a leading ~ or ~user expanded as a shell would, which it does not do inside
+    quotes or in a config file."""
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):
+        user = expanded.split("/", 1)[0]
+        raise UsageError(f"{source} {text!r}: cannot expand {user} (no such user or no $HOME)")
+    return Path(expanded)
 
 
 @dataclass
@@ -67,16 +90,26 @@ class Context:
     cache_dir: Path
     verbose: int
     host: str | None
+    cache_dir_source: str = "--cache-dir"  # where cache_dir came from, to name in errors
+
+    def checked_cache_dir(self) -> Path:
+        """The cache dir, refused with a usage error if it exists and is not a directory."""
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            kind = ": it is a file" if self.cache_dir.is_file() else ""
+            raise UsageError(
+                f"the cache dir {self.cache_dir} ({self.cache_dir_source}) is not a directory{kind}"
+            )
+        return self.cache_dir
 
     def daemon(self):
-        from packcache.engine.daemon import Daemon
+        from packcache.transports.daemon import Daemon
 
         return Daemon(self.host)
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
 
-        return Store.open(self.cache_dir, writable=writable)
+        return Store.open(self.checked_cache_dir(), writable=writable)
 
     def open_index(self):
         """The cache read-only, for read-only commands: no SQLAlchemy import (see database.py)."""
@@ -85,7 +118,7 @@ class Context:
 
 def emit(text: str) -> None:
     """Print a command's data. Not typer.echo: it scans the whole text for ANSI codes to strip
-    when stdout is not a terminal, which costs more than building the 100,000-row `ls` table."""
+    when stdout is not a terminal, which costs more than building a large `ls` table."""
     sys.stdout.write(text)
     sys.stdout.write("\n")
 
@@ -95,22 +128,29 @@ def reported() -> Iterator[None]:
     """Turn library errors into one message on stderr and the documented exit code."""
     try:
         yield
-    except PackcacheError as exc:
-        typer.echo(f"packcache: error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from exc
     except KeyboardInterrupt:
         typer.echo("packcache: interrupted", err=True)
-        raise typer.Exit(130) from None
-    except OSError as exc:  # the filesystem under the cache or an archive: disk full, I/O
-        where = f": {exc.filename}" if exc.filename else ""
-        typer.echo(f"packcache: error: {exc.strerror or exc}{where}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
-        cause = _sqlite_error(exc)
-        if cause is None:
-            raise
-        typer.echo(f"packcache: error: the cache index failed: {cause}", err=True)
-        raise typer.Exit(EXIT_FAILED) from exc
+        shown = shown_error(exc)
+        if shown is None:
+            raise  # a bug: main() shows it in one line, the runner of the tests in full
+        message, code = shown
+        typer.echo(f"packcache: error: {message}", err=True)
+        raise typer.Exit(code) from exc
+
+
+def shown_error(exc: BaseException) -> tuple[str, int] | None:
+    """The message and exit code an expected error is shown with; None for a bug."""
+    if isinstance(exc, PackcacheError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):  # the filesystem under the cache or an archive: disk full, I/O
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}", EXIT_FAILED
+    cause = _sqlite_error(exc)
+    if cause is not None:
+        return f"the cache index failed: {cause}", EXIT_FAILED
+    return None
 
 
 def _sqlite_error(exc: BaseException) -> BaseException | None:
@@ -158,14 +198,22 @@ def main_options(
     if cache_dir is not None and not cache_dir.strip():  # not the current directory
         typer.echo("packcache: error: --cache-dir is empty", err=True)
         raise typer.Exit(EXIT_USAGE)
+    source = "--cache-dir"
+    if getattr(ctx.get_parameter_source("cache_dir"), "name", None) == "ENVIRONMENT":
+        source = "PACKCACHE_DIR"
+    with reported():
+        path = expand_home(cache_dir, source) if cache_dir else default_cache_dir()
     ctx.obj = Context(
-        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), verbose=verbose, host=host
+        cache_dir=path,
+        verbose=verbose,
+        host=host,
+        cache_dir_source=source if cache_dir else "the default",
     )
 
 
-# A base layer can be used by hundreds of images: listing them all would pad every row of the
-# table to the longest list (80 MB of output for 100,000 layers), so tables name a few, like
-# `docker ps` truncates, and --no-trunc or JSON give them all.
+# A base layer can be used by hundreds of images, and listing them all would pad every row of
+# the table to the longest list: tables name a few, as `docker ps` truncates, and --no-trunc or
+# JSON give them all.
 LS_IMAGES_SHOWN = 3
 
 
@@ -197,22 +245,7 @@ def ls_command(
     with reported():
         layers = list_layers(ctx.obj.open_index(), image=image, sort=sort.value)
     if fmt is Format.json:
-        emit(
-            render.to_json_lines(
-                {
-                    "diff_id": layer.diff_id,
-                    "digests": layer.digests,
-                    "size": layer.size,
-                    "uncompressed_size": layer.uncompressed_size,
-                    "compression": layer.compression,
-                    "images": layer.images,
-                    "first_seen": render.iso(layer.first_seen),
-                    "last_used": render.iso(layer.last_used),
-                    "access_count": layer.access_count,
-                }
-                for layer in layers
-            )
-        )
+        emit(render.layers_json(layers))
         return
     now, size, ago = time.time(), render.size, render.ago
     images_cell = (lambda names: ",".join(names) or "-") if no_trunc else _images_cell
@@ -241,31 +274,7 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     with reported():
         usage = disk_usage(ctx.obj.open_index())
     if fmt is Format.json:
-        emit(
-            render.to_json_with_rows(
-                {
-                    "layers": usage.layers,
-                    "size": usage.size,
-                    "uncompressed_size": usage.uncompressed_size,
-                    "partial_files": usage.partial_files,
-                    "partial_size": usage.partial_size,
-                },
-                "images",
-                (
-                    {
-                        "config_digest": image.config_digest,
-                        "image_ids": image.image_ids,
-                        "refs": image.refs,
-                        "layers": image.layers,
-                        "cached_layers": image.cached_layers,
-                        "size": image.size,
-                        "shared_size": image.shared_size,
-                        "unique_size": image.unique_size,
-                    }
-                    for image in usage.images
-                ),
-            )
-        )
+        emit(render.disk_usage_json(usage))
         return
     typer.echo(
         f"{usage.layers} layers, {render.size(usage.size)} on disk "
@@ -294,27 +303,7 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         )
 
 
-def _print_evicted(removed, dry_run: bool, fmt: Format, extra: dict | None = None) -> None:
-    reclaimed = sum(layer.blob_size for layer in removed)
-    if fmt is Format.json:
-        typer.echo(
-            render.to_json(
-                {
-                    "dry_run": dry_run,
-                    "removed": [
-                        {
-                            "diff_id": layer.diff_id,
-                            "digest": layer.blob_digest,
-                            "size": layer.blob_size,
-                        }
-                        for layer in removed
-                    ],
-                    "reclaimed": reclaimed,
-                    **(extra or {}),
-                }
-            )
-        )
-        return
+def _print_evicted(removed: list[EvictedLayer], reclaimed: int, dry_run: bool) -> None:
     verb = "Would remove" if dry_run else "Removed"
     for layer in removed:
         typer.echo(f"{verb} {layer.diff_id}  {render.size(layer.blob_size)}")
@@ -364,17 +353,11 @@ def prune_command(
             everything=everything,
             dry_run=dry_run,
         )
-    _print_evicted(
-        result.removed,
-        dry_run,
-        fmt,
-        {
-            "size_before": result.size_before,
-            "size_after": result.size_after,
-            "in_use": result.in_use,
-        },
-    )
-    if result.in_use and fmt is Format.table:
+    if fmt is Format.json:
+        typer.echo(render.prune_json(result))
+        return
+    _print_evicted(result.removed, result.reclaimed, dry_run)
+    if result.in_use:
         typer.echo(f"Kept {len(result.in_use)} layers in use by a running operation")
 
 
@@ -390,28 +373,17 @@ def rm_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Remove images (and the layers only they use) or single layers from the cache."""
-    from packcache.store.prune import remove_image, remove_layer
+    from packcache.operations.housekeeping import remove
 
     if not images and not layers:
         typer.echo("packcache: error: name an image or --layer to remove", err=True)
         raise typer.Exit(EXIT_USAGE)
-    removed = []
     with reported():
-        store = ctx.obj.open_store()
-        # Resolve every name first, so a typo in the last one changes nothing; two names of
-        # one image (or layer) remove it once.
-        config_digests = dict.fromkeys(store.resolve_image(ref) for ref in images or [])
-        diff_ids = {store.resolve_layer(layer): layer for layer in layers or []}
-        for config_digest in config_digests:
-            removed += remove_image(store, config_digest)
-        for diff_id, layer in diff_ids.items():
-            if any(evicted.diff_id == diff_id for evicted in removed):
-                continue  # an image named too used it alone
-            found = remove_layer(store, diff_id)
-            if not found:
-                raise PackcacheError(f"layer {layer} is in use by a running operation; not removed")
-            removed += found
-    _print_evicted(removed, False, fmt)
+        report = remove(ctx.obj.open_store(), images or [], layers or [])
+    if fmt is Format.json:
+        typer.echo(render.remove_json(report))
+        return
+    _print_evicted(report.removed, report.reclaimed, report.dry_run)
 
 
 @app.command("verify")
@@ -428,21 +400,7 @@ def verify_command(
     with reported():
         report = verify(ctx.obj.open_store(writable=repair), repair=repair)
     if fmt is Format.json:
-        typer.echo(
-            render.to_json(
-                {
-                    "checked": report.checked,
-                    "missing": report.missing,
-                    "corrupt": report.corrupt,
-                    "orphans": report.orphans,
-                    "stale_ingest": report.stale_ingest,
-                    "unreadable": report.unreadable,
-                    "unremoved": report.unremoved,
-                    "repaired": report.repaired,
-                    "ok": report.ok,
-                }
-            )
-        )
+        typer.echo(render.verify_json(report))
     else:
         typer.echo(f"Checked {report.checked} blobs")
         for label, items in (
@@ -463,25 +421,6 @@ def verify_command(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _size_cap(store) -> int | None:
-    """The configured size cap, read before a command adds data (a bad setting is an error
-    before anything changes)."""
-    from packcache.store.prune import configured_max_size
-
-    return configured_max_size(store)
-
-
-def _enforce_size_cap(store, cap: int | None) -> None:
-    """After a command that added data: prune to the cap, if any."""
-    from packcache.store.prune import enforce_size_cap
-
-    result = enforce_size_cap(store, cap)
-    if result is not None and result.removed:
-        log.warning(
-            "size cap: evicted %d layers (%s)", len(result.removed), render.size(result.reclaimed)
-        )
-
-
 @app.command("import")
 def import_command(
     ctx: typer.Context,
@@ -499,6 +438,7 @@ def import_command(
 ) -> None:
     """Add images to the cache: new layers only, from one `docker save` read once."""
     from packcache.archive.save_reader import import_archive
+    from packcache.operations.housekeeping import size_capped
     from packcache.operations.importing import DaemonImportReport, import_images
 
     if bool(images) == bool(archive):
@@ -506,8 +446,11 @@ def import_command(
         raise typer.Exit(EXIT_USAGE)
     with reported():
         store = ctx.obj.open_store()
-        cap = _size_cap(store)
-        with store.lease("import") as lease, progress(quiet, "import") as on_bytes:
+        with (
+            size_capped(store),
+            store.lease("import") as lease,
+            progress(quiet, "import") as on_bytes,
+        ):
             if images:
                 report = import_images(
                     store, ctx.obj.daemon(), images, lease=lease, on_bytes=on_bytes
@@ -521,7 +464,6 @@ def import_command(
                     report = DaemonImportReport(
                         import_archive(store, source, lease=lease, on_bytes=on_bytes)
                     )
-        _enforce_size_cap(store, cap)
     _print_import(report, fmt)
 
 
@@ -540,29 +482,20 @@ def progress(quiet: bool, label: str) -> Iterator[object]:
         yield lambda n: bar.advance(task, n)
 
 
-def _print_import(daemon_report, fmt: Format) -> None:
+def _write_report(report: object, report_file: Path | None, fmt: Format) -> None:
+    """The report's JSON to --report FILE and, with --format json, to stdout."""
+    text = render.report_json(report)
+    if report_file is not None:
+        with reported():
+            report_file.write_text(text + "\n")
+    if fmt is Format.json:
+        typer.echo(text)
+
+
+def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
     report = daemon_report.archive
     if fmt is Format.json:
-        typer.echo(
-            render.to_json(
-                {
-                    "images": [
-                        {
-                            "config_digest": image.config_digest,
-                            "manifest_digest": image.manifest_digest,
-                            "refs": image.refs,
-                            "diff_ids": image.diff_ids,
-                        }
-                        for image in report.images
-                    ],
-                    "layers_written": report.layers_written,
-                    "layers_known": report.layers_known,
-                    "bytes_read": report.bytes_read,
-                    "bytes_written": report.bytes_written,
-                    "already_cached": daemon_report.already_cached,
-                }
-            )
-        )
+        typer.echo(render.import_json(daemon_report))
         return
     for ref in daemon_report.already_cached:
         typer.echo(f"Already cached: {ref}")
@@ -586,15 +519,16 @@ def load_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
+    from packcache.operations.housekeeping import size_capped
     from packcache.operations.loading import load_image
 
     with reported():
         store = ctx.obj.open_store()
-        daemon = ctx.obj.daemon()
-        with store.lease("load") as lease:
+        with size_capped(store), store.lease("load") as lease:
+            daemon = ctx.obj.daemon()
             report = load_image(store, daemon, image, tags, lease=lease)
     if fmt is Format.json:
-        typer.echo(render.to_json(dataclasses.asdict(report)))
+        typer.echo(render.report_json(report))
         return
     typer.echo(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
@@ -631,6 +565,9 @@ def pull_command(
     Credentials and TLS are docker's: the Docker config (`docker login`) and
     /etc/docker/certs.d/HOST/ca.crt.
     """
+    import dataclasses
+
+    from packcache.operations.housekeeping import size_capped
     from packcache.transports.registry import DEFAULT_PLATFORM, Platform, RegistryOptions
     from packcache.transports.registry_pull import pull_images
 
@@ -638,10 +575,8 @@ def pull_command(
         chosen = Platform.parse(platform) if platform else DEFAULT_PLATFORM
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         store = ctx.obj.open_store()
-        cap = _size_cap(store)
-        with store.lease("pull") as lease:
+        with size_capped(store), store.lease("pull") as lease:
             reports = pull_images(store, images, lease=lease, options=options, platform=chosen)
-        _enforce_size_cap(store, cap)
     if fmt is Format.json:
         typer.echo(render.to_json([dataclasses.asdict(report) for report in reports]))
         return
@@ -660,10 +595,12 @@ def rebase_command(
     image: Annotated[str, typer.Argument(help="The app image in the Docker daemon.")],
     run_image: Annotated[
         str | None,
-        typer.Option("--run-image", help="New run image [default: from the image's metadata]."),
+        typer.Option(
+            "--run-image", help="New run image.", show_default="from the image's metadata"
+        ),
     ] = None,
     tag: Annotated[
-        str | None, typer.Option("--tag", help="Name the result this [default: IMAGE].")
+        str | None, typer.Option("--tag", help="Name the result this.", show_default="IMAGE")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Skip the rebasable, target and run image checks.")
@@ -677,14 +614,14 @@ def rebase_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
+    from packcache.operations.housekeeping import size_capped
     from packcache.operations.rebase import rebase
 
     started = time.perf_counter()
     with reported():
         store = ctx.obj.open_store()
-        cap = _size_cap(store)
-        daemon = ctx.obj.daemon()
-        with store.lease("rebase") as lease:
+        with size_capped(store), store.lease("rebase") as lease:
+            daemon = ctx.obj.daemon()
             report = rebase(
                 store,
                 daemon,
@@ -696,13 +633,9 @@ def rebase_command(
                 dry_run=dry_run,
                 lease=lease,
             )
-        _enforce_size_cap(store, cap)
     report.timings["total"] = round(time.perf_counter() - started, 4)
-    data = dataclasses.asdict(report)
-    if report_file is not None:
-        report_file.write_text(render.to_json(data) + "\n")
+    _write_report(report, report_file, fmt)
     if fmt is Format.json:
-        typer.echo(render.to_json(data))
         return
     verb = "Would rebase" if report.dry_run else "Rebased"
     typer.echo(f"{verb} {report.image} onto {report.run_image} ({short_id(report.run_image_id)})")
@@ -760,6 +693,7 @@ def create_builder_command(
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
     from packcache.builder.config import read_config
     from packcache.operations.create_builder import check_pull_policy, create_builder
+    from packcache.operations.housekeeping import size_capped
 
     extra_labels = {}
     for label in labels or []:
@@ -773,9 +707,8 @@ def create_builder_command(
         check_pull_policy(pull_policy)
         builder_config = read_config(config)
         store = ctx.obj.open_store()
-        cap = _size_cap(store)
-        daemon = ctx.obj.daemon()
-        with store.lease("create-builder") as lease:
+        with size_capped(store), store.lease("create-builder") as lease:
+            daemon = ctx.obj.daemon()
             report = create_builder(
                 store,
                 daemon,
@@ -787,12 +720,8 @@ def create_builder_command(
                 dry_run=dry_run,
                 lease=lease,
             )
-        _enforce_size_cap(store, cap)
-    data = dataclasses.asdict(report)
-    if report_file is not None:
-        report_file.write_text(render.to_json(data) + "\n")
+    _write_report(report, report_file, fmt)
     if fmt is Format.json:
-        typer.echo(render.to_json(data))
         return
     for warning in report.warnings:
         typer.echo(f"Warning: {warning}", err=True)
@@ -813,15 +742,32 @@ def create_builder_command(
 
 
 def main() -> None:
-    """The `packcache` command: click's own usage errors (a bad option value, a missing
-    argument) as one `packcache: error:` line and exit 2, like every other error, instead of
-    typer's boxed panel."""
+    """The `packcache` command: every error, click's own usage errors (a bad option value, a
+    missing argument) and bugs included, as one `packcache: error:` line on stderr and its exit
+    code; -vv also logs a bug's traceback."""
     try:
         code = app(prog_name="packcache", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe is found here, not while the interpreter exits
     except typer.TyperException as exc:  # typer's click: usage errors have exit_code 2
-        typer.echo(f"packcache: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except typer.Abort:  # Ctrl-C outside a command's own handling
+        _exit_with(exc.format_message(), exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a command's own handling
         typer.echo("packcache: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # the reader went away (`packcache ls | head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:
+        shown = shown_error(exc)
+        if shown is None:
+            logging.getLogger("packcache").debug("the traceback:", exc_info=exc)
+            shown = (
+                f"unexpected {type(exc).__name__}: {exc} (a bug; -vv shows where)",
+                EXIT_FAILED,
+            )
+        _exit_with(*shown)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_with(message: str, code: int) -> NoReturn:
+    typer.echo(f"packcache: error: {message}", err=True)
+    sys.exit(code)

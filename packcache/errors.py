@@ -1,6 +1,7 @@
 """Errors that the CLI turns into one clear message and an exit code.
 
-Exit codes (documented in the README): 0 ok, 1 the operation failed, 2 the command was used wrongly.
+Exit codes (documented in the README): 0 ok, 1 the operation failed, 2 the command was used wrongly,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 class PackcacheError(Exception):

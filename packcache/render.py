@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
+import operator
 import time
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 import humanize
+
+if TYPE_CHECKING:
+    from packcache.operations.housekeeping import RemoveReport
+    from packcache.operations.importing import DaemonImportReport
+    from packcache.store.prune import PruneResult
+    from packcache.store.scan import DiskUsage, LayerInfo
+    from packcache.store.store import EvictedLayer
+    from packcache.store.verify import VerifyReport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns separated by three spaces, like `docker images`.
 
-    Column-wise max() and one format string per line: `ls` prints 100,000 rows.
+    Column-wise max() and one format string per line: `ls` prints a row per cached layer.
     """
     widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
     # The last column is not padded, so lines carry no trailing spaces.
@@ -34,15 +44,15 @@ def to_json(data: object) -> str:
 
 
 def to_json_lines(items: Iterable[object]) -> str:
-    """A JSON array with one compact element a line. json's C encoder only runs without
-    indent=, and the pure-Python one takes seconds over `ls` of 100,000 layers."""
+    """A JSON array with one compact element a line: json's C encoder only runs without
+    indent=, and `ls` writes one element per cached layer."""
     body = ",\n".join(map(_encode, items))
     return f"[\n{body}\n]" if body else "[]"
 
 
 def to_json_with_rows(fields: dict[str, object], rows_key: str, rows: Iterable[object]) -> str:
-    """A JSON object of `fields` plus `rows_key`: a list laid out as `to_json_lines` does, for
-    the many-row reports (`du` of 10,000 images: indent= took 0.09 s of 0.37)."""
+    """A JSON object of `fields` plus `rows_key`: a list laid out as `to_json_lines` does, so
+    the many-row reports (`du` of 10,000 images) also take the C encoder."""
     members = [f"  {_encode(key)}: {_encode(value)}" for key, value in fields.items()]
     members.append(f"  {_encode(rows_key)}: {to_json_lines(rows)}")
     return "{\n" + ",\n".join(members) + "\n}"
@@ -51,28 +61,114 @@ def to_json_with_rows(fields: dict[str, object], rows_key: str, rows: Iterable[o
 _encode = json.JSONEncoder().encode
 
 
-_DECIMAL_SUFFIXES = ("kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB", "RB", "QB")
+# -- The reports as JSON ------------------------------------------------------------------------
+# A report's JSON is its dataclass: its fields by name, then the properties named. README lists
+# the keys as stable, so where a field's name is not the documented key, the key is kept here.
+
+
+@cache
+def _fields_of(cls: type) -> tuple[tuple[str, ...], Callable[[object], tuple]]:
+    """A dataclass's field names, and a function of an instance to their values in order."""
+    names = tuple(field.name for field in dataclasses.fields(cls))
+    values = operator.attrgetter(*names)
+    if len(names) == 1:  # attrgetter of one name gives the value, not a tuple
+        return names, lambda report: (values(report),)
+    return names, values
+
+
+def record(
+    report: object,
+    *,
+    renamed: Mapping[str, str] | None = None,
+    omitted: Collection[str] = (),
+    properties: Sequence[str] = (),
+) -> dict[str, object]:
+    """Dataclass `report` as a dict for json: each field not `omitted`, under its name or the key
+    `renamed` gives it, then the `properties`. Values are taken as they are: a caller makes
+    records of nested dataclasses itself."""
+    names, values = _fields_of(type(report))
+    data = dict(zip(names, values(report), strict=True))
+    for name in omitted:
+        del data[name]
+    for name, key in (renamed or {}).items():
+        data[key] = data.pop(name)
+    for name in properties:
+        data[name] = getattr(report, name)
+    return data
+
+
+def records(rows: Iterable[object]) -> Iterator[dict[str, object]]:
+    """`record` of each of many rows of one dataclass, as `ls` and `du` print them."""
+    names: tuple[str, ...] = ()
+    for row in rows:
+        if not names:
+            names, values = _fields_of(type(row))
+        yield dict(zip(names, values(row), strict=True))
+
+
+def layers_json(layers: Iterable[LayerInfo]) -> str:
+    """`ls`: one layer a line, times as ISO 8601 UTC."""
+
+    def with_times(data: dict[str, object]) -> dict[str, object]:
+        data["first_seen"], data["last_used"] = iso(data["first_seen"]), iso(data["last_used"])
+        return data
+
+    return to_json_lines(map(with_times, records(layers)))
+
+
+def disk_usage_json(usage: DiskUsage) -> str:
+    """`du`: the totals, then one image a line."""
+    return to_json_with_rows(record(usage, omitted={"images"}), "images", records(usage.images))
+
+
+def _evicted(layer: EvictedLayer) -> dict[str, object]:
+    return record(layer, renamed={"blob_digest": "digest", "blob_size": "size"})
+
+
+def prune_json(result: PruneResult) -> str:
+    data = record(result, properties=("reclaimed", "size_after"))
+    data["removed"] = list(map(_evicted, result.removed))
+    return to_json(data)
+
+
+def remove_json(report: RemoveReport) -> str:
+    data = record(report, properties=("reclaimed",))
+    data["removed"] = list(map(_evicted, report.removed))
+    return to_json(data)
+
+
+def verify_json(report: VerifyReport) -> str:
+    return to_json(record(report, properties=("ok",)))
+
+
+def import_json(report: DaemonImportReport) -> str:
+    """`import`: the archive's counts and images (digests, refs and diffIDs, not the config and
+    manifest bytes), then the refs that were cached already (`saved` is not documented)."""
+    data = record(report.archive)
+    data["images"] = [
+        record(image, omitted={"blob_digests", "config", "manifest"})
+        for image in report.archive.images
+    ]
+    data.update(record(report, omitted={"archive", "saved"}))
+    return to_json(data)
+
+
+def report_json(report: object) -> str:
+    """load, rebase, create-builder: every field as it is named, nested reports too."""
+    return to_json(dataclasses.asdict(report))
 
 
 def size(n: int) -> str:
-    """humanize.naturalsize(n) (powers of 1000, as docker prints sizes), computed directly.
-
-    humanize spends 5 us a call in its translation layer, and `ls` of 100,000 layers formats
-    100,000 sizes. The common magnitudes take a short path whose text cannot round up into the
-    next unit; tests/test_render.py checks the result equals humanize's at every boundary.
-    """
-    if 1000 <= n < 999_900:
+    """humanize.naturalsize(n) (powers of 1000, as docker prints sizes), with the kB, MB and GB
+    texts formatted directly because `ls` formats one size per layer and humanize's translation
+    layer costs more than the rest of the row; tests/test_render.py checks both agree."""
+    if 1000 <= n < 999_900:  # from 999.9 kB on, the text may round up into the next unit
         return f"{n / 1000:.1f} kB"
     if 1_000_000 <= n < 999_900_000:
         return f"{n / 1_000_000:.1f} MB"
     if 1_000_000_000 <= n < 999_900_000_000:
         return f"{n / 1_000_000_000:.1f} GB"
-    if n < 1000:
-        return humanize.naturalsize(n)
-    exp = min(int(math.log(n, 1000)), len(_DECIMAL_SUFFIXES))
-    if exp < len(_DECIMAL_SUFFIXES) and float(f"{n / 1000**exp:.1f}") >= 1000:
-        exp += 1  # 999,999 bytes reads "1.0 MB", not "1000.0 kB"
-    return f"{n / 1000**exp:.1f} {_DECIMAL_SUFFIXES[exp - 1]}"
+    return humanize.naturalsize(n)
 
 
 def ago(timestamp: float, now: float | None = None) -> str:

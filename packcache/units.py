@@ -29,7 +29,9 @@ _SIZE_UNITS = {
     "pib": 1024**5,
 }
 MAX_SIZE = 2**63 - 1  # the largest integer SQLite stores
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+# re.ASCII: \d would also match the digits of other scripts (fullwidth, Arabic-Indic, ...),
+# which Decimal and float accept.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$", re.ASCII)
 
 SIZE_HELP = (
     "SIZE is bytes or a number with a unit: K, M, G, T (also KB, MB, GB, TB) are powers of 1000; "
@@ -37,7 +39,7 @@ SIZE_HELP = (
 )
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.ASCII)
 
 DURATION_HELP = (
     "DURATION is a number with a unit s, m, h, d or w, or several: 90m, 12h, 7d, 2w, 1d12h."

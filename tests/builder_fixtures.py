@@ -153,7 +153,7 @@ def write_tgz(buildpack: Buildpack, path: Path) -> Path:
     return path
 
 
-def _package_layer(buildpack: Buildpack) -> dict:
+def package_layer(buildpack: Buildpack) -> dict:
     """A buildpackage layer: one buildpack at /cnb/buildpacks/<id>/<version>/ (as pack lays it)."""
     layer: dict = {}
     for rel, data in buildpack.files.items():
@@ -191,7 +191,7 @@ def load_buildpackage(
 ) -> Buildpackage:
     """A buildpackage image in the engine: one layer per buildpack, labels per distribution.md."""
     buildpacks = [main, *deps]
-    tars = [images.layer_tar(_package_layer(bp)) for bp in buildpacks]
+    tars = [images.layer_tar(package_layer(bp)) for bp in buildpacks]
     diff_ids = [images.sha256_digest(t) for t in tars]
     layers_label: dict = {}
     for bp, diff_id in zip(buildpacks, diff_ids, strict=True):
@@ -204,7 +204,7 @@ def load_buildpackage(
     }
     built = images.build_legacy_archive(
         tmp_path / f"{uuid.uuid4().hex}.tar",
-        [_package_layer(bp) for bp in buildpacks],
+        [package_layer(bp) for bp in buildpacks],
         {"config": {"Labels": labels}},
         ref,
     )

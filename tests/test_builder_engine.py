@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import builder_fixtures as fx
+from tests.archives import build_oci_archive
 from tests.engines.harness import Engine
 
 
@@ -334,11 +335,40 @@ def test_no_cache_builds_the_same_image_and_leaves_the_cache_alone(
     name = fx.unique("pack-method")
     slow = create(cli, engine, name, inputs.toml, "--no-cache")
     assert sorted(slow["imported"]) == sorted(p.ref for p in inputs.packages)
+    # pack's method: every builder layer sent; the build image's as placeholders on a
+    # graphdriver, sent too on a containerd store.
+    build_layers = len(inputs.build["RootFS"]["Layers"])
+    reused = 0 if engine.containerd_store else build_layers
+    assert slow["load"]["layers_sent"] == len(slow["diff_ids"]) - reused
+    assert slow["load"]["layers_reused"] == reused
     assert cli("ls", "--format", "json").json() == []
     fast = create(cli, engine, fx.unique("cached"), inputs.toml)
     if not engine.containerd_store:  # the containerd ID also names how blobs were stored
         assert fast["image_id"] == slow["image_id"]
     assert fast["config_digest"] == slow["config_digest"]
+
+
+def test_a_buildpackage_file_gives_the_same_builder_as_its_image(
+    cli, engine: Engine, tmp_path
+) -> None:
+    inputs = make_inputs(engine, tmp_path)
+    package = inputs.packages[0]
+    labels = inspect(engine, package.ref)["Config"]["Labels"]
+    layers = [fx.package_layer(bp) for bp in package.buildpacks]
+    build_oci_archive(tmp_path / "simple.cnb", layers, config_extra={"config": {"Labels": labels}})
+    from_file = tmp_path / "from-file.toml"
+    text = inputs.toml.read_text()
+    assert f'uri = "docker://{package.ref}"' in text
+    from_file.write_text(text.replace(f'uri = "docker://{package.ref}"', 'uri = "simple.cnb"'))
+
+    first = create(cli, engine, fx.unique("from-file"), from_file)
+    kinds = {(b["id"], b["kind"]) for b in first["buildpacks"]}
+    assert ("test/simple", "buildpackage-file") in kinds
+    assert package.ref not in first["imported"]  # its layer came from the file
+    # The same buildpack from its image: the layer the file gave is in the cache, same builder.
+    second = create(cli, engine, fx.unique("from-image"), inputs.toml)
+    assert second["imported"] == []
+    assert second["config_digest"] == first["config_digest"]
 
 
 def test_dry_run_changes_nothing(cli, engine: Engine, tmp_path) -> None:

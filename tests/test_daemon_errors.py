@@ -2,7 +2,7 @@
 
 import pytest
 
-from packcache.engine.daemon import DaemonError, check_api_version, explain
+from packcache.transports.daemon import DaemonError, check_api_version, explain
 
 HOST = "unix:///var/run/docker.sock"
 
@@ -23,7 +23,7 @@ def test_engine_too_old() -> None:
 
 
 def test_a_malformed_host_is_named_not_a_traceback() -> None:
-    from packcache.engine.daemon import Daemon
+    from packcache.transports.daemon import Daemon
 
     with pytest.raises(DaemonError, match=r"invalid Docker host 'http://\[::1'"):
         Daemon("http://[::1")
@@ -36,7 +36,7 @@ def test_a_daemon_that_never_answers_is_reported_after_the_handshake_timeout(
     import threading
     import time
 
-    import packcache.engine.daemon as daemon_module
+    import packcache.transports.daemon as daemon_module
 
     path = tmp_path / "silent.sock"
     server = socket.socket(socket.AF_UNIX)

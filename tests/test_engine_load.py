@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError
+from packcache.transports.daemon import Daemon
 from tests.engines import images
 from tests.engines.harness import CONTENT_CHECK_KIND, Engine
 from tests.layers import sha256
@@ -177,9 +177,9 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
     daemon.prefetch([present, absent, present])
     assert sorted(asked) == sorted([present, absent])  # concurrently, each once
     info = daemon.inspect_image(present)
-    assert info["Id"] == inspect(engine, present)["Id"]
-    assert daemon.has_image(info["Id"])  # by ID too, from the inspect by tag
-    assert daemon.image_diff_ids(info["Id"]) == inspect(engine, present)["RootFS"]["Layers"]
+    assert info.id == inspect(engine, present)["Id"]
+    assert daemon.has_image(info.id)  # by ID too, from the inspect by tag
+    assert daemon.image_diff_ids(info.id) == inspect(engine, present)["RootFS"]["Layers"]
     with pytest.raises(NotFoundError, match=absent):
         daemon.inspect_image(absent)
     assert not daemon.has_image(absent)
@@ -187,7 +187,7 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
 
     archive = images.build_busybox_archive(tmp_path / "absent.tar", absent, BASE_LAYERS)
     daemon.load(iter([archive.path.read_bytes()]))
-    assert daemon.inspect_image(absent)["Id"] == inspect(engine, absent)["Id"]  # asked again
+    assert daemon.inspect_image(absent).id == inspect(engine, absent)["Id"]  # asked again
     assert asked[2:] == [absent]
 
 

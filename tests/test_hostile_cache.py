@@ -283,7 +283,7 @@ def test_a_cache_dir_that_is_a_file_says_so(base: Path) -> None:
     path.write_bytes(b"not a cache")
     for command in (["ls"], ["prune", "--all"]):
         result = run(path, *command)
-        assert result.returncode == 1
+        assert result.returncode == 2  # a usage error: the command names a cache dir it cannot be
         assert "is not a directory" in error_line(result)
     assert path.read_bytes() == b"not a cache"
 

@@ -147,6 +147,12 @@ def test_no_cache_gives_the_same_config(cli, engine: Engine, tmp_path: Path, sta
     cached = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
     pack = rebase(cli, engine, other, "--run-image", run2.tag, "--no-cache").json()
     assert pack["method"] == "no-cache"
+    # pack's method: every app layer sent; the run image's as placeholders on a graphdriver,
+    # sent too on a containerd store.
+    run_layers = len(run2.built.diff_ids)
+    sent_run_layers = run_layers if engine.containerd_store else 0
+    assert pack["layers_sent"] == pack["app_layers"] + sent_run_layers
+    assert pack["layers_reused"] == run_layers - sent_run_layers
     assert actual_config(engine, other, tmp_path) == actual_config(engine, app.tag, tmp_path)
     if not engine.containerd_store:
         assert pack["new_image_id"] == cached["new_image_id"]

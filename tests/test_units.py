@@ -24,7 +24,25 @@ def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "G", "-1G", "20X", "1.2.3G", "twenty", "20 G B"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "G",
+        "-1G",
+        "20X",
+        "1.2.3G",
+        "twenty",
+        "20 G B",
+        # Digits of other scripts: fullwidth, Arabic-Indic, Devanagari, and one mixed in.
+        "\uff11\uff12",
+        "\u0661\u0662M",
+        "\u0967\u0968G",
+        "1\uff12K",
+        "1.\u0665G",
+        "20\uff27",  # a fullwidth G
+    ],
+)
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(UsageError, match="invalid size"):
         parse_size(text)
@@ -51,7 +69,22 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "7", "d", "7y", "-1d", "7d x", "1.d"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "7",
+        "d",
+        "7y",
+        "-1d",
+        "7d x",
+        "1.d",
+        "\uff17d",
+        "1d\u0661\u0662h",
+        "\u0967.5h",
+        "7\uff44",
+    ],
+)
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UsageError, match="invalid duration"):
         parse_duration(text)

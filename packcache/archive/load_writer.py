@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
+from packcache.image.layer import Layer
+from packcache.image.manifest import Descriptor, digest_of, image_index
+from packcache.image.mediatypes import OCI_MANIFEST
 from packcache.refs import normalize
-from packcache.store.layer import Layer
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 BLOCK = 512
 
 
@@ -85,29 +84,11 @@ def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> I
     yield b"\0" * (2 * BLOCK)
 
 
-def oci_manifest(config: bytes, layers: list[LoadLayer]) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": OCI_CONFIG,
-                "digest": sha256_digest(config),
-                "size": len(config),
-            },
-            "layers": [
-                {"mediaType": item.media_type, "digest": item.digest, "size": item.size}
-                for item in layers
-            ],
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
 def oci_archive(
     config: bytes, manifest: bytes, layers: list[LoadLayer], tags: list[str]
 ) -> Iterator[bytes]:
-    """An OCI layout for the containerd store; held blobs are referenced, not included."""
+    """An OCI layout for the containerd store (`manifest` names `config` and the layers);
+    held blobs are referenced, not included."""
     yield from _file("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
     yield from _file(f"blobs/sha256/{sha256_digest(config)[7:]}", config)
     yield from _file(f"blobs/sha256/{sha256_digest(manifest)[7:]}", manifest)
@@ -118,17 +99,16 @@ def oci_archive(
         written.add(item.digest)
         yield from _stream(f"blobs/sha256/{item.digest[7:]}", item.size, item.layer.compressed())
     descriptors = [
-        {
-            "mediaType": OCI_MANIFEST,
-            "digest": sha256_digest(manifest),
-            "size": len(manifest),
-            "annotations": {
+        Descriptor(
+            OCI_MANIFEST,
+            digest_of(manifest),
+            len(manifest),
+            annotations={
                 "io.containerd.image.name": normalize(tag),
                 "org.opencontainers.image.ref.name": normalize(tag).rsplit(":", 1)[-1],
             },
-        }
+        )
         for tag in tags
     ]
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
-    yield from _file("index.json", json.dumps(index).encode())
+    yield from _file("index.json", image_index(descriptors))
     yield b"\0" * (2 * BLOCK)

@@ -273,6 +273,23 @@ def _read_images(reader: _Reader, top: dict[str, Any], config: BuilderConfig) ->
 
     build = reader.table(top.get("build", {}), ("build",), ("image", "env"))
     config.build_image = reader.string(build, ("build", "image"))
+    _read_build_env(reader, build, config)
+
+    run = reader.table(top.get("run", {}), ("run",), ("images",))
+    for i, entry in enumerate(
+        reader.tables(run.get("images", []), ("run", "images"), ("image", "mirrors"))
+    ):
+        key = ("run", "images", i)
+        image = reader.string(entry, (*key, "image"))
+        if not image:
+            raise reader.fail(key, f"'{dotted(key)}' needs an image")
+        config.run_images.append(RunImage(image, reader.strings(entry, (*key, "mirrors"))))
+
+    _merge_stack(reader, config, stack_build)
+
+
+def _read_build_env(reader: _Reader, build: dict[str, Any], config: BuilderConfig) -> None:
+    """[[build.env]]: the environment the builder gives buildpacks, as pack's BuildConfigEnv."""
     for i, env in enumerate(
         reader.tables(
             build.get("env", []), ("build", "env"), ("name", "value", "suffix", "delim", "exec-env")
@@ -298,17 +315,9 @@ def _read_images(reader: _Reader, top: dict[str, Any], config: BuilderConfig) ->
             )
         config.build_env.append(BuildEnv(name, reader.string(env, (*key, "value")), suffix, delim))
 
-    run = reader.table(top.get("run", {}), ("run",), ("images",))
-    for i, entry in enumerate(
-        reader.tables(run.get("images", []), ("run", "images"), ("image", "mirrors"))
-    ):
-        key = ("run", "images", i)
-        image = reader.string(entry, (*key, "image"))
-        if not image:
-            raise reader.fail(key, f"'{dotted(key)}' needs an image")
-        config.run_images.append(RunImage(image, reader.strings(entry, (*key, "mirrors"))))
 
-    # pack's ValidateConfig, then mergeStackWithImages (RFC-0096: [build]/[run] over [stack]).
+def _merge_stack(reader: _Reader, config: BuilderConfig, stack_build: str) -> None:
+    """pack's ValidateConfig, then mergeStackWithImages (RFC-0096: [build]/[run] over [stack])."""
     if not config.build_image and not stack_build:
         raise reader.fail(("build",), "build.image (or stack.build-image) is required")
     if config.build_image and stack_build and config.build_image != stack_build:

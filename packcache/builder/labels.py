@@ -12,17 +12,6 @@ from typing import Any
 
 from packcache.builder.descriptors import BuildpackDescriptor, LifecycleDescriptor
 
-BUILDER_METADATA = "io.buildpacks.builder.metadata"
-BUILDPACK_LAYERS = "io.buildpacks.buildpack.layers"
-BUILDPACK_ORDER = "io.buildpacks.buildpack.order"
-ORDER_EXTENSIONS = "io.buildpacks.buildpack.order-extensions"
-EXTENSION_LAYERS = "io.buildpacks.extension.layers"
-STACK_ID = "io.buildpacks.stack.id"
-STACK_MIXINS = "io.buildpacks.stack.mixins"
-BUILDPACKAGE_METADATA = "io.buildpacks.buildpackage.metadata"
-DISTRO_NAME = "io.buildpacks.base.distro.name"
-DISTRO_VERSION = "io.buildpacks.base.distro.version"
-
 
 def go_json(value: Any) -> str:
     """json.Marshal's bytes for plain data (dicts must already be in Go's key order)."""

@@ -6,6 +6,7 @@ takes and these read as the rules pack applies (internal/builder, pkg/client/cre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from packcache.builder import labels as L
@@ -17,8 +18,10 @@ from packcache.builder.descriptors import (
     api_key,
 )
 from packcache.errors import PackcacheError
+from packcache.image import cnb
+from packcache.image.cnb import NORMALIZED_TIME
+from packcache.image.inspected import InspectedImage
 
-CREATED = "1980-01-01T00:00:01Z"  # imgutil's NormalizedDateTime, as pack leaves it
 WORKING_DIR = "/layers"
 
 
@@ -64,116 +67,128 @@ def validate_buildpacks(
     lifecycle: LifecycleDescriptor,
     stack_id: str,
     mixins: list[str] | None,
-    build: dict[str, Any],
-    build_labels: dict[str, str],
+    build: InspectedImage,
 ) -> None:
     """pack's validateBuildpacks: API compatible with the lifecycle; an order buildpack's group
     on the builder; a buildpack's stacks or targets satisfied by the build image."""
-    supported = lifecycle.buildpack_apis()
     for descriptor in by_name.values():
-        try:
-            compatible = not supported or any(
-                api_key(v) == api_key(descriptor.api) for v in supported
-            )
-        except ValueError:
-            raise DescriptorError(
-                f"buildpack {descriptor.full_name}: bad API {descriptor.api!r}"
-            ) from None
-        if not compatible:
-            raise BuilderError(
-                f"buildpack {descriptor.full_name} (Buildpack API {descriptor.api}) is "
-                f"incompatible with lifecycle {lifecycle.version} (Buildpack API(s) "
-                f"{', '.join(lifecycle.apis['buildpack']['supported'] or [])})"
-            )
+        _check_api(descriptor, lifecycle)
         if descriptor.order:
-            for group in descriptor.order:
-                for ref in group.get("group", []):
-                    name = (
-                        f"{ref.get('id')}@{ref.get('version')}"
-                        if ref.get("version")
-                        else ref.get("id")
-                    )
-                    if name not in by_name:
-                        raise BuilderError(
-                            f"buildpack {name} not found on the builder "
-                            f"(needed by {descriptor.full_name})"
-                        )
+            _check_groups(descriptor, by_name)
             continue
         if descriptor.stacks:
-            stack = next((s for s in descriptor.stacks if s.get("id") in (stack_id, "*")), None)
-            if stack is None:
-                raise BuilderError(
-                    f"buildpack {descriptor.full_name} does not support stack '{stack_id}'"
-                )
-            provided = set(mixins or [])
-            missing = sorted(
-                m
-                for m in stack.get("mixins") or []
-                if not m.startswith("run:") and m not in provided
-            )
-            if missing:
-                raise BuilderError(
-                    f"buildpack {descriptor.full_name} requires missing mixin(s): "
-                    + ", ".join(missing)
-                )
+            _check_stack(descriptor, stack_id, mixins)
         if descriptor.targets:
-            os_name, arch = build.get("Os") or "linux", build.get("Architecture") or ""
-            distro = (build_labels.get(L.DISTRO_NAME, ""), build_labels.get(L.DISTRO_VERSION, ""))
-            if not any(
-                t.get("os") == os_name
-                and (not t.get("arch") or not arch or t.get("arch") == arch)
-                and (
-                    not t.get("distros")
-                    or not all(distro)
-                    or any((d.get("name"), d.get("version")) == distro for d in t["distros"])
-                )
-                for t in descriptor.targets
-            ):
+            _check_targets(descriptor, build)
+
+
+def _check_api(descriptor: BuildpackDescriptor, lifecycle: LifecycleDescriptor) -> None:
+    supported = lifecycle.buildpack_apis()
+    try:
+        compatible = not supported or any(api_key(v) == api_key(descriptor.api) for v in supported)
+    except ValueError:
+        raise DescriptorError(
+            f"buildpack {descriptor.full_name}: bad API {descriptor.api!r}"
+        ) from None
+    if not compatible:
+        raise BuilderError(
+            f"buildpack {descriptor.full_name} (Buildpack API {descriptor.api}) is "
+            f"incompatible with lifecycle {lifecycle.version} (Buildpack API(s) "
+            f"{', '.join(lifecycle.apis['buildpack']['supported'] or [])})"
+        )
+
+
+def _check_groups(descriptor: BuildpackDescriptor, by_name: dict[str, BuildpackDescriptor]) -> None:
+    """Every buildpack an order buildpack's groups name is on the builder."""
+    for group in descriptor.order:
+        for ref in group.get("group", []):
+            name = f"{ref.get('id')}@{ref.get('version')}" if ref.get("version") else ref.get("id")
+            if name not in by_name:
                 raise BuilderError(
-                    f"buildpack {descriptor.full_name} supports none of the build image's "
-                    f"platform {os_name}/{arch}"
+                    f"buildpack {name} not found on the builder (needed by {descriptor.full_name})"
                 )
 
 
-def image_config(build: dict[str, Any], diff_ids: list[str], labels: dict[str, str]) -> bytes:
+def _check_stack(descriptor: BuildpackDescriptor, stack_id: str, mixins: list[str] | None) -> None:
+    """The buildpack supports the build image's stack, and the build image has its mixins."""
+    stack = next((s for s in descriptor.stacks if s.get("id") in (stack_id, "*")), None)
+    if stack is None:
+        raise BuilderError(f"buildpack {descriptor.full_name} does not support stack '{stack_id}'")
+    provided = set(mixins or [])
+    missing = sorted(
+        m for m in stack.get("mixins") or [] if not m.startswith("run:") and m not in provided
+    )
+    if missing:
+        raise BuilderError(
+            f"buildpack {descriptor.full_name} requires missing mixin(s): " + ", ".join(missing)
+        )
+
+
+def _check_targets(descriptor: BuildpackDescriptor, build: InspectedImage) -> None:
+    """One of the buildpack's targets is the build image's platform (a field either side
+    leaves out matches anything)."""
+    os_name, arch = build.os or "linux", build.architecture
+    distro = (build.labels.get(cnb.DISTRO_NAME, ""), build.labels.get(cnb.DISTRO_VERSION, ""))
+    if not any(
+        t.get("os") == os_name
+        and (not t.get("arch") or not arch or t.get("arch") == arch)
+        and (
+            not t.get("distros")
+            or not all(distro)
+            or any((d.get("name"), d.get("version")) == distro for d in t["distros"])
+        )
+        for t in descriptor.targets
+    ):
+        raise BuilderError(
+            f"buildpack {descriptor.full_name} supports none of the build image's "
+            f"platform {os_name}/{arch}"
+        )
+
+
+def image_config(build: InspectedImage, diff_ids: list[str], labels: dict[str, str]) -> bytes:
     """The builder's config as pack's imgutil writes it: the build image's inspected config
     (only the fields imgutil keeps), new labels and working dir, created and every history
-    entry at 1980-01-01T00:00:01Z; Go's JSON field order."""
-    source = build.get("Config") or {}
+    entry at the normalized time; Go's JSON field order."""
+    source = build.config
     container: dict[str, Any] = {}
-    for key in ("Cmd", "Healthcheck", "Entrypoint", "Env"):
-        if source.get(key):
-            container[key] = (
-                {
-                    k: source[key][k]
-                    for k in ("Test", "Interval", "Timeout", "StartPeriod", "Retries")
-                    if source[key].get(k)
-                }
-                if key == "Healthcheck"
-                else source[key]
-            )
+    if source.cmd:
+        container["Cmd"] = list(source.cmd)
+    if source.healthcheck:
+        container["Healthcheck"] = _healthcheck(source.healthcheck)
+    if source.entrypoint:
+        container["Entrypoint"] = list(source.entrypoint)
+    if source.env:
+        container["Env"] = list(source.env)
     container["Labels"] = L.sorted_map(labels)
-    for key in ("OnBuild", "User"):
-        if source.get(key):
-            container[key] = source[key]
-    if source.get("Volumes"):
-        container["Volumes"] = L.sorted_map(source["Volumes"])
+    if source.on_build:
+        container["OnBuild"] = list(source.on_build)
+    if source.user:
+        container["User"] = source.user
+    if source.volumes:
+        container["Volumes"] = L.sorted_map(dict(source.volumes))
     container["WorkingDir"] = WORKING_DIR
-    if source.get("ExposedPorts"):
-        container["ExposedPorts"] = L.sorted_map(source["ExposedPorts"])
-    for key in ("StopSignal", "Shell"):
-        if source.get(key):
-            container[key] = source[key]
-    config: dict[str, Any] = {"architecture": build.get("Architecture") or ""}
-    if build.get("Author"):
-        config["author"] = build["Author"]
-    config["created"] = CREATED
-    config["history"] = [{"created": CREATED} for _ in diff_ids]
-    config["os"] = build.get("Os") or "linux"
+    if source.exposed_ports:
+        container["ExposedPorts"] = L.sorted_map(dict(source.exposed_ports))
+    if source.stop_signal:
+        container["StopSignal"] = source.stop_signal
+    if source.shell:
+        container["Shell"] = list(source.shell)
+    config: dict[str, Any] = {"architecture": build.architecture}
+    if build.author:
+        config["author"] = build.author
+    config["created"] = NORMALIZED_TIME
+    config["history"] = [{"created": NORMALIZED_TIME} for _ in diff_ids]
+    config["os"] = build.os or "linux"
     config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
     config["config"] = container
-    if build.get("OsVersion"):
-        config["os.version"] = build["OsVersion"]
-    if build.get("Variant"):
-        config["variant"] = build["Variant"]
+    if build.os_version:
+        config["os.version"] = build.os_version
+    if build.variant:
+        config["variant"] = build.variant
     return L.go_json(config).encode()
+
+
+def _healthcheck(healthcheck: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a healthcheck imgutil keeps, those set."""
+    keys = ("Test", "Interval", "Timeout", "StartPeriod", "Retries")
+    return {key: healthcheck[key] for key in keys if healthcheck.get(key)}

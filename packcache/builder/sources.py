@@ -29,6 +29,7 @@ from packcache.builder.layers import LIFECYCLE_BINARIES, lifecycle_binary_name
 from packcache.builder.tarwriter import DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarEntry
 from packcache.digest import CHUNK
 from packcache.errors import PackcacheError
+from packcache.image.inspected import ContainerConfig
 
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, UnicodeDecodeError)
 
@@ -313,7 +314,7 @@ def open_oci_buildpackage(path: Path) -> OciBuildpackage:
             LayoutLayer(diff_id, descriptor["digest"], descriptor.get("mediaType", ""))
             for diff_id, descriptor in zip(diff_ids, manifest["layers"], strict=True)
         ]
-        labels = (config.get("config") or {}).get("Labels") or {}
+        labels = dict(ContainerConfig.from_json(config.get("config")).labels)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         archive.close()
         raise SourceError(f"buildpackage {path} is not a valid OCI layout: {exc}") from exc

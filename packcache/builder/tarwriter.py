@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from packcache.digest import CHUNK
+from packcache.image.cnb import NORMALIZED_EPOCH
 
 BLOCK = 512
-NORMALIZED_MTIME = 315532801  # 1980-01-01T00:00:01Z: pack's archive.NormalizedDateTime
+NORMALIZED_MTIME = NORMALIZED_EPOCH  # pack's archive.NormalizedDateTime
 
 REGULAR = b"0"
 HARDLINK = b"1"

@@ -1,16 +1,16 @@
 """`packcache create-builder NAME --config builder.toml`: a builder image, as pack builds it,
 with buildpack layers taken from the cache.
 
-Reads top to bottom: read builder.toml; check the build image, run images and lifecycle; find
-every buildpack (buildpackage images in the daemon by their io.buildpacks.buildpack.layers
-label, directories and archives by a content key), importing only buildpackages whose layers
-the cache lacks, in one `docker save`; write the builder's own layers as deterministic tars
-into the store; build the image config (labels, working dir, history as pack writes them);
-record it and load it, sending only the layers the daemon lacks.
+`_create` runs the phases in order: check the images (build image, run images); collect the
+buildpacks (buildpackage images in the daemon by their io.buildpacks.buildpack.layers label,
+directories and archives by a content key) and check them; materialize their layers (importing
+only buildpackages whose layers the cache lacks, in one `docker save`); write the builder's own
+layers as deterministic tars into the store; assemble the image config (labels, working dir,
+history as pack writes them); record it and load it, sending only the layers the daemon lacks.
 
 With --no-cache it does what pack does instead (a `docker save` per buildpackage, every
 directory re-tarred, every layer but the build image's sent) in a throwaway store, leaving the
-cache as it was.
+cache as it was; the load is the same code with pack's send policy.
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packcache import __version__
-from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive, oci_manifest
-from packcache.archive.save_reader import import_archive
 from packcache.builder import labels as L
 from packcache.builder.config import BuilderConfig, ModuleRef
 from packcache.builder.descriptors import (
@@ -65,17 +63,30 @@ from packcache.builder.sources import (
     directory_fingerprint,
     directory_members,
     file_digest,
-    is_oci_layout,
     open_oci_buildpackage,
     read_lifecycle,
 )
 from packcache.builder.tarwriter import TarEntry, tar_chunks, tar_reader
+from packcache.builder.uris import (
+    ARCHIVE,
+    BUILDPACKAGE_FILE,
+    DIRECTORY,
+    IMAGE,
+    LOCAL_KINDS,
+    BuildpackSource,
+    classify_buildpack,
+    daemon_ref,
+    local_path,
+)
 from packcache.digest import sha256_digest
-from packcache.engine.daemon import Daemon, DaemonError
 from packcache.errors import NotFoundError, PackcacheError, UsageError
+from packcache.image import cnb
+from packcache.image.inspected import InspectedImage
 from packcache.operations.importing import import_images
-from packcache.operations.loading import LoadReport, load_image
+from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
+from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.store.store import ImageRecord, Lease, Store
+from packcache.transports.daemon import Daemon
 
 PULL_POLICIES = ("never", "if-not-present")
 CREATOR = "packcache"
@@ -110,34 +121,7 @@ class CreateBuilderReport:
 # -- small helpers ---------------------------------------------------------------------------
 
 
-def _local_path(uri: str, base: Path) -> Path | None:
-    """A file:// URI or a path (relative to builder.toml); None for anything else."""
-    if uri.startswith("file://"):
-        path = Path(uri.removeprefix("file://"))
-        return path if path.is_absolute() else base / path
-    if "://" in uri or uri.startswith(("urn:", "docker:")):
-        return None
-    path = Path(uri) if Path(uri).is_absolute() else base / uri
-    return path if path.exists() else None
-
-
-def _image_ref(uri: str) -> str:
-    for prefix in ("docker://", "docker:/"):
-        if uri.startswith(prefix):
-            return uri.removeprefix(prefix)
-    return uri
-
-
-def _daemon_ref(uri: str, base_dir: Path) -> str | None:
-    """The image a buildpack URI names in the daemon; None for files, URLs and URNs."""
-    if _local_path(uri, base_dir) is not None or uri.startswith(
-        ("file://", "http://", "https://", "urn:")
-    ):
-        return None
-    return _image_ref(uri)
-
-
-def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> dict[str, Any]:
+def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> InspectedImage:
     """`docker inspect` of an image, pulled first if allowed and missing."""
     try:
         return daemon.inspect_image(ref)
@@ -155,16 +139,7 @@ def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> dict
     return daemon.inspect_image(ref)
 
 
-def _labels(inspected: dict[str, Any]) -> dict[str, str]:
-    return dict((inspected.get("Config") or {}).get("Labels") or {})
-
-
-def _env(inspected: dict[str, Any]) -> dict[str, str]:
-    pairs = ((inspected.get("Config") or {}).get("Env")) or []
-    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-
-
-def _json_label(labels: dict[str, str], name: str, image: str) -> Any:
+def _json_label(labels: Mapping[str, str], name: str, image: str) -> Any:
     if not labels.get(name):
         return None
     try:
@@ -173,9 +148,9 @@ def _json_label(labels: dict[str, str], name: str, image: str) -> Any:
         raise BuilderError(f"image {image}: label {name} is not valid JSON: {exc}") from exc
 
 
-def _user_and_group(build: dict[str, Any], ref: str) -> tuple[int, int]:
+def _user_and_group(build: InspectedImage, ref: str) -> tuple[int, int]:
     """CNB_USER_ID / CNB_GROUP_ID of the build image, required as pack requires them."""
-    env = _env(build)
+    env = build.config.env_map()
     ids = []
     for name in ("CNB_USER_ID", "CNB_GROUP_ID"):
         if not env.get(name):
@@ -275,176 +250,21 @@ def _create(
     dry_run: bool,
     lease: Lease | None,
 ) -> CreateBuilderReport:
-    warnings: list[str] = []
     inputs = InputCache(store)
     layers = _Layers(store, lease, dry_run)
-    daemon.prefetch(
-        [
-            config.build_image,
-            *(ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]),
-            *filter(None, (_daemon_ref(bp.uri, config.base_dir) for bp in config.buildpacks)),
-        ]
-    )
-
-    # 1. The build image: in the daemon, with the CNB user and (when builder.toml names one)
-    #    the same stack.
-    build = _ensure_image(daemon, config.build_image, pull_policy, "build image")
-    build_labels = _labels(build)
-    if (build.get("Os") or "linux") != "linux":
-        raise BuilderError(f"build image {config.build_image}: only linux builders are supported")
-    uid, gid = _user_and_group(build, config.build_image)
-    stack_id = build_labels.get(L.STACK_ID, "")
-    if config.stack_id and stack_id != config.stack_id:
-        raise BuilderError(
-            f"stack '{config.stack_id}' from builder config is incompatible with stack "
-            f"'{stack_id}' from build image {config.build_image}"
-        )
-    mixins = _json_label(build_labels, L.STACK_MIXINS, config.build_image)
-
-    # 2. Run images: checked when present (pack only warns when it cannot see one).
-    for run_image in config.run_images:
-        for ref in [run_image.image, *(run_image.mirrors or [])]:
-            try:
-                run_labels = _labels(daemon.inspect_image(ref))
-            except NotFoundError:
-                warnings.append(f"run image {ref} is not in the Docker daemon")
-                continue
-            if config.stack_id and run_labels.get(L.STACK_ID) != config.stack_id:
-                raise BuilderError(
-                    f"stack '{config.stack_id}' from builder config is incompatible with stack "
-                    f"'{run_labels.get(L.STACK_ID, '')}' from run image {ref}"
-                )
-
-    # 3. The lifecycle: a local release archive, or one cached by version earlier.
-    platform = f"{build.get('Os') or 'linux'}/{build.get('Architecture') or ''}"
-    lifecycle, lifecycle_layer_id = _lifecycle(config, inputs, layers, platform)
-
-    # 4. The buildpacks: what each source says it provides (labels, buildpack.toml).
-    modules: list[_Module] = []
-    for source in config.buildpacks:
-        found = _buildpacks_from(source.uri, config.base_dir, daemon, pull_policy, layers)
-        main = found[0]
-        for expected, actual, what in (
-            (source.id, main.descriptor.id, "ID"),
-            (source.version, main.descriptor.version, "version"),
-        ):
-            if expected and expected != actual:
-                raise BuilderError(
-                    f"{config.path}:{source.line}: buildpack from {source.uri} has {what} "
-                    f"{actual}, which does not match {what} {expected} in {source.key}"
-                )
-        modules.extend(found)
-
-    # 5. Checks that need no layer: APIs, stacks, targets, order. Nothing is written before.
-    first_by_name: dict[str, _Module] = {}
-    for module in modules:
-        first_by_name.setdefault(module.descriptor.full_name, module)
-    infos = [module.descriptor.info for module in modules]  # pack lists every one it added
-    validate_buildpacks(
-        {name: module.descriptor for name, module in first_by_name.items()},
-        lifecycle,
-        stack_id,
-        mixins,
-        build,
-        build_labels,
-    )
-    resolved_order = resolve_order(config, infos)
-
-    # 6. The layers: cached ones leased; buildpackages the cache lacks imported with one
-    #    `docker save`; directories and archives tarred unless their content key is known.
-    imported: list[str] = []
-    misses: dict[str, list[str]] = {}  # buildpackage image -> diffIDs the cache lacks
-    for module in modules:
-        if module.image_ref and not module.reused:
-            misses.setdefault(module.image_ref, []).append(module.diff_id)
-    if misses and not dry_run:
-        imported = list(misses)
-        if no_cache:  # pack reads each buildpackage image with its own save
-            for ref in imported:
-                import_images(store, daemon, [ref], lease=lease)
-        else:
-            import_images(store, daemon, imported, lease=lease)
-        for ref, diff_ids in misses.items():
-            for diff_id in diff_ids:
-                if not layers.cached(diff_id):
-                    raise BuilderError(
-                        f"buildpackage {ref}: its io.buildpacks.buildpack.layers label names "
-                        f"layer {diff_id}, which the image does not have"
-                    )
-    for module in modules:
-        if module.kind in ("directory", "archive", "buildpackage-file"):
-            _materialize(module, config.base_dir, inputs, store, layers)
+    base = _check_images(daemon, config, pull_policy)
+    lifecycle, lifecycle_layer_id = _lifecycle(config, inputs, layers, base.image.platform)
+    modules = _collect_buildpacks(config, daemon, pull_policy, layers)
+    infos, resolved_order = _check_buildpacks(config, modules, lifecycle, base)
+    imported = _materialize_layers(store, daemon, config, modules, inputs, layers, no_cache)
     lifecycle_diff_id = lifecycle_layer_id()
-
-    # 7. Every id@version once; the same id@version with other contents is an error.
-    by_name: dict[str, _Module] = {}
-    for module in modules:
-        other = by_name.get(module.descriptor.full_name)
-        if other is not None and other.diff_id != module.diff_id:
-            raise BuilderError(
-                f"buildpack {module.descriptor.full_name} is provided twice with different "
-                f"contents: by {other.source} (layer {other.diff_id}) and by {module.source} "
-                f"(layer {module.diff_id})"
-            )
-        by_name.setdefault(module.descriptor.full_name, module)
-
-    # 8. The builder's layers, in pack's order, each written into the store.
-    diff_ids = list(build["RootFS"]["Layers"])
-    diff_ids.append(layers.add(default_dirs(uid, gid)))
-    diff_ids.append(lifecycle_diff_id)
-    buildpack_layers = _json_label(build_labels, L.BUILDPACK_LAYERS, config.build_image) or {}
-    added: set[str] = set()
-    for full_name in sorted(by_name):
-        module = by_name[full_name]
-        descriptor = module.descriptor
-        existing = buildpack_layers.get(descriptor.id, {}).get(descriptor.version)
-        if existing and existing.get("layerDiffID") == module.diff_id:
-            continue  # the build image already has this buildpack, same contents
-        if existing:
-            diff_ids.append(layers.add(whiteout_layer(descriptor)))
-        if module.diff_id not in added:  # buildpacks flattened into one layer: added once
-            diff_ids.append(module.diff_id)
-            added.add(module.diff_id)
-        buildpack_layers.setdefault(descriptor.id, {})[descriptor.version] = L.layer_info(
-            descriptor, module.diff_id
-        )
-    diff_ids.append(layers.add(single_file_layer(ORDER_PATH, L.order_toml(resolved_order))))
-    run_images = [L.run_image_json(r.image, r.mirrors) for r in config.run_images]
-    diff_ids.append(
-        layers.add(
-            single_file_layer(
-                STACK_PATH, L.stack_toml(config.stack_run_image, config.stack_run_image_mirrors)
-            )
-        )
+    diff_ids, buildpack_layers = _builder_layers(
+        config, base, layers, modules, lifecycle_diff_id, resolved_order
     )
-    diff_ids.append(layers.add(single_file_layer(RUN_PATH, L.run_toml(run_images))))
-    build_config_env = config.build_config_env()
-    if build_config_env:
-        diff_ids.append(layers.add(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
-    diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
-
-    # 9. The image config: the build image's, with pack's labels and working dir.
-    labels = {**build_labels, **extra_labels}
-    base_metadata = _json_label(build_labels, L.BUILDER_METADATA, config.build_image) or {}
-    labels[L.BUILDPACK_LAYERS] = L.buildpack_layers_label(buildpack_layers)
-    labels[L.EXTENSION_LAYERS] = "{}"
-    labels[L.BUILDPACK_ORDER] = L.order_json(
-        None if config.order is None else [[_ref_json(r) for r in g] for g in config.order]
+    labels = _builder_labels(
+        config, base, {**base.image.labels, **extra_labels}, buildpack_layers, infos, lifecycle
     )
-    labels[L.ORDER_EXTENSIONS] = "null"
-    labels[L.BUILDER_METADATA] = L.builder_metadata(
-        description=config.description,
-        buildpacks=[*(base_metadata.get("buildpacks") or []), *infos],
-        stack_run_image=L.run_image_json(
-            config.stack_run_image if config.stack_id else "",
-            config.stack_run_image_mirrors if config.stack_id else None,
-        ),
-        lifecycle=lifecycle,
-        created_by={"name": CREATOR, "version": __version__},
-        run_images=run_images,
-    )
-    labels[L.STACK_MIXINS] = L.go_json(mixins)
-    builder_config = image_config(build, diff_ids, labels)
+    builder_config = image_config(base.image, diff_ids, labels)
     report = CreateBuilderReport(
         name=name,
         dry_run=dry_run,
@@ -461,28 +281,253 @@ def _create(
         imported=imported,
         layers_written=layers.written,
         load=None,
-        warnings=warnings,
+        warnings=base.warnings,
     )
-    if dry_run:
-        return report
-
-    # 10. Record and load: the build image's layers are never sent, nor anything the daemon has.
-    store.record_image(ImageRecord(config=builder_config, refs=[name]))
-    if no_cache:
-        if daemon.info.containerd_store:  # pack sends the build image's layers too: it saves it
-            with daemon.save([config.build_image]) as stream:
-                import_archive(store, stream, engine=daemon.info.id, image_ids={build["Id"]})
-        report.load = _load_like_pack(
-            store, daemon, builder_config, len(build["RootFS"]["Layers"]), name
+    if not dry_run:
+        policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
+        report.load = _record_and_load(
+            store, daemon, config, name, builder_config, base, policy, lease
         )
-    else:
-        _ensure_engine_descriptors(store, daemon, config.build_image, build, lease)
-        report.load = load_image(store, daemon, report.config_digest, [name], lease=lease)
-    report.image_id = report.load.image_id
+        report.image_id = report.load.image_id
     return report
 
 
-# -- the steps --------------------------------------------------------------------------------
+# -- the phases, in the order _create runs them --------------------------------------------
+
+
+@dataclass
+class _BuildImage:
+    """The build image as the builder starts from it, and what was found about it."""
+
+    image: InspectedImage
+    uid: int
+    gid: int
+    stack_id: str
+    mixins: list[str] | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_images(daemon: Daemon, config: BuilderConfig, pull_policy: str) -> _BuildImage:
+    """The build image: in the daemon, linux, with the CNB user and (when builder.toml names
+    one) the same stack. Run images: checked when present (pack only warns when it cannot
+    see one)."""
+    daemon.prefetch(
+        [
+            config.build_image,
+            *(ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]),
+            *filter(None, (daemon_ref(bp.uri, config.base_dir) for bp in config.buildpacks)),
+        ]
+    )
+    build = _ensure_image(daemon, config.build_image, pull_policy, "build image")
+    if (build.os or "linux") != "linux":
+        raise BuilderError(f"build image {config.build_image}: only linux builders are supported")
+    uid, gid = _user_and_group(build, config.build_image)
+    stack_id = build.labels.get(cnb.STACK_ID, "")
+    if config.stack_id and stack_id != config.stack_id:
+        raise BuilderError(
+            f"stack '{config.stack_id}' from builder config is incompatible with stack "
+            f"'{stack_id}' from build image {config.build_image}"
+        )
+    mixins = _json_label(build.labels, cnb.STACK_MIXINS, config.build_image)
+    base = _BuildImage(build, uid, gid, stack_id, mixins)
+    for run_image in config.run_images:
+        for ref in [run_image.image, *(run_image.mirrors or [])]:
+            try:
+                run_labels = daemon.inspect_image(ref).labels
+            except NotFoundError:
+                base.warnings.append(f"run image {ref} is not in the Docker daemon")
+                continue
+            if config.stack_id and run_labels.get(cnb.STACK_ID) != config.stack_id:
+                raise BuilderError(
+                    f"stack '{config.stack_id}' from builder config is incompatible with stack "
+                    f"'{run_labels.get(cnb.STACK_ID, '')}' from run image {ref}"
+                )
+    return base
+
+
+def _collect_buildpacks(
+    config: BuilderConfig, daemon: Daemon, pull_policy: str, layers: _Layers
+) -> list[_Module]:
+    """Every buildpack the [[buildpacks]] entries provide, with what each source says about
+    it (labels, buildpack.toml); an entry's id and version must match its main buildpack."""
+    modules: list[_Module] = []
+    for entry in config.buildpacks:
+        source = classify_buildpack(entry.uri, config.base_dir)
+        found = _buildpacks_from(source, daemon, pull_policy, layers)
+        main = found[0]
+        for expected, actual, what in (
+            (entry.id, main.descriptor.id, "ID"),
+            (entry.version, main.descriptor.version, "version"),
+        ):
+            if expected and expected != actual:
+                raise BuilderError(
+                    f"{config.path}:{entry.line}: buildpack from {entry.uri} has {what} "
+                    f"{actual}, which does not match {what} {expected} in {entry.key}"
+                )
+        modules.extend(found)
+    return modules
+
+
+def _check_buildpacks(
+    config: BuilderConfig, modules: list[_Module], lifecycle: LifecycleDescriptor, base: _BuildImage
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """Checks that need no layer (APIs, stacks, targets, order), before anything is written.
+    Returns the info of every buildpack added (pack lists each) and the resolved order."""
+    first_by_name: dict[str, _Module] = {}
+    for module in modules:
+        first_by_name.setdefault(module.descriptor.full_name, module)
+    infos = [module.descriptor.info for module in modules]
+    validate_buildpacks(
+        {name: module.descriptor for name, module in first_by_name.items()},
+        lifecycle,
+        base.stack_id,
+        base.mixins,
+        base.image,
+    )
+    return infos, resolve_order(config, infos)
+
+
+def _materialize_layers(
+    store: Store,
+    daemon: Daemon,
+    config: BuilderConfig,
+    modules: list[_Module],
+    inputs: InputCache,
+    layers: _Layers,
+    no_cache: bool,
+) -> list[str]:
+    """Every buildpack's layer in the store: buildpackage images the cache lacks imported with
+    one `docker save` (pack's method: one each); directories and archives tarred unless their
+    content key is known. Returns the buildpackage images imported."""
+    misses: dict[str, list[str]] = {}  # buildpackage image -> diffIDs the cache lacks
+    for module in modules:
+        if module.image_ref and not module.reused:
+            misses.setdefault(module.image_ref, []).append(module.diff_id)
+    if misses and not layers.dry_run:
+        for refs in [[ref] for ref in misses] if no_cache else [list(misses)]:
+            import_images(store, daemon, refs, lease=layers.lease)
+        for ref, diff_ids in misses.items():
+            for diff_id in diff_ids:
+                if not layers.cached(diff_id):
+                    raise BuilderError(
+                        f"buildpackage {ref}: its io.buildpacks.buildpack.layers label names "
+                        f"layer {diff_id}, which the image does not have"
+                    )
+    for module in modules:
+        if module.kind in LOCAL_KINDS:
+            _materialize(module, config.base_dir, inputs, store, layers)
+    return list(misses) if not layers.dry_run else []
+
+
+def _unique_buildpacks(modules: list[_Module]) -> dict[str, _Module]:
+    """Every id@version once; the same id@version with other contents is an error."""
+    by_name: dict[str, _Module] = {}
+    for module in modules:
+        other = by_name.get(module.descriptor.full_name)
+        if other is not None and other.diff_id != module.diff_id:
+            raise BuilderError(
+                f"buildpack {module.descriptor.full_name} is provided twice with different "
+                f"contents: by {other.source} (layer {other.diff_id}) and by {module.source} "
+                f"(layer {module.diff_id})"
+            )
+        by_name.setdefault(module.descriptor.full_name, module)
+    return by_name
+
+
+def _builder_layers(
+    config: BuilderConfig,
+    base: _BuildImage,
+    layers: _Layers,
+    modules: list[_Module],
+    lifecycle_diff_id: str,
+    resolved_order: list[list[dict[str, Any]]],
+) -> tuple[list[str], dict[str, Any]]:
+    """The builder's layers in pack's order, each written into the store, and the
+    io.buildpacks.buildpack.layers map (the build image's, with the buildpacks added)."""
+    by_name = _unique_buildpacks(modules)
+    diff_ids = list(base.image.diff_ids)
+    diff_ids.append(layers.add(default_dirs(base.uid, base.gid)))
+    diff_ids.append(lifecycle_diff_id)
+    buildpack_layers = (
+        _json_label(base.image.labels, cnb.BUILDPACK_LAYERS, config.build_image) or {}
+    )
+    added: set[str] = set()
+    for full_name in sorted(by_name):
+        module = by_name[full_name]
+        descriptor = module.descriptor
+        existing = buildpack_layers.get(descriptor.id, {}).get(descriptor.version)
+        if existing and existing.get("layerDiffID") == module.diff_id:
+            continue  # the build image already has this buildpack, same contents
+        if existing:
+            diff_ids.append(layers.add(whiteout_layer(descriptor)))
+        if module.diff_id not in added:  # buildpacks flattened into one layer: added once
+            diff_ids.append(module.diff_id)
+            added.add(module.diff_id)
+        buildpack_layers.setdefault(descriptor.id, {})[descriptor.version] = L.layer_info(
+            descriptor, module.diff_id
+        )
+    diff_ids.append(layers.add(single_file_layer(ORDER_PATH, L.order_toml(resolved_order))))
+    stack = L.stack_toml(config.stack_run_image, config.stack_run_image_mirrors)
+    diff_ids.append(layers.add(single_file_layer(STACK_PATH, stack)))
+    diff_ids.append(layers.add(single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
+    build_config_env = config.build_config_env()
+    if build_config_env:
+        diff_ids.append(layers.add(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
+    diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
+    return diff_ids, buildpack_layers
+
+
+def _run_images(config: BuilderConfig) -> list[dict[str, Any]]:
+    return [L.run_image_json(r.image, r.mirrors) for r in config.run_images]
+
+
+def _builder_labels(
+    config: BuilderConfig,
+    base: _BuildImage,
+    labels: dict[str, str],
+    buildpack_layers: dict[str, Any],
+    infos: list[dict[str, Any]],
+    lifecycle: LifecycleDescriptor,
+) -> dict[str, str]:
+    """`labels` (the build image's and the user's) with pack's builder labels set."""
+    base_metadata = _json_label(base.image.labels, cnb.BUILDER_METADATA, config.build_image) or {}
+    labels[cnb.BUILDPACK_LAYERS] = L.buildpack_layers_label(buildpack_layers)
+    labels[cnb.EXTENSION_LAYERS] = "{}"
+    labels[cnb.BUILDPACK_ORDER] = L.order_json(
+        None if config.order is None else [[_ref_json(r) for r in g] for g in config.order]
+    )
+    labels[cnb.ORDER_EXTENSIONS] = "null"
+    labels[cnb.BUILDER_METADATA] = L.builder_metadata(
+        description=config.description,
+        buildpacks=[*(base_metadata.get("buildpacks") or []), *infos],
+        stack_run_image=L.run_image_json(
+            config.stack_run_image if config.stack_id else "",
+            config.stack_run_image_mirrors if config.stack_id else None,
+        ),
+        lifecycle=lifecycle,
+        created_by={"name": CREATOR, "version": __version__},
+        run_images=_run_images(config),
+    )
+    labels[cnb.STACK_MIXINS] = L.go_json(base.mixins)
+    return labels
+
+
+def _record_and_load(
+    store: Store,
+    daemon: Daemon,
+    config: BuilderConfig,
+    name: str,
+    builder_config: bytes,
+    base: _BuildImage,
+    policy: SendPolicy,
+    lease: Lease | None,
+) -> LoadReport:
+    """Record the builder and load it: the build image's layers are never sent (where the
+    daemon's store allows, with pack's policy), nor anything else the daemon has."""
+    store.record_image(ImageRecord(config=builder_config, refs=[name]))
+    if base_image_needed(store, daemon, list(base.image.diff_ids), policy):
+        import_images(store, daemon, [config.build_image], lease=lease)
+    return load_config(store, daemon, builder_config, [name], lease=lease, policy=policy)
 
 
 def _lifecycle(
@@ -507,7 +552,7 @@ def _lifecycle(
             f"{where}: no lifecycle: packcache cannot download pack's default lifecycle; "
             "set [lifecycle] uri to a local lifecycle .tgz"
         )
-    path = _local_path(config.lifecycle_uri, config.base_dir)
+    path = local_path(config.lifecycle_uri, config.base_dir)
     if path is None or not path.is_file():
         raise BuilderError(
             f"{where}: lifecycle.uri {config.lifecycle_uri!r} is not a local file "
@@ -545,41 +590,32 @@ def _from_archive(path: Path, entries: Callable[[], Iterable[TarEntry]], layers:
 
 
 def _buildpacks_from(
-    uri: str, base_dir: Path, daemon: Daemon, pull_policy: str, layers: _Layers
+    source: BuildpackSource, daemon: Daemon, pull_policy: str, layers: _Layers
 ) -> list[_Module]:
     """The buildpacks one [[buildpacks]] entry provides, the main one first."""
-    path = _local_path(uri, base_dir)
-    if path is None and uri.startswith(("file://",)):
-        raise BuilderError(f"buildpack {uri}: no such file or directory")
-    if path is not None:
-        if path.is_dir():
-            return [_Module(directory_descriptor(path), uri, "directory")]
-        if is_oci_layout(path):
-            package = open_oci_buildpackage(path)
-            try:
-                return _package_modules(package.labels, str(path), uri, "buildpackage-file", layers)
-            finally:
-                package.close()
-        return [_Module(archive_descriptor(path), uri, "archive")]
-    if uri.startswith(("http://", "https://")):
-        raise BuilderError(f"buildpack {uri}: packcache does not download; use a local file")
-    if uri.startswith("urn:cnb:"):
-        raise BuilderError(
-            f"buildpack {uri}: buildpack registry and builder URNs are not supported"
-        )
-    ref = _image_ref(uri)
-    inspected = _ensure_image(daemon, ref, pull_policy, "buildpackage")
-    return _package_modules(_labels(inspected), ref, uri, "image", layers)
+    uri = source.uri
+    if source.kind == DIRECTORY:
+        return [_Module(directory_descriptor(source.path), uri, DIRECTORY)]
+    if source.kind == BUILDPACKAGE_FILE:
+        package = open_oci_buildpackage(source.path)
+        try:
+            return _package_modules(package.labels, str(source.path), uri, source.kind, layers)
+        finally:
+            package.close()
+    if source.kind == ARCHIVE:
+        return [_Module(archive_descriptor(source.path), uri, ARCHIVE)]
+    inspected = _ensure_image(daemon, source.ref, pull_policy, "buildpackage")
+    return _package_modules(inspected.labels, source.ref, uri, IMAGE, layers)
 
 
 def _package_modules(
-    labels: dict[str, str], where: str, uri: str, kind: str, layers: _Layers
+    labels: Mapping[str, str], where: str, uri: str, kind: str, layers: _Layers
 ) -> list[_Module]:
     """A buildpackage's buildpacks from its labels: main first, then the rest by id, version."""
-    metadata = _json_label(labels, L.BUILDPACKAGE_METADATA, where)
-    layer_map = _json_label(labels, L.BUILDPACK_LAYERS, where)
+    metadata = _json_label(labels, cnb.BUILDPACKAGE_METADATA, where)
+    layer_map = _json_label(labels, cnb.BUILDPACK_LAYERS, where)
     if not metadata or not layer_map:
-        missing = L.BUILDPACKAGE_METADATA if not metadata else L.BUILDPACK_LAYERS
+        missing = cnb.BUILDPACKAGE_METADATA if not metadata else cnb.BUILDPACK_LAYERS
         raise BuilderError(f"{where} is not a buildpackage: it has no label {missing}")
     modules = []
     for buildpack_id, versions in layer_map.items():
@@ -593,7 +629,7 @@ def _package_modules(
                     kind,
                     diff_id=diff_id,
                     reused=layers.cached(diff_id),
-                    image_ref=where if kind == "image" else None,
+                    image_ref=where if kind == IMAGE else None,
                 )
             )
     main = [
@@ -604,7 +640,7 @@ def _package_modules(
     if not main:
         raise BuilderError(
             f"buildpackage {where}: its main buildpack {metadata.get('id')}@"
-            f"{metadata.get('version')} is not in its {L.BUILDPACK_LAYERS} label"
+            f"{metadata.get('version')} is not in its {cnb.BUILDPACK_LAYERS} label"
         )
     rest = sorted(
         (m for m in modules if m is not main[0]),
@@ -619,10 +655,10 @@ def _materialize(
     """The layer of a directory or archive buildpack: from the cache when its content key is
     unchanged, else tarred (as pack's toDistTar) and written into the store. A `.cnb` file's
     layers are ingested by digest unless the cache has them."""
-    path = _local_path(module.source, base_dir)
+    path = local_path(module.source, base_dir)
     assert path is not None
     descriptor = module.descriptor
-    if module.kind == "buildpackage-file":
+    if module.kind == BUILDPACKAGE_FILE:
         if module.reused or layers.dry_run:
             return
         package = open_oci_buildpackage(path)
@@ -641,7 +677,7 @@ def _materialize(
         if not layers.cached(module.diff_id):
             raise BuilderError(f"buildpackage {path} has no layer {module.diff_id}")
         return
-    if module.kind == "directory":
+    if module.kind == DIRECTORY:
         key = f"buildpack-dir:{directory_fingerprint(path)}"
     else:
         key = f"buildpack-archive:{file_digest(path)}"
@@ -649,7 +685,7 @@ def _materialize(
     if known and layers.cached(known["diff_id"]):
         module.diff_id, module.reused = known["diff_id"], True
         return
-    if module.kind == "directory":
+    if module.kind == DIRECTORY:
         module.diff_id = layers.add(buildpack_layer(descriptor, directory_members(path)))
     else:
         module.diff_id = _from_archive(
@@ -664,66 +700,3 @@ def _ref_json(ref: ModuleRef) -> dict[str, Any]:
     if ref.optional:
         item["optional"] = True
     return item
-
-
-def _ensure_engine_descriptors(
-    store: Store, daemon: Daemon, ref: str, build: dict[str, Any], lease: Lease | None
-) -> None:
-    """On a containerd store, loading references the build image's blobs by their digests in
-    the content store; those are learned once, from one `docker save` of the build image."""
-    if not daemon.info.containerd_store:
-        return
-    layers = build["RootFS"]["Layers"]
-    known = store.held_descriptors([build["Id"]])
-    if all(diff_id in known for diff_id in layers):
-        return
-    with daemon.save([ref]) as stream:
-        import_archive(store, stream, engine=daemon.info.id, image_ids={build["Id"]}, lease=lease)
-
-
-def _load_like_pack(
-    store: Store, daemon: Daemon, config: bytes, base_layers: int, name: str
-) -> LoadReport:
-    """pack's load (imgutil local): on a graphdriver, blank entries for the build image's layers
-    and every other layer sent; on a containerd store every layer sent (pack#2272)."""
-    start = time.perf_counter()
-    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    plan = []
-    for index, diff_id in enumerate(diff_ids):
-        if index < base_layers and not daemon.info.containerd_store:
-            plan.append(
-                LoadLayer(diff_id, None, diff_id, 0, "application/vnd.oci.image.layer.v1.tar")
-            )
-            continue
-        layer = store.layer(diff_id)
-        if layer is None:
-            raise BuilderError(f"layer {diff_id} of the builder is missing from the scratch store")
-        plan.append(LoadLayer(diff_id, layer, layer.digest, layer.size, layer.media_type))
-    sent = 0
-
-    def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
-        nonlocal sent
-        for chunk in chunks:
-            sent += len(chunk)
-            yield chunk
-
-    if daemon.info.containerd_store:
-        manifest = oci_manifest(config, plan)
-        image_id = sha256_digest(manifest)
-        daemon.load(counted(oci_archive(config, manifest, plan, [name])))
-    else:
-        image_id = sha256_digest(config)
-        daemon.load(counted(legacy_archive(config, plan, [name])))
-    held = daemon.inspect_image(name)
-    if held.get("Id") != image_id or (held.get("RootFS") or {}).get("Layers") != diff_ids:
-        raise DaemonError(f"the Docker daemon did not keep {name} complete after a load")
-    layers_sent = sum(1 for item in plan if item.layer is not None)
-    return LoadReport(
-        image_id=image_id,
-        tags=[name],
-        layers_sent=layers_sent,
-        layers_reused=len(plan) - layers_sent,
-        bytes_sent=sent,
-        full_reload=False,
-        seconds=time.perf_counter() - start,
-    )

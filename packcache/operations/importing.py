@@ -10,9 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from packcache.archive.save_reader import ImportReport, import_archive
-from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError
+from packcache.image.inspected import InspectedImage
+from packcache.operations.load_planners import planner_for
 from packcache.store.store import ImageRecord, Lease, Store
+from packcache.transports.daemon import Daemon
 
 
 @dataclass
@@ -23,16 +25,19 @@ class DaemonImportReport:
 
 
 def cached_config(
-    store: Store, inspected: dict, layers: list[str] | None = None, lease: Lease | None = None
+    store: Store,
+    inspected: InspectedImage,
+    layers: list[str] | None = None,
+    lease: Lease | None = None,
 ) -> str | None:
     """The config digest of an inspected daemon image if the cache knows it and holds its
     `layers` (default: all of them), which `lease` then holds."""
     try:
-        config_digest = store.resolve_image(inspected["Id"])
+        config_digest = store.resolve_image(inspected.id)
     except NotFoundError:
         return None
     if layers is None:
-        layers = inspected.get("RootFS", {}).get("Layers") or []
+        layers = list(inspected.diff_ids)
     if store.cached_diff_ids(layers, lease) != set(layers):
         return None
     return config_digest
@@ -48,13 +53,14 @@ def import_images(
 ) -> DaemonImportReport:
     inspected = {ref: daemon.inspect_image(ref) for ref in refs}  # every name checked first
     report = DaemonImportReport(archive=ImportReport())
+    references_blobs = planner_for(store, daemon).references_blobs
     to_save = []
     for ref, info in inspected.items():
         config_digest = cached_config(store, info, lease=lease)
         manifest = None
-        if config_digest is not None and daemon.info.containerd_store:
+        if config_digest is not None and references_blobs:
             # The manifest names the blobs this content store holds: needed to reference them.
-            manifest = store.manifest(info["Id"])
+            manifest = store.manifest(info.id)
             if manifest is None:
                 config_digest = None
         if config_digest is None:
@@ -64,10 +70,10 @@ def import_images(
             ImageRecord(
                 config=store.image_config(config_digest),
                 engine=daemon.info.id,
-                image_id=info["Id"],
-                manifest_digest=info["Id"] if manifest else None,
+                image_id=info.id,
+                manifest_digest=info.id if manifest else None,
                 manifest=manifest,
-                refs=info.get("RepoTags") or [],
+                refs=list(info.repo_tags),
             )
         )
         report.already_cached.append(ref)
@@ -77,7 +83,7 @@ def import_images(
                 store,
                 stream,
                 engine=daemon.info.id,
-                image_ids={info["Id"] for info in inspected.values()},
+                image_ids={info.id for info in inspected.values()},
                 lease=lease,
                 on_bytes=on_bytes,
             )

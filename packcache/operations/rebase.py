@@ -16,22 +16,16 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packcache.engine.daemon import Daemon
 from packcache.errors import NotFoundError, PackcacheError, UsageError
+from packcache.image import cnb
+from packcache.image.cnb import LifecycleMetadata
+from packcache.image.inspected import InspectedImage
 from packcache.operations.importing import cached_config, import_images
-from packcache.operations.loading import held_by_daemon, load_config
+from packcache.operations.load_planners import REUSE, SendPolicy, pack_method, planner_for
+from packcache.operations.loading import base_image_needed, load_config
 from packcache.refs import looks_like_id, normalize
 from packcache.store.store import Lease, Store
-
-LIFECYCLE_METADATA = "io.buildpacks.lifecycle.metadata"
-REBASABLE = "io.buildpacks.rebasable"
-STACK_ID = "io.buildpacks.stack.id"
-MIXINS = "io.buildpacks.stack.mixins"
-DISTRO_NAME = "io.buildpacks.base.distro.name"
-DISTRO_VERSION = "io.buildpacks.base.distro.version"
-SYNCED_LABEL_PREFIXES = ("io.buildpacks.stack.", "io.buildpacks.base.")
-# What the lifecycle writes for created and history when no build time is given.
-NORMALIZED_TIME = "1980-01-01T00:00:01Z"
+from packcache.transports.daemon import Daemon
 
 
 class RebaseError(PackcacheError):
@@ -67,60 +61,23 @@ class _Clock:
         self.last = now
 
 
-def _repository(ref: str) -> str:
-    """A reference without tag or digest, as lifecycle compares run image names."""
-    name = normalize(ref).split("@")[0]
-    head, _, last = name.rpartition("/")
-    return f"{head}/{last.split(':')[0]}"
-
-
-def _metadata(image: str, labels: dict[str, str]) -> dict:
-    text = labels.get(LIFECYCLE_METADATA)
-    if text is None:
-        raise RebaseError(f"{image} is not a CNB image: it has no {LIFECYCLE_METADATA} label")
-    try:
-        metadata = json.loads(text)
-    except ValueError as exc:
-        raise RebaseError(
-            f"{image}: the {LIFECYCLE_METADATA} label is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("runImage", {}), dict):
-        raise RebaseError(f"{image}: the {LIFECYCLE_METADATA} label is malformed")
-    return metadata
-
-
-def _run_image_names(metadata: dict) -> tuple[str | None, list[str]]:
-    """runImage.image and mirrors, else the older stack.runImage ones."""
-    run = metadata.get("runImage") or {}
-    stack_run = (metadata.get("stack") or {}).get("runImage") or {}
-    if run.get("image"):
-        return run["image"], list(run.get("mirrors") or [])
-    return stack_run.get("image") or None, list(stack_run.get("mirrors") or [])
-
-
-def _choose_run_image(daemon: Daemon, image: str, metadata: dict, run_image: str | None) -> str:
+def _choose_run_image(
+    daemon: Daemon, image: str, metadata: LifecycleMetadata, run_image: str | None
+) -> str:
     if run_image is not None:
         if not daemon.has_image(run_image):
             raise RebaseError(f"run image {run_image} is not in the Docker daemon: pull it first")
         return run_image
-    name, mirrors = _run_image_names(metadata)
-    if name is None:
+    recorded = metadata.run_image
+    if recorded.image is None:
         raise RebaseError(f"{image} names no run image in its metadata: pass --run-image")
-    for candidate in [name, *mirrors]:  # the image itself, else a mirror the daemon holds
+    for candidate in recorded.names():  # the image itself, else a mirror the daemon holds
         if daemon.has_image(candidate):
             return candidate
     raise RebaseError(
-        f"run image {name} (and its mirrors {', '.join(mirrors) or 'none'}) is not in the "
-        "Docker daemon: pull it first"
+        f"run image {recorded.image} (and its mirrors {', '.join(recorded.mirrors) or 'none'}) "
+        "is not in the Docker daemon: pull it first"
     )
-
-
-def _env(info: dict, key: str) -> str:
-    for entry in (info.get("Config") or {}).get("Env") or []:
-        name, _, value = entry.partition("=")
-        if name == key:
-            return value
-    return ""
 
 
 def _api_at_least(version: str, minimum: tuple[int, int]) -> bool:
@@ -131,104 +88,115 @@ def _api_at_least(version: str, minimum: tuple[int, int]) -> bool:
     return (major, minor) >= minimum
 
 
-def _mixins(labels: dict[str, str], image: str) -> set[str]:
-    try:
-        mixins = json.loads(labels.get(MIXINS) or "[]")
-    except ValueError as exc:
-        raise RebaseError(f"{image}: the {MIXINS} label is not valid JSON") from exc
-    # Stage prefixes ("run:", "build:") do not matter on the run image.
-    return {m.split(":", 1)[1] if m.startswith(("run:", "build:")) else m for m in mixins}
+def _check_platform(app: InspectedImage, run: InspectedImage, image: str, run_ref: str) -> None:
+    """Platform API 0.12+: the same os and architecture, and variant and distro where both
+    images name one."""
+    app_labels, run_labels = app.labels, run.labels
+    for what, app_value, run_value, wildcard in (
+        ("os", app.os, run.os, False),
+        ("architecture", app.architecture, run.architecture, False),
+        ("variant", app.variant, run.variant, True),
+        ("distro name", app_labels.get(cnb.DISTRO_NAME), run_labels.get(cnb.DISTRO_NAME), True),
+        (
+            "distro version",
+            app_labels.get(cnb.DISTRO_VERSION),
+            run_labels.get(cnb.DISTRO_VERSION),
+            True,
+        ),
+    ):
+        if wildcard and (not app_value or not run_value):
+            continue
+        if (app_value or None) != (run_value or None):
+            raise RebaseError(
+                f"run image {run_ref} has {what} {run_value or '(none)'!r} but {image} "
+                f"needs {app_value or '(none)'!r}; use --force to override"
+            )
 
 
-def validate(app: dict, run: dict, image: str, run_ref: str, metadata: dict) -> None:
-    """The platform spec's checks; each refusal names the mismatch."""
-    app_labels = (app.get("Config") or {}).get("Labels") or {}
-    run_labels = (run.get("Config") or {}).get("Labels") or {}
-    if app_labels.get(REBASABLE) == "false":
-        raise RebaseError(f"{image} is not marked as rebasable ({REBASABLE}=false); use --force")
-    if _api_at_least(_env(app, "CNB_PLATFORM_API"), (0, 12)):
-        for what, app_value, run_value, wildcard in (
-            ("os", app.get("Os"), run.get("Os"), False),
-            ("architecture", app.get("Architecture"), run.get("Architecture"), False),
-            ("variant", app.get("Variant"), run.get("Variant"), True),
-            ("distro name", app_labels.get(DISTRO_NAME), run_labels.get(DISTRO_NAME), True),
-            (
-                "distro version",
-                app_labels.get(DISTRO_VERSION),
-                run_labels.get(DISTRO_VERSION),
-                True,
-            ),
-        ):
-            if wildcard and (not app_value or not run_value):
-                continue
-            if app_value != run_value:
-                raise RebaseError(
-                    f"run image {run_ref} has {what} {run_value or '(none)'!r} but {image} "
-                    f"needs {app_value or '(none)'!r}; use --force to override"
-                )
-    else:
-        app_stack, run_stack = app_labels.get(STACK_ID), run_labels.get(STACK_ID)
-        if not app_stack:
-            raise RebaseError(f"{image} defines no stack ({STACK_ID})")
-        if not run_stack:
-            raise RebaseError(f"run image {run_ref} defines no stack ({STACK_ID})")
-        if app_stack != run_stack:
-            raise RebaseError(
-                f"incompatible stack: run image {run_ref} is {run_stack!r}, {image} is "
-                f"{app_stack!r}; use --force to override"
-            )
-        missing = sorted(_mixins(app_labels, image) - _mixins(run_labels, run_ref))
-        if missing:
-            raise RebaseError(
-                f"run image {run_ref} lacks mixin(s) {', '.join(missing)} that {image} needs"
-            )
-    name, mirrors = _run_image_names(metadata)
-    if _repository(run_ref) not in {_repository(n) for n in [name, *mirrors] if n}:
+def _check_stack(app: InspectedImage, run: InspectedImage, image: str, run_ref: str) -> None:
+    """Platform APIs before 0.12: the same stack ID, and every mixin the app needs."""
+    app_stack, run_stack = app.labels.get(cnb.STACK_ID), run.labels.get(cnb.STACK_ID)
+    if not app_stack:
+        raise RebaseError(f"{image} defines no stack ({cnb.STACK_ID})")
+    if not run_stack:
+        raise RebaseError(f"run image {run_ref} defines no stack ({cnb.STACK_ID})")
+    if app_stack != run_stack:
         raise RebaseError(
-            f"run image {run_ref} is not {name or '(none)'} or one of its mirrors "
-            f"({', '.join(mirrors) or 'none'}); use --force to use it anyway"
+            f"incompatible stack: run image {run_ref} is {run_stack!r}, {image} is "
+            f"{app_stack!r}; use --force to override"
+        )
+    app_mixins = cnb.stack_mixins(app.labels, image)
+    missing = sorted(app_mixins - cnb.stack_mixins(run.labels, run_ref))
+    if missing:
+        raise RebaseError(
+            f"run image {run_ref} lacks mixin(s) {', '.join(missing)} that {image} needs"
+        )
+
+
+def validate(
+    app: InspectedImage,
+    run: InspectedImage,
+    image: str,
+    run_ref: str,
+    metadata: LifecycleMetadata,
+) -> None:
+    """The platform spec's checks; each refusal names the mismatch."""
+    if app.labels.get(cnb.REBASABLE) == "false":
+        raise RebaseError(
+            f"{image} is not marked as rebasable ({cnb.REBASABLE}=false); use --force"
+        )
+    if _api_at_least(app.config.env_value("CNB_PLATFORM_API"), (0, 12)):
+        _check_platform(app, run, image, run_ref)
+    else:
+        _check_stack(app, run, image, run_ref)
+    recorded = metadata.run_image
+    if not recorded.matches(run_ref):
+        raise RebaseError(
+            f"run image {run_ref} is not {recorded.image or '(none)'} or one of its mirrors "
+            f"({', '.join(recorded.mirrors) or 'none'}); use --force to use it anyway"
         )
 
 
 def rebased_config(
-    app_config: bytes, run: dict, run_ref: str, metadata: dict, app_layers: list[str], force: bool
+    app_config: bytes,
+    run: InspectedImage,
+    run_ref: str,
+    metadata: LifecycleMetadata,
+    app_layers: list[str],
+    force: bool,
 ) -> bytes:
     """The new image config, as the lifecycle's rebaser makes it (see module docstring)."""
     config = json.loads(app_config)
-    run_diff_ids = run["RootFS"]["Layers"]
-    metadata = json.loads(json.dumps(metadata))  # a copy to change
-    run_meta = metadata.setdefault("runImage", {})
-    run_meta["topLayer"] = run_diff_ids[-1]
-    # For daemon images the lifecycle records the image ID without its algorithm.
-    run_meta["reference"] = run["Id"].removeprefix("sha256:")
-    name, mirrors = _run_image_names(metadata)
-    if force and _repository(run_ref) not in {_repository(n) for n in [name, *mirrors] if n}:
-        run_meta["image"], run_meta["mirrors"] = run_ref, []
-        metadata["stack"] = {"runImage": {"image": run_ref, "mirrors": []}}
+    run_diff_ids = list(run.diff_ids)
+    renamed = force and not metadata.run_image.matches(run_ref)
     container = config.setdefault("config", {})
     labels = {
         key: value
         for key, value in (container.get("Labels") or {}).items()
-        if not key.startswith(SYNCED_LABEL_PREFIXES)
+        if not key.startswith(cnb.RUN_IMAGE_LABEL_PREFIXES)
     }
-    run_labels = (run.get("Config") or {}).get("Labels") or {}
-    labels.update({k: v for k, v in run_labels.items() if k.startswith(SYNCED_LABEL_PREFIXES)})
-    labels[LIFECYCLE_METADATA] = json.dumps(metadata, separators=(",", ":"))
+    labels.update(
+        {k: v for k, v in run.labels.items() if k.startswith(cnb.RUN_IMAGE_LABEL_PREFIXES)}
+    )
+    # For daemon images the lifecycle records the image ID without its algorithm.
+    labels[cnb.LIFECYCLE_METADATA] = metadata.rebased(
+        run_diff_ids[-1], run.id.removeprefix("sha256:"), run_ref if renamed else None
+    )
     container["Labels"] = dict(sorted(labels.items()))
-    for key, inspect_key in (
-        ("os", "Os"),
-        ("architecture", "Architecture"),
-        ("variant", "Variant"),
-        ("os.version", "OsVersion"),
+    for key, value in (
+        ("os", run.os),
+        ("architecture", run.architecture),
+        ("variant", run.variant),
+        ("os.version", run.os_version),
     ):
-        if run.get(inspect_key):
-            config[key] = run[inspect_key]
+        if value:
+            config[key] = value
         else:
             config.pop(key, None)
     diff_ids = run_diff_ids + app_layers
     config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-    config["created"] = NORMALIZED_TIME
-    config["history"] = [{"created": NORMALIZED_TIME} for _ in diff_ids]
+    config["created"] = cnb.NORMALIZED_TIME
+    config["history"] = [{"created": cnb.NORMALIZED_TIME} for _ in diff_ids]
     config.pop("container", None)
     return json.dumps(config, separators=(",", ":")).encode()
 
@@ -238,6 +206,74 @@ def _pack_method_store() -> Iterator[Store]:
     """A throw-away store: --no-cache reads everything from the daemon, as pack does."""
     with tempfile.TemporaryDirectory(prefix="packcache-no-cache-") as tmp:
         yield Store.open(Path(tmp) / "cache")
+
+
+@dataclass(frozen=True)
+class _Images:
+    """The app image and the run image it goes onto, as the daemon has them."""
+
+    app: InspectedImage
+    run: InspectedImage
+    run_ref: str
+    metadata: LifecycleMetadata
+    app_layers: list[str]  # the app's own layers, above the old run image's top layer
+
+
+def _find_images(daemon: Daemon, image: str, run_image: str | None, force: bool) -> _Images:
+    """The app and run images, checked as the platform spec's rebaser checks them."""
+    try:
+        app = daemon.inspect_image(image)
+    except NotFoundError as exc:
+        raise RebaseError(f"image {image} is not in the Docker daemon") from exc
+    metadata = LifecycleMetadata.from_labels(image, app.labels)
+    run_ref = _choose_run_image(daemon, image, metadata, run_image)
+    run = daemon.inspect_image(run_ref)
+    if not force:
+        validate(app, run, image, run_ref, metadata)
+    top = metadata.top_layer
+    app_diff_ids = list(app.diff_ids)
+    if not top or top not in app_diff_ids:
+        raise RebaseError(
+            f"{image}: the run image top layer {top or '(none)'} named in its metadata is not "
+            "one of its layers"
+        )
+    if not run.diff_ids:
+        raise RebaseError(f"run image {run_ref} has no layers")
+    app_layers = app_diff_ids[len(app_diff_ids) - app_diff_ids[::-1].index(top) :]
+    return _Images(app, run, run_ref, metadata, app_layers)
+
+
+def _cache_images(
+    source: Store,
+    daemon: Daemon,
+    images: _Images,
+    report: RebaseReport,
+    *,
+    policy: SendPolicy,
+    lease: Lease | None,
+) -> str | None:
+    """Make sure `source` can give the app's config and layers and the run image's layers
+    as the load needs them: one `docker save` of each image it lacks (in a dry run, only
+    noted). Returns the app's config digest (None in a dry run that would save the app)."""
+    app_config_digest = cached_config(source, images.app, images.app_layers, lease)
+    if app_config_digest is None:
+        if not report.dry_run:
+            import_images(source, daemon, [report.image], lease=lease)
+            app_config_digest = source.resolve_image(images.app.id)
+        report.saved.append(report.image)
+    if base_image_needed(source, daemon, list(images.run.diff_ids), policy):
+        if not report.dry_run:
+            import_images(source, daemon, [images.run_ref], lease=lease)
+        report.saved.append(images.run_ref)
+    return app_config_digest
+
+
+def _plan_only(source: Store, daemon: Daemon, images: _Images, report: RebaseReport) -> None:
+    """A dry run's report: what a real run would send, every layer the daemon lacks."""
+    diff_ids = list(images.run.diff_ids) + images.app_layers
+    held = planner_for(source, daemon).held(diff_ids)
+    report.layers_reused = sum(reference is not None for reference in held)
+    report.layers_sent = len(diff_ids) - report.layers_reused
 
 
 def rebase(
@@ -252,87 +288,50 @@ def rebase(
     dry_run: bool = False,
     lease: Lease | None = None,
 ) -> RebaseReport:
+    """Rebase `image` onto its run image (or `run_image`), as `tag` (default: in place)."""
     if no_cache and dry_run:
         raise UsageError("--no-cache and --dry-run do not go together")
     for name in (image, tag, run_image):
         if name is not None and not looks_like_id(name):
             normalize(name)  # a malformed name is a usage error, found before any work
-    timings: dict[str, float] = {}
-    clock = _Clock(timings)
-    try:
-        app = daemon.inspect_image(image)
-    except NotFoundError as exc:
-        raise RebaseError(f"image {image} is not in the Docker daemon") from exc
-    labels = (app.get("Config") or {}).get("Labels") or {}
-    metadata = _metadata(image, labels)
-    run_ref = _choose_run_image(daemon, image, metadata, run_image)
-    run = daemon.inspect_image(run_ref)
-    if not force:
-        validate(app, run, image, run_ref, metadata)
-    top = (metadata.get("runImage") or {}).get("topLayer")
-    app_diff_ids = (app.get("RootFS") or {}).get("Layers") or []
-    if not top or top not in app_diff_ids:
-        raise RebaseError(
-            f"{image}: the run image top layer {top or '(none)'} named in its metadata is not "
-            "one of its layers"
-        )
-    app_layers = app_diff_ids[len(app_diff_ids) - app_diff_ids[::-1].index(top) :]
-    if not run["RootFS"].get("Layers"):
-        raise RebaseError(f"run image {run_ref} has no layers")
+    clock = _Clock({})
+    images = _find_images(daemon, image, run_image, force)
     clock.lap("inspect")
     report = RebaseReport(
         image=image,
         tag=tag or image,
-        old_image_id=app["Id"],
+        old_image_id=images.app.id,
         new_image_id="",
-        run_image=run_ref,
-        run_image_id=run["Id"],
+        run_image=images.run_ref,
+        run_image_id=images.run.id,
         method="no-cache" if no_cache else "cached",
         dry_run=dry_run,
-        app_layers=len(app_layers),
-        timings=timings,
+        app_layers=len(images.app_layers),
+        timings=clock.timings,
     )
+    # pack's method (--no-cache) reads both images from the daemon into a throw-away store
+    # and sends everything but the run image's layers, where the daemon's store allows.
+    policy = pack_method(len(images.run.diff_ids)) if no_cache else REUSE
+    lease = None if no_cache else lease
     with _pack_method_store() if no_cache else nullcontext(store) as source:
-        # The app's config and layers: from the cache, or one `docker save` of the app image.
-        app_config_digest = None if no_cache else cached_config(source, app, app_layers, lease)
-        if app_config_digest is None:
-            if dry_run:
-                report.saved.append(image)  # what a real run would save
-            else:
-                import_images(source, daemon, [image], lease=None if no_cache else lease)
-                report.saved.append(image)
-                app_config_digest = source.resolve_image(app["Id"])
-        if daemon.info.containerd_store and (
-            no_cache  # pack sends the run image's layers too, so it reads them first
-            or None in held_by_daemon(source, daemon, run["RootFS"]["Layers"])
-        ):
-            # Referencing run image blobs needs their digests as this content store has
-            # them: one save of the run image teaches them to the cache.
-            if not dry_run:
-                import_images(source, daemon, [run_ref], lease=None if no_cache else lease)
-            report.saved.append(run_ref)
+        app_config_digest = _cache_images(
+            source, daemon, images, report, policy=policy, lease=lease
+        )
         clock.lap("save+import")
-        if dry_run:
-            # What a real run would send: every layer the daemon does not hold already.
-            diff_ids = run["RootFS"]["Layers"] + app_layers
-            held = held_by_daemon(source, daemon, diff_ids)
-            report.layers_reused = sum(reference is not None for reference in held)
-            report.layers_sent = len(diff_ids) - report.layers_reused
+        if dry_run or app_config_digest is None:
+            _plan_only(source, daemon, images, report)
             clock.lap("plan")
             return report
         new_config = rebased_config(
-            source.image_config(app_config_digest), run, run_ref, metadata, app_layers, force
+            source.image_config(app_config_digest),
+            images.run,
+            images.run_ref,
+            images.metadata,
+            images.app_layers,
+            force,
         )
         clock.lap("config")
-        loaded = load_config(
-            source,
-            daemon,
-            new_config,
-            [report.tag],
-            lease=None if no_cache else lease,
-            # pack sends every layer to a containerd store, placeholders to a graphdriver.
-            reuse=not (no_cache and daemon.info.containerd_store),
-        )
+        loaded = load_config(source, daemon, new_config, [report.tag], lease=lease, policy=policy)
         clock.lap("load")
     report.new_image_id = loaded.image_id
     report.layers_sent = loaded.layers_sent

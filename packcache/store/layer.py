@@ -1,8 +1,4 @@
-"""The Layer interface every layer source implements (after go-containerregistry's v1.Layer).
-
-A layer has two names: its diffID (sha256 of the uncompressed tar, what image configs list) and
-its digest (sha256 of the blob as stored or shipped, compressed or not).
-"""
+"""A layer held in the cache: the store's implementation of the image vocabulary's Layer."""
 
 from __future__ import annotations
 
@@ -13,27 +9,9 @@ import zstandard
 from isal import igzip
 
 from packcache.digest import VerifyingReader
+from packcache.image.layer import MEDIA_TYPES, Layer
 
-MEDIA_TYPES = {
-    "none": "application/vnd.oci.image.layer.v1.tar",
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-}
-
-
-class Layer(Protocol):
-    @property
-    def digest(self) -> str: ...
-    @property
-    def diff_id(self) -> str: ...
-    @property
-    def size(self) -> int: ...  # bytes of the blob named by `digest`
-    @property
-    def uncompressed_size(self) -> int: ...  # bytes of the tar named by `diff_id`
-    @property
-    def media_type(self) -> str: ...
-    def compressed(self) -> BinaryIO: ...  # the blob named by `digest`
-    def uncompressed(self) -> BinaryIO: ...  # the tar named by `diff_id`
+__all__ = ["MEDIA_TYPES", "CachedLayer", "Layer", "LayerBlobs"]
 
 
 class LayerBlobs(Protocol):

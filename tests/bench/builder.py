@@ -115,21 +115,17 @@ def median(run: Callable[[], tuple[float, dict]], before: Callable[[], None]) ->
 FLOOR_ARCHIVE = """
 import sys
 from pathlib import Path
-from packcache.archive.load_writer import legacy_archive, oci_archive, oci_manifest
-from packcache.engine.daemon import Daemon
-from packcache.operations.loading import plan_layers
+from packcache.image.config import config_diff_ids
+from packcache.operations.load_planners import planner_for
 from packcache.store.store import Store
-import json
+from packcache.transports.daemon import Daemon
 store = Store.open(Path(sys.argv[1]))
 daemon = Daemon(sys.argv[2])
 config = store.image_config(store.resolve_image(sys.argv[3]))
-plan = plan_layers(store, daemon, json.loads(config)["rootfs"]["diff_ids"])
-if daemon.info.containerd_store:
-    chunks = oci_archive(config, oci_manifest(config, plan), plan, [sys.argv[3]])
-else:
-    chunks = legacy_archive(config, plan, [sys.argv[3]])
+planner = planner_for(store, daemon)
+plan = planner.plan(config_diff_ids(config))
 with open(sys.argv[4], "wb") as out:
-    for chunk in chunks:
+    for chunk in planner.archive(config, plan, [sys.argv[3]]).chunks:
         out.write(chunk)
 """
 

@@ -127,30 +127,27 @@ class EngineRuns:
 
 def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
     """The archive a warm rebase sends, but with every app layer in it: the floor."""
-    from packcache.archive.load_writer import legacy_archive, oci_archive, oci_manifest
-    from packcache.engine.daemon import Daemon
-    from packcache.operations.loading import held_by_daemon
+    from packcache.archive.load_writer import LoadLayer
+    from packcache.operations.load_planners import planner_for
     from packcache.store.store import Store
+    from packcache.transports.daemon import Daemon
 
     store = Store.open(cache)
     daemon = Daemon(engine.host)
     new_id = json.loads(engine.docker("image", "inspect", APP).stdout)[0]["Id"]
     config = store.image_config(store.resolve_image(new_id))
-    from packcache.archive.load_writer import LoadLayer
-
+    planner = planner_for(store, daemon)
     run_ids = [layer.diff_id for layer in built.run2]
-    held = held_by_daemon(store, daemon, run_ids)
-    plan = [LoadLayer(d, None, (h[0] or d), h[1], h[2]) for d, h in zip(run_ids, held, strict=True)]
+    held = planner.held(run_ids)
+    plan = [
+        LoadLayer(d, None, h.digest or d, h.size, h.media_type)
+        for d, h in zip(run_ids, held, strict=True)
+    ]
     for layer in built.app:
         cached = store.layer(layer.diff_id)
         plan.append(LoadLayer(layer.diff_id, cached, cached.digest, cached.size, cached.media_type))
     with open(path, "wb") as out:
-        if daemon.info.containerd_store:
-            manifest = oci_manifest(config, plan)
-            chunks = oci_archive(config, manifest, plan, ["bench/floor:latest"])
-        else:
-            chunks = legacy_archive(config, plan, ["bench/floor:latest"])
-        for chunk in chunks:
+        for chunk in planner.archive(config, plan, ["bench/floor:latest"]).chunks:
             out.write(chunk)
 
 

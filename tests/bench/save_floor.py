@@ -16,8 +16,8 @@ from pathlib import Path
 
 from packcache.archive.save_reader import SMALL_BLOB, ForwardReader
 from packcache.digest import CHUNK
-from packcache.engine.daemon import Daemon
 from packcache.store.blobs import BlobFiles
+from packcache.transports.daemon import Daemon
 
 
 def main() -> None:

@@ -5,23 +5,22 @@ Errors become one clear PackcacheError naming the socket, so a user knows what t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import docker
 import docker.errors
 import requests
 
 from packcache.errors import NotFoundError, PackcacheError
+from packcache.image.inspected import InspectedImage
 
 MIN_API_VERSION = "1.41"  # Engine 20.10, the oldest engine in the test matrix
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-# Concurrent inspects: each is ~5 ms of daemon time and a few ms of Python; overlapped, the ten
-# buildpackages, build image and run image of a builder take 0.05 s instead of 0.2 s.
+# Inspects overlap: an operation asks about a dozen images at once, each a short daemon round trip.
 INSPECT_THREADS = 8
 
 
@@ -82,7 +81,7 @@ class Daemon:
         # What `inspect_image` returned per ref and per image ID (None: not found), until this
         # client changes the daemon (load, pull): one operation asks about the same images
         # several times, by tag and by ID.
-        self._inspected: dict[str, dict[str, Any] | None] = {}
+        self._inspected: dict[str, InspectedImage | None] = {}
         try:
             self.client = docker.DockerClient(
                 base_url=self.host, version="auto", timeout=HANDSHAKE_TIMEOUT_S
@@ -116,7 +115,7 @@ class Daemon:
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             raise explain(self.host, exc) from exc
 
-    def inspect_image(self, ref: str) -> dict[str, Any]:
+    def inspect_image(self, ref: str) -> InspectedImage:
         """`docker image inspect`: raises NotFoundError when the daemon has no such image."""
         if ref not in self._inspected:
             self._inspect(ref)
@@ -137,11 +136,11 @@ class Daemon:
 
     def _inspect(self, ref: str) -> None:
         try:
-            info = self._call(ref, self.client.api.inspect_image, ref)
+            info = InspectedImage.from_inspect(self._call(ref, self.client.api.inspect_image, ref))
         except NotFoundError:
             self._inspected[ref] = None
             return
-        self._inspected[ref] = self._inspected[info["Id"]] = info
+        self._inspected[ref] = self._inspected[info.id] = info
 
     def _forget(self) -> None:
         """This client is about to change what the daemon holds."""
@@ -185,7 +184,7 @@ class Daemon:
             info = self.inspect_image(image_id)
         except NotFoundError:
             return None
-        return (info.get("RootFS") or {}).get("Layers") or []
+        return list(info.diff_ids)
 
     def content_available(self, ref: str, manifest_digest: str, content_size: int) -> bool:
         """On a containerd store with API 1.48+, is every blob of the image there?
@@ -237,15 +236,3 @@ class Daemon:
             if event.get("stream"):
                 messages.append(event["stream"].strip())
         return messages
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """The chain ID of each layer prefix: what a graphdriver names a stack of layers by."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(diff_id)
-        else:
-            text = f"{chains[-1]} {diff_id}".encode()
-            chains.append("sha256:" + hashlib.sha256(text).hexdigest())
-    return chains

@@ -1,1 +1,0 @@
-"""Engine I/O: the Docker daemon (later, registries). Everything else reads through here."""

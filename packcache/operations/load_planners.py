@@ -1,0 +1,223 @@
+"""How a load into one Docker daemon is made, per kind of image store: what the daemon holds,
+the archive that names the rest, and the check that it kept the image whole.
+
+The kind (graphdriver or containerd image store) is read here and nowhere else: everything
+else asks the planner `planner_for` chose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive
+from packcache.errors import NotFoundError, PackcacheError
+from packcache.image import manifest as oci
+from packcache.image.layer import MEDIA_TYPES, chain_ids
+from packcache.store.store import Store
+from packcache.transports.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """Which layers a load may leave out of the archive because the daemon holds them."""
+
+    reuse_held: bool = True  # every layer the daemon holds (packcache's method)
+    # Else only the base image's layers, the first `base_layers`, where this kind of store
+    # lets pack leave them out (pack's method, the baseline of --no-cache).
+    base_layers: int = 0
+
+
+REUSE = SendPolicy()
+EVERYTHING = SendPolicy(reuse_held=False)
+
+
+def pack_method(base_layers: int) -> SendPolicy:
+    """What pack sends on top of a base image (build or run image) the daemon holds."""
+    return SendPolicy(reuse_held=False, base_layers=base_layers)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A layer the daemon holds: what the archive names it by instead of its bytes."""
+
+    digest: str | None  # the blob digest in the daemon's content store (None: a placeholder)
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class LoadArchive:
+    """A `docker load` archive being written, and the image the daemon should then hold."""
+
+    image_id: str
+    manifest: bytes | None  # the manifest it carries, on a containerd store
+    chunks: Iterator[bytes]
+    content_size: int  # bytes of config, manifest and every layer blob, held or sent
+
+
+class LoadPlanner(ABC):
+    """Loads into one daemon, sending from `store` what the daemon does not hold."""
+
+    references_blobs = False  # held layers are named by the blob digests the daemon has
+
+    def __init__(self, store: Store, daemon: Daemon) -> None:
+        self.store = store
+        self.daemon = daemon
+
+    def held(self, diff_ids: list[str], policy: SendPolicy = REUSE) -> list[Held | None]:
+        """Per layer, how the daemon holds it for this load, or None when it must be sent."""
+        if policy.reuse_held:
+            return self._held(diff_ids)
+        return [
+            self._base_layer(diff_id) if index < policy.base_layers else None
+            for index, diff_id in enumerate(diff_ids)
+        ]
+
+    def plan(self, diff_ids: list[str], policy: SendPolicy = REUSE) -> list[LoadLayer]:
+        """What to send for each layer: nothing where the daemon holds it, else the cached blob."""
+        plan = []
+        for diff_id, held in zip(diff_ids, self.held(diff_ids, policy), strict=True):
+            if held is not None:
+                plan.append(
+                    LoadLayer(diff_id, None, held.digest or diff_id, held.size, held.media_type)
+                )
+                continue
+            layer = self.store.layer(diff_id)
+            if layer is None:
+                raise PackcacheError(
+                    f"layer {diff_id} is neither in the Docker daemon nor in the cache; "
+                    "import an image that has it first"
+                )
+            plan.append(LoadLayer(diff_id, layer, layer.digest, layer.size, layer.media_type))
+        self.store.prefetch(item.layer.digest for item in plan if item.layer is not None)
+        return plan
+
+    @abstractmethod
+    def archive(self, config: bytes, plan: list[LoadLayer], tags: list[str]) -> LoadArchive:
+        """The archive that loads `config` with the layers as `plan` says, named `tags`."""
+
+    def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:
+        """Does the daemon now hold the complete image under `tag`?"""
+        try:
+            info = self.daemon.inspect_image(tag)
+        except PackcacheError:
+            return False
+        return info.id == loaded.image_id and list(info.diff_ids) == diff_ids
+
+    @contextmanager
+    def replaced_images_kept(self, tags: list[str]) -> Iterator[None]:
+        """Keeps what these tags name now until the load is done, where the store needs it."""
+        yield
+
+    @abstractmethod
+    def _held(self, diff_ids: list[str]) -> list[Held | None]:
+        """Per layer, how the daemon holds it now, or None."""
+
+    @abstractmethod
+    def _base_layer(self, diff_id: str) -> Held | None:
+        """How pack's method names a layer of the base image, or None: it sends it."""
+
+
+class GraphdriverPlanner(LoadPlanner):
+    """A graphdriver keeps layers by chain ID: a layer whose chain it holds is sent as a
+    zero-byte placeholder in a docker-archive, which its loader does not read."""
+
+    _PLACEHOLDER = Held(None, 0, MEDIA_TYPES["none"])
+
+    def _held(self, diff_ids: list[str]) -> list[Held | None]:
+        # An image's chain is read from the index when its ID (a config digest here) is a
+        # config the cache holds, so only images new to the cache cost an inspect.
+        image_ids = self.daemon.image_ids()
+        known = self.store.config_diff_ids(image_ids)
+        present = set()
+        for image_id in image_ids:
+            layers = known.get(image_id)
+            if layers is None:
+                layers = self.daemon.image_diff_ids(image_id) or []
+            present.update(chain_ids(layers))
+        return [self._PLACEHOLDER if chain in present else None for chain in chain_ids(diff_ids)]
+
+    def _base_layer(self, diff_id: str) -> Held | None:
+        return self._PLACEHOLDER  # imgutil's local image writes blank entries for its base
+
+    def archive(self, config: bytes, plan: list[LoadLayer], tags: list[str]) -> LoadArchive:
+        return LoadArchive(
+            image_id=oci.digest_of(config),
+            manifest=None,
+            chunks=legacy_archive(config, plan, tags),
+            content_size=len(config) + sum(item.size for item in plan),
+        )
+
+
+class ContainerdPlanner(LoadPlanner):
+    """A containerd image store keeps blobs: held layers are named in the OCI manifest by the
+    digests its content store has and left out of the archive (placeholders there make broken
+    images). Which blobs it has is known from the manifests the cache recorded for it."""
+
+    references_blobs = True
+
+    def _held(self, diff_ids: list[str]) -> list[Held | None]:
+        # Only images whose manifests name these layers are looked up: the image list of a
+        # containerd store is slow to get and grows with every image.
+        candidates = self.store.manifests_with_layers(diff_ids)
+        descriptors = self.store.held_descriptors(d for d in candidates if self.daemon.has_image(d))
+        return [
+            None if (found := descriptors.get(diff_id)) is None else Held(*found)
+            for diff_id in diff_ids
+        ]
+
+    def _base_layer(self, diff_id: str) -> Held | None:
+        return None  # pack sends every layer to a containerd store (pack#2272)
+
+    def archive(self, config: bytes, plan: list[LoadLayer], tags: list[str]) -> LoadArchive:
+        layers = [oci.Descriptor(item.media_type, item.digest, item.size) for item in plan]
+        manifest = oci.image_manifest(config, layers)
+        return LoadArchive(
+            image_id=oci.digest_of(manifest),
+            manifest=manifest,
+            chunks=oci_archive(config, manifest, plan, tags),
+            content_size=len(config) + len(manifest) + sum(item.size for item in plan),
+        )
+
+    def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:
+        if not super().verify(tag, loaded, diff_ids):
+            return False
+        return self.daemon.content_available(tag, loaded.image_id, loaded.content_size)
+
+    @contextmanager
+    def replaced_images_kept(self, tags: list[str]) -> Iterator[None]:
+        """Hold the images these tags name under a temporary name until the load is done: a
+        containerd store moves the tags when it imports and unpacks afterwards, and can
+        garbage-collect the snapshots the new image is unpacked on meanwhile."""
+        kept: list[str] = []
+        try:
+            for tag in tags:
+                try:
+                    old = self.daemon.inspect_image(tag).id
+                except NotFoundError:
+                    continue
+                name = f"packcache-keep/{os.getpid()}-{len(kept)}:{secrets.token_hex(4)}"
+                self.daemon.tag(old, name)
+                kept.append(name)
+            yield
+        finally:  # every name made is removed, whether the load (or a later tagging) failed
+            for name in kept:
+                try:
+                    self.daemon.untag(name)
+                except PackcacheError as exc:
+                    log.warning("could not remove the temporary tag %s: %s", name, exc)
+
+
+def planner_for(store: Store, daemon: Daemon) -> LoadPlanner:
+    """The planner for the kind of image store this daemon has."""
+    if daemon.info.containerd_store:
+        return ContainerdPlanner(store, daemon)
+    return GraphdriverPlanner(store, daemon)
