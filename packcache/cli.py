@@ -538,7 +538,11 @@ def load_command(
     )
 
 
-@app.command("pull")
+@app.command(
+    "pull",
+    epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
+    "/etc/docker/certs.d/HOST/ca.crt.",
+)
 def pull_command(
     ctx: typer.Context,
     images: Annotated[list[str], typer.Argument(help="Image references in registries.")],
@@ -560,11 +564,7 @@ def pull_command(
     ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Add images to the cache straight from their registries: only layers it lacks.
-
-    Credentials and TLS are docker's: the Docker config (`docker login`) and
-    /etc/docker/certs.d/HOST/ca.crt.
-    """
+    """Add images to the cache straight from their registries: only the layers it lacks."""
     import dataclasses
 
     from packcache.operations.housekeeping import size_capped
