@@ -22,16 +22,17 @@ $(STAMP): pyproject.toml
 # containerd's gRPC stubs, generated from our .proto subset (git-ignored).
 CONTAINERD_API := packcache/transports/containerd_api
 PROTO_STAMP := $(CONTAINERD_API)/.generated
-$(PROTO_STAMP): $(STAMP) $(wildcard $(CONTAINERD_API)/*.proto) $(CONTAINERD_API)/generate.py
-	$(BIN)/python -m packcache.transports.containerd_api.generate
+$(PROTO_STAMP): $(STAMP) $(wildcard $(CONTAINERD_API)/*.proto) tools/generate_containerd_api.py
+	$(BIN)/python tools/generate_containerd_api.py
 	touch $@
 
 protos: $(PROTO_STAMP)
 
-# Private Docker engines for the tests (20.10, 26.1 and 28), fetched from Debian's registry into
-# .engines/ (no install).
+# Private Docker engines (20.10, 26.1 and 28) and a container registry for the tests, fetched
+# from Debian's archive into .engines/ (no install).
 engines: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/python -m tests.engines.provision
+	$(BIN)/python -m tests.registries.provision
 
 test: $(STAMP) $(PROTO_STAMP) engines
 	$(BIN)/ruff check packcache migrations tests

@@ -538,6 +538,57 @@ def load_command(
     )
 
 
+@app.command(
+    "pull",
+    epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
+    "/etc/docker/certs.d/HOST/ca.crt.",
+)
+def pull_command(
+    ctx: typer.Context,
+    images: Annotated[list[str], typer.Argument(help="Image references in registries.")],
+    platform: Annotated[
+        str | None,
+        typer.Option(
+            "--platform",
+            metavar="OS/ARCH[/VARIANT]",
+            help="Which image of a multi-platform one (default: linux/amd64).",
+        ),
+    ] = None,
+    insecure_registries: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--insecure-registry",
+            metavar="HOST",
+            help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
+        ),
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Add images to the cache straight from their registries: only the layers it lacks."""
+    import dataclasses
+
+    from packcache.operations.housekeeping import size_capped
+    from packcache.transports.registry import DEFAULT_PLATFORM, Platform, RegistryOptions
+    from packcache.transports.registry_pull import pull_images
+
+    with reported():
+        chosen = Platform.parse(platform) if platform else DEFAULT_PLATFORM
+        options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
+        store = ctx.obj.open_store()
+        with size_capped(store), store.lease("pull") as lease:
+            reports = pull_images(store, images, lease=lease, options=options, platform=chosen)
+    if fmt is Format.json:
+        typer.echo(render.to_json([dataclasses.asdict(report) for report in reports]))
+        return
+    for report in reports:
+        typer.echo(
+            f"Pulled {report.ref} ({short_id(report.config_digest)}): "
+            f"{render.count(len(report.downloaded), 'layer')} downloaded "
+            f"({render.size(report.bytes_downloaded)}), "
+            f"{len(report.already_cached)} already cached"
+        )
+
+
 @app.command("rebase")
 def rebase_command(
     ctx: typer.Context,

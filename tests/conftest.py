@@ -12,7 +12,7 @@ from packcache.cli import app
 from packcache.store.store import ImageRecord, Store
 from tests.layers import compress, random_tar, sha256
 
-pytest_plugins = ["tests.engines.pytest_plugin"]
+pytest_plugins = ["tests.engines.pytest_plugin", "tests.registries.pytest_plugin"]
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Generate the Python modules for the .proto files beside this script (run by ``make``).
+"""Generate the Python modules for packcache's containerd .proto files (run by ``make``).
 
-    python -m packcache.transports.containerd_api.generate
+    python tools/generate_containerd_api.py
+
+A build tool, outside the package: packcache itself never imports grpc_tools.
 
 Generated at build time rather than committed so the code always matches the installed
 protobuf runtime (generated code refuses to import with a protobuf older than its protoc).
@@ -11,10 +13,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 # The repository root: protos import each other by their path from here, so the generated
 # modules import each other as ``packcache.transports.containerd_api.*``.
-ROOT = HERE.parents[2]
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "packcache/transports/containerd_api"
 PROTOS = (
     "descriptor.proto",
     "content.proto",

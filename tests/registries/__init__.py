@@ -1,0 +1,1 @@
+"""Real container registries (Debian's docker-registry) started by the tests."""
