@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 # containerd's gRPC stubs, generated from our .proto subset (git-ignored).
 CONTAINERD_API := packcache/transports/containerd_api
 PROTO_STAMP := $(CONTAINERD_API)/.generated
-$(PROTO_STAMP): $(STAMP) $(wildcard $(CONTAINERD_API)/*.proto) tools/generate_containerd_api.py
-	$(BIN)/python tools/generate_containerd_api.py
+$(PROTO_STAMP): $(STAMP) $(wildcard $(CONTAINERD_API)/*.proto) tests/generate_containerd_api.py
+	$(BIN)/python tests/generate_containerd_api.py
 	touch $@
 
 protos: $(PROTO_STAMP)

@@ -114,7 +114,7 @@ def _api() -> ModuleType:
     except ImportError as exc:
         raise ContainerdError(
             f"the containerd API stubs are missing ({exc}): run `make` "
-            "(python tools/generate_containerd_api.py)"
+            "(python tests/generate_containerd_api.py)"
         ) from exc
     return containerd_api
 

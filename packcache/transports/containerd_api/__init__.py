@@ -1,5 +1,5 @@
 """containerd's v1 gRPC wire definitions, only the messages and services packcache calls.
 
 The ``*_pb2.py`` / ``*_pb2_grpc.py`` modules are generated from the ``.proto`` files here by
-``tools/generate_containerd_api.py`` (run by ``make``) and not committed.
+``tests/generate_containerd_api.py`` (run by ``make``) and not committed.
 """

@@ -1,6 +1,6 @@
 """Generate the Python modules for packcache's containerd .proto files (run by ``make``).
 
-    python tools/generate_containerd_api.py
+    python tests/generate_containerd_api.py
 
 A build tool, outside the package: packcache itself never imports grpc_tools.
 
