@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -433,6 +434,18 @@ def import_command(
             "--archive", metavar="FILE", help="Read a `docker save` archive ('-': stdin)."
         ),
     ] = None,
+    launch_cache: Annotated[
+        bool,
+        typer.Option(
+            "--launch-cache",
+            help="Read pack's launch caches instead: the volume or directory named (one), "
+            "else every launch cache volume of the daemon.",
+        ),
+    ] = False,
+    launch_image: Annotated[
+        str | None,
+        typer.Option("--image", help="With --launch-cache: only this daemon image's layers."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -441,6 +454,9 @@ def import_command(
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.importing import DaemonImportReport, import_images
 
+    if launch_cache or launch_image:
+        _import_launch_cache(ctx, images or [], archive, launch_cache, launch_image, fmt)
+        return
     if bool(images) == bool(archive):
         typer.echo("packcache: error: name images in the daemon, or --archive FILE", err=True)
         raise typer.Exit(EXIT_USAGE)
@@ -465,6 +481,46 @@ def import_command(
                         import_archive(store, source, lease=lease, on_bytes=on_bytes)
                     )
     _print_import(report, fmt)
+
+
+def _import_launch_cache(
+    ctx: typer.Context,
+    sources: list[str],
+    archive: str | None,
+    launch_cache: bool,
+    image: str | None,
+    fmt: Format,
+) -> None:
+    from packcache.operations.housekeeping import size_capped
+    from packcache.operations.launch_layers import import_launch_cache
+
+    if not launch_cache or archive is not None or len(sources) > 1:
+        typer.echo(
+            "packcache: error: --launch-cache takes at most one volume or directory "
+            "(and --image only goes with it)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    source = sources[0] if sources else None
+    with reported():
+        store = ctx.obj.open_store()
+        local_dir = source is not None and "/" in source
+        daemon = None if local_dir and image is None else ctx.obj.daemon()
+        with size_capped(store), store.lease("import") as lease:
+            report = import_launch_cache(store, daemon, source, image=image, lease=lease)
+    for problem in report.problems:
+        typer.echo(f"packcache: skipped {problem}", err=True)
+    for name in report.in_use:
+        typer.echo(f"packcache: launch cache {name} is being written by a build", err=True)
+    if fmt is Format.json:
+        typer.echo(render.report_json(report))
+        return
+    typer.echo(
+        f"{render.count(len(report.recorded), 'new layer')} "
+        f"({render.size(report.bytes_read)} read) from "
+        f"{render.count(len(report.caches), 'launch cache')}, "
+        f"{len(report.known)} already cached, {len(report.problems)} skipped"
+    )
 
 
 @contextmanager
@@ -609,12 +665,25 @@ def rebase_command(
         bool,
         typer.Option("--no-cache", help="pack's method: save the whole app image, load it all."),
     ] = False,
+    launch_cache: Annotated[
+        str | None,
+        typer.Option(
+            "--launch-cache",
+            metavar="VOLUME|DIR",
+            help="Take missing app layers from this launch cache only.",
+            show_default="every launch cache volume of the daemon",
+        ),
+    ] = None,
+    no_launch_cache: Annotated[
+        bool, typer.Option("--no-launch-cache", help="Never read pack's launch caches.")
+    ] = False,
     dry_run: DryRunOption = False,
     report_file: ReportOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
     from packcache.operations.housekeeping import size_capped
+    from packcache.operations.launch_layers import LaunchChoice
     from packcache.operations.rebase import rebase
 
     started = time.perf_counter()
@@ -632,6 +701,7 @@ def rebase_command(
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
+                launch=LaunchChoice(use=not no_launch_cache, source=launch_cache),
             )
     report.timings["total"] = round(time.perf_counter() - started, 4)
     _write_report(report, report_file, fmt)
@@ -647,6 +717,11 @@ def rebase_command(
         f"({render.size(report.bytes_sent)} sent)"
     )
     typer.echo(f"  docker save {', '.join(report.saved) or 'none'}")
+    if report.layer_sources:
+        counts = Counter(report.layer_sources.values())
+        typer.echo("  app layers  " + ", ".join(f"{n} from {k}" for k, n in counts.items()))
+    for problem in report.launch_cache_problems:
+        typer.echo(f"  skipped     {problem}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
 
 
@@ -657,12 +732,26 @@ def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
 
     with reported():
         info = cache_info(ctx.obj.open_store(writable=False))
+    info["launch_caches"] = _launch_caches_found(ctx)
     if fmt is Format.json:
         typer.echo(render.to_json(info))
         return
     for key, value in info.items():
         shown = render.size(value) if key.endswith("size") and isinstance(value, int) else value
+        if key == "launch_caches" and value is not None:
+            shown = ", ".join(value) or "none"
         typer.echo(f"{key.replace('_', ' ')}: {'-' if shown is None else shown}")
+
+
+def _launch_caches_found(ctx: typer.Context) -> list[str] | None:
+    """pack's launch cache volumes in the daemon; None where the daemon cannot be asked."""
+    from packcache.transports.launch_cache import find_volumes
+
+    try:
+        return [cache.name for cache in find_volumes(ctx.obj.daemon())]
+    except PackcacheError as exc:
+        logging.getLogger(__name__).info("no launch caches listed: %s", exc)
+        return None
 
 
 @app.command("create-builder")

@@ -58,6 +58,8 @@ REBASE = {
     "layers_reused",
     "bytes_sent",
     "saved",
+    "layer_sources",
+    "launch_cache_problems",
     "timings",
 }
 CREATE_BUILDER = {
@@ -87,6 +89,7 @@ VERIFY = {
     "ok",
 }
 INFO = {
+    "launch_caches",
     "cache_dir",
     "index",
     "schema_revision",
