@@ -46,6 +46,11 @@ class LaunchReport:
     problems: list[str] = field(default_factory=list)  # one line per entry skipped
     in_use: list[str] = field(default_factory=list)  # caches a build was exporting to
 
+    def notes(self) -> list[str]:
+        """The problems, and the caches a build was writing, one line each."""
+        busy = [f"{name}: a build is exporting to it (files in staging/)" for name in self.in_use]
+        return self.problems + busy
+
 
 def launch_caches(daemon: Daemon | None, source: str | None) -> list[LaunchCache]:
     """The caches `source` names (a directory, else a volume), or every launch cache volume

@@ -23,6 +23,7 @@ from packcache.image.inspected import InspectedImage
 from packcache.operations.engine_configs import record_from_engine
 from packcache.operations.importing import cached_config, import_images
 from packcache.operations.launch_layers import (
+    CACHE,
     EVERY_LAUNCH_CACHE,
     SAVE,
     LaunchChoice,
@@ -268,19 +269,19 @@ def _cache_images(
     else one `docker save` of each image still lacking (in a dry run, only noted). Returns
     the app's config digest (None in a dry run that would save the app)."""
     app_config_digest = cached_config(source, images.app, images.app_layers, lease)
-    report.layer_sources = dict.fromkeys(images.app_layers, "cache")
+    sources = dict.fromkeys(images.app_layers, CACHE) if app_config_digest else {}
     if app_config_digest is None and not report.dry_run and policy is REUSE:
         found = fill_from_host(source, daemon, images.app, images.app_layers, launch, lease=lease)
-        report.layer_sources.update(found.sources)
-        report.launch_cache_problems = found.launch.problems
+        sources = found.sources
+        report.launch_cache_problems = found.launch.notes()
         app_config_digest = found.config_digest
     if app_config_digest is None:
         if not report.dry_run:
             import_images(source, daemon, [report.image], lease=lease)
             app_config_digest = source.resolve_image(images.app.id)
-            for diff_id in images.app_layers:
-                report.layer_sources.setdefault(diff_id, SAVE)
         report.saved.append(report.image)
+    if not report.dry_run:
+        report.layer_sources = {d: sources.get(d, SAVE) for d in images.app_layers}
     run_layers = list(images.run.diff_ids)
     needed = base_image_needed(source, daemon, run_layers, policy)
     # On a containerd store the run image's manifest, read from the daemon's content store,

@@ -213,9 +213,7 @@ class DirectoryReader(Reader):
             finally:
                 os.close(fd)
 
-    def _names(self, committed: int, wanted: set[str] | None) -> list[str]:
-        if wanted is not None:
-            return sorted(f"{diff_id}.tar" for diff_id in wanted)
+    def _names(self, committed: int) -> list[str]:
         names = []
         with os.scandir(committed) as listed:
             for item in listed:
@@ -226,13 +224,14 @@ class DirectoryReader(Reader):
         return sorted(names)
 
     def _files(self, committed: int, wanted: set[str] | None) -> Iterator[tuple[Entry, BinaryIO]]:
-        for name in self._names(committed, wanted):
+        # Every name is looked at (a stray file is reported), only the wanted ones are read.
+        for name in self._names(committed):
             try:
                 info = os.stat(name, dir_fd=committed, follow_symlinks=False)
             except FileNotFoundError:
-                continue  # not there (a wanted layer this cache lacks), or gone meanwhile
+                continue  # gone meanwhile
             entry = self._entry(name, info.st_size, stat.S_ISREG(info.st_mode))
-            if entry is None:
+            if entry is None or (wanted is not None and entry.diff_id not in wanted):
                 continue
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=committed)
