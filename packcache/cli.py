@@ -446,6 +446,10 @@ def import_command(
         str | None,
         typer.Option("--image", help="With --launch-cache: only this daemon image's layers."),
     ] = None,
+    no_launch_cache: Annotated[
+        bool,
+        typer.Option("--no-launch-cache", help="Save images without looking in launch caches."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -453,6 +457,7 @@ def import_command(
     from packcache.archive.save_reader import import_archive
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.importing import DaemonImportReport, import_images
+    from packcache.operations.launch_layers import LaunchChoice
 
     if launch_cache or launch_image:
         _import_launch_cache(ctx, images or [], archive, launch_cache, launch_image, fmt)
@@ -469,7 +474,12 @@ def import_command(
         ):
             if images:
                 report = import_images(
-                    store, ctx.obj.daemon(), images, lease=lease, on_bytes=on_bytes
+                    store,
+                    ctx.obj.daemon(),
+                    images,
+                    lease=lease,
+                    on_bytes=on_bytes,
+                    launch=LaunchChoice(use=not no_launch_cache),
                 )
             else:
                 try:
@@ -555,6 +565,8 @@ def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
         return
     for ref in daemon_report.already_cached:
         typer.echo(f"Already cached: {ref}")
+    for ref in daemon_report.from_launch_cache:
+        typer.echo(f"Imported {ref} without a save (layers from launch caches)")
     for image in report.images:
         name = ", ".join(image.refs) or short_id(image.config_digest)
         typer.echo(f"Imported {name} ({render.count(len(image.diff_ids), 'layer')})")

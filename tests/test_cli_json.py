@@ -41,6 +41,7 @@ IMPORT = {
     "bytes_read",
     "bytes_written",
     "already_cached",
+    "from_launch_cache",
 }
 IMPORT_IMAGE = {"config_digest", "manifest_digest", "refs", "diff_ids"}
 LOAD = {"image_id", "tags", "layers_sent", "layers_reused", "bytes_sent", "full_reload", "seconds"}

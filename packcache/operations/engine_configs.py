@@ -15,6 +15,7 @@ from packcache.image.inspected import InspectedImage
 from packcache.jsondoc import (
     DocumentError,
     check_image_config,
+    check_index,
     check_manifest,
     config_diff_ids,
     strict_loads,
@@ -32,27 +33,72 @@ _MANIFEST_TYPES = {
 }
 
 
-def _containerd_blobs(daemon: Daemon, manifest_digest: str) -> tuple[bytes, bytes] | None:
-    """The manifest and config of a single-platform image in the daemon's containerd, each
-    checked against its digest; None where containerd cannot be reached or lacks them."""
+def _platform_manifest(daemon: Daemon, info: InspectedImage, index: bytes) -> str | None:
+    """The digest of the manifest for the image's own platform in its index: the one the
+    daemon lists as available (API 1.48+, `manifests=1`), else the index's entry that names
+    that platform."""
+    listed = daemon.image_manifests(info.id)
+    if listed is not None:
+        for entry in listed:
+            platform = (entry.get("ImageData") or {}).get("Platform") or {}
+            if (
+                entry.get("Kind") == "image"
+                and entry.get("Available")
+                and _same_platform(platform, info)
+            ):
+                return str((entry.get("Descriptor") or {}).get("digest") or "") or None
+        return None
+    for descriptor in check_index(strict_loads(index, "an image index"), "an image index"):
+        if _same_platform(descriptor.get("platform") or {}, info):
+            return str(descriptor["digest"])
+    return None
+
+
+def _is_manifest(document: object) -> bool:
+    """An image manifest, not an index (an OCI manifest may leave out its media type)."""
+    if not isinstance(document, dict):
+        return False
+    media_type = document.get("mediaType")
+    return media_type in _MANIFEST_TYPES or (media_type is None and "manifests" not in document)
+
+
+def _same_platform(platform: dict, info: InspectedImage) -> bool:
+    return (
+        platform.get("os") == info.os
+        and platform.get("architecture") == info.architecture
+        and (platform.get("variant") or "") == (info.variant or "")
+    )
+
+
+def _containerd_blobs(daemon: Daemon, info: InspectedImage) -> tuple[bytes, bytes] | None:
+    """The manifest (of the image's platform) and config of a daemon image in the daemon's
+    containerd, each checked against its digest; None where they cannot be read."""
     if not daemon.is_local():
         return None
     try:
         with Containerd(find_endpoint(daemon.raw_info, os.environ)) as containerd:
-            manifest = containerd.read_small_blob(manifest_digest, MAX_METADATA)
-            if manifest is None or sha256_digest(manifest) != manifest_digest:
+            digest: str | None = info.id
+            for _hop in range(2):  # the image's target, then (an index) its platform manifest
+                blob = containerd.read_small_blob(digest or "", MAX_METADATA)
+                if blob is None or sha256_digest(blob) != digest:
+                    return None
+                document = strict_loads(blob, "a manifest")
+                if _is_manifest(document):
+                    manifest = check_manifest(document, "a manifest")
+                    break
+                digest = _platform_manifest(daemon, info, blob)
+                if digest is None:
+                    return None
+            else:
                 return None
-            document = check_manifest(strict_loads(manifest, "a manifest"), "a manifest")
-            if document.get("mediaType") not in _MANIFEST_TYPES:
-                return None  # an index: its platform manifest is left to a save
-            config_digest = document["config"]["digest"]
+            config_digest = manifest["config"]["digest"]
             config = containerd.read_small_blob(config_digest, MAX_METADATA)
     except PackcacheError as exc:
-        log.info("the daemon's containerd could not give %s: %s", manifest_digest, exc)
+        log.info("the daemon's containerd could not give %s: %s", info.id, exc)
         return None
     if config is None or sha256_digest(config) != config_digest:
         return None
-    return manifest, config
+    return blob, config
 
 
 def record_from_engine(store: Store, daemon: Daemon, info: InspectedImage) -> str | None:
@@ -60,7 +106,7 @@ def record_from_engine(store: Store, daemon: Daemon, info: InspectedImage) -> st
     from the daemon's storage, without a save. Returns its config digest, or None."""
     manifest = None
     if daemon.info.containerd_store:
-        blobs = _containerd_blobs(daemon, info.id)
+        blobs = _containerd_blobs(daemon, info)
         if blobs is None:
             return None
         manifest, config = blobs

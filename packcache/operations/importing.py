@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from packcache.archive.save_reader import ImportReport, import_archive
 from packcache.errors import NotFoundError
 from packcache.image.inspected import InspectedImage
+from packcache.operations.launch_layers import LaunchChoice, fill_from_host
 from packcache.operations.load_planners import planner_for
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon
@@ -22,6 +23,8 @@ class DaemonImportReport:
     archive: ImportReport
     already_cached: list[str] = field(default_factory=list)  # refs recorded without a save
     saved: list[str] = field(default_factory=list)  # refs read from `docker save`
+    # refs whose config the daemon's storage gave and whose layers the launch caches did
+    from_launch_cache: list[str] = field(default_factory=list)
 
 
 def cached_config(
@@ -50,6 +53,7 @@ def import_images(
     *,
     lease: Lease | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    launch: LaunchChoice | None = None,
 ) -> DaemonImportReport:
     inspected = {ref: daemon.inspect_image(ref) for ref in refs}  # every name checked first
     report = DaemonImportReport(archive=ImportReport())
@@ -64,6 +68,14 @@ def import_images(
             if manifest is None:
                 config_digest = None
         if config_digest is None:
+            # Before a save: the daemon's storage and pack's launch caches may give it all.
+            layers = list(info.diff_ids)
+            if (
+                launch is not None
+                and fill_from_host(store, daemon, info, layers, launch, lease=lease).config_digest
+            ):
+                report.from_launch_cache.append(ref)
+                continue
             to_save.append(ref)
             continue
         store.record_image(
