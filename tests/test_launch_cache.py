@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cnb_images import AppImage, build_app_image, build_run_image, unique
+from tests import test_rebase
+from tests.cnb_images import AppImage
 from tests.engines.harness import Engine
 from tests.test_rebase import check_result, rebase
 
@@ -72,17 +73,17 @@ def content_env(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("PACKCACHE_CONTAINERD_NAMESPACE", f"pc-{engine.root.name}")
 
 
-@pytest.fixture
-def app_stack(engine: Engine, tmp_path: Path):
-    repo = unique("run").rsplit(":", 1)[0]
-    run1 = build_run_image(engine, tmp_path, "v1", f"{repo}:v1")
-    run2 = build_run_image(engine, tmp_path, "v2", f"{repo}:v2")
-    app = build_app_image(engine, tmp_path, run1, unique("app"), run_name=repo)
-    return run1, run2, app
+stack = test_rebase.stack  # run images v1 and v2, and an app on v1
 
 
 def cached_layers(cli) -> set[str]:
     return {layer["diff_id"] for layer in cli("ls", "--format", "json").json()}
+
+
+def _read_all(layers):
+    """Each (entry, sha256 hex of its bytes), read before the next is asked for."""
+    for entry, stream in layers:
+        yield entry, hashlib.sha256(stream.read()).hexdigest()
 
 
 def daemon_time(engine: Engine) -> str:
@@ -108,9 +109,9 @@ def save_events(engine: Engine, since: str) -> list[str]:
 
 
 def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
-    cli, engine: Engine, tmp_path: Path, app_stack, content_env
+    cli, engine: Engine, tmp_path: Path, stack, content_env
 ) -> None:
-    run1, run2, app = app_stack
+    run1, run2, app = stack
     source = write_launch_cache(tmp_path / "launch", committed(app_layer_tars(app)))
     volume = launch_volume(engine, app.tag, source, run1.tag)
     try:
@@ -137,9 +138,9 @@ def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
 
 
 def test_bad_entries_are_skipped_and_the_rest_saved(
-    cli, engine: Engine, tmp_path: Path, app_stack, content_env
+    cli, engine: Engine, tmp_path: Path, stack, content_env
 ) -> None:
-    _run1, run2, app = app_stack
+    _run1, run2, app = stack
     tars = app_layer_tars(app)
     good, tampered, truncated = app.app_diff_ids
     files = committed({good: tars[good]})
@@ -175,14 +176,14 @@ def test_bad_entries_are_skipped_and_the_rest_saved(
 
 
 def test_import_reads_a_volume_in_use_through_the_engine(
-    cli, engine: Engine, tmp_path: Path, app_stack
+    cli, engine: Engine, tmp_path: Path, stack
 ) -> None:
     """Through an idle container and the archive endpoint (as for a daemon on another host):
     the same layers as reading it in place, a build's staging/ noticed, nothing left behind."""
     from packcache.transports.daemon import Daemon
     from packcache.transports.launch_cache import DirectoryReader, VolumeReader, named_volume
 
-    run1, _run2, app = app_stack
+    run1, _run2, app = stack
     tars = app_layer_tars(app)
     first = app.app_diff_ids[0]
     files = committed(tars)
@@ -198,6 +199,10 @@ def test_import_reads_a_volume_in_use_through_the_engine(
         with VolumeReader(cache, daemon, run1.tag) as through_engine:
             for entry, stream in through_engine.layers():
                 read[entry.diff_id] = hashlib.sha256(stream.read()).hexdigest()
+        second = app.app_diff_ids[1]
+        with VolumeReader(cache, daemon, run1.tag) as one_layer:
+            [(entry, stream)] = list(_read_all(one_layer.layers({second, "sha256:" + "2" * 64})))
+            assert entry.diff_id == second and stream == hashlib.sha256(tars[second]).hexdigest()
         in_place = DirectoryReader(cache, cache.mountpoint)
         direct = {e.diff_id: hashlib.sha256(s.read()).hexdigest() for e, s in in_place.layers()}
         assert read == direct and set(read) == set(app.app_diff_ids)
@@ -217,5 +222,30 @@ def test_import_reads_a_volume_in_use_through_the_engine(
         assert first not in listed and set(app.app_diff_ids[1:]) <= listed
         info = cli("--host", engine.host, "info", "--format", "json").json()
         assert volume in info["launch_caches"]
+    finally:
+        engine.docker("volume", "rm", "-f", volume)
+
+
+def test_import_of_an_app_takes_its_layers_from_a_launch_volume(
+    cli, engine: Engine, tmp_path: Path, stack, content_env
+) -> None:
+    run1, _run2, app = stack
+    source = write_launch_cache(tmp_path / "launch", committed(app_layer_tars(app)))
+    volume = launch_volume(engine, app.tag, source, run1.tag)
+    try:
+        assert cli("--host", engine.host, "import", run1.tag).exit_code == 0
+        since = daemon_time(engine)
+        result = cli("--host", engine.host, "import", app.tag, "--format", "json")
+        assert result.exit_code == 0, result.stderr
+        report = result.json()
+        assert report["from_launch_cache"] == [app.tag] and report["images"] == []
+        assert save_events(engine, since) == []
+        listed = {layer["diff_id"]: layer for layer in cli("ls", "--format", "json").json()}
+        for diff_id in app.app_diff_ids:  # recorded with the app image they came from
+            assert app.tag in listed[diff_id]["images"]
+        again = cli(
+            "--host", engine.host, "import", app.tag, "--no-launch-cache", "--format", "json"
+        )
+        assert again.json()["already_cached"] == [app.tag]
     finally:
         engine.docker("volume", "rm", "-f", volume)

@@ -13,9 +13,10 @@ from packcache.errors import CorruptBlobError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
 from packcache.operations.engine_configs import record_from_engine
 from packcache.store.store import Lease, Store
-from packcache.transports.daemon import Daemon
+from packcache.transports.daemon import Daemon, DaemonError
 from packcache.transports.launch_cache import (
     LaunchCache,
+    LaunchCacheError,
     bind_cache,
     find_volumes,
     named_volume,
@@ -108,27 +109,42 @@ def ingest_launch_caches(
         if remaining is not None and not remaining:
             break
         image = _reader_image(daemon, refs) if daemon is not None and cache.volume else None
-        with reader(daemon, cache, image) as launch:
-            report.caches.append(cache.name)
-            for entry, stream in launch.layers(remaining):
-                try:
-                    result = store.ingest_layer(
-                        stream,
-                        expected_digest=entry.diff_id,
-                        expected_diff_id=entry.diff_id,
-                        lease=lease,
-                    )
-                except CorruptBlobError as exc:
-                    launch.problem(f"{entry.diff_id}.tar", f"does not match its name ({exc})")
-                    continue
-                (report.recorded if result.written else report.known).append(entry.diff_id)
-                report.bytes_read += max(result.size, 0)
-                if remaining is not None:
-                    remaining.discard(entry.diff_id)
-            report.problems += launch.listing.problems
-            if launch.listing.in_use:
-                report.in_use.append(cache.name)
+        try:
+            _ingest_one(store, daemon, cache, image, remaining, report, lease)
+        except (LaunchCacheError, DaemonError) as exc:  # that cache only: the others may do
+            report.problems.append(f"{cache.name}: cannot be read: {exc}")
     return report
+
+
+def _ingest_one(
+    store: Store,
+    daemon: Daemon | None,
+    cache: LaunchCache,
+    image: str | None,
+    remaining: set[str] | None,
+    report: LaunchReport,
+    lease: Lease | None,
+) -> None:
+    with reader(daemon, cache, image) as launch:
+        report.caches.append(cache.name)
+        for entry, stream in launch.layers(remaining):
+            try:
+                result = store.ingest_layer(
+                    stream,
+                    expected_digest=entry.diff_id,
+                    expected_diff_id=entry.diff_id,
+                    lease=lease,
+                )
+            except CorruptBlobError as exc:
+                launch.problem(f"{entry.diff_id}.tar", f"does not match its name ({exc})")
+                continue
+            (report.recorded if result.written else report.known).append(entry.diff_id)
+            report.bytes_read += max(result.size, 0)
+            if remaining is not None:
+                remaining.discard(entry.diff_id)
+        report.problems += launch.listing.problems
+        if launch.listing.in_use:
+            report.in_use.append(cache.name)
 
 
 def import_launch_cache(

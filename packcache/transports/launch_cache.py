@@ -137,7 +137,12 @@ class _Bounded:
     def read(self, n: int = -1) -> bytes:
         if self._left <= 0:
             return b""
-        data = self._raw.read(min(CHUNK if n is None or n < 0 else n, self._left))
+        if n is None or n < 0:  # the rest, as a file's read() gives it
+            parts = []
+            while chunk := self.read(CHUNK):
+                parts.append(chunk)
+            return b"".join(parts)
+        data = self._raw.read(min(n, self._left))
         self._left -= len(data)
         return data
 
