@@ -218,8 +218,10 @@ def test_import_reads_a_volume_in_use_through_the_engine(
         assert sorted(imported["recorded"]) == sorted(app.app_diff_ids[1:])
         assert imported["in_use"] == [volume]
         assert any(first in problem for problem in imported["problems"])
-        listed = cached_layers(cli)
-        assert first not in listed and set(app.app_diff_ids[1:]) <= listed
+        listed = {layer["diff_id"]: layer for layer in cli("ls", "--format", "json").json()}
+        assert first not in listed and set(app.app_diff_ids[1:]) <= set(listed)
+        for diff_id in app.app_diff_ids[1:]:  # the volume's name says which image it is for
+            assert app.tag in listed[diff_id]["images"]
         info = cli("--host", engine.host, "info", "--format", "json").json()
         assert volume in info["launch_caches"]
     finally:

@@ -159,16 +159,31 @@ def import_launch_cache(
     or only `image`'s (recorded with that image, whose config the daemon's storage gives)."""
     caches = launch_caches(daemon, source)
     if image is None:
-        return ingest_launch_caches(store, daemon, caches, lease=lease)
+        report = ingest_launch_caches(store, daemon, caches, lease=lease)
+        if daemon is not None:
+            _record_cached_apps(store, daemon, caches)
+        return report
     if daemon is None:
         raise UsageError("--image needs the Docker daemon")
     info = daemon.inspect_image(image)
     report = ingest_launch_caches(
         store, daemon, caches, wanted=set(info.diff_ids), image_refs=[image], lease=lease
     )
-    if store.cached_diff_ids(info.diff_ids, lease) == set(info.diff_ids):
-        record_from_engine(store, daemon, info)
+    record_from_engine(store, daemon, info)
     return report
+
+
+def _record_cached_apps(store: Store, daemon: Daemon, caches: list[LaunchCache]) -> None:
+    """Record the daemon images these caches were built for (pack names a volume after the
+    image), so that `ls` names the image a layer came from."""
+    parts = {cache.image_part for cache in caches if cache.image_part}
+    for tag, image_id in daemon.image_tags().items():
+        try:
+            if pack_image_part(tag) not in parts:
+                continue
+        except PackcacheError:
+            continue
+        record_from_engine(store, daemon, daemon.inspect_image(image_id))
 
 
 @dataclass

@@ -188,6 +188,13 @@ class Daemon:
             self._image_ids = [summary["Id"] for summary in summaries]
         return self._image_ids
 
+    def image_tags(self) -> dict[str, str]:
+        """Every tag the daemon has -> the ID of the image it names."""
+        summaries = self._call("the image list", self.client.api.images)
+        return {
+            tag: summary["Id"] for summary in summaries for tag in summary.get("RepoTags") or []
+        }
+
     def image_diff_ids(self, image_id: str) -> list[str] | None:
         """An image's layer diffIDs (from its inspect); None if it is gone meanwhile."""
         try:
