@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import urllib3.exceptions
+
 from packcache.archive.save_reader import (
     ArchiveError,
     ForwardReader,
@@ -127,12 +129,18 @@ def bind_cache(path: Path) -> LaunchCache | None:
     return None
 
 
-class _Bounded:
-    """At most `size` bytes of a file: one that grows while it is read gives no more."""
+# What reading a layer's bytes can raise, from a file or the daemon's tar stream.
+READ_ERRORS = (OSError, tarfile.TarError, ArchiveError, urllib3.exceptions.HTTPError)
 
-    def __init__(self, raw: BinaryIO, size: int) -> None:
+
+class _Bounded:
+    """At most `size` bytes of a layer file (one that grows while it is read gives no more);
+    a failed read is a LaunchCacheError, which ends the reading of that cache only."""
+
+    def __init__(self, raw: BinaryIO, size: int, name: str) -> None:
         self._raw = raw
         self._left = size
+        self._name = name
 
     def read(self, n: int = -1) -> bytes:
         if self._left <= 0:
@@ -142,7 +150,12 @@ class _Bounded:
             while chunk := self.read(CHUNK):
                 parts.append(chunk)
             return b"".join(parts)
-        data = self._raw.read(min(n, self._left))
+        try:
+            data = self._raw.read(min(n, self._left))
+        except READ_ERRORS as exc:
+            raise LaunchCacheError(f"reading {self._name} failed: {exc}") from exc
+        if not data:
+            self._left = 0  # shorter than listed: its hash says so
         self._left -= len(data)
         return data
 
@@ -247,7 +260,7 @@ class DirectoryReader(Reader):
                 if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
                     self.problem(f"{COMMITTED}/{name}", "not a regular file, skipped")
                     continue
-                yield entry, _Bounded(file, entry.size)  # type: ignore[misc]
+                yield entry, _Bounded(file, entry.size, name)  # type: ignore[misc]
 
 
 class VolumeReader(Reader):
@@ -288,12 +301,15 @@ class VolumeReader(Reader):
         for name in TRANSIENT:
             if self.daemon.path_stat(self.container or "", f"{root}/{name}") is None:
                 continue
-            with self.daemon.archive(self.container or "", f"{root}/{name}") as stream:
-                forward = ForwardReader(stream)
-                with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
-                    _next_member(tar)  # the directory itself
-                    if _next_member(tar) is not None:
-                        self.listing.in_use = True
+            try:
+                with self.daemon.archive(self.container or "", f"{root}/{name}") as stream:
+                    forward = ForwardReader(stream)
+                    with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
+                        _next_member(tar)  # the directory itself
+                        if _next_member(tar) is not None:
+                            self.listing.in_use = True
+            except (EOFError, *READ_ERRORS) as exc:
+                self.problem(name, f"the daemon's archive of it is unreadable ({exc})")
 
     def _stream(self, path: str, *, whole_dir: bool) -> Iterator[tuple[Entry, BinaryIO]]:
         """The layer files in the archive of `path` (a directory, or one file)."""
@@ -313,8 +329,9 @@ class VolumeReader(Reader):
                         name = parts[-1] if len(parts) == 1 + whole_dir else member.name
                         entry = self._entry(name, member.size, member.isfile())
                         if entry is not None:
-                            yield entry, _MemberBytes(forward, member)  # type: ignore[misc]
-            except (tarfile.TarError, EOFError, ArchiveError) as exc:
+                            member_bytes = _MemberBytes(forward, member)
+                            yield entry, _Bounded(member_bytes, member.size, name)  # type: ignore[arg-type]
+            except (EOFError, *READ_ERRORS) as exc:
                 self.problem(path, f"the daemon's archive of it is unreadable ({exc})")
 
 

@@ -155,17 +155,19 @@ def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
 
 
 def _launch_volume(engine: Engine, built: Built, work: Path) -> None:
-    """A launch cache volume named as pack names the app's, in the lifecycle's layout."""
+    """A launch cache volume named as pack names the app's, in the lifecycle's layout: the app
+    layers uncompressed, taken from the load archive."""
     import gzip
+    import tarfile
 
     source = work / f"{engine.kind}-launch"
     (source / "committed").mkdir(parents=True, exist_ok=True)
-    for layer in built.app:
-        with (
-            gzip.open(layer.path) as blob,
-            open(source / "committed" / f"{layer.diff_id}.tar", "wb") as out,
-        ):
-            shutil.copyfileobj(blob, out, 1 << 20)
+    with tarfile.open(built.archive) as archive:
+        for layer in built.app:
+            member = archive.extractfile(f"{layer.blob_digest[7:]}/layer.tar")
+            target = source / "committed" / f"{layer.diff_id}.tar"
+            with gzip.open(member) as blob, open(target, "wb") as out:
+                shutil.copyfileobj(blob, out, MIB)
     volume = "pack-cache-bench_app_latest-000000000000.launch"
     engine.docker("volume", "create", volume)
     filler = (
