@@ -36,7 +36,10 @@ def insecure(*hosts: str, **kwargs: object) -> RegistryOptions:
 
 
 def pulled(store: Store, registry: Registry, ref: str = "t/app:1") -> str:
-    with RegistryClient(registry.host, insecure(registry.host)) as client, store.lease("t") as lease:
+    with (
+        RegistryClient(registry.host, insecure(registry.host)) as client,
+        store.lease("t") as lease,
+    ):
         report = pull_image(store, client, ImageName.parse(f"{registry.host}/{ref}"), lease=lease)
     return report.config_digest
 
@@ -225,8 +228,10 @@ class UploadCuttingProxy:
         sent, cut_at = 0, None
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
-                if cut_at is None and b"/blobs/uploads/" in data and data.startswith(
-                    (b"PUT ", b"PATCH ")
+                if (
+                    cut_at is None
+                    and b"/blobs/uploads/" in data
+                    and data.startswith((b"PUT ", b"PATCH "))
                 ):
                     with self._lock:
                         if self.cuts_left > 0:
