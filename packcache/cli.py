@@ -673,6 +673,16 @@ def rebase_command(
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
 
 
+InsecureRegistriesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--insecure-registry",
+        metavar="HOST",
+        help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
+    ),
+]
+
+
 def _rebase_publish(
     image: str,
     run_image: str | None,
@@ -719,14 +729,7 @@ def push_command(
         str, typer.Argument(help="A cached image (tag or ID), or a daemon image to import.")
     ],
     ref: Annotated[str, typer.Argument(help="Where to push it: registry/repository:tag.")],
-    insecure_registries: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--insecure-registry",
-            metavar="HOST",
-            help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
-        ),
-    ] = None,
+    insecure_registries: InsecureRegistriesOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Push an image to a registry: only the blobs it lacks (others mounted or skipped)."""

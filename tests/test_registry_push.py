@@ -23,7 +23,6 @@ from tests.registries import pushing
 from tests.registries.harness import LOCALHOST, free_port
 
 if TYPE_CHECKING:
-    from tests.engines.harness import Engine
     from tests.engines.pytest_plugin import EnginePool
     from tests.registries.harness import Registry, RegistrySet
     from tests.registries.pytest_plugin import Pushed

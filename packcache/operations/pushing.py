@@ -222,9 +222,7 @@ def push_image(
         if chosen is None:
             chosen = (*_built_manifest(config, layers, diff_ids, mount_from), "built")
         body, media_type, blobs, how = chosen
-        config_blob = BlobToPush(
-            config_digest, len(config), lambda: io.BytesIO(config), mount_from
-        )
+        config_blob = BlobToPush(config_digest, len(config), lambda: io.BytesIO(config), mount_from)
         counts = pusher.push_blobs([config_blob, *blobs])
         digest = pusher.put_manifest(target.reference, body, media_type)
     return PushReport(
