@@ -176,7 +176,7 @@ def test_bad_entries_are_skipped_and_the_rest_saved(
 
 
 def test_import_reads_a_volume_in_use_through_the_engine(
-    cli, engine: Engine, tmp_path: Path, stack
+    cli, engine: Engine, tmp_path: Path, stack, content_env
 ) -> None:
     """Through an idle container and the archive endpoint (as for a daemon on another host):
     the same layers as reading it in place, a build's staging/ noticed, nothing left behind."""
