@@ -57,8 +57,10 @@ class LsSort(StrEnum):
     created = "created"
 
 
+# A Format or a Template: `parser` makes the value, and typed as an Enum, typer would turn every
+# value but the Enum's into None.
 FormatOption = Annotated[
-    Format,
+    str,
     typer.Option(
         "--format",
         parser=lambda text: _format_value(text),

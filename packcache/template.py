@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from packcache.errors import UsageError
@@ -48,9 +48,14 @@ def _text(value: object) -> str:
 class _Field:
     path: tuple[str, ...]  # () is `.`, the whole row
 
-    @property
-    def header(self) -> str:
-        return " ".join(self.path).upper().replace("_", " ") if self.path else "VALUE"
+    def header(self, row: object) -> str:
+        """The column's name: the JSON key (of `row`) the field names, as "DIFF ID"."""
+        if not self.path:
+            return "VALUE"
+        name = self.path[-1]
+        if isinstance(row, Mapping) and len(self.path) == 1:
+            name = next((key for key in row if _key(key) == _key(name)), name)
+        return name.upper().replace("_", " ")
 
     def value(self, row: object) -> object:
         for name in self.path:
@@ -114,12 +119,13 @@ class Template:
             out.append(self._calls[index // 2].text(row) if index % 2 else part)
         return "".join(out)
 
-    def render(self, rows: Iterable[object]) -> str:
+    def render(self, rows: Sequence[object]) -> str:
         lines = [self._row(row) for row in rows]
         if not self.table:
             return "\n".join(lines)
+        first = rows[0] if rows else None
         headers = "".join(
-            self._calls[index // 2].field.header if index % 2 else part
+            self._calls[index // 2].field.header(first) if index % 2 else part
             for index, part in enumerate(self._parts)
         )
         return _aligned([headers, *lines])
