@@ -36,7 +36,7 @@ def table(
     line = "   ".join(
         f"{{:{'>' if index in right else '<'}{width}}}" for index, width in enumerate(widths[:-1])
     )
-    line += "   {}"
+    line += f"   {{:>{widths[-1]}}}" if len(widths) - 1 in right else "   {}"
     return "\n".join(
         line.format(*row) if row[-1] else line.format(*row).rstrip() for row in [headers, *rows]
     )

@@ -45,6 +45,7 @@ def test_du_table_names_one_ref_and_one_image_id() -> None:
     image = ImageUsage(A, [A, B], ["app:1", "app:latest"], 3, 2, 3000, 1000, 2000)
     only_id = ImageUsage(B, [B], [], 1, 1, 10, 0, 10)
     lines = render.images_table([image, only_id]).splitlines()
+    assert lines[0].endswith("   UNIQUE SIZE") and lines[1].endswith("     2.0 kB")
     assert lines[1].split()[:5] == ["app:1", "+1", "aaaaaaaaaaaa", "+1", "2/3"]
     assert lines[2].split()[:2] == ["bbbbbbbbbbbb", "bbbbbbbbbbbb"]
     assert render.images_table([image], no_trunc=True).splitlines()[1].startswith(
