@@ -677,3 +677,4 @@ class BlobReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+        self._task.done()  # close() alone also ends a dropped connection, not the download
