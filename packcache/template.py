@@ -152,7 +152,6 @@ def parse_format(text: str) -> str | Template:
         return text
     if "{{" not in text:
         raise UsageError(
-            f"--format {text!r} is not one of table, json, or a template such as "
-            "'{{.DiffID}}'"
+            f"--format {text!r} is not one of table, json, or a template such as '{{{{.DiffID}}}}'"
         )
     return Template(text)

@@ -48,8 +48,10 @@ def test_du_table_names_one_ref_and_one_image_id() -> None:
     assert lines[0].endswith("   UNIQUE SIZE") and lines[1].endswith("     2.0 kB")
     assert lines[1].split()[:5] == ["app:1", "+1", "aaaaaaaaaaaa", "+1", "2/3"]
     assert lines[2].split()[:2] == ["bbbbbbbbbbbb", "bbbbbbbbbbbb"]
-    assert render.images_table([image], no_trunc=True).splitlines()[1].startswith(
-        "app:1,app:latest   " + A + "," + B
+    assert (
+        render.images_table([image], no_trunc=True)
+        .splitlines()[1]
+        .startswith("app:1,app:latest   " + A + "," + B)
     )
 
 
@@ -69,7 +71,7 @@ def test_a_field_is_named_as_docker_users_or_the_json_spell_it(field: str) -> No
 
 
 def test_template_values_print_as_go_prints_them() -> None:
-    template = Template("{{.Size}} {{.Images}} {{.Ok}} {{json .Images}} {{join .Images \", \"}}")
+    template = Template('{{.Size}} {{.Images}} {{.Ok}} {{json .Images}} {{join .Images ", "}}')
     assert template.render(ROWS).splitlines() == [
         '1200 [app:1 base:1] true ["app:1", "base:1"] app:1, base:1',
         "5 [] false [] ",
