@@ -158,7 +158,7 @@ def _format_value(text: str) -> Format | Template:
     try:
         chosen = parse_format(text)
     except UsageError as exc:
-        raise typer.BadParameter(str(exc).removeprefix("--format ")) from None
+        raise typer.BadParameter(str(exc).removeprefix("--format: ").removeprefix("--format ")) from None
     return Format(chosen) if isinstance(chosen, str) else chosen
 
 
