@@ -158,7 +158,8 @@ def _format_value(text: str) -> Format | Template:
     try:
         chosen = parse_format(text)
     except UsageError as exc:
-        raise typer.BadParameter(str(exc).removeprefix("--format: ").removeprefix("--format ")) from None
+        message = str(exc).removeprefix("--format: ").removeprefix("--format ")
+        raise typer.BadParameter(message) from None
     return Format(chosen) if isinstance(chosen, str) else chosen
 
 
