@@ -5,7 +5,6 @@ Run images live in the tests' own plain registry; nothing reaches a public one."
 from __future__ import annotations
 
 import copy
-import json
 import tomllib
 import uuid
 from pathlib import Path
