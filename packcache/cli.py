@@ -625,9 +625,9 @@ def rebase_command(
         str | None,
         typer.Option(
             "--pull-policy",
-            metavar="always|if-not-present|never",
-            help="Pull the run image through the cache: always, only if the daemon lacks it, "
-            "or never.",
+            metavar="POLICY",
+            help="always, if-not-present or never: pull the run image through the cache "
+            "always, only if the daemon lacks it, or never.",
             show_default="pull-policy in pack's config, else always",
         ),
     ] = None,
