@@ -538,6 +538,16 @@ def load_command(
     )
 
 
+InsecureRegistriesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--insecure-registry",
+        metavar="HOST",
+        help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
+    ),
+]
+
+
 @app.command(
     "pull",
     epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
@@ -554,14 +564,7 @@ def pull_command(
             help="Which image of a multi-platform one (default: linux/amd64).",
         ),
     ] = None,
-    insecure_registries: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--insecure-registry",
-            metavar="HOST",
-            help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
-        ),
-    ] = None,
+    insecure_registries: InsecureRegistriesOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add images to the cache straight from their registries: only the layers it lacks."""
@@ -631,14 +634,7 @@ def rebase_command(
             show_default="pull-policy in pack's config, else always",
         ),
     ] = None,
-    insecure_registries: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--insecure-registry",
-            metavar="HOST",
-            help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
-        ),
-    ] = None,
+    insecure_registries: InsecureRegistriesOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Skip the rebasable, target and run image checks.")
     ] = False,
