@@ -49,7 +49,8 @@ def remote_stack(engine: Engine, registries: RegistrySet, tmp_path: Path):
     REPO:latest is v2, which the daemon does not hold; the daemon holds v1 as REPO:latest."""
     repo = f"{registries.plain.host}/t/run-{uuid.uuid4().hex[:8]}"
     run1 = build_run_image(engine, tmp_path, "v1", f"{repo}:v1")
-    run2 = build_run_image(engine, tmp_path, "v2", f"{repo}:v2")
+    # A version of its own: the session's engine holds no layer of it from other tests.
+    run2 = build_run_image(engine, tmp_path, f"v2-{uuid.uuid4().hex[:8]}", f"{repo}:v2")
     push(engine, run2.tag, f"{repo}:latest")
     engine.docker("rmi", run2.tag)
     engine.docker("tag", run1.tag, f"{repo}:latest")  # the stale copy a user pulled once
