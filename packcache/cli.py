@@ -27,7 +27,9 @@ from packcache.errors import (
     PackcacheError,
     UsageError,
 )
+from packcache.progress import NO_PROGRESS, Progress
 from packcache.refs import short_id
+from packcache.template import Template, parse_format
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -41,7 +43,6 @@ app = typer.Typer(
     name="packcache",
     help="A host layer cache for Cloud Native Buildpacks images on the Docker daemon.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
@@ -58,8 +59,23 @@ class LsSort(StrEnum):
     created = "created"
 
 
+# A Format or a Template: `parser` makes the value, and typed as an Enum, typer would turn every
+# value but the Enum's into None.
 FormatOption = Annotated[
-    Format, typer.Option("--format", help="table for people, json for programs.")
+    str,
+    typer.Option(
+        "--format",
+        parser=lambda text: _format_value(text),
+        metavar="FORMAT",
+        help="table for people, json for programs, or a template as docker takes: "
+        "'{{.DiffID}} {{.Size}}', 'table {{.DiffID}}\\t{{.Size}}' (fields: the JSON keys).",
+    ),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress display on the terminal.")
+]
+NoTruncOption = Annotated[
+    bool, typer.Option("--no-trunc", help="Full IDs and every image name in tables.")
 ]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Check and plan only; change nothing.")
@@ -67,6 +83,106 @@ DryRunOption = Annotated[
 ReportOption = Annotated[
     Path | None, typer.Option("--report", help="Also write the result as JSON to FILE.")
 ]
+
+
+# Each command's --help ends with these, as pack's and docker's do. Help is rich markup: no
+# [brackets] (see above).
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "ls": (
+        "packcache ls --image my-app:latest",
+        "packcache ls --sort size --no-trunc",
+        "packcache ls --format 'table {{.DiffID}}\\t{{.Size}}\\t{{join .Images \", \"}}'",
+    ),
+    "du": ("packcache du", "packcache du --format '{{.Refs}} {{.UniqueSize}}'"),
+    "prune": (
+        "packcache prune --max-size 20G",
+        "packcache prune --older-than 30d --dry-run",
+        "packcache prune --image my-app:old",
+    ),
+    "rm": ("packcache rm my-app:old", "packcache rm --layer 3f2a9c1b7d4e"),
+    "verify": ("packcache verify", "packcache verify --repair"),
+    "import": (
+        "packcache import paketobuildpacks/run-jammy-base:latest my-app:latest",
+        "docker save my-app:latest | packcache import --archive -",
+    ),
+    "load": ("packcache load my-app:latest", "packcache load 3f2a9c1b7d4e --tag my-app:restored"),
+    "pull": (
+        "packcache pull paketobuildpacks/run-jammy-base:latest",
+        "packcache pull --insecure-registry localhost:5000 localhost:5000/my-app:1",
+    ),
+    "rebase": (
+        "packcache rebase my-app:latest",
+        "packcache rebase my-app:latest --run-image paketobuildpacks/run-jammy-base:0.1.100",
+        "packcache rebase my-app:latest --dry-run --format json",
+    ),
+    "push": (
+        "packcache push my-app:latest registry.example.com/team/my-app:1",
+        "packcache push --insecure-registry localhost:5000 my-app:latest localhost:5000/my-app:1",
+    ),
+    "info": ("packcache info", "packcache info --format '{{.CacheDir}} {{.Size}}'"),
+    "create-builder": (
+        "packcache create-builder my-builder:jammy --config builder.toml",
+        "packcache create-builder my-builder:jammy -c builder.toml --pull-policy never",
+    ),
+}
+
+
+def examples(command: str) -> str:
+    """The Examples paragraph of `command`'s help (paragraphs: typer joins single lines)."""
+    return "Examples:\n\n" + "\n\n".join(f"$ {line}" for line in EXAMPLES[command])
+
+
+def complete_images(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Image names from the cache's index for the shell to complete: read-only, and nothing
+    (never an error on the user's terminal) when there is no cache or it cannot be read."""
+    import contextlib
+    import io
+
+    try:
+        root = ctx.find_root().params.get("cache_dir") or os.environ.get("PACKCACHE_DIR")
+        cache = expand_home(root, "--cache-dir") if root else default_cache_dir()
+        if not (cache / "index.db").is_file():  # a read-only open would create the cache
+            return []
+        from packcache.store.scan import image_names
+        from packcache.store.store import Store
+
+        with contextlib.redirect_stderr(io.StringIO()):  # warnings about the cache dir's mode
+            store = Store.open(cache, writable=False)
+        try:
+            names = image_names(store)
+        finally:
+            store.close()
+        return [name for name in names if name.startswith(incomplete)]
+    except Exception:  # a shell's completion must never fail
+        return []
+
+
+def _format_value(text: str) -> Format | Template:
+    """--format: the table, JSON, or a template checked before the command runs."""
+    if isinstance(text, Format):  # the default
+        return text
+    try:
+        chosen = parse_format(text)
+    except UsageError as exc:
+        message = str(exc).removeprefix("--format: ").removeprefix("--format ")
+        raise typer.BadParameter(message) from None
+    return Format(chosen) if isinstance(chosen, str) else chosen
+
+
+def print_formatted(fmt: Format | Template, json_text: str, rows_key: str | None = None) -> None:
+    """Output of --format json (the JSON as it is) or a template: one line per row of the
+    JSON (its list, or its `rows_key` list), or one for the whole object."""
+    if fmt is Format.json:
+        emit(json_text)
+        return
+    import json
+
+    data = json.loads(json_text)
+    rows = data[rows_key] if rows_key else data if isinstance(data, list) else [data]
+    with reported():
+        text = fmt.render(rows)
+    if text:
+        emit(text)
 
 
 def default_cache_dir() -> Path:
@@ -103,10 +219,10 @@ class Context:
             )
         return self.cache_dir
 
-    def daemon(self):
+    def daemon(self, progress: Progress = NO_PROGRESS):
         from packcache.transports.daemon import Daemon
 
-        return Daemon(self.host)
+        return Daemon(self.host, progress=progress)
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -166,6 +282,12 @@ def _sqlite_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(render.version_text())
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -191,6 +313,15 @@ def main_options(
             show_default="unix:///var/run/docker.sock",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=show_version,
+            is_eager=True,
+            help="Print the version, Python's, and the engines it was tested with.",
+        ),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2),
@@ -213,32 +344,19 @@ def main_options(
     )
 
 
-# A base layer can be used by hundreds of images, and listing them all would pad every row of
-# the table to the longest list: tables name a few, as `docker ps` truncates, and --no-trunc or
-# JSON give them all.
-LS_IMAGES_SHOWN = 3
-
-
-def _images_cell(names: list[str]) -> str:
-    if len(names) <= LS_IMAGES_SHOWN:
-        return ",".join(names) or "-"
-    return f"{','.join(names[:LS_IMAGES_SHOWN])} +{len(names) - LS_IMAGES_SHOWN} more"
-
-
-@app.command("ls")
+@app.command("ls", epilog=examples("ls"))
 def ls_command(
     ctx: typer.Context,
     image: Annotated[
-        str | None, typer.Option("--image", help="Only this image's layers (tag or image ID).")
+        str | None,
+        typer.Option(
+            "--image",
+            help="Only this image's layers (tag or image ID).",
+            autocompletion=complete_images,
+        ),
     ] = None,
     sort: Annotated[LsSort, typer.Option("--sort", help="Order of the rows.")] = LsSort.last_used,
-    no_trunc: Annotated[
-        bool,
-        typer.Option(
-            "--no-trunc",
-            help=f"Name every image using a layer (tables name {LS_IMAGES_SHOWN}, then count).",
-        ),
-    ] = False,
+    no_trunc: NoTruncOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """List cached layers: diffID, compressed digests, size, the images using it, last use."""
@@ -246,37 +364,23 @@ def ls_command(
 
     with reported():
         layers = list_layers(ctx.obj.open_index(), image=image, sort=sort.value)
-    if fmt is Format.json:
-        emit(render.layers_json(layers))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.layers_json(layers))
         return
-    now, size, ago = time.time(), render.size, render.ago
-    images_cell = (lambda names: ",".join(names) or "-") if no_trunc else _images_cell
-    emit(
-        render.table(
-            ["DIFF ID", "DIGESTS", "SIZE", "IMAGES", "LAST USED"],
-            [
-                (
-                    short_id(layer.diff_id),
-                    ",".join(map(short_id, layer.digests)) or "-",
-                    size(layer.size),
-                    images_cell(layer.images),
-                    ago(layer.last_used, now),
-                )
-                for layer in layers
-            ],
-        )
-    )
+    emit(render.layers_table(layers, no_trunc=no_trunc))
 
 
-@app.command("du")
-def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+@app.command("du", epilog=examples("du"))
+def du_command(
+    ctx: typer.Context, no_trunc: NoTruncOption = False, fmt: FormatOption = Format.table
+) -> None:
     """Disk usage: totals, and per image its size, shared size and unique size."""
     from packcache.store.scan import disk_usage
 
     with reported():
         usage = disk_usage(ctx.obj.open_index())
-    if fmt is Format.json:
-        emit(render.disk_usage_json(usage))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.disk_usage_json(usage), rows_key="images")
         return
     typer.echo(
         f"{usage.layers} layers, {render.size(usage.size)} on disk "
@@ -287,22 +391,7 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         typer.echo(f"{usage.partial_files} partial files in ingest/ ({partial})")
     if usage.images:
         typer.echo("")
-        typer.echo(
-            render.table(
-                ["IMAGE", "IMAGE ID", "LAYERS", "SIZE", "SHARED SIZE", "UNIQUE SIZE"],
-                [
-                    [
-                        image.name,
-                        short_id(image.image_ids[0]),
-                        f"{image.cached_layers}/{image.layers}",
-                        render.size(image.size),
-                        render.size(image.shared_size),
-                        render.size(image.unique_size),
-                    ]
-                    for image in usage.images
-                ],
-            )
-        )
+        typer.echo(render.images_table(usage.images, no_trunc=no_trunc))
 
 
 def _print_evicted(removed: list[EvictedLayer], reclaimed: int, dry_run: bool) -> None:
@@ -315,7 +404,7 @@ def _print_evicted(removed: list[EvictedLayer], reclaimed: int, dry_run: bool) -
     )
 
 
-@app.command("prune", epilog=f"{SIZE_HELP}\n\n{DURATION_HELP}")
+@app.command("prune", epilog=f"{SIZE_HELP}\n\n{DURATION_HELP}\n\n{examples('prune')}")
 def prune_command(
     ctx: typer.Context,
     max_size: Annotated[
@@ -355,19 +444,20 @@ def prune_command(
             everything=everything,
             dry_run=dry_run,
         )
-    if fmt is Format.json:
-        typer.echo(render.prune_json(result))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.prune_json(result))
         return
     _print_evicted(result.removed, result.reclaimed, dry_run)
     if result.in_use:
         typer.echo(f"Kept {len(result.in_use)} layers in use by a running operation")
 
 
-@app.command("rm")
+@app.command("rm", epilog=examples("rm"))
 def rm_command(
     ctx: typer.Context,
     images: Annotated[
-        list[str] | None, typer.Argument(help="Images (tag or ID) to forget.")
+        list[str] | None,
+        typer.Argument(help="Images (tag or ID) to forget.", autocompletion=complete_images),
     ] = None,
     layers: Annotated[
         list[str] | None, typer.Option("--layer", help="A layer (diffID or digest, short or full).")
@@ -382,13 +472,13 @@ def rm_command(
         raise typer.Exit(EXIT_USAGE)
     with reported():
         report = remove(ctx.obj.open_store(), images or [], layers or [])
-    if fmt is Format.json:
-        typer.echo(render.remove_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.remove_json(report))
         return
     _print_evicted(report.removed, report.reclaimed, report.dry_run)
 
 
-@app.command("verify")
+@app.command("verify", epilog=examples("verify"))
 def verify_command(
     ctx: typer.Context,
     repair: Annotated[
@@ -401,8 +491,8 @@ def verify_command(
 
     with reported():
         report = verify(ctx.obj.open_store(writable=repair), repair=repair)
-    if fmt is Format.json:
-        typer.echo(render.verify_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.verify_json(report))
     else:
         typer.echo(f"Checked {report.checked} blobs")
         for label, items in (
@@ -423,7 +513,7 @@ def verify_command(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command("import")
+@app.command("import", epilog=examples("import"))
 def import_command(
     ctx: typer.Context,
     images: Annotated[
@@ -451,7 +541,7 @@ def import_command(
         bool,
         typer.Option("--no-launch-cache", help="Save images without looking in launch caches."),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add images to the cache: new layers only, from one `docker save` read once."""
@@ -471,15 +561,14 @@ def import_command(
         with (
             size_capped(store),
             store.lease("import") as lease,
-            progress(quiet, "import") as on_bytes,
+            progress_display(quiet, fmt) as shown,
         ):
             if images:
                 report = import_images(
                     store,
-                    ctx.obj.daemon(),
+                    ctx.obj.daemon(shown),
                     images,
                     lease=lease,
-                    on_bytes=on_bytes,
                     launch=LaunchChoice(use=not no_launch_cache),
                 )
             else:
@@ -487,10 +576,8 @@ def import_command(
                     source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
                 except OSError as exc:
                     raise PackcacheError(f"cannot read {archive}: {exc.strerror}") from exc
-                with source:
-                    report = DaemonImportReport(
-                        import_archive(store, source, lease=lease, on_bytes=on_bytes)
-                    )
+                with reading(source, archive, shown) as counted_source:
+                    report = DaemonImportReport(import_archive(store, counted_source, lease=lease))
     _print_import(report, fmt)
 
 
@@ -500,7 +587,7 @@ def _import_launch_cache(
     archive: str | None,
     launch_cache: bool,
     image: str | None,
-    fmt: Format,
+    fmt: Format | Template,
 ) -> None:
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.launch_layers import import_launch_cache
@@ -523,8 +610,8 @@ def _import_launch_cache(
         typer.echo(f"packcache: skipped {problem}", err=True)
     for name in report.in_use:
         typer.echo(f"packcache: launch cache {name} is being written by a build", err=True)
-    if fmt is Format.json:
-        typer.echo(render.report_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.report_json(report))
         return
     typer.echo(
         f"{render.count(len(report.recorded), 'new layer')} "
@@ -535,18 +622,27 @@ def _import_launch_cache(
 
 
 @contextmanager
-def progress(quiet: bool, label: str) -> Iterator[object]:
-    """A byte counter on stderr when it is a terminal; nothing otherwise."""
-    if quiet or not sys.stderr.isatty():
-        yield None
+def progress_display(quiet: bool, fmt: Format | Template) -> Iterator[Progress]:
+    """The command's one progress display, on stderr while it is a terminal; nothing with
+    --quiet, with --format other than table (a program reads the output), or off a terminal."""
+    if quiet or fmt is not Format.table or not sys.stderr.isatty():
+        yield NO_PROGRESS
         return
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    from packcache.display import TerminalProgress
 
-    with Progress(
-        *Progress.get_default_columns()[:1], DownloadColumn(), TransferSpeedColumn(), transient=True
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda n: bar.advance(task, n)
+    with TerminalProgress() as shown:
+        yield shown
+
+
+def reading(source, name: str, shown: Progress):
+    """An archive being imported, its bytes shown against its size where it has one."""
+    from packcache.progress import CountingReader
+
+    try:
+        total = os.fstat(source.fileno()).st_size if name != "-" else None
+    except (OSError, ValueError):
+        total = None
+    return CountingReader(source, shown.task(f"Reading {name}", total or None))
 
 
 def _write_report(report: object, report_file: Path | None, fmt: Format) -> None:
@@ -555,14 +651,14 @@ def _write_report(report: object, report_file: Path | None, fmt: Format) -> None
     if report_file is not None:
         with reported():
             report_file.write_text(text + "\n")
-    if fmt is Format.json:
-        typer.echo(text)
+    if fmt is not Format.table:
+        print_formatted(fmt, text)
 
 
 def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
     report = daemon_report.archive
-    if fmt is Format.json:
-        typer.echo(render.import_json(daemon_report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.import_json(daemon_report))
         return
     for ref in daemon_report.already_cached:
         typer.echo(f"Already cached: {ref}")
@@ -578,13 +674,16 @@ def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
     )
 
 
-@app.command("load")
+@app.command("load", epilog=examples("load"))
 def load_command(
     ctx: typer.Context,
-    image: Annotated[str, typer.Argument(help="A cached image (tag or ID).")],
+    image: Annotated[
+        str, typer.Argument(help="A cached image (tag or ID).", autocompletion=complete_images)
+    ],
     tags: Annotated[
         list[str] | None, typer.Option("--tag", "-t", help="Name it this in the daemon.")
     ] = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
@@ -593,11 +692,15 @@ def load_command(
 
     with reported():
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("load") as lease:
-            daemon = ctx.obj.daemon()
+        with (
+            size_capped(store),
+            store.lease("load") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            daemon = ctx.obj.daemon(shown)
             report = load_image(store, daemon, image, tags, lease=lease)
-    if fmt is Format.json:
-        typer.echo(render.report_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.report_json(report))
         return
     typer.echo(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
@@ -607,10 +710,20 @@ def load_command(
     )
 
 
+InsecureRegistriesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--insecure-registry",
+        metavar="HOST",
+        help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
+    ),
+]
+
+
 @app.command(
     "pull",
     epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
-    "/etc/docker/certs.d/HOST/ca.crt.",
+    f"/etc/docker/certs.d/HOST/ca.crt.\n\n{examples('pull')}",
 )
 def pull_command(
     ctx: typer.Context,
@@ -623,14 +736,8 @@ def pull_command(
             help="Which image of a multi-platform one (default: linux/amd64).",
         ),
     ] = None,
-    insecure_registries: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--insecure-registry",
-            metavar="HOST",
-            help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
-        ),
-    ] = None,
+    insecure_registries: InsecureRegistriesOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add images to the cache straight from their registries: only the layers it lacks."""
@@ -644,10 +751,16 @@ def pull_command(
         chosen = Platform.parse(platform) if platform else DEFAULT_PLATFORM
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("pull") as lease:
-            reports = pull_images(store, images, lease=lease, options=options, platform=chosen)
-    if fmt is Format.json:
-        typer.echo(render.to_json([dataclasses.asdict(report) for report in reports]))
+        with (
+            size_capped(store),
+            store.lease("pull") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            reports = pull_images(
+                store, images, lease=lease, options=options, platform=chosen, progress=shown
+            )
+    if fmt is not Format.table:
+        print_formatted(fmt, render.to_json([dataclasses.asdict(report) for report in reports]))
         return
     for report in reports:
         typer.echo(
@@ -658,10 +771,16 @@ def pull_command(
         )
 
 
-@app.command("rebase")
+@app.command("rebase", epilog=examples("rebase"))
 def rebase_command(
     ctx: typer.Context,
-    image: Annotated[str, typer.Argument(help="The app image in the Docker daemon.")],
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="The app image in the Docker daemon (with --previous-image: the "
+            "name the result gets)."
+        ),
+    ],
     run_image: Annotated[
         str | None,
         typer.Option(
@@ -669,14 +788,41 @@ def rebase_command(
         ),
     ] = None,
     tag: Annotated[
-        str | None, typer.Option("--tag", help="Name the result this.", show_default="IMAGE")
+        str | None,
+        typer.Option(
+            "--tag",
+            help="packcache's own, not with --previous-image (IMAGE --tag NEW is pack's NEW "
+            "--previous-image IMAGE). Name the result this.",
+            show_default="IMAGE",
+        ),
     ] = None,
+    previous_image: Annotated[
+        str | None,
+        typer.Option(
+            "--previous-image",
+            help="pack's: rebase this image (tag or ID) and name the result IMAGE.",
+        ),
+    ] = None,
+    pull_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--pull-policy",
+            metavar="POLICY",
+            help="always, if-not-present or never: pull the run image through the cache "
+            "always, only if the daemon lacks it, or never.",
+            show_default="pull-policy in pack's config, else always",
+        ),
+    ] = None,
+    insecure_registries: InsecureRegistriesOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Skip the rebasable, target and run image checks.")
     ] = False,
     no_cache: Annotated[
         bool,
-        typer.Option("--no-cache", help="pack's method: save the whole app image, load it all."),
+        typer.Option(
+            "--no-cache",
+            help="pack's method: docker pull, save the whole app image, load it all.",
+        ),
     ] = False,
     launch_cache: Annotated[
         str | None,
@@ -699,23 +845,32 @@ def rebase_command(
             "(as --tag, if given); only manifests and configs are read, no layer.",
         ),
     ] = False,
-    insecure_registries: Annotated[
-        list[str] | None,
+    report_file: ReportOption = None,
+    report_dir: Annotated[
+        Path | None,
         typer.Option(
-            "--insecure-registry",
-            metavar="HOST",
-            help="With --publish: reach HOST by plain HTTP or unverified TLS (repeatable).",
+            "--report-output-dir",
+            metavar="DIR",
+            help="Write the lifecycle's report.toml (tags, image-id) into DIR.",
         ),
     ] = None,
-    report_file: ReportOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.launch_layers import LaunchChoice
+    from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
+    from packcache.operations.report_toml import write_report_toml
+    from packcache.operations.run_image_fetch import RunImagePull, resolve_pull_policy
+    from packcache.transports.registry import RegistryOptions
 
     if publish:
+        if previous_image is not None:  # pack's spelling of IMAGE --tag NEW
+            if tag is not None:
+                _exit_with("--tag and --previous-image do not go together: use one", EXIT_USAGE)
+            image, tag = previous_image, image
         published = _rebase_publish(
             image, run_image, tag, force, no_cache, dry_run, insecure_registries
         )
@@ -723,24 +878,39 @@ def rebase_command(
         return
     started = time.perf_counter()
     with reported():
+        config = read_pack_config()
+        pull = RunImagePull(
+            resolve_pull_policy(pull_policy, config),
+            config,
+            RegistryOptions(insecure=frozenset(insecure_registries or ())),
+        )
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("rebase") as lease:
-            daemon = ctx.obj.daemon()
+        with (
+            size_capped(store),
+            store.lease("rebase") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            daemon = ctx.obj.daemon(shown)
             report = rebase(
                 store,
                 daemon,
                 image,
                 run_image=run_image,
                 tag=tag,
+                previous_image=previous_image,
                 force=force,
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
                 launch=LaunchChoice(use=not no_launch_cache, source=launch_cache),
+                pull=pull,
             )
+        if report_dir is not None and not report.dry_run:
+            image_id = report.new_image_id.removeprefix("sha256:")
+            write_report_toml(report_dir, tags=[report.tag], image_id=image_id)
     report.timings["total"] = round(time.perf_counter() - started, 4)
     _write_report(report, report_file, fmt)
-    if fmt is Format.json:
+    if fmt is not Format.table:
         return
     verb = "Would rebase" if report.dry_run else "Rebased"
     typer.echo(f"{verb} {report.image} onto {report.run_image} ({short_id(report.run_image_id)})")
@@ -757,17 +927,9 @@ def rebase_command(
         typer.echo("  app layers  " + ", ".join(f"{n} from {k}" for k, n in counts.items()))
     for problem in report.launch_cache_problems:
         typer.echo(f"  skipped     {problem}")
+    if report.run_image_fetch is not None:
+        typer.echo(f"  run image   {render.run_image_fetch(report.run_image_fetch)}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
-
-
-InsecureRegistriesOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--insecure-registry",
-        metavar="HOST",
-        help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
-    ),
-]
 
 
 def _rebase_publish(
@@ -794,7 +956,7 @@ def _rebase_publish(
 
 def _print_publish(report: PublishReport, report_file: Path | None, fmt: Format) -> None:
     _write_report(report, report_file, fmt)
-    if fmt is Format.json:
+    if fmt is not Format.table:
         return
     typer.echo(f"Rebased {report.previous_image} onto {report.run_image_reference}")
     typer.echo(f"  pushed      {report.image}@{report.digest}")
@@ -808,7 +970,7 @@ def _print_publish(report: PublishReport, report_file: Path | None, fmt: Format)
 @app.command(
     "push",
     epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
-    "/etc/docker/certs.d/HOST/ca.crt.",
+    f"/etc/docker/certs.d/HOST/ca.crt.\n\n{examples('push')}",
 )
 def push_command(
     ctx: typer.Context,
@@ -831,8 +993,8 @@ def push_command(
             report = push_image(
                 store, image, ref, lease=lease, options=options, daemon=ctx.obj.daemon
             )
-    if fmt is Format.json:
-        typer.echo(render.report_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.report_json(report))
         return
     typer.echo(
         f"Pushed {report.image} as {report.ref}: {len(report.uploaded)} blobs uploaded "
@@ -842,7 +1004,7 @@ def push_command(
     emit(report.digest)
 
 
-@app.command("info")
+@app.command("info", epilog=examples("info"))
 def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Cache directory, size, schema revision, counts and settings."""
     from packcache.store.info import cache_info
@@ -850,8 +1012,8 @@ def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     with reported():
         info = cache_info(ctx.obj.open_store(writable=False))
     info["launch_caches"] = _launch_caches_found(ctx)
-    if fmt is Format.json:
-        typer.echo(render.to_json(info))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.to_json(info))
         return
     for key, value in info.items():
         shown = render.size(value) if key.endswith("size") and isinstance(value, int) else value
@@ -871,7 +1033,7 @@ def _launch_caches_found(ctx: typer.Context) -> list[str] | None:
         return None
 
 
-@app.command("create-builder")
+@app.command("create-builder", epilog=examples("create-builder"))
 def create_builder_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name (tag) of the builder image to create.")],
@@ -894,6 +1056,7 @@ def create_builder_command(
     ] = False,
     dry_run: DryRunOption = False,
     report_file: ReportOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
@@ -913,8 +1076,12 @@ def create_builder_command(
         check_pull_policy(pull_policy)
         builder_config = read_config(config)
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("create-builder") as lease:
-            daemon = ctx.obj.daemon()
+        with (
+            size_capped(store),
+            store.lease("create-builder") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            daemon = ctx.obj.daemon(shown)
             report = create_builder(
                 store,
                 daemon,
@@ -925,9 +1092,10 @@ def create_builder_command(
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
+                progress=shown,
             )
     _write_report(report, report_file, fmt)
-    if fmt is Format.json:
+    if fmt is not Format.table:
         return
     for warning in report.warnings:
         typer.echo(f"Warning: {warning}", err=True)

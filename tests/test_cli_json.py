@@ -54,6 +54,7 @@ REBASE = {
     "run_image_id",
     "method",
     "dry_run",
+    "run_image_fetch",
     "app_layers",
     "layers_sent",
     "layers_reused",

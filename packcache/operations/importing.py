@@ -6,7 +6,6 @@ only their tags are recorded. The rest come from one `docker save` stream for al
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from packcache.archive.save_reader import ImportReport, import_archive
@@ -52,7 +51,6 @@ def import_images(
     refs: list[str],
     *,
     lease: Lease | None = None,
-    on_bytes: Callable[[int], None] | None = None,
     launch: LaunchChoice | None = None,
 ) -> DaemonImportReport:
     inspected = {ref: daemon.inspect_image(ref) for ref in refs}  # every name checked first
@@ -97,7 +95,6 @@ def import_images(
                 engine=daemon.info.id,
                 image_ids={info.id for info in inspected.values()},
                 lease=lease,
-                on_bytes=on_bytes,
             )
         report.saved = to_save
     return report
