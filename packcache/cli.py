@@ -891,6 +891,7 @@ def push_command(
     ],
     ref: Annotated[str, typer.Argument(help="Where to push it: registry/repository:tag.")],
     insecure_registries: InsecureRegistriesOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Push an image to a registry: only the blobs it lacks (others mounted or skipped)."""
@@ -901,9 +902,19 @@ def push_command(
     with reported():
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("push") as lease:
+        with (
+            size_capped(store),
+            store.lease("push") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
             report = push_image(
-                store, image, ref, lease=lease, options=options, daemon=ctx.obj.daemon
+                store,
+                image,
+                ref,
+                lease=lease,
+                options=options,
+                daemon=lambda: ctx.obj.daemon(shown),
+                progress=shown,
             )
     if fmt is not Format.table:
         print_formatted(fmt, render.report_json(report))
