@@ -770,7 +770,8 @@ def rebase_command(
         typer.Option(
             "--report-output-dir",
             metavar="DIR",
-            help="Write the lifecycle's report.toml (tags, image-id) into DIR.",
+            help="Write the lifecycle's report.toml into DIR (tags, and image-id, or with "
+            "--publish digest and manifest-size).",
         ),
     ] = None,
     quiet: QuietOption = False,
@@ -792,6 +793,14 @@ def rebase_command(
         published = _rebase_publish(
             image, run_image, tag, force, no_cache, dry_run, insecure_registries
         )
+        if report_dir is not None:
+            with reported():
+                write_report_toml(
+                    report_dir,
+                    tags=[published.image],
+                    digest=published.digest,
+                    manifest_size=published.manifest_size,
+                )
         _print_publish(published, report_file, fmt)
         return
     started = time.perf_counter()
@@ -853,6 +862,7 @@ def _rebase_publish(
     dry_run: bool,
     insecure_registries: list[str] | None,
 ) -> PublishReport:
+    from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase_publish import rebase_publish
     from packcache.transports.registry import RegistryOptions
 
@@ -862,7 +872,12 @@ def _rebase_publish(
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         target, previous = (tag, image) if tag else (image, None)
         return rebase_publish(
-            target, options=options, previous_image=previous, run_image=run_image, force=force
+            target,
+            options=options,
+            previous_image=previous,
+            run_image=run_image,
+            force=force,
+            config_mirrors=read_pack_config().run_image_mirrors,
         )
 
 
