@@ -101,17 +101,6 @@ def _find_image(
     return store.resolve_image(inspected.id), True
 
 
-def _recorded_manifests(store: Store, config_digest: str) -> list[bytes]:
-    """The manifests recorded for this image (by any engine or pull), newest first."""
-    with store.read() as conn:
-        rows = conn.execute(
-            "SELECT s.manifest FROM image_sources s JOIN images i ON i.id = s.image_key"
-            " WHERE i.config_digest = ? AND s.manifest IS NOT NULL ORDER BY s.last_seen DESC",
-            (config_digest,),
-        ).fetchall()
-    return [row[0].encode() for row in rows]
-
-
 def _same_host_repositories(store: Store, config_digest: str, host: str) -> tuple[str, ...]:
     """Repositories of `host` the image was pulled from: where a mount may find its blobs."""
     found = []
@@ -217,7 +206,7 @@ def push_image(
     ) as client:
         pusher = BlobPusher(client, target.repository, chunk_bytes=chunk_bytes, parallel=parallel)
         chosen = None
-        for body in _recorded_manifests(store, config_digest):
+        for body in store.image_manifests(config_digest):
             document = json.loads(body)
             if len(document.get("layers") or []) != len(diff_ids):
                 continue
