@@ -91,6 +91,8 @@ class Context:
     verbose: int
     host: str | None
     cache_dir_source: str = "--cache-dir"  # where cache_dir came from, to name in errors
+    # Where the daemon's containerd is where its info does not say (keys as the environment's).
+    containerd_settings: dict[str, str] | None = None
 
     def checked_cache_dir(self) -> Path:
         """The cache dir, refused with a usage error if it exists and is not a directory."""
@@ -104,7 +106,7 @@ class Context:
     def daemon(self):
         from packcache.transports.daemon import Daemon
 
-        return Daemon(self.host)
+        return Daemon(self.host, containerd_settings=self.containerd_settings)
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -189,6 +191,26 @@ def main_options(
             show_default="unix:///var/run/docker.sock",
         ),
     ] = None,
+    containerd_address: Annotated[
+        str | None,
+        typer.Option(
+            "--containerd-address",
+            envvar="PACKCACHE_CONTAINERD_ADDRESS",
+            help="The daemon's containerd socket, where the daemon does not say (API before "
+            "1.46); off: always load with docker load.",
+            show_default="/run/containerd/containerd.sock or "
+            "/var/run/docker/containerd/containerd.sock",
+        ),
+    ] = None,
+    containerd_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--containerd-namespace",
+            envvar="PACKCACHE_CONTAINERD_NAMESPACE",
+            help="The daemon's containerd namespace, where the daemon does not say.",
+            show_default="moby",
+        ),
+    ] = None,
 ) -> None:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2),
@@ -208,7 +230,16 @@ def main_options(
         verbose=verbose,
         host=host,
         cache_dir_source=source if cache_dir else "the default",
+        containerd_settings=containerd_settings(containerd_address, containerd_namespace),
     )
+
+
+def containerd_settings(address: str | None, namespace: str | None) -> dict[str, str]:
+    """The containerd options, keyed as the transport reads them from the environment."""
+    from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
+
+    settings = {ENV_ADDRESS: address, ENV_NAMESPACE: namespace}
+    return {key: value for key, value in settings.items() if value}
 
 
 # A base layer can be used by hundreds of images, and listing them all would pad every row of
@@ -534,7 +565,8 @@ def load_command(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
         f"{render.count(report.layers_sent, 'layer')} sent, "
         f"{report.layers_reused} already in the daemon, "
-        f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s"
+        f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s "
+        f"(by {report.load_method})"
     )
 
 
@@ -647,6 +679,8 @@ def rebase_command(
         f"({render.size(report.bytes_sent)} sent)"
     )
     typer.echo(f"  docker save {', '.join(report.saved) or 'none'}")
+    if report.load_method:
+        typer.echo(f"  loaded by   {report.load_method}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
 
 
@@ -736,7 +770,7 @@ def create_builder_command(
         typer.echo(
             f"  loaded      {report.load.layers_sent} layers sent, "
             f"{report.load.layers_reused} already in the daemon, "
-            f"{render.size(report.load.bytes_sent)} sent"
+            f"{render.size(report.load.bytes_sent)} sent, by {report.load.load_method}"
         )
     typer.echo(f"  time        {report.seconds:.2f} s")
 

@@ -6,10 +6,10 @@ Errors become one clear PackcacheError naming the socket, so a user knows what t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
@@ -41,6 +41,8 @@ class EngineInfo:
     os: str
     architecture: str
     host: str
+    # What API 1.46+ reports of the daemon's containerd (Address, Namespaces); else empty.
+    containerd: Mapping[str, Any] = field(default_factory=dict)
 
 
 def check_api_version(api_version: str, host: str) -> None:
@@ -75,8 +77,16 @@ HANDSHAKE_TIMEOUT_S = 30
 class Daemon:
     """A connection to one Docker engine."""
 
-    def __init__(self, host: str | None = None, timeout: int = 600) -> None:
+    def __init__(
+        self,
+        host: str | None = None,
+        timeout: int = 600,
+        containerd_settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        # Where to find the daemon's containerd where its info does not say (see
+        # transports/containerd.py: find_endpoint); None: the environment.
+        self.containerd_settings = containerd_settings
         self._image_ids: list[str] | None = None
         # What `inspect_image` returned per ref and per image ID (None: not found), until this
         # client changes the daemon (load, pull): one operation asks about the same images
@@ -103,6 +113,7 @@ class Daemon:
             os=raw_info.get("OSType") or "linux",
             architecture=raw_info.get("Architecture") or "",
             host=self.host,
+            containerd=raw_info.get("Containerd") or {},
         )
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -146,6 +157,10 @@ class Daemon:
         """This client is about to change what the daemon holds."""
         self._image_ids = None
         self._inspected.clear()
+
+    def images_changed(self) -> None:
+        """What the daemon holds was changed by other means (its containerd): ask again."""
+        self._forget()
 
     def pull(self, ref: str) -> None:
         """`docker pull` (the daemon fetches from its registry)."""
