@@ -261,6 +261,7 @@ def test_two_rebases_of_one_app_at_once(via_containerd: Engine, stack, tmp_path)
     ]
     outputs = [proc.communicate(timeout=600) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outputs]
+    assert [err for _, err in outputs] == ["", ""]  # not a word from grpc either
     reports = [json.loads(out) for out, _ in outputs]
     assert {r["load_method"] for r in reports} == {"containerd"}
     new_id = reports[0]["new_image_id"]
