@@ -63,14 +63,16 @@ def daemon_containerd(daemon: Daemon) -> Containerd | None:
     return connection
 
 
-def held_blob(containerd: Containerd, forms: list[tuple[str, int | None, str]]) -> oci.Descriptor:
+def held_blob(
+    containerd: Containerd, forms: list[tuple[str, int | None, str]]
+) -> oci.Descriptor | None:
     """The first of a layer's blob forms (digest, size or None, media type) the content store
-    holds, as the manifest must name it; raises KeyError where it holds none."""
+    holds, as the manifest must name it; None where it holds none."""
     for digest, size, media_type in forms:
         held_size = containerd.blob_size(digest)
         if held_size is not None and size in (None, held_size):
             return oci.Descriptor(media_type, digest, held_size)
-    raise KeyError("none held")
+    return None
 
 
 def _blob_chunks(layer: Layer) -> Iterator[bytes]:

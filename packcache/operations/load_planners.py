@@ -260,11 +260,8 @@ class ContainerdApiPlanner(ContainerdPlanner):
             if media_type:  # a form whose type is unknown cannot be named in a manifest
                 forms.setdefault(digest, (digest, size, media_type))
         forms.setdefault(diff_id, (diff_id, None, MEDIA_TYPES["none"]))
-        try:
-            found = containerd_load.held_blob(self.containerd, list(forms.values()))
-        except KeyError:
-            return None
-        return Held(found.digest, found.size, found.media_type)
+        found = containerd_load.held_blob(self.containerd, list(forms.values()))
+        return None if found is None else Held(found.digest, found.size, found.media_type)
 
     def load(
         self, config: bytes, plan: list[LoadLayer], tags: list[str]

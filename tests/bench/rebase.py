@@ -38,6 +38,7 @@ from subprocess import PIPE
 from tests.bench.common import (
     PACKCACHE,
     Runs,
+    containerd_env,
     engine_kinds,
     note,
     packcache_env,
@@ -163,10 +164,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
     engine = start_engine(kind)
     result = EngineRuns(kind, engine.containerd_store)
     try:
-        env, pc_env = engine.cli_env(), packcache_env()
-        if engine.containerd_store:  # the harness's layout; 26.1's API does not say it
-            pc_env["PACKCACHE_CONTAINERD_ADDRESS"] = str(engine.root / "c.sock")
-            pc_env["PACKCACHE_CONTAINERD_NAMESPACE"] = f"pc-{engine.root.name}"
+        env, pc_env = engine.cli_env(), {**packcache_env(), **containerd_env(engine)}
 
         def docker(*args: str) -> float:
             return timed_process([DOCKER_CLI, *args], env=env)[0]
