@@ -243,6 +243,23 @@ def test_the_replaced_image_stays_while_a_container_runs(
     assert run_cat(engine, app.tag, "/workspace/app.txt") == app.marker
 
 
+def test_only_the_named_tag_moves(cli, via_containerd: Engine, stack) -> None:
+    engine, (_, run2, app) = via_containerd, stack
+    second = f"{app.tag.rsplit(':', 1)[0]}:second"
+    engine.docker("tag", app.tag, second)
+    report = rebase_json(cli, engine, app.tag, "--run-image", run2.tag)
+    old_id, new_id = report["old_image_id"], report["new_image_id"]
+    assert docker_json(engine, "image", "inspect", second)["Id"] == old_id
+    assert docker_json(engine, "image", "inspect", app.tag)["Id"] == new_id
+    with Containerd(endpoint_of(engine)) as ctd:
+        assert ctd.image_names(old_id) == [normalize(second)]  # named still: not dangling
+    # Rebased again onto the same run image: the same image, its record untouched.
+    again = rebase_json(cli, engine, app.tag, "--run-image", run2.tag)
+    assert again["new_image_id"] == new_id
+    with Containerd(endpoint_of(engine)) as ctd:
+        assert ctd.image_names(new_id) == [normalize(app.tag)]
+
+
 def test_two_rebases_of_one_app_at_once(via_containerd: Engine, stack, tmp_path) -> None:
     engine, (_, run2, app) = via_containerd, stack
     command = [sys.executable, "-m", "packcache", "--cache-dir", str(tmp_path / "cache")]

@@ -123,8 +123,9 @@ def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
     """Point the image record `name` (as the daemon names it, docker.io/library/app:1) at
     `target`, as the daemon's own tagging does."""
     old = containerd.get_image(name)
-    replaced = old is not None and old.target.digest != target.digest
-    if old is not None and replaced and containerd.image_names(old.target.digest) == [name]:
+    if old is not None and old.target.digest == target.digest:
+        return  # already so: its record (and its labels) stay as they are
+    if old is not None and containerd.image_names(old.target.digest) == [name]:
         # Its last name: kept as a dangling image, so a container of it still has its image.
         labels = {
             key: value
