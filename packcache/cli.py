@@ -91,8 +91,9 @@ class Context:
     verbose: int
     host: str | None
     cache_dir_source: str = "--cache-dir"  # where cache_dir came from, to name in errors
-    # Where the daemon's containerd is where its info does not say (keys as the environment's).
-    containerd_settings: dict[str, str] | None = None
+    # Where the daemon's containerd is, where its info does not say.
+    containerd_address: str | None = None
+    containerd_namespace: str | None = None
 
     def checked_cache_dir(self) -> Path:
         """The cache dir, refused with a usage error if it exists and is not a directory."""
@@ -104,9 +105,13 @@ class Context:
         return self.cache_dir
 
     def daemon(self):
+        from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
         from packcache.transports.daemon import Daemon
 
-        return Daemon(self.host, containerd_settings=self.containerd_settings)
+        # Keyed as the transport reads them from the environment (here already read by typer).
+        given = {ENV_ADDRESS: self.containerd_address, ENV_NAMESPACE: self.containerd_namespace}
+        settings = {key: value for key, value in given.items() if value}
+        return Daemon(self.host, containerd_settings=settings)
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -230,16 +235,9 @@ def main_options(
         verbose=verbose,
         host=host,
         cache_dir_source=source if cache_dir else "the default",
-        containerd_settings=containerd_settings(containerd_address, containerd_namespace),
+        containerd_address=containerd_address,
+        containerd_namespace=containerd_namespace,
     )
-
-
-def containerd_settings(address: str | None, namespace: str | None) -> dict[str, str]:
-    """The containerd options, keyed as the transport reads them from the environment."""
-    from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
-
-    settings = {ENV_ADDRESS: address, ENV_NAMESPACE: namespace}
-    return {key: value for key, value in settings.items() if value}
 
 
 # A base layer can be used by hundreds of images, and listing them all would pad every row of
