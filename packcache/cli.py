@@ -31,6 +31,7 @@ from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from packcache.operations.importing import DaemonImportReport
+    from packcache.operations.rebase_publish import PublishReport
     from packcache.store.store import EvictedLayer
 
 # Help strings are rich markup: a [word] in one is taken for a style and vanishes, so defaults
@@ -640,6 +641,22 @@ def rebase_command(
         typer.Option("--no-cache", help="pack's method: save the whole app image, load it all."),
     ] = False,
     dry_run: DryRunOption = False,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            help="pack's --publish: IMAGE is in a registry and the result is pushed there "
+            "(as --tag, if given); only manifests and configs are read, no layer.",
+        ),
+    ] = False,
+    insecure_registries: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--insecure-registry",
+            metavar="HOST",
+            help="With --publish: reach HOST by plain HTTP or unverified TLS (repeatable).",
+        ),
+    ] = None,
     report_file: ReportOption = None,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -647,6 +664,12 @@ def rebase_command(
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.rebase import rebase
 
+    if publish:
+        published = _rebase_publish(
+            image, run_image, tag, force, no_cache, dry_run, insecure_registries
+        )
+        _print_publish(published, report_file, fmt)
+        return
     started = time.perf_counter()
     with reported():
         store = ctx.obj.open_store()
@@ -680,6 +703,88 @@ def rebase_command(
     if report.load_method:
         typer.echo(f"  loaded by   {report.load_method}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
+
+
+InsecureRegistriesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--insecure-registry",
+        metavar="HOST",
+        help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
+    ),
+]
+
+
+def _rebase_publish(
+    image: str,
+    run_image: str | None,
+    tag: str | None,
+    force: bool,
+    no_cache: bool,
+    dry_run: bool,
+    insecure_registries: list[str] | None,
+) -> PublishReport:
+    from packcache.operations.rebase_publish import rebase_publish
+    from packcache.transports.registry import RegistryOptions
+
+    with reported():
+        if no_cache or dry_run:
+            raise UsageError("--publish does not go with --no-cache or --dry-run")
+        options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
+        target, previous = (tag, image) if tag else (image, None)
+        return rebase_publish(
+            target, options=options, previous_image=previous, run_image=run_image, force=force
+        )
+
+
+def _print_publish(report: PublishReport, report_file: Path | None, fmt: Format) -> None:
+    _write_report(report, report_file, fmt)
+    if fmt is Format.json:
+        return
+    typer.echo(f"Rebased {report.previous_image} onto {report.run_image_reference}")
+    typer.echo(f"  pushed      {report.image}@{report.digest}")
+    typer.echo(
+        f"  blobs       {len(report.present)} present, {len(report.mounted)} mounted, "
+        f"{len(report.uploaded)} uploaded ({render.size(report.bytes_uploaded)})"
+    )
+    emit(report.digest)
+
+
+@app.command(
+    "push",
+    epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
+    "/etc/docker/certs.d/HOST/ca.crt.",
+)
+def push_command(
+    ctx: typer.Context,
+    image: Annotated[
+        str, typer.Argument(help="A cached image (tag or ID), or a daemon image to import.")
+    ],
+    ref: Annotated[str, typer.Argument(help="Where to push it: registry/repository:tag.")],
+    insecure_registries: InsecureRegistriesOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Push an image to a registry: only the blobs it lacks (others mounted or skipped)."""
+    from packcache.operations.housekeeping import size_capped
+    from packcache.operations.pushing import push_image
+    from packcache.transports.registry import RegistryOptions
+
+    with reported():
+        options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
+        store = ctx.obj.open_store()
+        with size_capped(store), store.lease("push") as lease:
+            report = push_image(
+                store, image, ref, lease=lease, options=options, daemon=ctx.obj.daemon
+            )
+    if fmt is Format.json:
+        typer.echo(render.report_json(report))
+        return
+    typer.echo(
+        f"Pushed {report.image} as {report.ref}: {len(report.uploaded)} blobs uploaded "
+        f"({render.size(report.bytes_uploaded)}), {len(report.mounted)} mounted, "
+        f"{len(report.present)} already there"
+    )
+    emit(report.digest)
 
 
 @app.command("info")

@@ -165,8 +165,13 @@ def rebased_config(
     metadata: LifecycleMetadata,
     app_layers: list[str],
     force: bool,
+    reference: str | None = None,
 ) -> bytes:
-    """The new image config, as the lifecycle's rebaser makes it (see module docstring)."""
+    """The new image config, as the lifecycle's rebaser makes it (see module docstring).
+    `reference` is what runImage.reference records: by default the daemon image ID without
+    its algorithm (as the lifecycle records it for a daemon image); a publish rebase passes
+    the run image's manifest digest reference. The same function serves both, so a daemon
+    and a published rebase of the same inputs differ in nothing else."""
     config = json.loads(app_config)
     run_diff_ids = list(run.diff_ids)
     renamed = force and not metadata.run_image.matches(run_ref)
@@ -181,7 +186,9 @@ def rebased_config(
     )
     # For daemon images the lifecycle records the image ID without its algorithm.
     labels[cnb.LIFECYCLE_METADATA] = metadata.rebased(
-        run_diff_ids[-1], run.id.removeprefix("sha256:"), run_ref if renamed else None
+        run_diff_ids[-1],
+        reference if reference is not None else run.id.removeprefix("sha256:"),
+        run_ref if renamed else None,
     )
     container["Labels"] = dict(sorted(labels.items()))
     for key, value in (

@@ -15,7 +15,7 @@ import hashlib
 import re
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,10 +333,14 @@ class RegistryClient:
             f"registry {self.host} is not reachable: {network_reason(exc) if exc else '?'}"
         )
 
-    def _scope(self, repository: str) -> str:
-        return f"repository:{repository}:{self.actions}"
+    def _scope(self, repository: str, mount_from: str | None = None) -> str:
+        """The token scope for a request; a cross-repository mount also reads `mount_from`."""
+        scope = f"repository:{repository}:{self.actions}"
+        if mount_from is not None and mount_from != repository:
+            scope += f" repository:{mount_from}:pull"
+        return scope
 
-    def _authorization(self, repository: str) -> str | None:
+    def _authorization(self, scope: str) -> str | None:
         challenge = self._challenge
         if challenge is None:
             return None
@@ -349,7 +353,6 @@ class RegistryClient:
                 )
             pair = f"{credentials.username}:{credentials.password}".encode()
             return "Basic " + base64.b64encode(pair).decode()
-        scope = self._scope(repository)
         if scope not in self._tokens:
             self._tokens[scope] = self._fetch_token(challenge, scope, credentials)
         return f"Bearer {self._tokens[scope]}"
@@ -360,7 +363,7 @@ class RegistryClient:
         realm = challenge.params.get("realm", "")
         if not realm.startswith(("https://", "http://")):
             raise PackcacheError(f"registry {self.host} names no usable token realm ({realm!r})")
-        params = {"scope": scope}
+        params: dict[str, str | list[str]] = {"scope": scope.split(" ")}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
         auth = (credentials.username, credentials.password) if credentials else None
@@ -434,23 +437,38 @@ class RegistryClient:
         )
 
     def request(
-        self, method: str, repository: str, path: str, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        repository: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        *,
+        url: str | None = None,
+        body: Callable[[], Any] | None = None,
+        mount_from: str | None = None,
     ) -> requests.Response:
-        """An authenticated, retried request to /v2/<repository>/<path>, body unread."""
+        """An authenticated request to /v2/<repository>/<path> (or to `url`, an upload
+        location the registry gave), body unread. Retried as _with_retries does, except one
+        that sends `body()`: an upload session a broken request wrote into cannot be trusted,
+        so its caller starts the upload again instead (connection errors reach it as they are)."""
         self.ping()
-        url = f"{self._base}/v2/{repository}/{path}"
+        target = url or f"{self._base}/v2/{repository}/{path}"
+        scope = self._scope(repository, mount_from)
         for renewed in (False, True):
             sent = dict(headers or {})
-            authorization = self._authorization(repository)
+            authorization = self._authorization(scope)
             if authorization:
                 sent["Authorization"] = authorization
-            response = self._with_retries(
-                lambda h=sent: self._raw(method, url, headers=h), f"{method} {path}"
-            )
+            if body is None:
+                response = self._with_retries(
+                    lambda h=sent: self._raw(method, target, headers=h), f"{method} {path}"
+                )
+            else:
+                response = self._raw(method, target, headers=sent, data=body())
             if response.status_code != 401 or renewed or self._challenge is None:
                 return response
             # A token may have expired: fetch a new one once before calling it refused.
-            self._tokens.pop(self._scope(repository), None)
+            self._tokens.pop(scope, None)
             if self._challenge.scheme == "basic":
                 return response
             response.close()

@@ -24,6 +24,7 @@ TITLES = {
     "engines": "Import and load",
     "rebase": "Rebase",
     "builder": "create-builder",
+    "publish": "rebase --publish",
 }
 
 
