@@ -31,6 +31,8 @@ protos: $(PROTO_STAMP)
 # Private Docker engines (20.10, 26.1 and 28) and a container registry for the tests, fetched
 # from Debian's archive into .engines/ (no install).
 engines: $(STAMP) $(PROTO_STAMP)
+	@command -v tmux >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux; }  # the terminal tests
 	$(BIN)/python -m tests.engines.provision
 	$(BIN)/python -m tests.registries.provision
 

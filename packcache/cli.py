@@ -26,7 +26,9 @@ from packcache.errors import (
     PackcacheError,
     UsageError,
 )
+from packcache.progress import NO_PROGRESS, Progress
 from packcache.refs import short_id
+from packcache.template import Template, parse_format
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -40,7 +42,6 @@ app = typer.Typer(
     name="packcache",
     help="A host layer cache for Cloud Native Buildpacks images on the Docker daemon.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
@@ -57,8 +58,23 @@ class LsSort(StrEnum):
     created = "created"
 
 
+# A Format or a Template: `parser` makes the value, and typed as an Enum, typer would turn every
+# value but the Enum's into None.
 FormatOption = Annotated[
-    Format, typer.Option("--format", help="table for people, json for programs.")
+    str,
+    typer.Option(
+        "--format",
+        parser=lambda text: _format_value(text),
+        metavar="FORMAT",
+        help="table for people, json for programs, or a template as docker takes: "
+        "'{{.DiffID}} {{.Size}}', 'table {{.DiffID}}\\t{{.Size}}' (fields: the JSON keys).",
+    ),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress display on the terminal.")
+]
+NoTruncOption = Annotated[
+    bool, typer.Option("--no-trunc", help="Full IDs and every image name in tables.")
 ]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Check and plan only; change nothing.")
@@ -66,6 +82,106 @@ DryRunOption = Annotated[
 ReportOption = Annotated[
     Path | None, typer.Option("--report", help="Also write the result as JSON to FILE.")
 ]
+
+
+# Each command's --help ends with these, as pack's and docker's do. Help is rich markup: no
+# [brackets] (see above).
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "ls": (
+        "packcache ls --image my-app:latest",
+        "packcache ls --sort size --no-trunc",
+        "packcache ls --format 'table {{.DiffID}}\\t{{.Size}}\\t{{join .Images \", \"}}'",
+    ),
+    "du": ("packcache du", "packcache du --format '{{.Refs}} {{.UniqueSize}}'"),
+    "prune": (
+        "packcache prune --max-size 20G",
+        "packcache prune --older-than 30d --dry-run",
+        "packcache prune --image my-app:old",
+    ),
+    "rm": ("packcache rm my-app:old", "packcache rm --layer 3f2a9c1b7d4e"),
+    "verify": ("packcache verify", "packcache verify --repair"),
+    "import": (
+        "packcache import paketobuildpacks/run-jammy-base:latest my-app:latest",
+        "docker save my-app:latest | packcache import --archive -",
+    ),
+    "load": ("packcache load my-app:latest", "packcache load 3f2a9c1b7d4e --tag my-app:restored"),
+    "pull": (
+        "packcache pull paketobuildpacks/run-jammy-base:latest",
+        "packcache pull --insecure-registry localhost:5000 localhost:5000/my-app:1",
+    ),
+    "rebase": (
+        "packcache rebase my-app:latest",
+        "packcache rebase my-app:latest --run-image paketobuildpacks/run-jammy-base:0.1.100",
+        "packcache rebase my-app:latest --dry-run --format json",
+    ),
+    "push": (
+        "packcache push my-app:latest registry.example.com/team/my-app:1",
+        "packcache push --insecure-registry localhost:5000 my-app:latest localhost:5000/my-app:1",
+    ),
+    "info": ("packcache info", "packcache info --format '{{.CacheDir}} {{.Size}}'"),
+    "create-builder": (
+        "packcache create-builder my-builder:jammy --config builder.toml",
+        "packcache create-builder my-builder:jammy -c builder.toml --pull-policy never",
+    ),
+}
+
+
+def examples(command: str) -> str:
+    """The Examples paragraph of `command`'s help (paragraphs: typer joins single lines)."""
+    return "Examples:\n\n" + "\n\n".join(f"$ {line}" for line in EXAMPLES[command])
+
+
+def complete_images(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Image names from the cache's index for the shell to complete: read-only, and nothing
+    (never an error on the user's terminal) when there is no cache or it cannot be read."""
+    import contextlib
+    import io
+
+    try:
+        root = ctx.find_root().params.get("cache_dir") or os.environ.get("PACKCACHE_DIR")
+        cache = expand_home(root, "--cache-dir") if root else default_cache_dir()
+        if not (cache / "index.db").is_file():  # a read-only open would create the cache
+            return []
+        from packcache.store.scan import image_names
+        from packcache.store.store import Store
+
+        with contextlib.redirect_stderr(io.StringIO()):  # warnings about the cache dir's mode
+            store = Store.open(cache, writable=False)
+        try:
+            names = image_names(store)
+        finally:
+            store.close()
+        return [name for name in names if name.startswith(incomplete)]
+    except Exception:  # a shell's completion must never fail
+        return []
+
+
+def _format_value(text: str) -> Format | Template:
+    """--format: the table, JSON, or a template checked before the command runs."""
+    if isinstance(text, Format):  # the default
+        return text
+    try:
+        chosen = parse_format(text)
+    except UsageError as exc:
+        message = str(exc).removeprefix("--format: ").removeprefix("--format ")
+        raise typer.BadParameter(message) from None
+    return Format(chosen) if isinstance(chosen, str) else chosen
+
+
+def print_formatted(fmt: Format | Template, json_text: str, rows_key: str | None = None) -> None:
+    """Output of --format json (the JSON as it is) or a template: one line per row of the
+    JSON (its list, or its `rows_key` list), or one for the whole object."""
+    if fmt is Format.json:
+        emit(json_text)
+        return
+    import json
+
+    data = json.loads(json_text)
+    rows = data[rows_key] if rows_key else data if isinstance(data, list) else [data]
+    with reported():
+        text = fmt.render(rows)
+    if text:
+        emit(text)
 
 
 def default_cache_dir() -> Path:
@@ -105,14 +221,14 @@ class Context:
             )
         return self.cache_dir
 
-    def daemon(self):
+    def daemon(self, progress: Progress = NO_PROGRESS):
         from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
         from packcache.transports.daemon import Daemon
 
         # Keyed as the transport reads them from the environment (here already read by typer).
         given = {ENV_ADDRESS: self.containerd_address, ENV_NAMESPACE: self.containerd_namespace}
         settings = {key: value for key, value in given.items() if value}
-        return Daemon(self.host, containerd_settings=settings)
+        return Daemon(self.host, progress=progress, containerd_settings=settings)
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -172,6 +288,12 @@ def _sqlite_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(render.version_text())
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -217,6 +339,15 @@ def main_options(
             show_default="moby",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=show_version,
+            is_eager=True,
+            help="Print the version, Python's, and the engines it was tested with.",
+        ),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2),
@@ -241,32 +372,19 @@ def main_options(
     )
 
 
-# A base layer can be used by hundreds of images, and listing them all would pad every row of
-# the table to the longest list: tables name a few, as `docker ps` truncates, and --no-trunc or
-# JSON give them all.
-LS_IMAGES_SHOWN = 3
-
-
-def _images_cell(names: list[str]) -> str:
-    if len(names) <= LS_IMAGES_SHOWN:
-        return ",".join(names) or "-"
-    return f"{','.join(names[:LS_IMAGES_SHOWN])} +{len(names) - LS_IMAGES_SHOWN} more"
-
-
-@app.command("ls")
+@app.command("ls", epilog=examples("ls"))
 def ls_command(
     ctx: typer.Context,
     image: Annotated[
-        str | None, typer.Option("--image", help="Only this image's layers (tag or image ID).")
+        str | None,
+        typer.Option(
+            "--image",
+            help="Only this image's layers (tag or image ID).",
+            autocompletion=complete_images,
+        ),
     ] = None,
     sort: Annotated[LsSort, typer.Option("--sort", help="Order of the rows.")] = LsSort.last_used,
-    no_trunc: Annotated[
-        bool,
-        typer.Option(
-            "--no-trunc",
-            help=f"Name every image using a layer (tables name {LS_IMAGES_SHOWN}, then count).",
-        ),
-    ] = False,
+    no_trunc: NoTruncOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """List cached layers: diffID, compressed digests, size, the images using it, last use."""
@@ -274,37 +392,23 @@ def ls_command(
 
     with reported():
         layers = list_layers(ctx.obj.open_index(), image=image, sort=sort.value)
-    if fmt is Format.json:
-        emit(render.layers_json(layers))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.layers_json(layers))
         return
-    now, size, ago = time.time(), render.size, render.ago
-    images_cell = (lambda names: ",".join(names) or "-") if no_trunc else _images_cell
-    emit(
-        render.table(
-            ["DIFF ID", "DIGESTS", "SIZE", "IMAGES", "LAST USED"],
-            [
-                (
-                    short_id(layer.diff_id),
-                    ",".join(map(short_id, layer.digests)) or "-",
-                    size(layer.size),
-                    images_cell(layer.images),
-                    ago(layer.last_used, now),
-                )
-                for layer in layers
-            ],
-        )
-    )
+    emit(render.layers_table(layers, no_trunc=no_trunc))
 
 
-@app.command("du")
-def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+@app.command("du", epilog=examples("du"))
+def du_command(
+    ctx: typer.Context, no_trunc: NoTruncOption = False, fmt: FormatOption = Format.table
+) -> None:
     """Disk usage: totals, and per image its size, shared size and unique size."""
     from packcache.store.scan import disk_usage
 
     with reported():
         usage = disk_usage(ctx.obj.open_index())
-    if fmt is Format.json:
-        emit(render.disk_usage_json(usage))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.disk_usage_json(usage), rows_key="images")
         return
     typer.echo(
         f"{usage.layers} layers, {render.size(usage.size)} on disk "
@@ -315,22 +419,7 @@ def du_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         typer.echo(f"{usage.partial_files} partial files in ingest/ ({partial})")
     if usage.images:
         typer.echo("")
-        typer.echo(
-            render.table(
-                ["IMAGE", "IMAGE ID", "LAYERS", "SIZE", "SHARED SIZE", "UNIQUE SIZE"],
-                [
-                    [
-                        image.name,
-                        short_id(image.image_ids[0]),
-                        f"{image.cached_layers}/{image.layers}",
-                        render.size(image.size),
-                        render.size(image.shared_size),
-                        render.size(image.unique_size),
-                    ]
-                    for image in usage.images
-                ],
-            )
-        )
+        typer.echo(render.images_table(usage.images, no_trunc=no_trunc))
 
 
 def _print_evicted(removed: list[EvictedLayer], reclaimed: int, dry_run: bool) -> None:
@@ -343,7 +432,7 @@ def _print_evicted(removed: list[EvictedLayer], reclaimed: int, dry_run: bool) -
     )
 
 
-@app.command("prune", epilog=f"{SIZE_HELP}\n\n{DURATION_HELP}")
+@app.command("prune", epilog=f"{SIZE_HELP}\n\n{DURATION_HELP}\n\n{examples('prune')}")
 def prune_command(
     ctx: typer.Context,
     max_size: Annotated[
@@ -383,19 +472,20 @@ def prune_command(
             everything=everything,
             dry_run=dry_run,
         )
-    if fmt is Format.json:
-        typer.echo(render.prune_json(result))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.prune_json(result))
         return
     _print_evicted(result.removed, result.reclaimed, dry_run)
     if result.in_use:
         typer.echo(f"Kept {len(result.in_use)} layers in use by a running operation")
 
 
-@app.command("rm")
+@app.command("rm", epilog=examples("rm"))
 def rm_command(
     ctx: typer.Context,
     images: Annotated[
-        list[str] | None, typer.Argument(help="Images (tag or ID) to forget.")
+        list[str] | None,
+        typer.Argument(help="Images (tag or ID) to forget.", autocompletion=complete_images),
     ] = None,
     layers: Annotated[
         list[str] | None, typer.Option("--layer", help="A layer (diffID or digest, short or full).")
@@ -410,13 +500,13 @@ def rm_command(
         raise typer.Exit(EXIT_USAGE)
     with reported():
         report = remove(ctx.obj.open_store(), images or [], layers or [])
-    if fmt is Format.json:
-        typer.echo(render.remove_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.remove_json(report))
         return
     _print_evicted(report.removed, report.reclaimed, report.dry_run)
 
 
-@app.command("verify")
+@app.command("verify", epilog=examples("verify"))
 def verify_command(
     ctx: typer.Context,
     repair: Annotated[
@@ -429,8 +519,8 @@ def verify_command(
 
     with reported():
         report = verify(ctx.obj.open_store(writable=repair), repair=repair)
-    if fmt is Format.json:
-        typer.echo(render.verify_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.verify_json(report))
     else:
         typer.echo(f"Checked {report.checked} blobs")
         for label, items in (
@@ -451,7 +541,7 @@ def verify_command(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command("import")
+@app.command("import", epilog=examples("import"))
 def import_command(
     ctx: typer.Context,
     images: Annotated[
@@ -463,7 +553,7 @@ def import_command(
             "--archive", metavar="FILE", help="Read a `docker save` archive ('-': stdin)."
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add images to the cache: new layers only, from one `docker save` read once."""
@@ -479,37 +569,42 @@ def import_command(
         with (
             size_capped(store),
             store.lease("import") as lease,
-            progress(quiet, "import") as on_bytes,
+            progress_display(quiet, fmt) as shown,
         ):
             if images:
-                report = import_images(
-                    store, ctx.obj.daemon(), images, lease=lease, on_bytes=on_bytes
-                )
+                report = import_images(store, ctx.obj.daemon(shown), images, lease=lease)
             else:
                 try:
                     source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
                 except OSError as exc:
                     raise PackcacheError(f"cannot read {archive}: {exc.strerror}") from exc
-                with source:
-                    report = DaemonImportReport(
-                        import_archive(store, source, lease=lease, on_bytes=on_bytes)
-                    )
+                with reading(source, archive, shown) as counted_source:
+                    report = DaemonImportReport(import_archive(store, counted_source, lease=lease))
     _print_import(report, fmt)
 
 
 @contextmanager
-def progress(quiet: bool, label: str) -> Iterator[object]:
-    """A byte counter on stderr when it is a terminal; nothing otherwise."""
-    if quiet or not sys.stderr.isatty():
-        yield None
+def progress_display(quiet: bool, fmt: Format | Template) -> Iterator[Progress]:
+    """The command's one progress display, on stderr while it is a terminal; nothing with
+    --quiet, with --format other than table (a program reads the output), or off a terminal."""
+    if quiet or fmt is not Format.table or not sys.stderr.isatty():
+        yield NO_PROGRESS
         return
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    from packcache.display import TerminalProgress
 
-    with Progress(
-        *Progress.get_default_columns()[:1], DownloadColumn(), TransferSpeedColumn(), transient=True
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda n: bar.advance(task, n)
+    with TerminalProgress() as shown:
+        yield shown
+
+
+def reading(source, name: str, shown: Progress):
+    """An archive being imported, its bytes shown against its size where it has one."""
+    from packcache.progress import CountingReader
+
+    try:
+        total = os.fstat(source.fileno()).st_size if name != "-" else None
+    except (OSError, ValueError):
+        total = None
+    return CountingReader(source, shown.task(f"Reading {name}", total or None))
 
 
 def _write_report(report: object, report_file: Path | None, fmt: Format) -> None:
@@ -518,14 +613,14 @@ def _write_report(report: object, report_file: Path | None, fmt: Format) -> None
     if report_file is not None:
         with reported():
             report_file.write_text(text + "\n")
-    if fmt is Format.json:
-        typer.echo(text)
+    if fmt is not Format.table:
+        print_formatted(fmt, text)
 
 
 def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
     report = daemon_report.archive
-    if fmt is Format.json:
-        typer.echo(render.import_json(daemon_report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.import_json(daemon_report))
         return
     for ref in daemon_report.already_cached:
         typer.echo(f"Already cached: {ref}")
@@ -539,13 +634,16 @@ def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
     )
 
 
-@app.command("load")
+@app.command("load", epilog=examples("load"))
 def load_command(
     ctx: typer.Context,
-    image: Annotated[str, typer.Argument(help="A cached image (tag or ID).")],
+    image: Annotated[
+        str, typer.Argument(help="A cached image (tag or ID).", autocompletion=complete_images)
+    ],
     tags: Annotated[
         list[str] | None, typer.Option("--tag", "-t", help="Name it this in the daemon.")
     ] = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
@@ -554,11 +652,15 @@ def load_command(
 
     with reported():
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("load") as lease:
-            daemon = ctx.obj.daemon()
+        with (
+            size_capped(store),
+            store.lease("load") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            daemon = ctx.obj.daemon(shown)
             report = load_image(store, daemon, image, tags, lease=lease)
-    if fmt is Format.json:
-        typer.echo(render.report_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.report_json(report))
         return
     typer.echo(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
@@ -572,7 +674,7 @@ def load_command(
 @app.command(
     "pull",
     epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
-    "/etc/docker/certs.d/HOST/ca.crt.",
+    f"/etc/docker/certs.d/HOST/ca.crt.\n\n{examples('pull')}",
 )
 def pull_command(
     ctx: typer.Context,
@@ -593,6 +695,7 @@ def pull_command(
             help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
         ),
     ] = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add images to the cache straight from their registries: only the layers it lacks."""
@@ -606,10 +709,16 @@ def pull_command(
         chosen = Platform.parse(platform) if platform else DEFAULT_PLATFORM
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("pull") as lease:
-            reports = pull_images(store, images, lease=lease, options=options, platform=chosen)
-    if fmt is Format.json:
-        typer.echo(render.to_json([dataclasses.asdict(report) for report in reports]))
+        with (
+            size_capped(store),
+            store.lease("pull") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            reports = pull_images(
+                store, images, lease=lease, options=options, platform=chosen, progress=shown
+            )
+    if fmt is not Format.table:
+        print_formatted(fmt, render.to_json([dataclasses.asdict(report) for report in reports]))
         return
     for report in reports:
         typer.echo(
@@ -620,7 +729,7 @@ def pull_command(
         )
 
 
-@app.command("rebase")
+@app.command("rebase", epilog=examples("rebase"))
 def rebase_command(
     ctx: typer.Context,
     image: Annotated[str, typer.Argument(help="The app image in the Docker daemon.")],
@@ -658,6 +767,7 @@ def rebase_command(
         ),
     ] = None,
     report_file: ReportOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
@@ -673,8 +783,12 @@ def rebase_command(
     started = time.perf_counter()
     with reported():
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("rebase") as lease:
-            daemon = ctx.obj.daemon()
+        with (
+            size_capped(store),
+            store.lease("rebase") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            daemon = ctx.obj.daemon(shown)
             report = rebase(
                 store,
                 daemon,
@@ -688,7 +802,7 @@ def rebase_command(
             )
     report.timings["total"] = round(time.perf_counter() - started, 4)
     _write_report(report, report_file, fmt)
-    if fmt is Format.json:
+    if fmt is not Format.table:
         return
     verb = "Would rebase" if report.dry_run else "Rebased"
     typer.echo(f"{verb} {report.image} onto {report.run_image} ({short_id(report.run_image_id)})")
@@ -739,7 +853,7 @@ def _rebase_publish(
 
 def _print_publish(report: PublishReport, report_file: Path | None, fmt: Format) -> None:
     _write_report(report, report_file, fmt)
-    if fmt is Format.json:
+    if fmt is not Format.table:
         return
     typer.echo(f"Rebased {report.previous_image} onto {report.run_image_reference}")
     typer.echo(f"  pushed      {report.image}@{report.digest}")
@@ -753,7 +867,7 @@ def _print_publish(report: PublishReport, report_file: Path | None, fmt: Format)
 @app.command(
     "push",
     epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
-    "/etc/docker/certs.d/HOST/ca.crt.",
+    f"/etc/docker/certs.d/HOST/ca.crt.\n\n{examples('push')}",
 )
 def push_command(
     ctx: typer.Context,
@@ -776,8 +890,8 @@ def push_command(
             report = push_image(
                 store, image, ref, lease=lease, options=options, daemon=ctx.obj.daemon
             )
-    if fmt is Format.json:
-        typer.echo(render.report_json(report))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.report_json(report))
         return
     typer.echo(
         f"Pushed {report.image} as {report.ref}: {len(report.uploaded)} blobs uploaded "
@@ -787,22 +901,22 @@ def push_command(
     emit(report.digest)
 
 
-@app.command("info")
+@app.command("info", epilog=examples("info"))
 def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Cache directory, size, schema revision, counts and settings."""
     from packcache.store.info import cache_info
 
     with reported():
         info = cache_info(ctx.obj.open_store(writable=False))
-    if fmt is Format.json:
-        typer.echo(render.to_json(info))
+    if fmt is not Format.table:
+        print_formatted(fmt, render.to_json(info))
         return
     for key, value in info.items():
         shown = render.size(value) if key.endswith("size") and isinstance(value, int) else value
         typer.echo(f"{key.replace('_', ' ')}: {'-' if shown is None else shown}")
 
 
-@app.command("create-builder")
+@app.command("create-builder", epilog=examples("create-builder"))
 def create_builder_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name (tag) of the builder image to create.")],
@@ -825,6 +939,7 @@ def create_builder_command(
     ] = False,
     dry_run: DryRunOption = False,
     report_file: ReportOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
@@ -844,8 +959,12 @@ def create_builder_command(
         check_pull_policy(pull_policy)
         builder_config = read_config(config)
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("create-builder") as lease:
-            daemon = ctx.obj.daemon()
+        with (
+            size_capped(store),
+            store.lease("create-builder") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            daemon = ctx.obj.daemon(shown)
             report = create_builder(
                 store,
                 daemon,
@@ -856,9 +975,10 @@ def create_builder_command(
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
+                progress=shown,
             )
     _write_report(report, report_file, fmt)
-    if fmt is Format.json:
+    if fmt is not Format.table:
         return
     for warning in report.warnings:
         typer.echo(f"Warning: {warning}", err=True)

@@ -25,7 +25,25 @@ class UsageError(PackcacheError):
 
 
 class NotFoundError(PackcacheError):
-    """An image or layer the user named is not in the cache."""
+    """An image or layer the user named is not in the cache (or the daemon, or a registry)."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # The hint names the command that fixes it, on the same line: errors are one line.
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+def not_in_cache(ref: str) -> NotFoundError:
+    return NotFoundError(
+        f"no image {ref!r} in the cache",
+        hint=f"`packcache import {ref}` adds it from the Docker daemon, "
+        f"`packcache pull {ref}` from its registry",
+    )
+
+
+def not_in_daemon(ref: str, host: str) -> NotFoundError:
+    return NotFoundError(
+        f"no image {ref} in the Docker daemon at {host}", hint=f"`docker pull {ref}` puts it there"
+    )
 
 
 class CorruptBlobError(PackcacheError):

@@ -12,25 +12,100 @@ from typing import TYPE_CHECKING
 
 import humanize
 
+from packcache.refs import short_id
+
 if TYPE_CHECKING:
     from packcache.operations.housekeeping import RemoveReport
     from packcache.operations.importing import DaemonImportReport
     from packcache.store.prune import PruneResult
-    from packcache.store.scan import DiskUsage, LayerInfo
+    from packcache.store.scan import DiskUsage, ImageUsage, LayerInfo
     from packcache.store.store import EvictedLayer
     from packcache.store.verify import VerifyReport
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by three spaces, like `docker images`.
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
+) -> str:
+    """Columns separated by three spaces, like `docker images`: left-aligned, but the columns
+    numbered in `right` (sizes) right-aligned so their units line up.
 
     Column-wise max() and one format string per line: `ls` prints a row per cached layer.
     """
     widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
     # The last column is not padded, so lines carry no trailing spaces.
-    line = "   ".join(f"{{:<{width}}}" for width in widths[:-1]) + "   {}"
+    line = "   ".join(
+        f"{{:{'>' if index in right else '<'}{width}}}" for index, width in enumerate(widths[:-1])
+    )
+    line += f"   {{:>{widths[-1]}}}" if len(widths) - 1 in right else "   {}"
     return "\n".join(
         line.format(*row) if row[-1] else line.format(*row).rstrip() for row in [headers, *rows]
+    )
+
+
+def first_and_count(names: Sequence[str]) -> str:
+    """One name per table cell and how many more, as docker truncates: "app:1 +2"."""
+    if not names:
+        return "-"
+    return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+
+
+def layers_table(layers: Sequence[LayerInfo], *, no_trunc: bool = False) -> str:
+    """`ls`: short IDs, one digest and one image per cell, unless `no_trunc`."""
+    now = time.time()
+    ident = (lambda digest: digest) if no_trunc else short_id
+    names = (lambda items: ",".join(items) or "-") if no_trunc else first_and_count
+    return table(
+        ["DIFF ID", "DIGESTS", "SIZE", "IMAGES", "LAST USED"],
+        [
+            (
+                ident(layer.diff_id),
+                names(list(map(ident, layer.digests))),
+                size(layer.size),
+                names(layer.images),
+                ago(layer.last_used, now),
+            )
+            for layer in layers
+        ],
+        right={2},
+    )
+
+
+def images_table(images: Sequence[ImageUsage], *, no_trunc: bool = False) -> str:
+    """`du`'s images: one name and one image ID per cell, unless `no_trunc`."""
+    ident = (lambda digest: digest) if no_trunc else short_id
+    names = (lambda items: ",".join(items) or "-") if no_trunc else first_and_count
+    return table(
+        ["IMAGE", "IMAGE ID", "LAYERS", "SIZE", "SHARED SIZE", "UNIQUE SIZE"],
+        [
+            [
+                names(image.refs) if image.refs else ident(image.image_ids[0]),
+                names(list(map(ident, image.image_ids))),
+                f"{image.cached_layers}/{image.layers}",
+                size(image.size),
+                size(image.shared_size),
+                size(image.unique_size),
+            ]
+            for image in images
+        ],
+        right={3, 4, 5},
+    )
+
+
+def version_text() -> str:
+    """`packcache --version`: ours, Python's, and the engines the tests run against."""
+    import platform
+
+    from packcache import __version__
+    from packcache.tested import TESTED_ENGINES
+
+    engines = ", ".join(
+        f"{engine.version} (API {engine.api_version}; {' and '.join(engine.image_stores)})"
+        for engine in TESTED_ENGINES
+    )
+    return (
+        f"packcache {__version__}\n"
+        f"Python {platform.python_version()} ({platform.python_implementation()})\n"
+        f"Tested with Docker Engine {engines}"
     )
 
 

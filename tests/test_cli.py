@@ -70,15 +70,15 @@ def test_ls_image_shows_exactly_its_layers_in_order(cli, two_images) -> None:
     assert [r["diff_id"] for r in by_short_id] == base_ids
 
 
-def test_ls_table_names_a_few_images_and_counts_the_rest(cli, store, two_images) -> None:
+def test_ls_table_names_one_image_and_counts_the_rest(cli, store, two_images) -> None:
     (_, base_ids), _ = two_images
     base_layers = [random_tar(50_000, seed=b"base0"), random_tar(70_000, seed=b"base1")]
     for n in range(4):  # five images on base:1's layers, plus base:1 and app:1
         add_image(store, [*base_layers, random_tar(1_000, seed=b"more%d" % n)], [f"more:{n}"])
     row = next(line for line in cli("ls").stdout.splitlines() if line.startswith(base_ids[0][7:19]))
-    assert "app:1,base:1,more:0 +3 more" in row
+    assert row.split()[4:6] == ["app:1", "+5"]  # as docker truncates: one name, then a count
     full = cli("ls", "--no-trunc").stdout.splitlines()
-    row = next(line for line in full if line.startswith(base_ids[0][7:19]))
+    row = next(line for line in full if line.startswith(base_ids[0]))  # the whole diffID
     assert "app:1,base:1,more:0,more:1,more:2,more:3" in row
     # JSON always names every image.
     by_id = {r["diff_id"]: r for r in cli("ls", "--format", "json").json()}

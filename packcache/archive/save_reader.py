@@ -13,7 +13,7 @@ import io
 import posixpath
 import re
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -171,7 +171,6 @@ def _read_stream(
     entries: _Entries,
     report: ImportReport,
     lease: Lease | None,
-    on_bytes,
 ) -> None:
     try:
         # tarfile parses the headers; member bytes are read straight from the stream (see
@@ -179,7 +178,7 @@ def _read_stream(
         forward = ForwardReader(stream)
         with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
             while (member := _next_member(tar)) is not None:
-                _read_member(store, forward, member, entries, report, lease, on_bytes)
+                _read_member(store, forward, member, entries, report, lease)
         if isinstance(stream, GunzipReader):
             stream.drain()  # the gzip stream must end cleanly too, after the tar's last block
     except tarfile.TarError as exc:
@@ -212,7 +211,6 @@ def _read_member(
     entries: _Entries,
     report: ImportReport,
     lease: Lease | None,
-    on_bytes,
 ) -> None:
     name = _clean_name(member)
     entries.count_entry()
@@ -243,7 +241,7 @@ def _read_member(
             entries.small[name] = source.read()
             return
         entries.hold(name, 0)
-        staged = store.stage(_Counting(source, on_bytes), expected_digest=digest)
+        staged = store.stage(source, expected_digest=digest)
         entries.staged[name] = staged
         report.bytes_read += staged.size
     else:
@@ -423,20 +421,6 @@ class _MemberBytes:
         return data
 
 
-class _Counting:
-    """Passes reads through, reporting how many bytes went by (for a progress bar)."""
-
-    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None] | None) -> None:
-        self._raw = raw
-        self._on_bytes = on_bytes
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        if self._on_bytes is not None and data:
-            self._on_bytes(len(data))
-        return data
-
-
 def _manifest_digests(entries: _Entries) -> dict[str, tuple[str, list[str]]]:
     """config digest -> (manifest digest, refs) from index.json, when the archive has one."""
     if "index.json" not in entries.small:
@@ -578,7 +562,6 @@ def import_archive(
     engine: str = "",
     image_ids: Iterable[str] = (),
     lease: Lease | None = None,
-    on_bytes: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Read a `docker save` stream once and add its layers and images to the store.
 
@@ -589,7 +572,7 @@ def import_archive(
     report = ImportReport()
     entries = _Entries()
     try:
-        _read_stream(store, _gunzipped(stream), entries, report, lease, on_bytes)
+        _read_stream(store, _gunzipped(stream), entries, report, lease)
         try:
             images, used = _plan_images(store, entries)
         except CorruptBlobError as exc:  # a small layer, staged from memory there

@@ -85,6 +85,7 @@ from packcache.image.inspected import InspectedImage
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
+from packcache.progress import NO_PROGRESS, Progress, Task
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon
 
@@ -128,7 +129,9 @@ def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> Insp
     except NotFoundError:
         if pull_policy == "never":
             raise NotFoundError(
-                f"{what} {ref} is not in the Docker daemon (--pull-policy never)"
+                f"{what} {ref} is not in the Docker daemon (--pull-policy never)",
+                hint=f"`docker pull {ref}` puts it there, or --pull-policy if-not-present "
+                "lets create-builder pull it",
             ) from None
     try:
         daemon.pull(ref)
@@ -222,19 +225,22 @@ def create_builder(
     no_cache: bool = False,
     dry_run: bool = False,
     lease: Lease | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> CreateBuilderReport:
     """Build the builder `config` (builder.toml, as `read_config` checked it) describes."""
     start = time.perf_counter()
     check_pull_policy(pull_policy)
     with ExitStack() as cleanup:
+        steps = cleanup.enter_context(progress.task(name, total=len(STEPS), unit="steps"))
         if no_cache:
             # pack's method, in a throwaway store: the real cache is neither read nor changed.
             scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="packcache-")))
             store = Store.open(scratch / "cache")
             lease = cleanup.enter_context(store.lease("create-builder --no-cache"))
         report = _create(
-            store, daemon, name, config, pull_policy, extra_labels or {}, no_cache, dry_run, lease
-        )
+            store, daemon, name, config, pull_policy, extra_labels or {}, no_cache, dry_run, lease,
+            steps,
+        )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
 
@@ -249,15 +255,21 @@ def _create(
     no_cache: bool,
     dry_run: bool,
     lease: Lease | None,
+    steps: Task,
 ) -> CreateBuilderReport:
     inputs = InputCache(store)
     layers = _Layers(store, lease, dry_run)
+    steps.describe(STEPS[0])
     base = _check_images(daemon, config, pull_policy)
+    _next(steps, STEPS[1])
     lifecycle, lifecycle_layer_id = _lifecycle(config, inputs, layers, base.image.platform)
+    _next(steps, STEPS[2])
     modules = _collect_buildpacks(config, daemon, pull_policy, layers)
     infos, resolved_order = _check_buildpacks(config, modules, lifecycle, base)
+    _next(steps, STEPS[3])
     imported = _materialize_layers(store, daemon, config, modules, inputs, layers, no_cache)
     lifecycle_diff_id = lifecycle_layer_id()
+    _next(steps, STEPS[4])
     diff_ids, buildpack_layers = _builder_layers(
         config, base, layers, modules, lifecycle_diff_id, resolved_order
     )
@@ -284,12 +296,29 @@ def _create(
         warnings=base.warnings,
     )
     if not dry_run:
+        _next(steps, STEPS[5])
         policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
         report.load = _record_and_load(
             store, daemon, config, name, builder_config, base, policy, lease
         )
         report.image_id = report.load.image_id
     return report
+
+
+# What the progress display names while each phase of _create runs.
+STEPS = (
+    "checking the build and run images",
+    "getting the lifecycle",
+    "reading the buildpacks",
+    "putting every buildpack layer in the cache",
+    "writing the builder's config",
+    "loading the builder into the daemon",
+)
+
+
+def _next(steps: Task, name: str) -> None:
+    steps.advance()
+    steps.describe(name)
 
 
 # -- the phases, in the order _create runs them --------------------------------------------

@@ -6,7 +6,6 @@ only their tags are recorded. The rest come from one `docker save` stream for al
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from packcache.archive.save_reader import ImportReport, import_archive
@@ -49,7 +48,6 @@ def import_images(
     refs: list[str],
     *,
     lease: Lease | None = None,
-    on_bytes: Callable[[int], None] | None = None,
 ) -> DaemonImportReport:
     inspected = {ref: daemon.inspect_image(ref) for ref in refs}  # every name checked first
     report = DaemonImportReport(archive=ImportReport())
@@ -85,7 +83,6 @@ def import_images(
                 engine=daemon.info.id,
                 image_ids={info.id for info in inspected.values()},
                 lease=lease,
-                on_bytes=on_bytes,
             )
         report.saved = to_save
     return report

@@ -67,7 +67,10 @@ def _choose_run_image(
 ) -> str:
     if run_image is not None:
         if not daemon.has_image(run_image):
-            raise RebaseError(f"run image {run_image} is not in the Docker daemon: pull it first")
+            raise RebaseError(
+                f"run image {run_image} is not in the Docker daemon "
+                f"(`docker pull {run_image}` puts it there)"
+            )
         return run_image
     recorded = metadata.run_image
     if recorded.image is None:
@@ -77,7 +80,7 @@ def _choose_run_image(
             return candidate
     raise RebaseError(
         f"run image {recorded.image} (and its mirrors {', '.join(recorded.mirrors) or 'none'}) "
-        "is not in the Docker daemon: pull it first"
+        f"is not in the Docker daemon (`docker pull {recorded.image}` puts it there)"
     )
 
 
@@ -232,7 +235,9 @@ def _find_images(daemon: Daemon, image: str, run_image: str | None, force: bool)
     try:
         app = daemon.inspect_image(image)
     except NotFoundError as exc:
-        raise RebaseError(f"image {image} is not in the Docker daemon") from exc
+        raise RebaseError(
+            f"image {image} is not in the Docker daemon (`docker pull {image}` puts it there)"
+        ) from exc
     metadata = LifecycleMetadata.from_labels(image, app.labels)
     run_ref = _choose_run_image(daemon, image, metadata, run_image)
     run = daemon.inspect_image(run_ref)

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 
-from packcache.errors import NotFoundError, PackcacheError
+from packcache.errors import NotFoundError, PackcacheError, not_in_cache
 from packcache.refs import looks_like_id, normalize
 
 HOST = socket.gethostname()
@@ -119,7 +119,7 @@ def resolve_image(conn: sqlite3.Connection, ref: str) -> tuple[int, str]:
         ).fetchone()
         if row is not None:
             return row
-    raise NotFoundError(f"no image {ref!r} in the cache")
+    raise not_in_cache(ref)
 
 
 def resolve_layer(conn: sqlite3.Connection, text: str) -> str:

@@ -76,6 +76,13 @@ def _image_names(conn: sqlite3.Connection) -> dict[int, str]:
     return names
 
 
+def image_names(db: Index) -> list[str]:
+    """Every name of a cached image, as people type it (for the shell's completion)."""
+    with db.read() as conn:
+        refs = [ref for (ref,) in conn.execute("SELECT DISTINCT ref FROM image_refs ORDER BY ref")]
+    return list(dict.fromkeys(map(familiar, refs)))
+
+
 _LAYER_ORDER = {
     "size": "l.blob_size DESC, l.id",
     "created": "l.first_seen DESC, l.id",

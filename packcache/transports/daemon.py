@@ -15,8 +15,9 @@ import docker
 import docker.errors
 import requests
 
-from packcache.errors import NotFoundError, PackcacheError
+from packcache.errors import NotFoundError, PackcacheError, not_in_daemon
 from packcache.image.inspected import InspectedImage
+from packcache.progress import NO_PROGRESS, CountingReader, Progress, counted
 
 MIN_API_VERSION = "1.41"  # Engine 20.10, the oldest engine in the test matrix
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -81,9 +82,12 @@ class Daemon:
         self,
         host: str | None = None,
         timeout: int = 600,
+        *,
+        progress: Progress = NO_PROGRESS,
         containerd_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        self.progress = progress  # shows the bytes of saves and loads as they go
         # Where to find the daemon's containerd where its info does not say (see
         # transports/containerd.py: find_endpoint); None: the environment.
         self.containerd_settings = containerd_settings
@@ -120,7 +124,7 @@ class Daemon:
         try:
             return fn(*args, **kwargs)
         except docker.errors.ImageNotFound as exc:
-            raise NotFoundError(f"no image {what} in the Docker daemon at {self.host}") from exc
+            raise not_in_daemon(what, self.host) from exc
         except docker.errors.APIError as exc:
             raise DaemonError(f"the Docker daemon refused {what}: {exc.explanation}") from exc
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
@@ -132,7 +136,7 @@ class Daemon:
             self._inspect(ref)
         info = self._inspected[ref]
         if info is None:
-            raise NotFoundError(f"no image {ref} in the Docker daemon at {self.host}")
+            raise not_in_daemon(ref, self.host)
         return info
 
     def prefetch(self, refs: Iterable[str]) -> None:
@@ -232,17 +236,20 @@ class Daemon:
             stream=True,
         )
         if response.status_code == 404:
-            raise NotFoundError(f"no image {', '.join(names)} in the Docker daemon at {self.host}")
+            raise not_in_daemon(", ".join(names), self.host)
         self._call(", ".join(names), api._raise_for_status, response)
         response.raw.decode_content = True
-        return response.raw  # type: ignore[no-any-return]
+        task = self.progress.task(f"Saving {', '.join(names)} from the daemon")
+        return CountingReader(response.raw, task)  # type: ignore[return-value]
 
     def load(self, chunks: Iterator[bytes]) -> list[str]:
         """`docker load` of a stream of archive chunks; returns the daemon's status lines."""
         messages: list[str] = []
         self._forget()
+        task = self.progress.task("Loading into the daemon")
         events = self._call(
-            "the load", lambda: list(self.client.api.load_image(chunks, quiet=True))
+            "the load",
+            lambda: list(self.client.api.load_image(counted(chunks, task), quiet=True)),
         )
         for event in events:
             if "error" in event or "errorDetail" in event:

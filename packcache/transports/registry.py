@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.jsondoc import check_index, check_manifest, is_sha256_digest, strict_loads
+from packcache.progress import NO_PROGRESS, NO_TASK, Progress, Task
 from packcache.refs import normalize
 from packcache.transports.registry_credentials import Credentials, find_credentials
 
@@ -260,8 +261,10 @@ class RegistryClient:
         *,
         actions: Iterable[str] = ("pull",),
         credentials: Credentials | None = None,
+        progress: Progress = NO_PROGRESS,
     ) -> None:
         self.host = host
+        self.progress = progress  # shows each blob's bytes as they arrive
         self.options = options or RegistryOptions()
         self.actions = ",".join(actions)
         self.insecure = host in self.options.insecure
@@ -579,8 +582,10 @@ class RegistryClient:
         return body
 
     def open_blob(self, repository: str, digest: str, size: int | None = None) -> BlobReader:
-        """A blob's bytes as a file object, read front to back once (see BlobReader)."""
-        return BlobReader(self, repository, digest, size)
+        """A blob's bytes as a file object, read front to back once (see BlobReader), shown
+        as docker pull shows a layer: its short digest, bytes and speed."""
+        task = self.progress.task(digest.removeprefix("sha256:")[:12], size)
+        return BlobReader(self, repository, digest, size, task)
 
     def _open_blob_response(self, repository: str, digest: str, offset: int) -> requests.Response:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -616,8 +621,16 @@ class BlobReader:
     (Store.stage) verifies the digest over the whole stream.
     """
 
-    def __init__(self, client: RegistryClient, repository: str, digest: str, size: int | None):
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        digest: str,
+        size: int | None,
+        task: Task = NO_TASK,
+    ):
         self._client = client
+        self._task = task
         self._repository = repository
         self._digest = digest
         self._size = size
@@ -653,6 +666,7 @@ class BlobReader:
                 self._dropped(exc)
                 continue
             self._offset += len(data)
+            self._task.advance(len(data))
             if self._size is not None and self._offset > self._size:
                 raise PackcacheError(
                     f"registry {self._client.host} sent more than {self._size} bytes for blob "
@@ -681,3 +695,4 @@ class BlobReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+        self._task.done()  # close() alone also ends a dropped connection, not the download

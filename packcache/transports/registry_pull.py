@@ -15,6 +15,7 @@ from typing import Any
 
 from packcache.errors import PackcacheError
 from packcache.jsondoc import check_image_config, config_diff_ids, strict_loads
+from packcache.progress import NO_PROGRESS, Progress
 from packcache.store.blobs import StagedBlob
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.registry import (
@@ -149,6 +150,7 @@ def pull_images(
     lease: Lease,
     options: RegistryOptions,
     platform: Platform = DEFAULT_PLATFORM,
+    progress: Progress = NO_PROGRESS,
 ) -> list[PullReport]:
     """pull_image for each reference (all checked first), one client per registry."""
     names = [ImageName.parse(ref) for ref in refs]
@@ -157,7 +159,7 @@ def pull_images(
         reports = []
         for name in names:
             if name.api_host not in clients:
-                clients[name.api_host] = RegistryClient(name.api_host, options)
+                clients[name.api_host] = RegistryClient(name.api_host, options, progress=progress)
             client = clients[name.api_host]
             reports.append(pull_image(store, client, name, lease=lease, platform=platform))
         return reports
