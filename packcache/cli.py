@@ -671,6 +671,16 @@ def load_command(
     )
 
 
+InsecureRegistriesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--insecure-registry",
+        metavar="HOST",
+        help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
+    ),
+]
+
+
 @app.command(
     "pull",
     epilog="Credentials and TLS are docker's: the Docker config (docker login) and "
@@ -687,14 +697,7 @@ def pull_command(
             help="Which image of a multi-platform one (default: linux/amd64).",
         ),
     ] = None,
-    insecure_registries: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--insecure-registry",
-            metavar="HOST",
-            help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
-        ),
-    ] = None,
+    insecure_registries: InsecureRegistriesOption = None,
     quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -732,7 +735,13 @@ def pull_command(
 @app.command("rebase", epilog=examples("rebase"))
 def rebase_command(
     ctx: typer.Context,
-    image: Annotated[str, typer.Argument(help="The app image in the Docker daemon.")],
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="The app image in the Docker daemon (with --previous-image: the "
+            "name the result gets)."
+        ),
+    ],
     run_image: Annotated[
         str | None,
         typer.Option(
@@ -740,14 +749,41 @@ def rebase_command(
         ),
     ] = None,
     tag: Annotated[
-        str | None, typer.Option("--tag", help="Name the result this.", show_default="IMAGE")
+        str | None,
+        typer.Option(
+            "--tag",
+            help="packcache's own, not with --previous-image (IMAGE --tag NEW is pack's NEW "
+            "--previous-image IMAGE). Name the result this.",
+            show_default="IMAGE",
+        ),
     ] = None,
+    previous_image: Annotated[
+        str | None,
+        typer.Option(
+            "--previous-image",
+            help="pack's: rebase this image (tag or ID) and name the result IMAGE.",
+        ),
+    ] = None,
+    pull_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--pull-policy",
+            metavar="POLICY",
+            help="always, if-not-present or never: pull the run image through the cache "
+            "always, only if the daemon lacks it, or never.",
+            show_default="pull-policy in pack's config, else always",
+        ),
+    ] = None,
+    insecure_registries: InsecureRegistriesOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Skip the rebasable, target and run image checks.")
     ] = False,
     no_cache: Annotated[
         bool,
-        typer.Option("--no-cache", help="pack's method: save the whole app image, load it all."),
+        typer.Option(
+            "--no-cache",
+            help="pack's method: docker pull, save the whole app image, load it all.",
+        ),
     ] = False,
     dry_run: DryRunOption = False,
     publish: Annotated[
@@ -758,30 +794,53 @@ def rebase_command(
             "(as --tag, if given); only manifests and configs are read, no layer.",
         ),
     ] = False,
-    insecure_registries: Annotated[
-        list[str] | None,
+    report_file: ReportOption = None,
+    report_dir: Annotated[
+        Path | None,
         typer.Option(
-            "--insecure-registry",
-            metavar="HOST",
-            help="With --publish: reach HOST by plain HTTP or unverified TLS (repeatable).",
+            "--report-output-dir",
+            metavar="DIR",
+            help="Write the lifecycle's report.toml into DIR (tags, and image-id, or with "
+            "--publish digest and manifest-size).",
         ),
     ] = None,
-    report_file: ReportOption = None,
     quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
     from packcache.operations.housekeeping import size_capped
+    from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
+    from packcache.operations.report_toml import write_report_toml
+    from packcache.operations.run_image_fetch import RunImagePull, resolve_pull_policy
+    from packcache.transports.registry import RegistryOptions
 
     if publish:
+        if previous_image is not None:  # pack's spelling of IMAGE --tag NEW
+            if tag is not None:
+                _exit_with("--tag and --previous-image do not go together: use one", EXIT_USAGE)
+            image, tag = previous_image, image
         published = _rebase_publish(
             image, run_image, tag, force, no_cache, dry_run, insecure_registries
         )
+        if report_dir is not None:
+            with reported():
+                write_report_toml(
+                    report_dir,
+                    tags=[published.image],
+                    digest=published.digest,
+                    manifest_size=published.manifest_size,
+                )
         _print_publish(published, report_file, fmt)
         return
     started = time.perf_counter()
     with reported():
+        config = read_pack_config()
+        pull = RunImagePull(
+            resolve_pull_policy(pull_policy, config),
+            config,
+            RegistryOptions(insecure=frozenset(insecure_registries or ())),
+        )
         store = ctx.obj.open_store()
         with (
             size_capped(store),
@@ -795,11 +854,16 @@ def rebase_command(
                 image,
                 run_image=run_image,
                 tag=tag,
+                previous_image=previous_image,
                 force=force,
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
+                pull=pull,
             )
+        if report_dir is not None and not report.dry_run:
+            image_id = report.new_image_id.removeprefix("sha256:")
+            write_report_toml(report_dir, tags=[report.tag], image_id=image_id)
     report.timings["total"] = round(time.perf_counter() - started, 4)
     _write_report(report, report_file, fmt)
     if fmt is not Format.table:
@@ -816,17 +880,9 @@ def rebase_command(
     typer.echo(f"  docker save {', '.join(report.saved) or 'none'}")
     if report.load_method:
         typer.echo(f"  loaded by   {report.load_method}")
+    if report.run_image_fetch is not None:
+        typer.echo(f"  run image   {render.run_image_fetch(report.run_image_fetch)}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
-
-
-InsecureRegistriesOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--insecure-registry",
-        metavar="HOST",
-        help="Reach HOST by plain HTTP or unverified TLS (repeatable).",
-    ),
-]
 
 
 def _rebase_publish(
@@ -838,6 +894,7 @@ def _rebase_publish(
     dry_run: bool,
     insecure_registries: list[str] | None,
 ) -> PublishReport:
+    from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase_publish import rebase_publish
     from packcache.transports.registry import RegistryOptions
 
@@ -847,7 +904,12 @@ def _rebase_publish(
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         target, previous = (tag, image) if tag else (image, None)
         return rebase_publish(
-            target, options=options, previous_image=previous, run_image=run_image, force=force
+            target,
+            options=options,
+            previous_image=previous,
+            run_image=run_image,
+            force=force,
+            config_mirrors=read_pack_config().run_image_mirrors,
         )
 
 
@@ -876,6 +938,7 @@ def push_command(
     ],
     ref: Annotated[str, typer.Argument(help="Where to push it: registry/repository:tag.")],
     insecure_registries: InsecureRegistriesOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Push an image to a registry: only the blobs it lacks (others mounted or skipped)."""
@@ -886,9 +949,19 @@ def push_command(
     with reported():
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("push") as lease:
+        with (
+            size_capped(store),
+            store.lease("push") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
             report = push_image(
-                store, image, ref, lease=lease, options=options, daemon=ctx.obj.daemon
+                store,
+                image,
+                ref,
+                lease=lease,
+                options=options,
+                daemon=lambda: ctx.obj.daemon(shown),
+                progress=shown,
             )
     if fmt is not Format.table:
         print_formatted(fmt, render.report_json(report))

@@ -36,9 +36,14 @@ def store(cache_dir: Path) -> Store:
 
 
 @pytest.fixture
-def cli(cache_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def cli(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
     """Run the real CLI in-process against the test's cache dir, like sqlite-utils' tests."""
     monkeypatch.delenv("PACKCACHE_MAX_SIZE", raising=False)
+    # Nothing in the tests may reach a public registry: a rebase that names no pull policy
+    # uses the daemon's images only (pack's config key; tests of pulls name their policy).
+    pack_home = tmp_path_factory.mktemp("pack-home")
+    (pack_home / "config.toml").write_text('pull-policy = "never"\n')
+    monkeypatch.setenv("PACK_HOME", str(pack_home))
     runner = CliRunner()
 
     def run(*args: str, cache: Path | None = None) -> CliResult:

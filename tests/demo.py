@@ -106,6 +106,8 @@ def run_demo(daemon) -> None:
                 app.tag,
                 "--run-image",
                 run2.tag,
+                "--pull-policy",
+                "never",
                 *extra,
                 "--report",
                 str(work / "report.json"),

@@ -48,7 +48,7 @@ def session(engine: Engine, work: Path) -> None:
         "packcache du",
         "docker rmi my-app",
         "packcache load my-app",
-        "packcache rebase my-app --run-image cnbs/run:v2",
+        "packcache rebase my-app --run-image cnbs/run:v2 --pull-policy if-not-present",
         "packcache ls --format 'table {{.DiffID}}\\t{{.Size}}\\t{{join .Images \", \"}}'",
         "packcache prune --max-size 20M --dry-run",
         "packcache load nope:1",

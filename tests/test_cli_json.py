@@ -62,6 +62,7 @@ REBASE = {
     "run_image_id",
     "method",
     "dry_run",
+    "run_image_fetch",
     "app_layers",
     "layers_sent",
     "layers_reused",

@@ -23,6 +23,7 @@ from packcache.image.inspected import InspectedImage
 from packcache.operations.importing import cached_config, import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method, planner_for
 from packcache.operations.loading import base_image_needed, load_config
+from packcache.operations.run_image_fetch import RunImageFetch, RunImagePull, prepare_run_image
 from packcache.refs import looks_like_id, normalize
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
@@ -48,6 +49,7 @@ class RebaseReport:
     bytes_sent: int = 0
     saved: list[str] = field(default_factory=list)  # images read with `docker save`
     load_method: str = ""  # "containerd" (written into its content store) or "docker load"
+    run_image_fetch: RunImageFetch | None = None  # how --pull-policy got the run image
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -291,6 +293,29 @@ def _plan_only(source: Store, daemon: Daemon, images: _Images, report: RebaseRep
     report.layers_sent = len(diff_ids) - report.layers_reused
 
 
+def _fetch_run_image(
+    store: Store,
+    daemon: Daemon,
+    image: str,
+    result_name: str,
+    run_image: str | None,
+    pull: RunImagePull,
+    lease: Lease | None,
+    no_cache: bool,
+) -> RunImageFetch | None:
+    """The run image into the daemon as the pull policy says (see run_image_fetch)."""
+    try:
+        app = daemon.inspect_image(image)
+    except NotFoundError:
+        return None  # _find_images says so
+    metadata = LifecycleMetadata.from_labels(image, app.labels)
+    return prepare_run_image(
+        store, daemon, app, metadata,
+        result_name=result_name, run_image=run_image, pull=pull, lease=lease,
+        pack_method=no_cache,
+    )  # fmt: skip
+
+
 def rebase(
     store: Store,
     daemon: Daemon,
@@ -298,18 +323,33 @@ def rebase(
     *,
     run_image: str | None = None,
     tag: str | None = None,
+    previous_image: str | None = None,
     force: bool = False,
     no_cache: bool = False,
     dry_run: bool = False,
     lease: Lease | None = None,
+    pull: RunImagePull | None = None,
 ) -> RebaseReport:
-    """Rebase `image` onto its run image (or `run_image`), as `tag` (default: in place)."""
+    """Rebase `image` onto its run image (or `run_image`), as `tag` (default: in place).
+    pack's `previous_image`: rebase that image and name the result `image`. `pull`: how the
+    run image is fetched (pack's pull policy); None uses the daemon's copy only."""
     if no_cache and dry_run:
         raise UsageError("--no-cache and --dry-run do not go together")
-    for name in (image, tag, run_image):
+    if previous_image is not None and tag is not None:
+        raise UsageError("--tag and --previous-image do not go together: use one")
+    for name in (image, tag, run_image, previous_image):
         if name is not None and not looks_like_id(name):
             normalize(name)  # a malformed name is a usage error, found before any work
+    if previous_image is not None:
+        image, tag = previous_image, image
     clock = _Clock({})
+    fetched = None
+    if pull is not None and not dry_run:  # a dry run changes nothing: it pulls nothing
+        fetched = _fetch_run_image(
+            store, daemon, image, tag or image, run_image, pull, lease, no_cache
+        )
+        run_image = fetched.ref if fetched is not None else run_image
+        clock.lap("pull")
     images = _find_images(daemon, image, run_image, force)
     clock.lap("inspect")
     report = RebaseReport(
@@ -322,6 +362,7 @@ def rebase(
         method="no-cache" if no_cache else "cached",
         dry_run=dry_run,
         app_layers=len(images.app_layers),
+        run_image_fetch=fetched,
         timings=clock.timings,
     )
     # pack's method (--no-cache) reads both images from the daemon into a throw-away store

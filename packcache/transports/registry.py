@@ -510,6 +510,16 @@ class RegistryClient:
                 )
         return body, header_type, digest
 
+    def has_manifest(self, repository: str, reference: str) -> bool:
+        """Does the registry answer for this tag or digest (a HEAD, no body read)?"""
+        response = self.request("HEAD", repository, f"manifests/{reference}", {"Accept": ACCEPT})
+        response.close()
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise self._fail(response, f"manifest {repository}:{reference}")
+        return True
+
     def manifest(
         self, repository: str, reference: str, platform: Platform = DEFAULT_PLATFORM
     ) -> Manifest:

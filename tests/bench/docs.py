@@ -25,6 +25,7 @@ TITLES = {
     "rebase": "Rebase",
     "builder": "create-builder",
     "publish": "rebase --publish",
+    "pull": "Pull",
 }
 
 

@@ -189,6 +189,8 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                     str(cache),
                     "rebase",
                     *args,
+                    "--pull-policy",
+                    "never",  # the images are in the daemon: nothing to pull
                     "--report",
                     str(report),
                 ],

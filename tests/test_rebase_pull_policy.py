@@ -1,0 +1,211 @@
+"""`packcache rebase` with pack's registry flags on every engine: --pull-policy (the run image
+through the cache), --previous-image, run-image mirrors from pack's config, --report-output-dir.
+Run images live in the tests' own plain registry; nothing reaches a public one."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cnb_images import RunImage, build_app_image, build_run_image
+from tests.engines.harness import Engine
+from tests.registries.harness import RegistrySet
+from tests.test_cli import snapshot
+from tests.test_rebase import check_result, inspect
+
+pytestmark = pytest.mark.engine
+
+
+def push(engine: Engine, source: str, target: str) -> None:
+    """`target` in the registry holds `source`; the daemon keeps no name `target`."""
+    engine.docker("tag", source, target)
+    try:
+        engine.docker("push", target)
+    finally:
+        engine.docker("rmi", target)
+
+
+def as_pulled(engine: Engine, run: RunImage, ref: str) -> RunImage:
+    """`run` as the daemon holds it under `ref` after a pull (its ID is the daemon's own)."""
+    pulled = copy.copy(run)
+    pulled.image_id = inspect(engine, ref)["Id"]
+    return pulled
+
+
+def rebase(cli, engine: Engine, registries: RegistrySet, *args: str):
+    host = registries.plain.host
+    return cli(
+        "--host", engine.host, "rebase", *args, "--insecure-registry", host, "--format", "json"
+    )  # fmt: skip
+
+
+@pytest.fixture
+def remote_stack(engine: Engine, registries: RegistrySet, tmp_path: Path):
+    """An app on run v1 whose metadata names REPO (on the plain registry); the registry's
+    REPO:latest is v2, which the daemon does not hold; the daemon holds v1 as REPO:latest."""
+    repo = f"{registries.plain.host}/t/run-{uuid.uuid4().hex[:8]}"
+    run1 = build_run_image(engine, tmp_path, "v1", f"{repo}:v1")
+    # A version of its own: the session's engine holds no layer of it from other tests.
+    run2 = build_run_image(engine, tmp_path, f"v2-{uuid.uuid4().hex[:8]}", f"{repo}:v2")
+    push(engine, run2.tag, f"{repo}:latest")
+    engine.docker("rmi", run2.tag)
+    engine.docker("tag", run1.tag, f"{repo}:latest")  # the stale copy a user pulled once
+    app = build_app_image(engine, tmp_path, run1, f"packcache-test/app-{uuid.uuid4().hex[:8]}:1",
+                          run_name=repo)  # fmt: skip
+    yield repo, run1, run2, app
+    for ref in (f"{repo}:latest", run1.tag):
+        engine.docker("rmi", "-f", ref, check=False)
+
+
+def test_always_pulls_the_new_run_image_through_the_cache(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, remote_stack
+) -> None:
+    repo, run1, run2, app = remote_stack
+    result = rebase(cli, engine, registries, app.tag, "--pull-policy", "always")
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    fetch = report["run_image_fetch"]
+    assert report["run_image"] == repo and fetch["policy"] == "always"
+    assert len(fetch["pulled"]["downloaded"]) + len(fetch["pulled"]["already_cached"]) == 3
+    new_layers = set(run2.built.diff_ids) - set(run1.built.diff_ids)
+    assert fetch["loaded"]["layers_sent"] <= len(run2.built.diff_ids)
+    if not engine.containerd_store:  # the daemon is sent only the layers it lacks
+        assert fetch["loaded"]["layers_sent"] == len(new_layers)
+    check_result(engine, tmp_path, app.tag, app, as_pulled(engine, run2, f"{repo}:latest"))
+    # Again: the cache and the daemon hold v2 already, nothing is downloaded.
+    again = rebase(cli, engine, registries, app.tag, "--pull-policy", "always")
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["run_image_fetch"]["pulled"]["downloaded"] == []
+
+
+def test_if_not_present_uses_the_daemons_copy_and_pulls_only_when_it_lacks_one(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, remote_stack
+) -> None:
+    repo, run1, run2, app = remote_stack
+    kept = rebase(cli, engine, registries, app.tag, "--pull-policy", "if-not-present")
+    assert kept.exit_code == 0, kept.stderr
+    assert kept.json()["run_image_fetch"]["pulled"] is None
+    assert kept.json()["run_image_id"] == run1.image_id  # the stale v1, as pack does
+    engine.docker("rmi", f"{repo}:latest")
+    pulled = rebase(cli, engine, registries, app.tag, "--pull-policy", "if-not-present")
+    assert pulled.exit_code == 0, pulled.stderr
+    assert pulled.json()["run_image_fetch"]["pulled"] is not None
+    check_result(engine, tmp_path, app.tag, app, as_pulled(engine, run2, f"{repo}:latest"))
+
+
+def test_never_fails_clearly_when_the_daemon_lacks_the_run_image(
+    cli, engine: Engine, registries: RegistrySet, cache_dir: Path, remote_stack
+) -> None:
+    repo, _, _, app = remote_stack
+    engine.docker("rmi", f"{repo}:latest")
+    cli("info")
+    before_cache, before_image = snapshot(cache_dir), inspect(engine, app.tag)["Id"]
+    result = rebase(cli, engine, registries, app.tag, "--pull-policy", "never")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"packcache: error: run image {repo} is not in the Docker daemon and the pull policy "
+        "is never\n"
+    )
+    assert inspect(engine, app.tag)["Id"] == before_image
+    assert snapshot(cache_dir) == before_cache
+
+
+def test_always_falls_back_to_the_daemon_when_the_registry_lacks_it_as_pack_does(
+    cli, engine: Engine, registries: RegistrySet, cache_dir: Path, tmp_path: Path, remote_stack
+) -> None:
+    repo, run1, _, app = remote_stack
+    local = f"{repo}:only-local"
+    engine.docker("tag", run1.tag, local)
+    fell_back = rebase(cli, engine, registries, app.tag, "--run-image", local,
+                       "--pull-policy", "always")  # fmt: skip
+    assert fell_back.exit_code == 0, fell_back.stderr
+    assert fell_back.json()["run_image_fetch"]["fell_back"] is True
+    engine.docker("rmi", local)
+    cli("info")
+    before_cache = snapshot(cache_dir)
+    missing = rebase(cli, engine, registries, app.tag, "--run-image", local,
+                     "--pull-policy", "always")  # fmt: skip
+    assert missing.exit_code == 1
+    assert "neither in the Docker daemon nor in its registry" in missing.stderr
+    assert missing.stderr.count("\n") == 1
+    assert snapshot(cache_dir) == before_cache
+
+
+def test_previous_image_keeps_the_original_and_names_the_result(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, remote_stack
+) -> None:
+    repo, _, run2, app = remote_stack
+    before = inspect(engine, app.tag)["Id"]
+    new = f"packcache-test/new-{uuid.uuid4().hex[:8]}:1"
+    out = tmp_path / "out"
+    result = rebase(cli, engine, registries, new, "--previous-image", app.tag,
+                    "--pull-policy", "always", "--report-output-dir", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert inspect(engine, app.tag)["Id"] == before
+    new_id = inspect(engine, new)["Id"]
+    assert result.json()["new_image_id"] == new_id
+    check_result(engine, tmp_path, new, app, as_pulled(engine, run2, f"{repo}:latest"))
+    # The lifecycle's report.toml of a daemon image: the name given and the ID, no digest.
+    report = (out / "report.toml").read_text()
+    assert tomllib.loads(report) == {
+        "image": {"tags": [new], "image-id": new_id.removeprefix("sha256:")}
+    }
+    assert report.startswith("[image]\n  tags = [")
+    both = rebase(cli, engine, registries, new, "--previous-image", app.tag, "--tag", "x:1")
+    assert both.exit_code == 2 and "--tag and --previous-image" in both.stderr
+    engine.docker("rmi", new)
+
+
+def test_mirror_in_the_results_registry_first_and_mirrors_from_packs_config(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, monkeypatch
+) -> None:
+    """127.0.0.1:PORT and localhost:PORT are one registry under two names: two registries
+    as references see them."""
+    port = registries.plain.port
+    ip, name = f"127.0.0.1:{port}", f"localhost:{port}"
+    suffix = uuid.uuid4().hex[:8]
+    recorded, mirror, configured = (f"{ip}/t/run-{suffix}", f"{name}/t/mirror-{suffix}",
+                                    f"{name}/t/configured-{suffix}")  # fmt: skip
+    run1 = build_run_image(engine, tmp_path, "v1", f"{recorded}:v1")
+    run2 = build_run_image(engine, tmp_path, "v2", f"{recorded}:v2")
+    for target in (recorded, mirror, configured):
+        push(engine, run2.tag, f"{target}:latest")
+    app = build_app_image(engine, tmp_path, run1, f"{name}/t/app-{suffix}:1",
+                          run_name=recorded, mirrors=[mirror])  # fmt: skip
+    pack_home = tmp_path / "pack"
+    pack_home.mkdir()
+    (pack_home / "config.toml").write_text(
+        f'[[run-images]]\nimage = "{recorded}"\nmirrors = ["{configured}"]\n'
+    )
+    monkeypatch.setenv("PACK_HOME", str(pack_home))
+    args = ("--pull-policy", "always", "--insecure-registry", name)
+    # Named in 127.0.0.1:PORT, the result takes the recorded image, which is there.
+    in_ip = f"{ip}/t/app-{suffix}:1"
+    result = rebase(cli, engine, registries, in_ip, "--previous-image", app.tag, *args)
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["run_image"] == recorded
+    # The app named in localhost:PORT: the first candidate there, the configured mirror;
+    # the lifecycle refuses a run image the metadata does not name, unless forced.
+    configured_choice = rebase(cli, engine, registries, app.tag, *args)
+    assert configured_choice.exit_code == 1
+    assert f"run image {configured}" in configured_choice.stderr
+    forced = rebase(cli, engine, registries, app.tag, *args, "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert forced.json()["run_image"] == configured
+    (pack_home / "config.toml").write_text("[[run-images]\nimage = 1\n")
+    bad = rebase(cli, engine, registries, app.tag, *args)
+    assert bad.exit_code == 2
+    assert f"pack's config {pack_home / 'config.toml'} is not valid TOML" in bad.stderr
+    assert bad.stderr.count("\n") == 1
+    for ref in (app.tag, in_ip, run1.tag, run2.tag, f"{configured}:latest", f"{recorded}:latest"):
+        engine.docker("rmi", "-f", ref, check=False)
+
+
+def test_invalid_pull_policy_is_a_usage_error(cli, engine: Engine, registries) -> None:
+    result = rebase(cli, engine, registries, "x:1", "--pull-policy", "sometimes")
+    assert result.exit_code == 2
+    assert "invalid pull policy 'sometimes'" in result.stderr
