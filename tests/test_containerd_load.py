@@ -264,6 +264,7 @@ def test_two_rebases_of_one_app_at_once(via_containerd: Engine, stack, tmp_path)
     engine, (_, run2, app) = via_containerd, stack
     command = [sys.executable, "-m", "packcache", "--cache-dir", str(tmp_path / "cache")]
     command += ["--host", engine.host, "rebase", app.tag, "--run-image", run2.tag]
+    command += ["--pull-policy", "never"]  # the run image is local; never a public registry
     env = {**os.environ, **settings(engine)}
     procs = [
         subprocess.Popen(
