@@ -208,6 +208,9 @@ class Context:
     verbose: int
     host: str | None
     cache_dir_source: str = "--cache-dir"  # where cache_dir came from, to name in errors
+    # Where the daemon's containerd is, where its info does not say.
+    containerd_address: str | None = None
+    containerd_namespace: str | None = None
 
     def checked_cache_dir(self) -> Path:
         """The cache dir, refused with a usage error if it exists and is not a directory."""
@@ -219,9 +222,13 @@ class Context:
         return self.cache_dir
 
     def daemon(self, progress: Progress = NO_PROGRESS):
+        from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
         from packcache.transports.daemon import Daemon
 
-        return Daemon(self.host, progress=progress)
+        # Keyed as the transport reads them from the environment (here already read by typer).
+        given = {ENV_ADDRESS: self.containerd_address, ENV_NAMESPACE: self.containerd_namespace}
+        settings = {key: value for key, value in given.items() if value}
+        return Daemon(self.host, progress=progress, containerd_settings=settings)
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -312,6 +319,26 @@ def main_options(
             show_default="unix:///var/run/docker.sock",
         ),
     ] = None,
+    containerd_address: Annotated[
+        str | None,
+        typer.Option(
+            "--containerd-address",
+            envvar="PACKCACHE_CONTAINERD_ADDRESS",
+            help="The daemon's containerd socket, where the daemon does not say (API before "
+            "1.46); off: always load with docker load.",
+            show_default="/run/containerd/containerd.sock or "
+            "/var/run/docker/containerd/containerd.sock",
+        ),
+    ] = None,
+    containerd_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--containerd-namespace",
+            envvar="PACKCACHE_CONTAINERD_NAMESPACE",
+            help="The daemon's containerd namespace, where the daemon does not say.",
+            show_default="moby",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -340,6 +367,8 @@ def main_options(
         verbose=verbose,
         host=host,
         cache_dir_source=source if cache_dir else "the default",
+        containerd_address=containerd_address,
+        containerd_namespace=containerd_namespace,
     )
 
 
@@ -637,7 +666,8 @@ def load_command(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
         f"{render.count(report.layers_sent, 'layer')} sent, "
         f"{report.layers_reused} already in the daemon, "
-        f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s"
+        f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s "
+        f"(by {report.load_method})"
     )
 
 
@@ -848,6 +878,8 @@ def rebase_command(
         f"({render.size(report.bytes_sent)} sent)"
     )
     typer.echo(f"  docker save {', '.join(report.saved) or 'none'}")
+    if report.load_method:
+        typer.echo(f"  loaded by   {report.load_method}")
     if report.run_image_fetch is not None:
         typer.echo(f"  run image   {render.run_image_fetch(report.run_image_fetch)}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
@@ -1034,7 +1066,7 @@ def create_builder_command(
         typer.echo(
             f"  loaded      {report.load.layers_sent} layers sent, "
             f"{report.load.layers_reused} already in the daemon, "
-            f"{render.size(report.load.bytes_sent)} sent"
+            f"{render.size(report.load.bytes_sent)} sent, by {report.load.load_method}"
         )
     typer.echo(f"  time        {report.seconds:.2f} s")
 

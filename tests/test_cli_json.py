@@ -43,7 +43,16 @@ IMPORT = {
     "already_cached",
 }
 IMPORT_IMAGE = {"config_digest", "manifest_digest", "refs", "diff_ids"}
-LOAD = {"image_id", "tags", "layers_sent", "layers_reused", "bytes_sent", "full_reload", "seconds"}
+LOAD = {
+    "image_id",
+    "tags",
+    "layers_sent",
+    "layers_reused",
+    "bytes_sent",
+    "full_reload",
+    "seconds",
+    "load_method",
+}
 REBASE = {
     "image",
     "tag",
@@ -59,6 +68,7 @@ REBASE = {
     "layers_reused",
     "bytes_sent",
     "saved",
+    "load_method",
     "timings",
 }
 CREATE_BUILDER = {

@@ -6,10 +6,10 @@ Errors become one clear PackcacheError naming the socket, so a user knows what t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
@@ -42,6 +42,8 @@ class EngineInfo:
     os: str
     architecture: str
     host: str
+    # What API 1.46+ reports of the daemon's containerd (Address, Namespaces); else empty.
+    containerd: Mapping[str, Any] = field(default_factory=dict)
 
 
 def check_api_version(api_version: str, host: str) -> None:
@@ -77,10 +79,18 @@ class Daemon:
     """A connection to one Docker engine."""
 
     def __init__(
-        self, host: str | None = None, timeout: int = 600, *, progress: Progress = NO_PROGRESS
+        self,
+        host: str | None = None,
+        timeout: int = 600,
+        *,
+        progress: Progress = NO_PROGRESS,
+        containerd_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self.progress = progress  # shows the bytes of saves and loads as they go
+        # Where to find the daemon's containerd where its info does not say (see
+        # transports/containerd.py: find_endpoint); None: the environment.
+        self.containerd_settings = containerd_settings
         self._image_ids: list[str] | None = None
         # What `inspect_image` returned per ref and per image ID (None: not found), until this
         # client changes the daemon (load, pull): one operation asks about the same images
@@ -107,6 +117,7 @@ class Daemon:
             os=raw_info.get("OSType") or "linux",
             architecture=raw_info.get("Architecture") or "",
             host=self.host,
+            containerd=raw_info.get("Containerd") or {},
         )
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -150,6 +161,10 @@ class Daemon:
         """This client is about to change what the daemon holds."""
         self._image_ids = None
         self._inspected.clear()
+
+    def images_changed(self) -> None:
+        """What the daemon holds was changed by other means (its containerd): ask again."""
+        self._forget()
 
     def pull(self, ref: str) -> None:
         """`docker pull` (the daemon fetches from its registry)."""
