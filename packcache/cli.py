@@ -209,6 +209,9 @@ class Context:
     verbose: int
     host: str | None
     cache_dir_source: str = "--cache-dir"  # where cache_dir came from, to name in errors
+    # Where the daemon's containerd is, where its info does not say.
+    containerd_address: str | None = None
+    containerd_namespace: str | None = None
 
     def checked_cache_dir(self) -> Path:
         """The cache dir, refused with a usage error if it exists and is not a directory."""
@@ -220,9 +223,13 @@ class Context:
         return self.cache_dir
 
     def daemon(self, progress: Progress = NO_PROGRESS):
+        from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
         from packcache.transports.daemon import Daemon
 
-        return Daemon(self.host, progress=progress)
+        # Keyed as the transport reads them from the environment (here already read by typer).
+        given = {ENV_ADDRESS: self.containerd_address, ENV_NAMESPACE: self.containerd_namespace}
+        settings = {key: value for key, value in given.items() if value}
+        return Daemon(self.host, progress=progress, containerd_settings=settings)
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -313,6 +320,26 @@ def main_options(
             show_default="unix:///var/run/docker.sock",
         ),
     ] = None,
+    containerd_address: Annotated[
+        str | None,
+        typer.Option(
+            "--containerd-address",
+            envvar="PACKCACHE_CONTAINERD_ADDRESS",
+            help="The daemon's containerd socket, where the daemon does not say (API before "
+            "1.46); off: always load with docker load.",
+            show_default="/run/containerd/containerd.sock or "
+            "/var/run/docker/containerd/containerd.sock",
+        ),
+    ] = None,
+    containerd_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--containerd-namespace",
+            envvar="PACKCACHE_CONTAINERD_NAMESPACE",
+            help="The daemon's containerd namespace, where the daemon does not say.",
+            show_default="moby",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -341,6 +368,8 @@ def main_options(
         verbose=verbose,
         host=host,
         cache_dir_source=source if cache_dir else "the default",
+        containerd_address=containerd_address,
+        containerd_namespace=containerd_namespace,
     )
 
 
@@ -706,7 +735,8 @@ def load_command(
         f"Loaded {', '.join(report.tags)} ({short_id(report.image_id)}): "
         f"{render.count(report.layers_sent, 'layer')} sent, "
         f"{report.layers_reused} already in the daemon, "
-        f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s"
+        f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s "
+        f"(by {report.load_method})"
     )
 
 
@@ -851,7 +881,8 @@ def rebase_command(
         typer.Option(
             "--report-output-dir",
             metavar="DIR",
-            help="Write the lifecycle's report.toml (tags, image-id) into DIR.",
+            help="Write the lifecycle's report.toml into DIR (tags, and image-id, or with "
+            "--publish digest and manifest-size).",
         ),
     ] = None,
     quiet: QuietOption = False,
@@ -874,6 +905,14 @@ def rebase_command(
         published = _rebase_publish(
             image, run_image, tag, force, no_cache, dry_run, insecure_registries
         )
+        if report_dir is not None:
+            with reported():
+                write_report_toml(
+                    report_dir,
+                    tags=[published.image],
+                    digest=published.digest,
+                    manifest_size=published.manifest_size,
+                )
         _print_publish(published, report_file, fmt)
         return
     started = time.perf_counter()
@@ -927,6 +966,8 @@ def rebase_command(
         typer.echo("  app layers  " + ", ".join(f"{n} from {k}" for k, n in counts.items()))
     for problem in report.launch_cache_problems:
         typer.echo(f"  skipped     {problem}")
+    if report.load_method:
+        typer.echo(f"  loaded by   {report.load_method}")
     if report.run_image_fetch is not None:
         typer.echo(f"  run image   {render.run_image_fetch(report.run_image_fetch)}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
@@ -941,6 +982,7 @@ def _rebase_publish(
     dry_run: bool,
     insecure_registries: list[str] | None,
 ) -> PublishReport:
+    from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase_publish import rebase_publish
     from packcache.transports.registry import RegistryOptions
 
@@ -950,7 +992,12 @@ def _rebase_publish(
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         target, previous = (tag, image) if tag else (image, None)
         return rebase_publish(
-            target, options=options, previous_image=previous, run_image=run_image, force=force
+            target,
+            options=options,
+            previous_image=previous,
+            run_image=run_image,
+            force=force,
+            config_mirrors=read_pack_config().run_image_mirrors,
         )
 
 
@@ -979,6 +1026,7 @@ def push_command(
     ],
     ref: Annotated[str, typer.Argument(help="Where to push it: registry/repository:tag.")],
     insecure_registries: InsecureRegistriesOption = None,
+    quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Push an image to a registry: only the blobs it lacks (others mounted or skipped)."""
@@ -989,9 +1037,19 @@ def push_command(
     with reported():
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         store = ctx.obj.open_store()
-        with size_capped(store), store.lease("push") as lease:
+        with (
+            size_capped(store),
+            store.lease("push") as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
             report = push_image(
-                store, image, ref, lease=lease, options=options, daemon=ctx.obj.daemon
+                store,
+                image,
+                ref,
+                lease=lease,
+                options=options,
+                daemon=lambda: ctx.obj.daemon(shown),
+                progress=shown,
             )
     if fmt is not Format.table:
         print_formatted(fmt, render.report_json(report))
@@ -1110,7 +1168,7 @@ def create_builder_command(
         typer.echo(
             f"  loaded      {report.load.layers_sent} layers sent, "
             f"{report.load.layers_reused} already in the daemon, "
-            f"{render.size(report.load.bytes_sent)} sent"
+            f"{render.size(report.load.bytes_sent)} sent, by {report.load.load_method}"
         )
     typer.echo(f"  time        {report.seconds:.2f} s")
 

@@ -44,7 +44,16 @@ IMPORT = {
     "from_launch_cache",
 }
 IMPORT_IMAGE = {"config_digest", "manifest_digest", "refs", "diff_ids"}
-LOAD = {"image_id", "tags", "layers_sent", "layers_reused", "bytes_sent", "full_reload", "seconds"}
+LOAD = {
+    "image_id",
+    "tags",
+    "layers_sent",
+    "layers_reused",
+    "bytes_sent",
+    "full_reload",
+    "seconds",
+    "load_method",
+}
 REBASE = {
     "image",
     "tag",
@@ -62,6 +71,7 @@ REBASE = {
     "saved",
     "layer_sources",
     "launch_cache_problems",
+    "load_method",
     "timings",
 }
 CREATE_BUILDER = {

@@ -13,6 +13,7 @@ import pytest
 from packcache.operations.create_builder import STEPS
 from packcache.operations.importing import import_images
 from packcache.operations.loading import load_image
+from packcache.operations.pushing import push_image
 from packcache.store.store import Store
 from packcache.transports.daemon import Daemon
 from packcache.transports.registry import RegistryOptions
@@ -77,6 +78,31 @@ def test_a_pull_shows_each_layer_with_its_size(
     for task in shown.tasks:
         assert task.total == task.done_bytes > 0 and task.ended == 1
     assert sum(task.done_bytes for task in shown.tasks) == report.bytes_downloaded
+
+
+def test_a_push_shows_each_uploaded_blob_with_its_size(
+    registries: RegistrySet, registry_images: Pushed, tmp_path: Path
+) -> None:
+    registry = registries.plain
+    store = Store.open(tmp_path / "cache")
+    options = RegistryOptions(insecure=frozenset({registry.host}))
+    with store.lease("test") as lease:
+        pull_images(store, [f"{registry.host}/t/app:1"], lease=lease, options=options)
+        shown = Recorder()
+        # A repository on another registry name: nothing to mount, every blob is uploaded.
+        target = f"localhost:{registry.host.rsplit(':', 1)[1]}/progress/app:1"
+        report = push_image(
+            store, f"{registry.host}/t/app:1", target, lease=lease,
+            options=RegistryOptions(insecure=frozenset({registry.host, target.split("/")[0]})),
+            progress=shown,
+        )  # fmt: skip
+    assert report.uploaded and not report.mounted
+    assert sorted(task.name for task in shown.tasks) == sorted(
+        digest[7:19] for digest in report.uploaded
+    )
+    for task in shown.tasks:
+        assert task.total == task.done_bytes > 0 and task.ended >= 1
+    assert sum(task.done_bytes for task in shown.tasks) == report.bytes_uploaded
 
 
 def test_a_save_and_a_load_show_their_bytes(engine_pool, tmp_path: Path) -> None:

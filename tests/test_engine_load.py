@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from packcache.errors import NotFoundError
+from packcache.transports.containerd import Containerd, find_endpoint
 from packcache.transports.daemon import Daemon
 from tests.engines import images
 from tests.engines.harness import CONTENT_CHECK_KIND, Engine
 from tests.layers import sha256
+from tests.test_containerd_transport import collect_garbage
 from tests.test_engine_import import BASE_LAYERS, inspect, load_image, unique
 
 
@@ -83,16 +85,20 @@ def test_load_onto_a_base_in_the_daemon_sends_only_the_new_layers(
 def test_a_base_the_cache_never_saw(cli, engine: Engine, tmp_path) -> None:
     # Only the app is imported. A graphdriver's chains come from the index for images whose
     # config it holds and from an inspect for the others, so the base is found all the same.
-    # A containerd store's blobs are known only from manifests recorded from it: the base's
-    # is not, so every layer is sent (rebase and create-builder import such a base first).
+    # Through `docker load`, a containerd store's blobs are known only from manifests recorded
+    # from it: the base's is not, so every layer is sent (rebase and create-builder import such
+    # a base first). Through its containerd (28: the daemon says where), containerd says.
     base, app = unique("base"), unique("app")
     load_image(engine, tmp_path, base)
     load_image(engine, tmp_path, app, extra=app_layers())
     assert cli("--host", engine.host, "import", app).exit_code == 0
     engine.docker("rmi", app)
+    if engine.containerd_store and engine.info().get("Containerd"):
+        with Containerd(find_endpoint(engine.info(), {})) as ctd:
+            collect_garbage(ctd)  # the app's own blobs are gone: they must be sent
     report = cli("--host", engine.host, "load", app, "--format", "json").json()
     layers = inspect(engine, app)["RootFS"]["Layers"]
-    if engine.containerd_store:
+    if engine.containerd_store and report["load_method"] == "docker load":
         assert report["layers_sent"] == len(layers)
     else:
         assert report["layers_sent"] == 2
@@ -128,21 +134,38 @@ def test_incomplete_load_is_detected_and_reloaded_whole(cli, engine_pool, tmp_pa
     load_image(engine, tmp_path, app, extra=app_layers())
     cli("--host", engine.host, "import", base, app)
     engine.docker("rmi", app)
-    with store.db.write() as conn:  # make the recorded manifest of base lie about one blob
-        row = conn.exec_driver_sql(
-            "SELECT s.rowid, s.manifest FROM image_sources s WHERE s.manifest IS NOT NULL"
-            " AND s.image_id = ?",
-            (inspect(engine, base)["Id"],),
-        ).one()
-        manifest = json.loads(row.manifest)
-        manifest["layers"][-1]["digest"] = "sha256:" + "0" * 64
-        conn.exec_driver_sql(
-            "UPDATE image_sources SET manifest = ? WHERE rowid = ?",
-            (json.dumps(manifest), row.rowid),
-        )
-    report = cli("--host", engine.host, "load", app, "--format", "json").json()
+    base_id = inspect(engine, base)["Id"]
+
+    def lie() -> None:  # make the recorded manifest of base lie about one blob
+        with store.db.write() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT s.rowid, s.manifest FROM image_sources s WHERE s.manifest IS NOT NULL"
+                " AND s.image_id = ?",
+                (base_id,),
+            ).one()
+            manifest = json.loads(row.manifest)
+            manifest["layers"][-1]["digest"] = "sha256:" + "0" * 64
+            conn.exec_driver_sql(
+                "UPDATE image_sources SET manifest = ? WHERE rowid = ?",
+                (json.dumps(manifest), row.rowid),
+            )
+
+    lie()
+    # The check belongs to the `docker load` path (containerd's address `off`).
+    off = ("--containerd-address", "off")
+    report = cli(*off, "--host", engine.host, "load", app, "--format", "json").json()
+    assert report["load_method"] == "docker load"
     assert report["full_reload"]
-    assert saved_layers(engine, app, tmp_path) == inspect(engine, app)["RootFS"]["Layers"]
+    layers = inspect(engine, app)["RootFS"]["Layers"]
+    assert saved_layers(engine, app, tmp_path) == layers
+    # Through containerd the content store itself is asked which blobs it has: a lie in the
+    # cache's records is never believed, nothing needs loading twice.
+    engine.docker("rmi", app)
+    lie()
+    through = cli("--host", engine.host, "load", app, "--format", "json").json()
+    assert through["load_method"] == "containerd"
+    assert not through["full_reload"]
+    assert saved_layers(engine, app, tmp_path) == layers
 
 
 def test_empty_and_repeated_layers_round_trip(cli, engine: Engine, tmp_path) -> None:
@@ -223,7 +246,9 @@ def test_a_load_over_a_taken_tag_replaces_it_and_leaves_no_temporary_name(
         "{{.Action}} {{.Actor.Attributes.name}}",
     ).stdout.decode()
     held = [line for line in events.splitlines() if "packcache-keep" in line]
-    # On a containerd store it was held under a temporary name (tagged, then removed).
-    assert bool(held) == engine.containerd_store, events
+    # On a containerd store loaded by `docker load` it was held under a temporary name (tagged,
+    # then removed); written through containerd, it is kept as the daemon keeps it, dangling.
+    by_docker_load = result.json()["load_method"] == "docker load"
+    assert bool(held) == (engine.containerd_store and by_docker_load), events
     run = engine.docker("run", "--rm", "--network", "none", app, "cat", "/app/main.txt")
     assert run.stdout == b"hello from the app\n"

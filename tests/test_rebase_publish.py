@@ -4,6 +4,8 @@ into a daemon, run, and compared with the daemon rebase of the same inputs."""
 from __future__ import annotations
 
 import json
+import tomllib
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +21,16 @@ if TYPE_CHECKING:
     from tests.registries.harness import RegistrySet
 
 pytestmark = pytest.mark.engine
+
+
+def registry_manifest_bytes(host: str, repository: str, digest: str) -> bytes:
+    """A manifest's bytes as the plain (anonymous HTTP) test registry serves them."""
+    request = urllib.request.Request(
+        f"http://{host}/v2/{repository}/manifests/{digest}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
 
 
 def test_publish_rebase_mounts_run_layers_and_matches_the_daemon_rebase(
@@ -41,6 +53,7 @@ def test_publish_rebase_mounts_run_layers_and_matches_the_daemon_rebase(
     published = cli(
         "rebase", app.tag, "--publish", "--run-image", run2.tag,
         "--insecure-registry", registry.host, "--format", "json",
+        "--report-output-dir", str(tmp_path / "layers"),
     )  # fmt: skip
     assert published.exit_code == 0, published.stderr
     report = published.json()
@@ -49,6 +62,17 @@ def test_publish_rebase_mounts_run_layers_and_matches_the_daemon_rebase(
         app_manifest = client.manifest(f"t/app-{suffix}", "1")
     assert report["run_image_reference"] == f"{run_repo}@{run2_manifest.digest}"
     assert app_manifest.digest == report["digest"]  # the tag moved to the result
+    # The lifecycle's report.toml for a registry export: tags, digest, manifest-size.
+    assert tomllib.loads((tmp_path / "layers" / "report.toml").read_text()) == {
+        "image": {
+            "tags": [app.tag],
+            "digest": report["digest"],
+            "manifest-size": report["manifest_size"],
+        }
+    }
+    assert report["manifest_size"] == len(
+        registry_manifest_bytes(registry.host, f"t/app-{suffix}", report["digest"])
+    )
     # Run image layers the app repository lacked mounted from the run repository; the rest
     # (the app's own layers, the shared busybox layer) were there; only the config was sent.
     run2_layers = {d["digest"] for d in run2_manifest.layers}

@@ -1,8 +1,9 @@
 """How a load into one Docker daemon is made, per kind of image store: what the daemon holds,
-the archive that names the rest, and the check that it kept the image whole.
+how the rest is sent (a `docker load` archive, or written into the daemon's containerd), and
+the check that it kept the image whole.
 
-The kind (graphdriver or containerd image store) is read here and nowhere else: everything
-else asks the planner `planner_for` chose.
+The kind (graphdriver or containerd image store, containerd reachable or not) is read here and
+nowhere else: everything else asks the planner `planner_for` chose.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,7 +20,11 @@ from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive
 from packcache.errors import NotFoundError, PackcacheError
 from packcache.image import manifest as oci
 from packcache.image.layer import MEDIA_TYPES, chain_ids
+from packcache.operations import containerd_load
+from packcache.refs import normalize
 from packcache.store.store import Store
+from packcache.streams import read_ahead
+from packcache.transports.containerd import Containerd
 from packcache.transports.daemon import Daemon
 
 log = logging.getLogger(__name__)
@@ -63,10 +68,17 @@ class LoadArchive:
     content_size: int  # bytes of config, manifest and every layer blob, held or sent
 
 
+def _counted(chunks: Iterable[bytes], counter: list[int]) -> Iterator[bytes]:
+    for chunk in chunks:
+        counter[0] += len(chunk)
+        yield chunk
+
+
 class LoadPlanner(ABC):
     """Loads into one daemon, sending from `store` what the daemon does not hold."""
 
     references_blobs = False  # held layers are named by the blob digests the daemon has
+    method = "docker load"  # how the image reaches the daemon, as reports name it
 
     def __init__(self, store: Store, daemon: Daemon) -> None:
         self.store = store
@@ -103,6 +115,15 @@ class LoadPlanner(ABC):
     @abstractmethod
     def archive(self, config: bytes, plan: list[LoadLayer], tags: list[str]) -> LoadArchive:
         """The archive that loads `config` with the layers as `plan` says, named `tags`."""
+
+    def load(
+        self, config: bytes, plan: list[LoadLayer], tags: list[str]
+    ) -> tuple[LoadArchive, int]:
+        """Put the image into the daemon: the archive it was, and the bytes sent."""
+        archive = self.archive(config, plan, tags)
+        counter = [0]
+        self.daemon.load(_counted(read_ahead(archive.chunks), counter))
+        return archive, counter[0]
 
     def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:
         """Does the daemon now hold the complete image under `tag`?"""
@@ -216,8 +237,68 @@ class ContainerdPlanner(LoadPlanner):
                     log.warning("could not remove the temporary tag %s: %s", name, exc)
 
 
-def planner_for(store: Store, daemon: Daemon) -> LoadPlanner:
-    """The planner for the kind of image store this daemon has."""
-    if daemon.info.containerd_store:
-        return ContainerdPlanner(store, daemon)
-    return GraphdriverPlanner(store, daemon)
+class ContainerdApiPlanner(ContainerdPlanner):
+    """A containerd store whose containerd packcache can reach: a layer is held where the
+    content store has any blob form of it the cache knows (or its uncompressed tar), and the
+    image is written there and named, never unpacked (see containerd_load.py)."""
+
+    method = "containerd"
+
+    def __init__(self, store: Store, daemon: Daemon, containerd: Containerd) -> None:
+        super().__init__(store, daemon)
+        self.containerd = containerd
+
+    def _held(self, diff_ids: list[str]) -> list[Held | None]:
+        recorded = self.store.held_descriptors(self.store.manifests_with_layers(diff_ids))
+        return [self._held_layer(diff_id, recorded.get(diff_id)) for diff_id in diff_ids]
+
+    def _held_layer(self, diff_id: str, recorded: tuple[str, int, str] | None) -> Held | None:
+        forms: dict[str, tuple[str, int | None, str]] = {}
+        if recorded is not None:
+            forms[recorded[0]] = recorded
+        for digest, media_type, size in self.store.digests_of(diff_id):
+            if media_type:  # a form whose type is unknown cannot be named in a manifest
+                forms.setdefault(digest, (digest, size, media_type))
+        forms.setdefault(diff_id, (diff_id, None, MEDIA_TYPES["none"]))
+        found = containerd_load.held_blob(self.containerd, list(forms.values()))
+        return None if found is None else Held(found.digest, found.size, found.media_type)
+
+    def load(
+        self, config: bytes, plan: list[LoadLayer], tags: list[str]
+    ) -> tuple[LoadArchive, int]:
+        layers = [oci.Descriptor(item.media_type, item.digest, item.size) for item in plan]
+        manifest = oci.image_manifest(config, layers)
+        loaded = LoadArchive(
+            image_id=oci.digest_of(manifest),
+            manifest=manifest,
+            chunks=iter(()),
+            content_size=len(config) + len(manifest) + sum(item.size for item in plan),
+        )
+        self.daemon.images_changed()
+        with self.containerd.lease() as lease:
+            target, written = containerd_load.write_image(
+                self.containerd, config, manifest, plan, lease
+            )
+            for tag in tags:
+                containerd_load.name_image(self.containerd, normalize(tag), target)
+        return loaded, written
+
+    def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:
+        # Every blob was found or written under the lease: the daemon's view is what is left.
+        return LoadPlanner.verify(self, tag, loaded, diff_ids)
+
+    @contextmanager
+    def replaced_images_kept(self, tags: list[str]) -> Iterator[None]:
+        yield  # nothing is unpacked, and a replaced image keeps a (dangling) name
+
+
+def planner_for(store: Store, daemon: Daemon, policy: SendPolicy = REUSE) -> LoadPlanner:
+    """The planner for the kind of image store this daemon has. Pack's method is `docker
+    load`, whatever the store."""
+    if not daemon.info.containerd_store:
+        return GraphdriverPlanner(store, daemon)
+    if policy.reuse_held:
+        containerd = containerd_load.daemon_containerd(daemon)
+        if containerd is not None:
+            return ContainerdApiPlanner(store, daemon, containerd)
+    return ContainerdPlanner(store, daemon)

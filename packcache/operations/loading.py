@@ -1,14 +1,14 @@
 """`packcache load REF`: put a cached image into the daemon, sending only what it lacks.
 
-The one load path: the daemon's planner says what it holds, the archive is streamed from the
-cache straight into `docker load`, and the result is checked. An incomplete result is loaded
-again with every layer included. --no-cache runs the same path with pack's send policy.
+The one load path: the daemon's planner says what it holds, the rest is streamed from the
+cache straight into `docker load` (or, on a containerd store whose containerd is reachable,
+into its content store), and the result is checked. An incomplete result is loaded again with
+every layer included. --no-cache runs the same path with pack's send policy.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from packcache.archive.load_writer import LoadLayer
@@ -24,7 +24,6 @@ from packcache.operations.load_planners import (
 )
 from packcache.refs import familiar, normalize
 from packcache.store.store import ImageRecord, Lease, Store
-from packcache.streams import read_ahead
 from packcache.transports.daemon import Daemon, DaemonError
 
 
@@ -37,6 +36,7 @@ class LoadReport:
     bytes_sent: int
     full_reload: bool
     seconds: float
+    load_method: str = "docker load"  # or "containerd": written into its content store
 
 
 @dataclass
@@ -47,12 +47,6 @@ class _Loaded:
     plan: list[LoadLayer]
     bytes_sent: int
     full_reload: bool
-
-
-def _counted(chunks: Iterable[bytes], counter: list[int]) -> Iterator[bytes]:
-    for chunk in chunks:
-        counter[0] += len(chunk)
-        yield chunk
 
 
 def load_image(
@@ -76,7 +70,7 @@ def base_image_needed(
 ) -> bool:
     """Must a base image the daemon holds (a build or run image) be read into `store` before a
     load on top of it: to learn the digests its layers are referenced by, or to send them?"""
-    return None in planner_for(store, daemon).held(diff_ids, policy)
+    return None in planner_for(store, daemon, policy).held(diff_ids, policy)
 
 
 def load_config(
@@ -96,7 +90,7 @@ def load_config(
     diff_ids = config_diff_ids(config)
     if lease is not None:
         lease.add(diff_ids)
-    planner = planner_for(store, daemon)
+    planner = planner_for(store, daemon, policy)
     with planner.replaced_images_kept(tags):
         loaded = _load_until_complete(planner, config, diff_ids, tags, policy)
     manifest = loaded.archive.manifest
@@ -119,6 +113,7 @@ def load_config(
         bytes_sent=loaded.bytes_sent,
         full_reload=loaded.full_reload,
         seconds=time.perf_counter() - start,
+        load_method=planner.method,
     )
 
 
@@ -129,11 +124,9 @@ def _load_until_complete(
     layer was left out, load again with every layer included."""
     for attempt in (policy, EVERYTHING):
         plan = planner.plan(diff_ids, attempt)
-        archive = planner.archive(config, plan, tags)
-        counter = [0]
-        planner.daemon.load(_counted(read_ahead(archive.chunks), counter))
+        archive, sent = planner.load(config, plan, tags)
         if all(planner.verify(tag, archive, diff_ids) for tag in tags):
-            return _Loaded(archive, plan, counter[0], full_reload=attempt is not policy)
+            return _Loaded(archive, plan, sent, full_reload=attempt is not policy)
         if all(item.layer is not None for item in plan):
             break  # everything was sent already: loading it again would not help
     raise DaemonError(f"the Docker daemon did not keep {tags[0]} complete after a load")

@@ -24,6 +24,7 @@ from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.config import parse_config
 from packcache.image.manifest import digest_of
 from packcache.operations.importing import import_images
+from packcache.progress import NO_PROGRESS, Progress
 from packcache.store.layer import CachedLayer
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
@@ -92,20 +93,12 @@ def _find_image(
     try:
         inspected = engine.inspect_image(image)
     except NotFoundError as exc:
-        raise NotFoundError(f"image {image} is neither in the cache nor in the daemon") from exc
+        raise NotFoundError(
+            f"image {image} is neither in the cache nor in the daemon: "
+            f"`docker pull {image}` or `packcache pull {image}` first"
+        ) from exc
     import_images(store, engine, [image], lease=lease)
     return store.resolve_image(inspected.id), True
-
-
-def _recorded_manifests(store: Store, config_digest: str) -> list[bytes]:
-    """The manifests recorded for this image (by any engine or pull), newest first."""
-    with store.read() as conn:
-        rows = conn.execute(
-            "SELECT s.manifest FROM image_sources s JOIN images i ON i.id = s.image_key"
-            " WHERE i.config_digest = ? AND s.manifest IS NOT NULL ORDER BY s.last_seen DESC",
-            (config_digest,),
-        ).fetchall()
-    return [row[0].encode() for row in rows]
 
 
 def _same_host_repositories(store: Store, config_digest: str, host: str) -> tuple[str, ...]:
@@ -195,6 +188,7 @@ def push_image(
     daemon: Callable[[], Daemon] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     parallel: int = PARALLEL_BLOBS,
+    progress: Progress = NO_PROGRESS,
 ) -> PushReport:
     """Push `image` (cache tag or ID, else a daemon image) to `ref`; see the module doc."""
     target = ImageName.parse(ref)
@@ -207,10 +201,12 @@ def push_image(
     layers = [store.layer(diff_id) for diff_id in diff_ids]
     mount_from = _same_host_repositories(store, config_digest, target.host)
     mount_from = tuple(r for r in mount_from if r != target.repository)
-    with RegistryClient(target.api_host, options, actions=PUSH_ACTIONS) as client:
+    with RegistryClient(
+        target.api_host, options, actions=PUSH_ACTIONS, progress=progress
+    ) as client:
         pusher = BlobPusher(client, target.repository, chunk_bytes=chunk_bytes, parallel=parallel)
         chosen = None
-        for body in _recorded_manifests(store, config_digest):
+        for body in store.image_manifests(config_digest):
             document = json.loads(body)
             if len(document.get("layers") or []) != len(diff_ids):
                 continue

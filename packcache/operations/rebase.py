@@ -59,6 +59,7 @@ class RebaseReport:
     # Where each app layer came from: cache, launch-cache or docker save.
     layer_sources: dict[str, str] = field(default_factory=dict)
     launch_cache_problems: list[str] = field(default_factory=list)  # entries skipped
+    load_method: str = ""  # "containerd" (written into its content store) or "docker load"
     run_image_fetch: RunImageFetch | None = None  # how --pull-policy got the run image
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -313,7 +314,9 @@ def _cache_images(
 def _plan_only(source: Store, daemon: Daemon, images: _Images, report: RebaseReport) -> None:
     """A dry run's report: what a real run would send, every layer the daemon lacks."""
     diff_ids = list(images.run.diff_ids) + images.app_layers
-    held = planner_for(source, daemon).held(diff_ids)
+    planner = planner_for(source, daemon)
+    report.load_method = planner.method
+    held = planner.held(diff_ids)
     report.layers_reused = sum(reference is not None for reference in held)
     report.layers_sent = len(diff_ids) - report.layers_reused
 
@@ -419,4 +422,5 @@ def rebase(
     report.layers_sent = loaded.layers_sent
     report.layers_reused = loaded.layers_reused
     report.bytes_sent = loaded.bytes_sent
+    report.load_method = loaded.load_method
     return report

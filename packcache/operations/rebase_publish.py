@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class PublishReport:
     run_image_reference: str  # its manifest digest reference (runImage.reference)
     old_digest: str  # the previous app image's manifest digest
     digest: str  # the rebased image's manifest digest
+    manifest_size: int  # bytes of the manifest pushed (report.toml's manifest-size)
     config_digest: str
     app_layers: int
     present: list[str] = field(default_factory=list)
@@ -137,14 +139,14 @@ def choose_run_image(
     image: str,
     target: ImageName,
     platform: Platform,
-    additional_mirrors: tuple[str, ...] = (),
+    config_mirrors: Mapping[str, list[str]],
 ) -> str:
     """pack's getBestRunMirror for a publish: the readable names (config mirrors first, then
     the recorded image, then its mirrors), the first in the target's registry, else the first."""
     recorded = metadata.run_image
     if recorded.image is None:
         raise RebaseError(f"{image} names no run image in its metadata: pass --run-image")
-    candidates = [*additional_mirrors, recorded.image, *recorded.mirrors]
+    candidates = [*config_mirrors.get(recorded.image, ()), recorded.image, *recorded.mirrors]
     readable = [ref for ref in candidates if _readable(clients, ref, platform)]
     for ref in readable:
         if ImageName.parse(ref).host == target.host:
@@ -180,7 +182,7 @@ def rebase_publish(
     previous_image: str | None = None,
     run_image: str | None = None,
     force: bool = False,
-    additional_mirrors: tuple[str, ...] = (),
+    config_mirrors: Mapping[str, list[str]] | None = None,
     parallel: int = PARALLEL_BLOBS,
 ) -> PublishReport:
     """Rebase the registry image `previous_image` (default `image`) and push it as `image`."""
@@ -196,7 +198,7 @@ def rebase_publish(
         )
         metadata = LifecycleMetadata.from_labels(image, described.labels)
         run_ref = run_image or choose_run_image(
-            clients, metadata, image, target, platform, additional_mirrors
+            clients, metadata, image, target, platform, config_mirrors or {}
         )
         try:
             run = _read_image(clients, run_ref, platform)
@@ -263,6 +265,7 @@ def _push(
         run_image_reference=run.digest_reference,
         old_digest=app.manifest.digest,
         digest=digest,
+        manifest_size=len(body),
         config_digest=digest_of(config),
         app_layers=own,
         present=counts.present,

@@ -642,6 +642,16 @@ class Store:
             ).fetchone()
         return row[0].encode() if row else None
 
+    def image_manifests(self, config_digest: str) -> list[bytes]:
+        """The manifests recorded for an image (by any engine or pull), newest first."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT s.manifest FROM image_sources s JOIN images i ON i.id = s.image_key"
+                " WHERE i.config_digest = ? AND s.manifest IS NOT NULL ORDER BY s.last_seen DESC",
+                (config_digest,),
+            ).fetchall()
+        return [manifest.encode() for (manifest,) in rows]
+
     def image_refs(self, config_digest: str) -> list[str]:
         """The tags recorded for an image, in any engine, in docker's short form."""
         with self.db.read() as conn:

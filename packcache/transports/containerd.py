@@ -228,6 +228,13 @@ class Containerd:
             raise
         self._unary("deleting a lease", self._leases.Delete, delete)
 
+    def lease_blob(self, lease: str, digest: str) -> None:
+        """Hold a blob by `lease` too: one only found (not written) could otherwise be
+        collected before the manifest that references it is there."""
+        pb = self._pb.leases_pb2
+        request = pb.AddResourceRequest(id=lease, resource=pb.Resource(id=digest, type="content"))
+        self._unary(f"leasing {digest}", self._leases.AddResource, request)
+
     def lease_ids(self) -> list[str]:
         response = self._unary(
             "listing leases", self._leases.List, self._pb.leases_pb2.ListRequest()
@@ -405,6 +412,12 @@ class Containerd:
             ),
             labels=dict(image.labels),
         )
+
+    def image_names(self, target_digest: str) -> list[str]:
+        """Names of the image records whose target is this digest."""
+        request = self._pb.images_pb2.ListImagesRequest(filters=[f"target.digest=={target_digest}"])
+        response = self._unary(f"listing images of {target_digest}", self._images.List, request)
+        return [image.name for image in response.images]
 
     def put_image(
         self, name: str, target: Descriptor, labels: Mapping[str, str] | None = None

@@ -10,10 +10,10 @@ import hashlib
 import json
 import os
 import stat as stat_mode
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
@@ -49,6 +49,8 @@ class EngineInfo:
     host: str
     root_dir: str = ""  # DockerRootDir: where a local daemon keeps images and volumes
     driver: str = ""  # the storage driver, e.g. overlay2
+    # What API 1.46+ reports of the daemon's containerd (Address, Namespaces); else empty.
+    containerd: Mapping[str, Any] = field(default_factory=dict)
 
 
 def check_api_version(api_version: str, host: str) -> None:
@@ -84,10 +86,18 @@ class Daemon:
     """A connection to one Docker engine."""
 
     def __init__(
-        self, host: str | None = None, timeout: int = 600, *, progress: Progress = NO_PROGRESS
+        self,
+        host: str | None = None,
+        timeout: int = 600,
+        *,
+        progress: Progress = NO_PROGRESS,
+        containerd_settings: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         self.progress = progress  # shows the bytes of saves and loads as they go
+        # Where to find the daemon's containerd where its info does not say (see
+        # transports/containerd.py: find_endpoint); None: the environment.
+        self.containerd_settings = containerd_settings
         self._image_ids: list[str] | None = None
         # What `inspect_image` returned per ref and per image ID (None: not found), until this
         # client changes the daemon (load, pull): one operation asks about the same images
@@ -117,6 +127,7 @@ class Daemon:
             host=self.host,
             root_dir=raw_info.get("DockerRootDir") or "",
             driver=raw_info.get("Driver") or "",
+            containerd=raw_info.get("Containerd") or {},
         )
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -160,6 +171,10 @@ class Daemon:
         """This client is about to change what the daemon holds."""
         self._image_ids = None
         self._inspected.clear()
+
+    def images_changed(self) -> None:
+        """What the daemon holds was changed by other means (its containerd): ask again."""
+        self._forget()
 
     def pull(self, ref: str) -> None:
         """`docker pull` (the daemon fetches from its registry)."""

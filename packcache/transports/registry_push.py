@@ -26,6 +26,7 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 from packcache.errors import PackcacheError
+from packcache.progress import CountingReader
 from packcache.transports.registry import RETRY_STATUSES, RegistryClient, network_reason
 
 PUSH_ACTIONS = ("pull", "push")
@@ -178,7 +179,8 @@ class BlobPusher:
     def _upload(self, blob: BlobToPush, location: str) -> str:
         assert blob.open is not None
         chunked = blob.size > self.chunk_bytes
-        with blob.open() as source:
+        task = self.client.progress.task(blob.digest.removeprefix("sha256:")[:12], blob.size)
+        with CountingReader(blob.open(), task) as source:
             if chunked:
                 location = self._send_chunks(source, blob, location)
                 body: Callable[[], object] | None = None

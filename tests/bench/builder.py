@@ -34,6 +34,7 @@ from tests import builder_fixtures as fx
 from tests.bench.common import (
     DEFAULT_KINDS,
     PACKCACHE,
+    containerd_env,
     engine_kinds,
     note,
     print_table,
@@ -95,7 +96,7 @@ def create(engine: Engine, cache: Path, toml: Path, *args: str) -> tuple[float, 
     result = subprocess.run(
         [*PACKCACHE, "--cache-dir", str(cache), "--host", engine.host, "create-builder",
          BUILDER, "--config", str(toml), "--format", "json", *args],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env={**os.environ, **containerd_env(engine)},
     )  # fmt: skip
     seconds = time.perf_counter() - start
     if result.returncode != 0:
@@ -188,6 +189,7 @@ def bench_engine(kind: str) -> None:
         def row(label: str, seconds: float, report: dict | None, base: float, saves: str):
             sent = report["load"]["bytes_sent"] if report and report.get("load") else floor_bytes
             layers = report["load"]["layers_sent"] if report and report.get("load") else "-"
+            loaded_by = report["load"]["load_method"] if report and report.get("load") else "-"
             return [
                 label,
                 f"{seconds:.2f}",
@@ -195,12 +197,14 @@ def bench_engine(kind: str) -> None:
                 f"{sent / 2**20:.1f}",
                 str(layers),
                 saves,
+                loaded_by,
             ]
 
         pack_saves = f"{len(pack_a_report['imported'])} saves (one per image)"
         cold_saves = f"1 save of {len(cold_report['imported'])} images"
         changed_saves = ", ".join(changed_report["imported"]) or "none"
         headers = ["method", "seconds", "vs floor", "MiB sent", "layers sent", "docker save"]
+        headers.append("loaded by")
         print_table(
             f"create-builder on {kind} ({engine.version}): (a) first builder, "
             f"{PACKAGES} buildpackages x {PACKAGE_MIB} MiB",
@@ -217,6 +221,7 @@ def bench_engine(kind: str) -> None:
             f"pack's method / warm = {pack_a / warm:.2f} (target >= {TARGET_FIRST})"
         )
         headers = ["method", "seconds", "vs warm", "MiB sent", "layers sent", "docker save"]
+        headers.append("loaded by")
         print_table(
             f"create-builder on {kind}: (b) re-create, previous builder in the daemon",
             headers,

@@ -127,6 +127,17 @@ def timed_process(
     return seconds, children_cpu() - cpu, out
 
 
+def containerd_env(engine: Engine) -> dict[str, str]:
+    """Where a test engine's containerd is (the harness's layout), for packcache to load
+    through it: 26.1's API does not say."""
+    if not engine.containerd_store:
+        return {}
+    return {
+        "PACKCACHE_CONTAINERD_ADDRESS": str(engine.root / "c.sock"),
+        "PACKCACHE_CONTAINERD_NAMESPACE": f"pc-{engine.root.name}",
+    }
+
+
 def packcache_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "PACKCACHE_"))}
 

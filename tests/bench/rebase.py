@@ -11,9 +11,14 @@ v1 and with the previous result removed from the daemon:
 - cold: `packcache rebase --no-launch-cache` with an empty cache;
 - cold+launch-cache: `packcache rebase` with an empty cache and a pack launch cache volume
   holding the app layers (as `pack build` leaves it);
-- warm: `packcache rebase` with the cache filled by an earlier rebase;
+- warm: `packcache rebase` with the cache filled by an earlier rebase (on a containerd store,
+  written into the daemon's containerd, whose socket and namespace are given);
+- warm, docker load path (containerd store only): the same with containerd's address `off`;
 - floor: a bare `docker load` of an archive holding only the app layers and the config (run
   image layers as placeholders / references to the content store's blobs).
+
+After each, the first `docker create` of the result (where a containerd store unpacks an
+image it was never asked to unpack) is timed too.
 
 Every packcache run is a fresh process, start-up included. Printed, never asserted.
 PACKCACHE_BENCH_SIZE=quick: a quarter of the sizes.
@@ -30,10 +35,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import PIPE
 
 from tests.bench.common import (
     PACKCACHE,
     Runs,
+    containerd_env,
     engine_kinds,
     note,
     packcache_env,
@@ -50,6 +57,7 @@ from tests.engines.harness import DOCKER_CLI, Engine
 RUN_LAYERS_MIB = [scaled(270, 68)] * 3
 APP_LAYERS_MIB = [scaled(n, n // 4) for n in (110, 80, 50, 30)]
 REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
+METHODS = ("pack", "cold", "cold+launch-cache", "warm", "warm-docker-load", "floor")
 ENGINES = engine_kinds("PACKCACHE_BENCH_REBASE_ENGINES", ["20.10-graphdriver", "26.1-containerd"])
 RUN_REPO = "bench/run"
 APP, APP_ORIGINAL = "bench/app:latest", "bench/app:original"
@@ -126,6 +134,7 @@ class EngineRuns:
     containerd: bool
     methods: dict[str, Runs] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)
+    first_runs: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
@@ -188,16 +197,22 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
     engine = start_engine(kind)
     result = EngineRuns(kind, engine.containerd_store)
     try:
-        env, pc_env = engine.cli_env(), packcache_env()
-        if engine.containerd_store:  # Engine 26.1 (API 1.45) does not say where it is
-            pc_env["PACKCACHE_CONTAINERD_ADDRESS"] = str(engine.root / "c.sock")
-            pc_env["PACKCACHE_CONTAINERD_NAMESPACE"] = f"pc-{engine.root.name}"
+        env, pc_env = engine.cli_env(), {**packcache_env(), **containerd_env(engine)}
 
         def docker(*args: str) -> float:
             return timed_process([DOCKER_CLI, *args], env=env)[0]
 
-        def packcache(cache: Path, *args: str) -> tuple[float, dict]:
+        def first_run(method: str, image: str) -> None:
+            create = ["create", "--pull", "never", "--network", "none", image, "/none"]
+            seconds, _, out = timed_process([DOCKER_CLI, *create], env=env, stdout=PIPE)
+            result.first_runs.setdefault(method, []).append(seconds)
+            docker("rm", out.decode().strip())
+
+        def packcache(cache: Path, *args: str, method: str = "") -> tuple[float, dict]:
             report = work / "report.json"
+            run_env = dict(pc_env)
+            if method == "warm-docker-load":
+                run_env["PACKCACHE_CONTAINERD_ADDRESS"] = "off"
             seconds, _, _ = timed_process(
                 [
                     *PACKCACHE,
@@ -212,7 +227,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                     "--report",
                     str(report),
                 ],
-                env=pc_env,
+                env=run_env,
             )
             return seconds, json.loads(report.read_text())
 
@@ -225,20 +240,27 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
         docker("rmi", APP)
         _launch_volume(engine, built, work)
         for _ in range(REPEAT):
-            for method in ("pack", "cold", "cold+launch-cache", "warm", "floor"):
+            for method in METHODS:
+                if method == "warm-docker-load" and not engine.containerd_store:
+                    continue
                 runs = result.methods.setdefault(method, Runs([], []))
                 if method == "floor":
                     runs.seconds.append(docker("load", "-i", str(floor)))
+                    first_run(method, "bench/floor:latest")
                     docker("rmi", "bench/floor:latest")
                     continue
                 docker("tag", APP_ORIGINAL, APP)
-                cache = warm_cache if method == "warm" else work / f"{kind}-{method}"
-                if method != "warm":
+                warm = method.startswith("warm")
+                cache = warm_cache if warm else work / f"{kind}-{method}"
+                if not warm:
                     shutil.rmtree(cache, ignore_errors=True)  # cold starts empty
                 extra = {"pack": ["--no-cache"], "cold": ["--no-launch-cache"]}.get(method, [])
-                seconds, report = packcache(cache, APP, "--run-image", f"{RUN_REPO}:v2", *extra)
+                seconds, report = packcache(
+                    cache, APP, "--run-image", f"{RUN_REPO}:v2", *extra, method=method
+                )
                 runs.seconds.append(seconds)
                 result.reports[method] = report
+                first_run(method, APP)
                 docker("rmi", APP)  # the next run must deliver the app layers again
     finally:
         engine.stop()
@@ -266,8 +288,11 @@ def main() -> None:
             ("cold", "cold"),
             ("cold+launch-cache", "cold, launch cache present"),
             ("warm", "warm"),
+            ("warm-docker-load", "warm, docker load path"),
             ("floor", "floor: docker load of app layers"),
         ):
+            if method not in result.methods:
+                continue
             runs = result.methods[method]
             median = statistics.median(runs.seconds)
             report = result.reports.get(method, {})
@@ -280,6 +305,8 @@ def main() -> None:
                     str(report.get("layers_sent", "-")),
                     f"{report['bytes_sent'] / MIB:.1f}" if report else "-",
                     ", ".join(report.get("saved", [])) or "-",
+                    report.get("load_method", "docker load"),
+                    f"{statistics.median(result.first_runs[method]):.2f}",
                 ]
             )
         store_kind = "containerd" if result.containerd else "graphdriver"
@@ -304,6 +331,8 @@ def main() -> None:
                 "layers sent",
                 "MiB sent",
                 "docker save of",
+                "loaded by",
+                "first docker create",
             ],
             rows,
         )

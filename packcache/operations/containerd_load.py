@@ -1,0 +1,137 @@
+"""A load made through the daemon's containerd instead of `docker load`, on a containerd store.
+
+The blobs the content store lacks, the config and the manifest are written into it under a
+lease, and the image record is pointed at the manifest: the daemon has the image at once and
+unpacks it on first use. Names move as the daemon moves them (moby's daemon/containerd
+image_tag.go, soft_delete.go): an image that loses its last name is kept as
+`moby-dangling@<digest>`, which the daemon lists as `<none>` and can still run by ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from weakref import WeakKeyDictionary
+
+from packcache.archive.load_writer import LoadLayer
+from packcache.errors import PackcacheError
+from packcache.image import manifest as oci
+from packcache.image.layer import Layer
+from packcache.transports.containerd import (
+    ENV_ADDRESS,
+    WRITE_CHUNK,
+    Containerd,
+    ContainerdError,
+    Descriptor,
+    find_endpoint,
+    gc_ref_labels,
+)
+from packcache.transports.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+DANGLING_PREFIX = "moby-dangling@"
+# The diffID of a compressed layer blob, as containerd's unpacker labels it after unpacking:
+# set on what we write, so the daemon's builder need not unpack to learn it.
+UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
+# The value of the address setting that keeps packcache on `docker load`.
+OFF = "off"
+
+# One connection (or the finding that there is none) per daemon client: planners are made
+# several times in one operation, and the fallback is said once.
+_connections: WeakKeyDictionary[Daemon, Containerd | None] = WeakKeyDictionary()
+
+
+def daemon_containerd(daemon: Daemon) -> Containerd | None:
+    """The daemon's containerd, connected, or None where it cannot be used."""
+    if daemon in _connections:
+        return _connections[daemon]
+    settings = daemon.containerd_settings
+    if settings is None:
+        settings = os.environ
+    connection = None
+    if settings.get(ENV_ADDRESS) == OFF:
+        log.info("containerd not used (its address is set to %r): loading with docker load", OFF)
+    else:
+        endpoint = find_endpoint({"Containerd": daemon.info.containerd}, settings)
+        try:
+            connection = Containerd(endpoint)
+        except ContainerdError as exc:
+            log.info("%s; loading with docker load instead", exc)
+    _connections[daemon] = connection
+    return connection
+
+
+def held_blob(
+    containerd: Containerd, forms: list[tuple[str, int | None, str]]
+) -> oci.Descriptor | None:
+    """The first of a layer's blob forms (digest, size or None, media type) the content store
+    holds, as the manifest must name it; None where it holds none."""
+    for digest, size, media_type in forms:
+        held_size = containerd.blob_size(digest)
+        if held_size is not None and size in (None, held_size):
+            return oci.Descriptor(media_type, digest, held_size)
+    return None
+
+
+def _blob_chunks(layer: Layer) -> Iterator[bytes]:
+    with layer.compressed() as blob:
+        while chunk := blob.read(WRITE_CHUNK):
+            yield chunk
+
+
+def write_layers(containerd: Containerd, plan: list[LoadLayer], lease: str) -> int:
+    """Every layer blob of `plan` in the content store and held by `lease`: the ones the plan
+    found there are checked again (they could have gone since), the rest written from the
+    cache. Returns the bytes written."""
+    written = 0
+    for item in plan:
+        containerd.lease_blob(lease, item.digest)  # before any check: GC may not take it now
+        if item.layer is None:
+            if containerd.blob_size(item.digest) != item.size:
+                raise PackcacheError(
+                    f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
+                    "during the load; run the command again"
+                )
+            continue
+        labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
+        layer = item.layer
+        if containerd.write_blob(layer.digest, layer.size, _blob_chunks(layer), lease, labels):
+            written += layer.size
+    return written
+
+
+def write_image(
+    containerd: Containerd, config: bytes, manifest: bytes, plan: list[LoadLayer], lease: str
+) -> tuple[Descriptor, int]:
+    """Layers, config and manifest written under `lease`; the manifest's descriptor and the
+    bytes written."""
+    written = write_layers(containerd, plan, lease)
+    config_digest = oci.digest_of(config)
+    if containerd.write_blob(config_digest, len(config), [config], lease):
+        written += len(config)
+    manifest_digest = oci.digest_of(manifest)
+    # The labels make the manifest keep its config and layers once the lease is gone.
+    labels = gc_ref_labels(config_digest, [item.digest for item in plan])
+    if containerd.write_blob(manifest_digest, len(manifest), [manifest], lease, labels):
+        written += len(manifest)
+    return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), written
+
+
+def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
+    """Point the image record `name` (as the daemon names it, docker.io/library/app:1) at
+    `target`, as the daemon's own tagging does."""
+    old = containerd.get_image(name)
+    if old is not None and old.target.digest == target.digest:
+        return  # already so: its record (and its labels) stay as they are
+    if old is not None and containerd.image_names(old.target.digest) == [name]:
+        # Its last name: kept as a dangling image, so a container of it still has its image.
+        labels = {
+            key: value
+            for key, value in old.labels.items()
+            if key not in ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+        }
+        containerd.put_image(DANGLING_PREFIX + old.target.digest, old.target, labels)
+    containerd.put_image(name, target)
+    containerd.delete_image(DANGLING_PREFIX + target.digest)  # it has a name now
