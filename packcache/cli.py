@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -553,6 +554,22 @@ def import_command(
             "--archive", metavar="FILE", help="Read a `docker save` archive ('-': stdin)."
         ),
     ] = None,
+    launch_cache: Annotated[
+        bool,
+        typer.Option(
+            "--launch-cache",
+            help="Read pack's launch caches instead: the volume or directory named (one), "
+            "else every launch cache volume of the daemon.",
+        ),
+    ] = False,
+    launch_image: Annotated[
+        str | None,
+        typer.Option("--image", help="With --launch-cache: only this daemon image's layers."),
+    ] = None,
+    no_launch_cache: Annotated[
+        bool,
+        typer.Option("--no-launch-cache", help="Save images without looking in launch caches."),
+    ] = False,
     quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -560,7 +577,11 @@ def import_command(
     from packcache.archive.save_reader import import_archive
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.importing import DaemonImportReport, import_images
+    from packcache.operations.launch_layers import LaunchChoice
 
+    if launch_cache or launch_image:
+        _import_launch_cache(ctx, images or [], archive, launch_cache, launch_image, fmt)
+        return
     if bool(images) == bool(archive):
         typer.echo("packcache: error: name images in the daemon, or --archive FILE", err=True)
         raise typer.Exit(EXIT_USAGE)
@@ -572,7 +593,13 @@ def import_command(
             progress_display(quiet, fmt) as shown,
         ):
             if images:
-                report = import_images(store, ctx.obj.daemon(shown), images, lease=lease)
+                report = import_images(
+                    store,
+                    ctx.obj.daemon(shown),
+                    images,
+                    lease=lease,
+                    launch=LaunchChoice(use=not no_launch_cache),
+                )
             else:
                 try:
                     source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
@@ -581,6 +608,46 @@ def import_command(
                 with reading(source, archive, shown) as counted_source:
                     report = DaemonImportReport(import_archive(store, counted_source, lease=lease))
     _print_import(report, fmt)
+
+
+def _import_launch_cache(
+    ctx: typer.Context,
+    sources: list[str],
+    archive: str | None,
+    launch_cache: bool,
+    image: str | None,
+    fmt: Format | Template,
+) -> None:
+    from packcache.operations.housekeeping import size_capped
+    from packcache.operations.launch_layers import import_launch_cache
+
+    if not launch_cache or archive is not None or len(sources) > 1:
+        typer.echo(
+            "packcache: error: --launch-cache takes at most one volume or directory "
+            "(and --image only goes with it)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    source = sources[0] if sources else None
+    with reported():
+        store = ctx.obj.open_store()
+        local_dir = source is not None and "/" in source
+        daemon = None if local_dir and image is None else ctx.obj.daemon()
+        with size_capped(store), store.lease("import") as lease:
+            report = import_launch_cache(store, daemon, source, image=image, lease=lease)
+    for problem in report.problems:
+        typer.echo(f"packcache: skipped {problem}", err=True)
+    for name in report.in_use:
+        typer.echo(f"packcache: launch cache {name} is being written by a build", err=True)
+    if fmt is not Format.table:
+        print_formatted(fmt, render.report_json(report))
+        return
+    typer.echo(
+        f"{render.count(len(report.recorded), 'new layer')} "
+        f"({render.size(report.bytes_read)} read) from "
+        f"{render.count(len(report.caches), 'launch cache')}, "
+        f"{len(report.known)} already cached, {len(report.problems)} skipped"
+    )
 
 
 @contextmanager
@@ -624,6 +691,8 @@ def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
         return
     for ref in daemon_report.already_cached:
         typer.echo(f"Already cached: {ref}")
+    for ref in daemon_report.from_launch_cache:
+        typer.echo(f"Imported {ref} without a save (layers from launch caches)")
     for image in report.images:
         name = ", ".join(image.refs) or short_id(image.config_digest)
         typer.echo(f"Imported {name} ({render.count(len(image.diff_ids), 'layer')})")
@@ -785,6 +854,18 @@ def rebase_command(
             help="pack's method: docker pull, save the whole app image, load it all.",
         ),
     ] = False,
+    launch_cache: Annotated[
+        str | None,
+        typer.Option(
+            "--launch-cache",
+            metavar="VOLUME|DIR",
+            help="Take missing app layers from this launch cache only.",
+            show_default="every launch cache volume of the daemon",
+        ),
+    ] = None,
+    no_launch_cache: Annotated[
+        bool, typer.Option("--no-launch-cache", help="Never read pack's launch caches.")
+    ] = False,
     dry_run: DryRunOption = False,
     publish: Annotated[
         bool,
@@ -809,6 +890,7 @@ def rebase_command(
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
     from packcache.operations.housekeeping import size_capped
+    from packcache.operations.launch_layers import LaunchChoice
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
     from packcache.operations.report_toml import write_report_toml
@@ -859,6 +941,7 @@ def rebase_command(
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
+                launch=LaunchChoice(use=not no_launch_cache, source=launch_cache),
                 pull=pull,
             )
         if report_dir is not None and not report.dry_run:
@@ -878,6 +961,11 @@ def rebase_command(
         f"({render.size(report.bytes_sent)} sent)"
     )
     typer.echo(f"  docker save {', '.join(report.saved) or 'none'}")
+    if report.layer_sources:
+        counts = Counter(report.layer_sources.values())
+        typer.echo("  app layers  " + ", ".join(f"{n} from {k}" for k, n in counts.items()))
+    for problem in report.launch_cache_problems:
+        typer.echo(f"  skipped     {problem}")
     if report.load_method:
         typer.echo(f"  loaded by   {report.load_method}")
     if report.run_image_fetch is not None:
@@ -981,12 +1069,26 @@ def info_command(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
 
     with reported():
         info = cache_info(ctx.obj.open_store(writable=False))
+    info["launch_caches"] = _launch_caches_found(ctx)
     if fmt is not Format.table:
         print_formatted(fmt, render.to_json(info))
         return
     for key, value in info.items():
         shown = render.size(value) if key.endswith("size") and isinstance(value, int) else value
+        if key == "launch_caches" and value is not None:
+            shown = ", ".join(value) or "none"
         typer.echo(f"{key.replace('_', ' ')}: {'-' if shown is None else shown}")
+
+
+def _launch_caches_found(ctx: typer.Context) -> list[str] | None:
+    """pack's launch cache volumes in the daemon; None where the daemon cannot be asked."""
+    from packcache.transports.launch_cache import find_volumes
+
+    try:
+        return [cache.name for cache in find_volumes(ctx.obj.daemon())]
+    except PackcacheError as exc:
+        logging.getLogger(__name__).info("no launch caches listed: %s", exc)
+        return None
 
 
 @app.command("create-builder", epilog=examples("create-builder"))

@@ -41,6 +41,7 @@ IMPORT = {
     "bytes_read",
     "bytes_written",
     "already_cached",
+    "from_launch_cache",
 }
 IMPORT_IMAGE = {"config_digest", "manifest_digest", "refs", "diff_ids"}
 LOAD = {
@@ -68,6 +69,8 @@ REBASE = {
     "layers_reused",
     "bytes_sent",
     "saved",
+    "layer_sources",
+    "launch_cache_problems",
     "load_method",
     "timings",
 }
@@ -98,6 +101,7 @@ VERIFY = {
     "ok",
 }
 INFO = {
+    "launch_caches",
     "cache_dir",
     "index",
     "schema_revision",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from packcache.archive.save_reader import ImportReport, import_archive
 from packcache.errors import NotFoundError
 from packcache.image.inspected import InspectedImage
+from packcache.operations.launch_layers import LaunchChoice, fill_from_host
 from packcache.operations.load_planners import planner_for
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon
@@ -21,6 +22,8 @@ class DaemonImportReport:
     archive: ImportReport
     already_cached: list[str] = field(default_factory=list)  # refs recorded without a save
     saved: list[str] = field(default_factory=list)  # refs read from `docker save`
+    # refs whose config the daemon's storage gave and whose layers the launch caches did
+    from_launch_cache: list[str] = field(default_factory=list)
 
 
 def cached_config(
@@ -48,6 +51,7 @@ def import_images(
     refs: list[str],
     *,
     lease: Lease | None = None,
+    launch: LaunchChoice | None = None,
 ) -> DaemonImportReport:
     inspected = {ref: daemon.inspect_image(ref) for ref in refs}  # every name checked first
     report = DaemonImportReport(archive=ImportReport())
@@ -62,6 +66,14 @@ def import_images(
             if manifest is None:
                 config_digest = None
         if config_digest is None:
+            # Before a save: the daemon's storage and pack's launch caches may give it all.
+            layers = list(info.diff_ids)
+            if (
+                launch is not None
+                and fill_from_host(store, daemon, info, layers, launch, lease=lease).config_digest
+            ):
+                report.from_launch_cache.append(ref)
+                continue
             to_save.append(ref)
             continue
         store.record_image(

@@ -20,7 +20,15 @@ from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image import cnb
 from packcache.image.cnb import LifecycleMetadata
 from packcache.image.inspected import InspectedImage
+from packcache.operations.engine_configs import record_from_engine
 from packcache.operations.importing import cached_config, import_images
+from packcache.operations.launch_layers import (
+    CACHE,
+    EVERY_LAUNCH_CACHE,
+    SAVE,
+    LaunchChoice,
+    fill_from_host,
+)
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method, planner_for
 from packcache.operations.loading import base_image_needed, load_config
 from packcache.operations.run_image_fetch import RunImageFetch, RunImagePull, prepare_run_image
@@ -48,6 +56,9 @@ class RebaseReport:
     layers_reused: int = 0
     bytes_sent: int = 0
     saved: list[str] = field(default_factory=list)  # images read with `docker save`
+    # Where each app layer came from: cache, launch-cache or docker save.
+    layer_sources: dict[str, str] = field(default_factory=dict)
+    launch_cache_problems: list[str] = field(default_factory=list)  # entries skipped
     load_method: str = ""  # "containerd" (written into its content store) or "docker load"
     run_image_fetch: RunImageFetch | None = None  # how --pull-policy got the run image
     timings: dict[str, float] = field(default_factory=dict)
@@ -266,17 +277,34 @@ def _cache_images(
     *,
     policy: SendPolicy,
     lease: Lease | None,
+    launch: LaunchChoice,
 ) -> str | None:
     """Make sure `source` can give the app's config and layers and the run image's layers
-    as the load needs them: one `docker save` of each image it lacks (in a dry run, only
-    noted). Returns the app's config digest (None in a dry run that would save the app)."""
+    as the load needs them: from the daemon's storage and the launch caches where they can,
+    else one `docker save` of each image still lacking (in a dry run, only noted). Returns
+    the app's config digest (None in a dry run that would save the app)."""
     app_config_digest = cached_config(source, images.app, images.app_layers, lease)
+    sources = dict.fromkeys(images.app_layers, CACHE) if app_config_digest else {}
+    if app_config_digest is None and not report.dry_run and policy is REUSE:
+        found = fill_from_host(source, daemon, images.app, images.app_layers, launch, lease=lease)
+        sources = found.sources
+        report.launch_cache_problems = found.launch.notes()
+        app_config_digest = found.config_digest
     if app_config_digest is None:
         if not report.dry_run:
             import_images(source, daemon, [report.image], lease=lease)
             app_config_digest = source.resolve_image(images.app.id)
         report.saved.append(report.image)
-    if base_image_needed(source, daemon, list(images.run.diff_ids), policy):
+    if not report.dry_run:
+        report.layer_sources = {d: sources.get(d, SAVE) for d in images.app_layers}
+    run_layers = list(images.run.diff_ids)
+    needed = base_image_needed(source, daemon, run_layers, policy)
+    # On a containerd store the run image's manifest, read from the daemon's content store,
+    # names the blobs to reference: no save needed for that.
+    reusing = policy is REUSE and not report.dry_run
+    if needed and reusing and record_from_engine(source, daemon, images.run) is not None:
+        needed = base_image_needed(source, daemon, run_layers, policy)
+    if needed:
         if not report.dry_run:
             import_images(source, daemon, [images.run_ref], lease=lease)
         report.saved.append(images.run_ref)
@@ -328,6 +356,7 @@ def rebase(
     no_cache: bool = False,
     dry_run: bool = False,
     lease: Lease | None = None,
+    launch: LaunchChoice = EVERY_LAUNCH_CACHE,
     pull: RunImagePull | None = None,
 ) -> RebaseReport:
     """Rebase `image` onto its run image (or `run_image`), as `tag` (default: in place).
@@ -371,7 +400,7 @@ def rebase(
     lease = None if no_cache else lease
     with _pack_method_store() if no_cache else nullcontext(store) as source:
         app_config_digest = _cache_images(
-            source, daemon, images, report, policy=policy, lease=lease
+            source, daemon, images, report, policy=policy, lease=lease, launch=launch
         )
         clock.lap("save+import")
         if dry_run or app_config_digest is None:

@@ -265,6 +265,29 @@ class Containerd:
         )
         return dict(response.info.labels)
 
+    def read_small_blob(self, digest: str, limit: int) -> bytes | None:
+        """A small blob (a manifest or config) whole, or None where the content store has none
+        or it is larger than `limit`. The caller verifies the bytes against `digest`."""
+        size = self.blob_size(digest)
+        if size is None or size > limit:
+            return None
+        parts: list[bytes] = []
+        got = 0
+        request = self._pb.content_pb2.ReadContentRequest(digest=digest, offset=0, size=size)
+        try:
+            for response in self._content.Read(
+                request, timeout=CALL_TIMEOUT_S, metadata=self._metadata()
+            ):
+                got += len(response.data)
+                if got > size:
+                    raise ContainerdError(f"containerd sent more than {size} bytes of {digest}")
+                parts.append(response.data)
+        except self._grpc.RpcError as exc:
+            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._explain(f"reading {digest}", exc) from None
+        return b"".join(parts)
+
     def ingest_refs(self) -> list[str]:
         """Refs of unfinished writes in the content store."""
         pb = self._pb.content_pb2

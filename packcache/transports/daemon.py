@@ -5,7 +5,11 @@ Errors become one clear PackcacheError naming the socket, so a user knows what t
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
+import stat as stat_mode
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ MIN_API_VERSION = "1.41"  # Engine 20.10, the oldest engine in the test matrix
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Inspects overlap: an operation asks about a dozen images at once, each a short daemon round trip.
 INSPECT_THREADS = 8
+MAX_CONFIG = 16 << 20  # an image config larger than this is not one
 
 
 class DaemonError(PackcacheError):
@@ -42,6 +47,8 @@ class EngineInfo:
     os: str
     architecture: str
     host: str
+    root_dir: str = ""  # DockerRootDir: where a local daemon keeps images and volumes
+    driver: str = ""  # the storage driver, e.g. overlay2
     # What API 1.46+ reports of the daemon's containerd (Address, Namespaces); else empty.
     containerd: Mapping[str, Any] = field(default_factory=dict)
 
@@ -106,6 +113,7 @@ class Daemon:
         except ValueError as exc:  # a malformed URL, e.g. tcp://[::1
             raise DaemonError(f"invalid Docker host {self.host!r}: {exc}") from exc
         self.client.api.timeout = timeout
+        self.raw_info: dict = raw_info  # `docker info` as the daemon sent it
         api_version = self.client.api.api_version
         check_api_version(api_version, self.host)
         driver_status = dict(tuple(pair) for pair in raw_info.get("DriverStatus") or [])
@@ -117,6 +125,8 @@ class Daemon:
             os=raw_info.get("OSType") or "linux",
             architecture=raw_info.get("Architecture") or "",
             host=self.host,
+            root_dir=raw_info.get("DockerRootDir") or "",
+            driver=raw_info.get("Driver") or "",
             containerd=raw_info.get("Containerd") or {},
         )
 
@@ -197,6 +207,13 @@ class Daemon:
             self._image_ids = [summary["Id"] for summary in summaries]
         return self._image_ids
 
+    def image_tags(self) -> dict[str, str]:
+        """Every tag the daemon has -> the ID of the image it names."""
+        summaries = self._call("the image list", self.client.api.images)
+        return {
+            tag: summary["Id"] for summary in summaries for tag in summary.get("RepoTags") or []
+        }
+
     def image_diff_ids(self, image_id: str) -> list[str] | None:
         """An image's layer diffIDs (from its inspect); None if it is gone meanwhile."""
         try:
@@ -258,3 +275,118 @@ class Daemon:
             if event.get("stream"):
                 messages.append(event["stream"].strip())
         return messages
+
+    def is_local(self) -> bool:
+        """Is the daemon on this host (a unix socket), so that paths it reports are ours?"""
+        return self.host.startswith("unix://")
+
+    def api_at_least(self, minimum: tuple[int, int]) -> bool:
+        return _version_tuple(self.info.api_version) >= minimum
+
+    def image_manifests(self, ref: str) -> list[dict] | None:
+        """API 1.48+: the manifests of an image on a containerd store (`manifests=1`), each
+        with its descriptor and whether its content is available; None on older APIs."""
+        if not self.api_at_least((1, 48)):
+            return None
+        api = self.client.api
+        response = self._call(
+            ref, api._get, api._url("/images/{0}/json", ref), params={"manifests": 1}
+        )
+        if response.status_code != 200:
+            return None
+        return list(response.json().get("Manifests") or [])
+
+    # -- volumes and idle containers: reading a volume without running anything -------------
+
+    def volumes(self) -> list[dict]:
+        """Every volume: Name, Driver, Mountpoint."""
+        listed = self._call("the volume list", self.client.api.volumes)
+        return list((listed or {}).get("Volumes") or [])
+
+    def create_idle_container(self, image: str, volume: str, target: str) -> str:
+        """A container created (never started) from `image`, which the daemon holds, with
+        `volume` mounted read-only at `target`: its files can then be read through the
+        archive endpoint. The daemon does not pull a missing image on create."""
+        api = self.client.api
+        mount = docker.types.Mount(target, volume, type="volume", read_only=True, no_copy=True)
+        created = self._call(
+            f"creating a container to read volume {volume}",
+            api.create_container,
+            image,
+            command=["packcache-never-started"],
+            entrypoint=["packcache-never-started"],
+            network_disabled=True,
+            labels={"io.packcache.reader": volume},
+            host_config=api.create_host_config(mounts=[mount], network_mode="none"),
+        )
+        return str(created["Id"])
+
+    def remove_container(self, container: str) -> None:
+        """`docker rm -f` (its anonymous volumes kept: `volume` mounts are never removed)."""
+        self._call(
+            f"removing container {container[:12]}",
+            self.client.api.remove_container,
+            container,
+            force=True,
+        )
+
+    def path_stat(self, container: str, path: str) -> dict | None:
+        """What the archive endpoint says of a path in a container (name, size, mode,
+        linkTarget), or None where there is nothing."""
+        api = self.client.api
+        url = api._url("/containers/{0}/archive", container)
+        response = self._call(f"the stat of {path}", api.head, url, params={"path": path})
+        if response.status_code == 404:
+            return None
+        self._call(f"the stat of {path}", api._raise_for_status, response)
+        header = response.headers.get("X-Docker-Container-Path-Stat") or ""
+        try:
+            stat = json.loads(base64.b64decode(header, validate=True)[: 1 << 16])
+        except ValueError as exc:
+            raise DaemonError(f"the Docker daemon sent an unreadable stat of {path}") from exc
+        return stat if isinstance(stat, dict) else None
+
+    def archive(self, container: str, path: str) -> BinaryIO:
+        """A tar stream of a path in a container, read as it arrives."""
+        api = self.client.api
+        url = api._url("/containers/{0}/archive", container)
+        # Not gzip: the daemon compresses this stream for a client that accepts it, which
+        # costs it far more than sending the bytes over a local socket.
+        response = self._call(
+            f"reading {path}",
+            api._get,
+            url,
+            params={"path": path},
+            stream=True,
+            headers={"Accept-Encoding": "identity"},
+        )
+        if response.status_code == 404:
+            raise NotFoundError(f"no {path} in container {container[:12]}")
+        self._call(f"reading {path}", api._raise_for_status, response)
+        response.raw.decode_content = True
+        return response.raw  # type: ignore[no-any-return]
+
+    def local_image_config(self, image_id: str) -> bytes | None:
+        """A graphdriver image's config read from the daemon's own image store, when the
+        daemon is on this host and its files are readable: what `docker save` would give,
+        without the save. None when it cannot be read or its bytes are not `image_id`'s."""
+        if self.info.containerd_store or not (self.is_local() and self.info.root_dir):
+            return None
+        hex_id = image_id.removeprefix("sha256:")
+        if len(hex_id) != 64 or not all(c in "0123456789abcdef" for c in hex_id):
+            return None
+        path = os.path.join(
+            self.info.root_dir, "image", self.info.driver, "imagedb", "content", "sha256", hex_id
+        )
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat_mode.S_ISREG(info.st_mode) or info.st_size > MAX_CONFIG:
+                return None
+            data = file.read(MAX_CONFIG + 1)
+        if hashlib.sha256(data).hexdigest() != hex_id:
+            return None
+        return data

@@ -8,7 +8,9 @@ v1 and with the previous result removed from the daemon:
 
 - pack's method: `packcache rebase --no-cache` (save the app image, and on the containerd
   store the run image, into a throw-away store; load all pack would send);
-- cold: `packcache rebase` with an empty cache;
+- cold: `packcache rebase --no-launch-cache` with an empty cache;
+- cold+launch-cache: `packcache rebase` with an empty cache and a pack launch cache volume
+  holding the app layers (as `pack build` leaves it);
 - warm: `packcache rebase` with the cache filled by an earlier rebase (on a containerd store,
   written into the daemon's containerd, whose socket and namespace are given);
 - warm, docker load path (containerd store only): the same with containerd's address `off`;
@@ -55,7 +57,7 @@ from tests.engines.harness import DOCKER_CLI, Engine
 RUN_LAYERS_MIB = [scaled(270, 68)] * 3
 APP_LAYERS_MIB = [scaled(n, n // 4) for n in (110, 80, 50, 30)]
 REPEAT = int(os.environ.get("PACKCACHE_BENCH_REPEAT", "3"))
-METHODS = ("pack", "cold", "warm", "warm-docker-load", "floor")
+METHODS = ("pack", "cold", "cold+launch-cache", "warm", "warm-docker-load", "floor")
 ENGINES = engine_kinds("PACKCACHE_BENCH_REBASE_ENGINES", ["20.10-graphdriver", "26.1-containerd"])
 RUN_REPO = "bench/run"
 APP, APP_ORIGINAL = "bench/app:latest", "bench/app:original"
@@ -64,6 +66,7 @@ TARGETS = {
     "warm vs pack": {"graphdriver": 6.0, "containerd": 5.0},
     "warm vs floor": 1.15,
     "cold vs pack": 1.10,
+    "cold+launch-cache vs floor": 1.2,
 }
 
 
@@ -160,6 +163,36 @@ def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
             out.write(chunk)
 
 
+def _launch_volume(engine: Engine, built: Built, work: Path) -> None:
+    """A launch cache volume named as pack names the app's, in the lifecycle's layout: the app
+    layers uncompressed, taken from the load archive."""
+    import gzip
+    import tarfile
+
+    source = work / f"{engine.kind}-launch"
+    (source / "committed").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(built.archive) as archive:
+        for layer in built.app:
+            member = archive.extractfile(f"{layer.blob_digest[7:]}/layer.tar")
+            target = source / "committed" / f"{layer.diff_id}.tar"
+            with gzip.open(member) as blob, open(target, "wb") as out:
+                shutil.copyfileobj(blob, out, MIB)
+    volume = "pack-cache-bench_app_latest-000000000000.launch"
+    engine.docker("volume", "create", volume)
+    filler = (
+        engine.docker(
+            "create", "--pull", "never", "-v", f"{volume}:/launch", f"{RUN_REPO}:v1", "true"
+        )
+        .stdout.decode()
+        .strip()
+    )
+    try:
+        engine.docker("cp", f"{source}/.", f"{filler}:/launch/")
+    finally:
+        engine.docker("rm", "-f", filler)
+    shutil.rmtree(source)
+
+
 def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
     engine = start_engine(kind)
     result = EngineRuns(kind, engine.containerd_store)
@@ -205,6 +238,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
         floor = work / f"{kind}-floor.tar"
         _write_floor(engine, warm_cache, built, floor)
         docker("rmi", APP)
+        _launch_volume(engine, built, work)
         for _ in range(REPEAT):
             for method in METHODS:
                 if method == "warm-docker-load" and not engine.containerd_store:
@@ -220,7 +254,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                 cache = warm_cache if warm else work / f"{kind}-{method}"
                 if not warm:
                     shutil.rmtree(cache, ignore_errors=True)  # cold starts empty
-                extra = ["--no-cache"] if method == "pack" else []
+                extra = {"pack": ["--no-cache"], "cold": ["--no-launch-cache"]}.get(method, [])
                 seconds, report = packcache(
                     cache, APP, "--run-image", f"{RUN_REPO}:v2", *extra, method=method
                 )
@@ -252,6 +286,7 @@ def main() -> None:
         for method, label in (
             ("pack", "pack's method (--no-cache)"),
             ("cold", "cold"),
+            ("cold+launch-cache", "cold, launch cache present"),
             ("warm", "warm"),
             ("warm-docker-load", "warm, docker load path"),
             ("floor", "floor: docker load of app layers"),
@@ -277,11 +312,14 @@ def main() -> None:
         store_kind = "containerd" if result.containerd else "graphdriver"
         warm = statistics.median(result.methods["warm"].seconds)
         cold = statistics.median(result.methods["cold"].seconds)
+        launch = statistics.median(result.methods["cold+launch-cache"].seconds)
         verdicts = (
             f"warm {pack / warm:.1f}x faster than pack (target >= "
             f"{TARGETS['warm vs pack'][store_kind]}x); warm {warm / floor:.2f}x the floor "
             f"(target <= {TARGETS['warm vs floor']}x); cold {cold / pack:.2f}x pack "
-            f"(target <= {TARGETS['cold vs pack']}x)"
+            f"(target <= {TARGETS['cold vs pack']}x); cold with a launch cache "
+            f"{launch / floor:.2f}x the floor (target <= "
+            f"{TARGETS['cold+launch-cache vs floor']}x)"
         )
         print_table(
             f"rebase on {result.kind} (median of {REPEAT}, s (min-max))",

@@ -1,0 +1,253 @@
+"""pack's launch caches on every engine: a cold rebase takes the app layers from them instead of
+a `docker save`, and a launch cache's bad files are skipped, reported and never cached."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests import test_rebase
+from tests.cnb_images import AppImage
+from tests.engines.harness import Engine
+from tests.test_rebase import check_result, rebase
+
+
+def app_layer_tars(app: AppImage) -> dict[str, bytes]:
+    """diffID -> the uncompressed tar of each app layer, as the lifecycle's exporter keeps it."""
+    found = {}
+    with tarfile.open(app.built.path) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+        for path in manifest[0]["Layers"]:
+            data = tar.extractfile(path).read()
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+            diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+            if diff_id in app.app_diff_ids:
+                found[diff_id] = data
+    assert list(found) == app.app_diff_ids
+    return found
+
+
+def write_launch_cache(root: Path, files: dict[str, bytes]) -> Path:
+    """A launch cache directory in lifecycle's layout; `files` are paths under it."""
+    (root / "committed").mkdir(parents=True)
+    (root / "staging").mkdir()
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def committed(tars: dict[str, bytes]) -> dict[str, bytes]:
+    return {f"committed/{diff_id}.tar": data for diff_id, data in tars.items()}
+
+
+def launch_volume(engine: Engine, image: str, source: Path, with_image: str) -> str:
+    """A volume named as pack names launch caches, filled with `source` (through a container
+    created, never started, from `with_image`, which the daemon holds)."""
+    part = image.replace("/", "_").replace(":", "_")
+    name = f"pack-cache-{part}-{hashlib.sha256(image.encode()).hexdigest()[:12]}.launch"
+    engine.docker("volume", "create", name)
+    filler = (
+        engine.docker("create", "--pull", "never", "-v", f"{name}:/launch", with_image, "true")
+        .stdout.decode()
+        .strip()
+    )
+    try:
+        engine.docker("cp", f"{source}/.", f"{filler}:/launch/")
+    finally:
+        engine.docker("rm", "-f", filler)
+    return name
+
+
+@pytest.fixture
+def content_env(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the test engine's containerd listens: Engine 26.1 (API 1.45) does not say."""
+    if engine.containerd_store:
+        monkeypatch.setenv("PACKCACHE_CONTAINERD_ADDRESS", str(engine.root / "c.sock"))
+        monkeypatch.setenv("PACKCACHE_CONTAINERD_NAMESPACE", f"pc-{engine.root.name}")
+
+
+stack = test_rebase.stack  # run images v1 and v2, and an app on v1
+
+
+def cached_layers(cli) -> set[str]:
+    return {layer["diff_id"] for layer in cli("ls", "--format", "json").json()}
+
+
+def _read_all(layers):
+    """Each (entry, sha256 hex of its bytes), read before the next is asked for."""
+    for entry, stream in layers:
+        yield entry, hashlib.sha256(stream.read()).hexdigest()
+
+
+def daemon_time(engine: Engine) -> str:
+    return engine.docker("info", "--format", "{{.SystemTime}}").stdout.decode().strip()
+
+
+def save_events(engine: Engine, since: str) -> list[str]:
+    """The images the daemon saved since then (its events endpoint)."""
+    events = engine.docker(
+        "events",
+        "--since",
+        since,
+        "--until",
+        daemon_time(engine),
+        "--filter",
+        "type=image",
+        "--filter",
+        "event=save",
+        "--format",
+        "{{.Actor.ID}}",
+    ).stdout.decode()
+    return events.split()
+
+
+def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
+    cli, engine: Engine, tmp_path: Path, stack, content_env
+) -> None:
+    run1, run2, app = stack
+    source = write_launch_cache(tmp_path / "launch", committed(app_layer_tars(app)))
+    volume = launch_volume(engine, app.tag, source, run1.tag)
+    try:
+        since = daemon_time(engine)
+        cold = rebase(cli, engine, app.tag, "--run-image", run2.tag)
+        assert cold.exit_code == 0, cold.stderr
+        report = cold.json()
+        assert report["saved"] == []
+        assert report["layer_sources"] == dict.fromkeys(app.app_diff_ids, "launch-cache")
+        assert report["launch_cache_problems"] == []
+        assert save_events(engine, since) == []  # no image saved at all, the run image neither
+        check_result(engine, tmp_path, app.tag, app, run2)
+        containers = engine.docker("ps", "-aq", "--filter", "label=io.packcache.reader")
+        assert containers.stdout.strip() == b""
+        # The warm rebase of the same app gives the same image.
+        engine.docker("rmi", app.tag)
+        engine.docker("load", "-i", str(app.built.path))
+        warm = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
+        assert warm["saved"] == []
+        assert warm["layer_sources"] == dict.fromkeys(app.app_diff_ids, "cache")
+        assert warm["new_image_id"] == report["new_image_id"]
+    finally:
+        engine.docker("volume", "rm", "-f", volume)
+
+
+def test_bad_entries_are_skipped_and_the_rest_saved(
+    cli, engine: Engine, tmp_path: Path, stack, content_env
+) -> None:
+    _run1, run2, app = stack
+    tars = app_layer_tars(app)
+    good, tampered, truncated = app.app_diff_ids
+    files = committed({good: tars[good]})
+    files[f"committed/{tampered}.tar"] = tars[good]  # another layer's bytes under this name
+    files[f"committed/{truncated}.tar"] = tars[truncated][:-1024]
+    files["committed/notes.txt"] = b"stray"
+    files["staging/sha256:" + "0" * 64 + ".tar"] = b"a build is exporting"
+    root = write_launch_cache(tmp_path / "bind" / "launch-cache", files)
+    (root / "committed" / ("sha256:" + "1" * 64 + ".tar")).symlink_to("/etc/passwd")
+
+    result = rebase(
+        cli, engine, app.tag, "--run-image", run2.tag, "--launch-cache", str(root.parent)
+    )
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    assert report["saved"] == [app.tag]
+    assert report["layer_sources"] == {
+        good: "launch-cache",
+        tampered: "docker save",
+        truncated: "docker save",
+    }
+    problems = "\n".join(report["launch_cache_problems"])
+    assert f"{tampered}.tar: does not match its name" in problems
+    assert f"{truncated}.tar: does not match its name" in problems
+    assert "notes.txt" in problems and "stray" in problems
+    assert "sha256:" + "1" * 64 + ".tar: not a regular file" in problems
+    assert "a build is exporting to it" in problems  # staging/ holds a file
+    check_result(engine, tmp_path, app.tag, app, run2)
+    verify = cli("verify", "--format", "json").json()
+    assert verify["ok"] is True
+    listed = cached_layers(cli)
+    assert set(app.app_diff_ids) <= listed
+
+
+def test_import_reads_a_volume_in_use_through_the_engine(
+    cli, engine: Engine, tmp_path: Path, stack, content_env
+) -> None:
+    """Through an idle container and the archive endpoint (as for a daemon on another host):
+    the same layers as reading it in place, a build's staging/ noticed, nothing left behind."""
+    from packcache.transports.daemon import Daemon
+    from packcache.transports.launch_cache import DirectoryReader, VolumeReader, named_volume
+
+    run1, _run2, app = stack
+    tars = app_layer_tars(app)
+    first = app.app_diff_ids[0]
+    files = committed(tars)
+    files[f"committed/{first}.tar"] = tars[first][:-1]
+    files["committed/extra"] = b"stray"
+    files["staging/sha256:" + "0" * 64 + ".tar"] = b"partial"
+    volume = launch_volume(engine, app.tag, write_launch_cache(tmp_path / "v", files), run1.tag)
+    try:
+        daemon = Daemon(engine.host)
+        cache = named_volume(daemon, volume)
+        assert cache is not None and cache.image_part == app.tag.replace("/", "_").replace(":", "_")
+        read = {}
+        with VolumeReader(cache, daemon, run1.tag) as through_engine:
+            for entry, stream in through_engine.layers():
+                read[entry.diff_id] = hashlib.sha256(stream.read()).hexdigest()
+        second = app.app_diff_ids[1]
+        with VolumeReader(cache, daemon, run1.tag) as one_layer:
+            [(entry, stream)] = list(_read_all(one_layer.layers({second, "sha256:" + "2" * 64})))
+            assert entry.diff_id == second and stream == hashlib.sha256(tars[second]).hexdigest()
+        in_place = DirectoryReader(cache, cache.mountpoint)
+        direct = {e.diff_id: hashlib.sha256(s.read()).hexdigest() for e, s in in_place.layers()}
+        assert read == direct and set(read) == set(app.app_diff_ids)
+        assert through_engine.listing.in_use and in_place.listing.in_use
+        assert through_engine.listing.problems == in_place.listing.problems
+        assert len(in_place.listing.problems) == 1 and "extra" in in_place.listing.problems[0]
+        containers = engine.docker("ps", "-aq", "--filter", "label=io.packcache.reader")
+        assert containers.stdout.strip() == b""
+
+        result = cli("--host", engine.host, "import", "--launch-cache", volume, "--format", "json")
+        assert result.exit_code == 0, result.stderr
+        imported = result.json()
+        assert sorted(imported["recorded"]) == sorted(app.app_diff_ids[1:])
+        assert imported["in_use"] == [volume]
+        assert any(first in problem for problem in imported["problems"])
+        listed = {layer["diff_id"]: layer for layer in cli("ls", "--format", "json").json()}
+        assert first not in listed and set(app.app_diff_ids[1:]) <= set(listed)
+        for diff_id in app.app_diff_ids[1:]:  # the volume's name says which image it is for
+            assert app.tag in listed[diff_id]["images"]
+        info = cli("--host", engine.host, "info", "--format", "json").json()
+        assert volume in info["launch_caches"]
+    finally:
+        engine.docker("volume", "rm", "-f", volume)
+
+
+def test_import_of_an_app_takes_its_layers_from_a_launch_volume(
+    cli, engine: Engine, tmp_path: Path, stack, content_env
+) -> None:
+    run1, _run2, app = stack
+    source = write_launch_cache(tmp_path / "launch", committed(app_layer_tars(app)))
+    volume = launch_volume(engine, app.tag, source, run1.tag)
+    try:
+        assert cli("--host", engine.host, "import", run1.tag).exit_code == 0
+        since = daemon_time(engine)
+        result = cli("--host", engine.host, "import", app.tag, "--format", "json")
+        assert result.exit_code == 0, result.stderr
+        report = result.json()
+        assert report["from_launch_cache"] == [app.tag] and report["images"] == []
+        assert save_events(engine, since) == []
+        listed = {layer["diff_id"]: layer for layer in cli("ls", "--format", "json").json()}
+        for diff_id in app.app_diff_ids:  # recorded with the app image they came from
+            assert app.tag in listed[diff_id]["images"]
+        again = cli(
+            "--host", engine.host, "import", app.tag, "--no-launch-cache", "--format", "json"
+        )
+        assert again.json()["already_cached"] == [app.tag]
+    finally:
+        engine.docker("volume", "rm", "-f", volume)
