@@ -41,6 +41,7 @@ LEASE_LIFETIME_S = 3600
 # does not matter.
 WRITE_CHUNK = 1 << 20
 CALL_TIMEOUT_S = 30.0
+ABORT_ATTEMPTS = 8
 
 
 class ContainerdError(PackcacheError):
@@ -365,13 +366,20 @@ class Containerd:
 
     def _abort(self, ref: str) -> None:
         """Drop an unfinished write; where containerd cannot, the lease's end releases it."""
-        # Any error here is dropped: the error that made us abort is the one to report.
-        with suppress(self._grpc.RpcError):
-            self._content.Abort(
-                self._pb.content_pb2.AbortRequest(ref=ref),
-                timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata(),
-            )
+        # A cancelled Write may still hold the ingest's lock for a moment on the server side,
+        # so a refused Abort is tried again briefly. Errors are dropped: the error that made
+        # us abort is the one to report.
+        for attempt in range(ABORT_ATTEMPTS):
+            with suppress(self._grpc.RpcError):
+                self._content.Abort(
+                    self._pb.content_pb2.AbortRequest(ref=ref),
+                    timeout=CALL_TIMEOUT_S,
+                    metadata=self._metadata(),
+                )
+            with suppress(self._grpc.RpcError, ContainerdError):
+                if ref not in self.ingest_refs():
+                    return
+            time.sleep(0.05 * (attempt + 1))
 
     def delete_blob(self, digest: str) -> bool:
         """Remove a blob from the content store; False where it was not there."""
