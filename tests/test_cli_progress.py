@@ -4,6 +4,7 @@ steps, recorded instead of drawn. The drawing itself is tested in a terminal
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +127,29 @@ def test_a_save_and_a_load_show_their_bytes(engine_pool, tmp_path: Path) -> None
     [_, load] = shown.tasks
     assert load.name == "Loading into the daemon" and load.ended == 1
     assert load.done_bytes == report.bytes_sent
+
+
+def test_a_load_through_containerd_shows_each_layer_written(engine_pool, tmp_path: Path) -> None:
+    from tests.test_engine_import import load_image as put_image
+    from tests.test_engine_import import unique
+
+    tag = unique("progress-ctrd")
+    unique_layer = {"app/random.bin": os.urandom(200_000)}  # a blob no engine holds yet
+    put_image(engine_pool.get("26.1-graphdriver"), tmp_path, tag, extra=[unique_layer])
+    store = Store.open(tmp_path / "cache")
+    with store.lease("test") as lease:
+        import_images(store, Daemon(engine_pool.get("26.1-graphdriver").host), [tag], lease=lease)
+    shown = Recorder()
+    daemon = Daemon(engine_pool.get("28-containerd").host, progress=shown)  # info names it
+    with store.lease("test") as lease:
+        report = load_image(store, daemon, tag, lease=lease)
+    assert report.load_method == "containerd"
+    writes = [task for task in shown.tasks if task.name.endswith(" into containerd")]
+    assert writes, [task.name for task in shown.tasks]
+    for task in writes:
+        assert task.total == task.done_bytes > 0 and task.ended == 1
+    # What was sent is the layers shown plus the config and the manifest.
+    assert 0 < report.bytes_sent - sum(task.done_bytes for task in writes) < 10_000
 
 
 def test_create_builder_names_each_step(cli, engine_pool, tmp_path, monkeypatch) -> None:

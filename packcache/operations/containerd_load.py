@@ -18,6 +18,7 @@ from packcache.archive.load_writer import LoadLayer
 from packcache.errors import PackcacheError
 from packcache.image import manifest as oci
 from packcache.image.layer import Layer
+from packcache.progress import NO_PROGRESS, Progress
 from packcache.transports.containerd import (
     ENV_ADDRESS,
     WRITE_CHUNK,
@@ -81,10 +82,20 @@ def _blob_chunks(layer: Layer) -> Iterator[bytes]:
             yield chunk
 
 
-def write_layers(containerd: Containerd, plan: list[LoadLayer], lease: str) -> int:
+def _shown_chunks(layer: Layer, progress: Progress) -> Iterator[bytes]:
+    # The task starts with the first read: a blob containerd already holds is never read.
+    with progress.task(f"Writing {layer.digest[7:19]} into containerd", layer.size) as task:
+        for chunk in _blob_chunks(layer):
+            task.advance(len(chunk))
+            yield chunk
+
+
+def write_layers(
+    containerd: Containerd, plan: list[LoadLayer], lease: str, progress: Progress = NO_PROGRESS
+) -> int:
     """Every layer blob of `plan` in the content store and held by `lease`: the ones the plan
     found there are checked again (they could have gone since), the rest written from the
-    cache. Returns the bytes written."""
+    cache, each shown as it goes. Returns the bytes written."""
     written = 0
     for item in plan:
         containerd.lease_blob(lease, item.digest)  # before any check: GC may not take it now
@@ -97,17 +108,23 @@ def write_layers(containerd: Containerd, plan: list[LoadLayer], lease: str) -> i
             continue
         labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
         layer = item.layer
-        if containerd.write_blob(layer.digest, layer.size, _blob_chunks(layer), lease, labels):
+        chunks = _shown_chunks(layer, progress)
+        if containerd.write_blob(layer.digest, layer.size, chunks, lease, labels):
             written += layer.size
     return written
 
 
 def write_image(
-    containerd: Containerd, config: bytes, manifest: bytes, plan: list[LoadLayer], lease: str
+    containerd: Containerd,
+    config: bytes,
+    manifest: bytes,
+    plan: list[LoadLayer],
+    lease: str,
+    progress: Progress = NO_PROGRESS,
 ) -> tuple[Descriptor, int]:
     """Layers, config and manifest written under `lease`; the manifest's descriptor and the
     bytes written."""
-    written = write_layers(containerd, plan, lease)
+    written = write_layers(containerd, plan, lease, progress)
     config_digest = oci.digest_of(config)
     if containerd.write_blob(config_digest, len(config), [config], lease):
         written += len(config)

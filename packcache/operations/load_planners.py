@@ -277,7 +277,7 @@ class ContainerdApiPlanner(ContainerdPlanner):
         self.daemon.images_changed()
         with self.containerd.lease() as lease:
             target, written = containerd_load.write_image(
-                self.containerd, config, manifest, plan, lease
+                self.containerd, config, manifest, plan, lease, self.daemon.progress
             )
             for tag in tags:
                 containerd_load.name_image(self.containerd, normalize(tag), target)
