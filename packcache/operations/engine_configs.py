@@ -7,7 +7,6 @@ is recorded; where nothing can be read, the caller saves as before.
 from __future__ import annotations
 
 import logging
-import os
 
 from packcache.digest import sha256_digest
 from packcache.errors import PackcacheError
@@ -20,8 +19,9 @@ from packcache.jsondoc import (
     config_diff_ids,
     strict_loads,
 )
+from packcache.operations.containerd_load import daemon_containerd
 from packcache.store.store import ImageRecord, Store
-from packcache.transports.containerd import Containerd, find_endpoint
+from packcache.transports.containerd import Containerd
 from packcache.transports.daemon import Daemon
 
 log = logging.getLogger(__name__)
@@ -75,30 +75,39 @@ def _containerd_blobs(daemon: Daemon, info: InspectedImage) -> tuple[bytes, byte
     containerd, each checked against its digest; None where they cannot be read."""
     if not daemon.is_local():
         return None
+    # The same connection, settings and fallback as the containerd load path.
+    containerd = daemon_containerd(daemon)
+    if containerd is None:
+        return None
     try:
-        with Containerd(find_endpoint(daemon.raw_info, os.environ)) as containerd:
-            digest: str | None = info.id
-            for _hop in range(2):  # the image's target, then (an index) its platform manifest
-                blob = containerd.read_small_blob(digest or "", MAX_METADATA)
-                if blob is None or sha256_digest(blob) != digest:
-                    return None
-                document = strict_loads(blob, "a manifest")
-                if _is_manifest(document):
-                    manifest = check_manifest(document, "a manifest")
-                    break
-                digest = _platform_manifest(daemon, info, blob)
-                if digest is None:
-                    return None
-            else:
-                return None
-            config_digest = manifest["config"]["digest"]
-            config = containerd.read_small_blob(config_digest, MAX_METADATA)
+        manifest = _manifest_blob(containerd, daemon, info)
+        if manifest is None:
+            return None
+        config_digest = check_manifest(strict_loads(manifest, "a manifest"), "a manifest")[
+            "config"
+        ]["digest"]
+        config = containerd.read_small_blob(config_digest, MAX_METADATA)
     except PackcacheError as exc:
         log.info("the daemon's containerd could not give %s: %s", info.id, exc)
         return None
     if config is None or sha256_digest(config) != config_digest:
         return None
-    return blob, config
+    return manifest, config
+
+
+def _manifest_blob(containerd: Containerd, daemon: Daemon, info: InspectedImage) -> bytes | None:
+    """The image's target, or (an index) its platform manifest, checked against its digest."""
+    digest: str | None = info.id
+    for _hop in range(2):
+        blob = containerd.read_small_blob(digest or "", MAX_METADATA)
+        if blob is None or sha256_digest(blob) != digest:
+            return None
+        if _is_manifest(strict_loads(blob, "a manifest")):
+            return blob
+        digest = _platform_manifest(daemon, info, blob)
+        if digest is None:
+            return None
+    return None
 
 
 def record_from_engine(store: Store, daemon: Daemon, info: InspectedImage) -> str | None:
