@@ -313,8 +313,8 @@ class Containerd:
         if self.blob_size(digest) is not None:
             return False
         ref = f"packcache-{digest}-{secrets.token_hex(4)}"
-        # grpc reads the requests in its own thread and reports a failure there only as a
-        # cancelled call: the reader's own error is kept here to be raised as it is.
+        # grpc reads the requests in its own thread: the reader's own error is kept here to be
+        # raised as it is once the stream has ended.
         reader_failed: list[BaseException] = []
         requests = self._write_requests(ref, digest, size, chunks, labels or {}, reader_failed)
         try:
@@ -330,6 +330,11 @@ class Containerd:
         except BaseException:
             self._abort(ref)
             raise
+        if reader_failed:
+            # The stream was ended without a commit, so the server has closed the ingest by now
+            # and the abort cannot race it.
+            self._abort(ref)
+            raise reader_failed[0]
         return True
 
     def _write_requests(
@@ -357,9 +362,11 @@ class Containerd:
                         data=piece,
                     )
                     offset += len(piece)
-        except BaseException as exc:
+        except Exception as exc:
+            # Ending the stream (rather than raising into grpc, which cancels the call) lets
+            # the server finish with the ingest before the call returns.
             reader_failed.append(exc)
-            raise
+            return
         yield pb.WriteContentRequest(
             action=pb.COMMIT, ref=ref, total=size, expected=digest, offset=offset, labels=labels
         )
