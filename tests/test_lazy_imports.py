@@ -1,8 +1,9 @@
 """Start-up: each command imports the heavy packages only where it uses them.
 
-Every command is a fresh process, so an import nobody needs is paid on every run: grpc and the
-containerd stubs only on a containerd store, the docker SDK only where a daemon is asked,
-SQLAlchemy and Alembic only for maintenance writes and upgrades, rich only to print help.
+Every command is a fresh process, so an import nobody needs is paid on every run: grpc only on
+a containerd store (and never the protobuf runtime: containerd_wire writes the messages), the
+docker SDK only where a daemon is asked, SQLAlchemy and Alembic only for maintenance writes and
+upgrades, rich only to print help.
 Checked from what a real run left in sys.modules, not from timings.
 """
 
@@ -26,7 +27,8 @@ RUN_AND_LIST = (
     "runpy.run_module('packcache', run_name='__main__')"
 )
 DAEMON = {"docker", "requests", "urllib3"}
-CONTAINERD = {"grpc", "google.protobuf", "packcache.transports.containerd_api"}
+CONTAINERD = {"grpc"}
+PROTOBUF = {"google.protobuf", "packcache.transports.containerd_api"}
 MAINTENANCE = {"sqlalchemy", "alembic"}
 HELP = {"rich", "typer.rich_utils"}
 
@@ -53,7 +55,7 @@ def loaded(modules: set[str], packages: set[str]) -> set[str]:
 def test_help_and_version_touch_no_daemon_store_or_index(tmp_path: Path, args) -> None:
     modules = imported(tmp_path, *args)
     assert "typer" in modules  # the listing works: the CLI ran
-    heavy = DAEMON | CONTAINERD | MAINTENANCE | {"zstandard", "packcache.store"}
+    heavy = DAEMON | CONTAINERD | PROTOBUF | MAINTENANCE | {"zstandard", "packcache.store"}
     assert loaded(modules, heavy) == set()
     if args[0] == "--version":
         assert loaded(modules, HELP) == set()
@@ -64,7 +66,7 @@ def test_index_reads_need_no_sqlalchemy_grpc_or_rich(tmp_path: Path, command: st
     cache = tmp_path / "cache"
     modules = imported(tmp_path, "--cache-dir", str(cache), command)
     assert "packcache.store.store" in modules  # the index was read
-    assert loaded(modules, CONTAINERD | MAINTENANCE | HELP) == set()
+    assert loaded(modules, CONTAINERD | PROTOBUF | MAINTENANCE | HELP) == set()
     if command != "info":  # info also shows the daemon's launch caches
         assert loaded(modules, DAEMON) == set()
 
@@ -80,7 +82,7 @@ def test_operations_import_no_cli_grpc_or_sqlalchemy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules = set(json.loads(out.stdout))
     assert "docker" in modules  # the operations were imported
-    assert loaded(modules, CONTAINERD | MAINTENANCE | HELP | {"typer"}) == set()
+    assert loaded(modules, CONTAINERD | PROTOBUF | MAINTENANCE | HELP | {"typer"}) == set()
 
 
 @pytest.mark.parametrize("kind", ["26.1-graphdriver", "28-containerd"])
@@ -97,9 +99,9 @@ def test_a_rebase_imports_only_what_its_engine_needs(engine_pool, tmp_path: Path
     cold = imported(tmp_path, *args, env=env)
     # Engine 28 names its containerd: the result is written there, so grpc is needed.
     assert loaded(cold, CONTAINERD) == (CONTAINERD if engine.containerd_store else set())
-    assert loaded(cold, MAINTENANCE | HELP) == set()
+    assert loaded(cold, PROTOBUF | MAINTENANCE | HELP) == set()
     engine.docker("rmi", app.tag)
     engine.docker("load", "-i", str(app.built.path))
     warm = imported(tmp_path, *args, env=env)
     assert loaded(warm, CONTAINERD) == (CONTAINERD if engine.containerd_store else set())
-    assert loaded(warm, MAINTENANCE | HELP) == set()
+    assert loaded(warm, PROTOBUF | MAINTENANCE | HELP) == set()
