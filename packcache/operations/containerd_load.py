@@ -68,8 +68,8 @@ def held_blobs(
     containerd: Containerd, layers: list[list[tuple[str, int | None, str]]]
 ) -> list[oci.Descriptor | None]:
     """Per layer, the first of its blob forms (digest, size or None, media type) the content
-    store holds, as the manifest must name it; None where it holds none. Every form of every
-    layer is asked about at once."""
+    store holds, as the manifest must name it; None where it holds none. Each form is asked
+    about once, however many layers share it."""
     sizes = containerd.blob_sizes(digest for forms in layers for digest, _, _ in forms)
     found: list[oci.Descriptor | None] = []
     for forms in layers:

@@ -213,21 +213,12 @@ class Containerd:
         return self._decoded(what, answer)
 
     def _unary_all(self, what: str, path: str, requests: Mapping[str, bytes]) -> dict[str, Any]:
-        """One call per request, all sent at once: one round trip's wait. Each answer decoded,
-        or None where containerd answered NOT_FOUND."""
-        method = self._method(path)
-        calls = {
-            key: method.future(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata())
-            for key, request in requests.items()
-        }
+        """One call per request, each answer decoded, or None where containerd answered
+        NOT_FOUND. Made one after another: grpc's asynchronous calls start a polling thread,
+        and a process that forks later (preexec_fn) can hang in the child on it."""
         answers: dict[str, wire.Fields | None] = {}
-        for key, call in calls.items():
-            try:
-                answers[key] = self._decoded(what, call.result())
-            except self._grpc.RpcError as exc:
-                if exc.code() != self._grpc.StatusCode.NOT_FOUND:
-                    raise self._explain(f"{what} {key}", exc) from None
-                answers[key] = None
+        for key, request in requests.items():
+            answers[key] = self._unary_if_found(f"{what} {key}", path, request)
         return answers
 
     # -- leases ------------------------------------------------------------------------------
@@ -255,7 +246,7 @@ class Containerd:
         self.lease_blobs(lease, [digest])
 
     def lease_blobs(self, lease: str, digests: Iterable[str]) -> None:
-        """`lease_blob` for each digest, asked all at once."""
+        """`lease_blob` for each digest."""
         requests = {
             digest: wire.text(1, lease)
             + wire.data(2, wire.text(1, digest) + wire.text(2, "content"))
@@ -279,8 +270,7 @@ class Containerd:
         return self.blob_sizes([digest])[digest]
 
     def blob_sizes(self, digests: Iterable[str]) -> dict[str, int | None]:
-        """`blob_size` of each digest, asked all at once: one round trip's wait, not one per
-        blob."""
+        """`blob_size` of each digest."""
         requests = {digest: wire.text(1, digest) for digest in digests}
         answers = self._unary_all("the info of", CONTENT + "Info", requests)
         return {
