@@ -1112,6 +1112,24 @@ def create_builder_command(
             "--no-cache", help="pack's method: save each buildpackage, re-tar, load; cache unused."
         ),
     ] = False,
+    tags: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="IMAGE:TAG", help="Another name for the builder."),
+    ] = None,
+    flatten: Annotated[
+        list[str] | None,
+        typer.Option("--flatten", metavar="ID@VERSION,...", help="Buildpacks to put in one layer."),
+    ] = None,
+    targets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target", "-t", metavar="OS[/ARCH[/VARIANT]]", help="The daemon's platform only."
+        ),
+    ] = None,
+    append_image_name_suffix: Annotated[
+        bool,
+        typer.Option("--append-image-name-suffix", help="With --publish only (ignored here)."),
+    ] = False,
     dry_run: DryRunOption = False,
     report_file: ReportOption = None,
     quiet: QuietOption = False,
@@ -1119,8 +1137,15 @@ def create_builder_command(
 ) -> None:
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
     from packcache.builder.config import read_config
-    from packcache.operations.create_builder import check_pull_policy, create_builder
+    from packcache.builder.flatten import parse_flatten
+    from packcache.builder.targets import parse_target
+    from packcache.operations.create_builder import (
+        BuilderOptions,
+        check_pull_policy,
+        create_builder,
+    )
     from packcache.operations.housekeeping import size_capped
+    from packcache.refs import normalize
 
     extra_labels = {}
     for label in labels or []:
@@ -1132,6 +1157,16 @@ def create_builder_command(
     with reported():
         # The user's input first: a bad builder.toml is a usage error even with no daemon.
         check_pull_policy(pull_policy)
+        for tag in tags or []:
+            normalize(tag)
+        for target in targets or []:
+            parse_target(target)
+        options = BuilderOptions(
+            tags=list(tags or []),
+            flatten=parse_flatten(flatten or []),
+            targets=list(targets or []),
+            append_image_name_suffix=append_image_name_suffix,
+        )
         builder_config = read_config(config)
         store = ctx.obj.open_store()
         with (
@@ -1147,6 +1182,7 @@ def create_builder_command(
                 builder_config,
                 pull_policy=pull_policy,
                 extra_labels=extra_labels,
+                options=options,
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
