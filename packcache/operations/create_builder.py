@@ -679,10 +679,10 @@ def split_flattened_packages(
         if len(group) < 2 or layers.dry_run:
             continue
         key = f"split:{diff_id}"
-        known = inputs.get(key)
+        known = (inputs.get(key) or {}).get("split")
         if not (known and all(layers.cached(d) for d in known.values())):
             known = _split_layer(store, diff_id, group[0].descriptor, layers)
-            inputs.put(key, known)
+            inputs.put(key, {"diff_id": diff_id, "split": known})
         for module in group:
             escaped = f"{module.descriptor.escaped_id}@{module.descriptor.version}"
             module.diff_id = known.get(escaped, "")
