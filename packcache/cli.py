@@ -1118,13 +1118,11 @@ def create_builder_command(
     ] = None,
     flatten: Annotated[
         list[str] | None,
-        typer.Option("--flatten", metavar="ID@VERSION,...", help="Buildpacks to put in one layer."),
+        typer.Option("--flatten", metavar="ID@V,...", help="Buildpacks to put in one layer."),
     ] = None,
     targets: Annotated[
         list[str] | None,
-        typer.Option(
-            "--target", "-t", metavar="OS[/ARCH[/VARIANT]]", help="The daemon's platform only."
-        ),
+        typer.Option("--target", "-t", metavar="OS/ARCH", help="The daemon's platform only."),
     ] = None,
     append_image_name_suffix: Annotated[
         bool,

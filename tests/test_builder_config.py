@@ -223,6 +223,7 @@ MORE_CASES = [
     ('    name = "ubuntu"', '    nme = "ubuntu"', '    nme = "ubuntu"',
      "unknown key 'targets[0].distros[0].nme'"),
     ('  uri = "ext-dir"\n', "", ("[[extensions]]", 0), "'extensions[0]' needs a uri"),
+    ('  uri = "lifecycle.tgz"', '  version = "latest"', '  version = "latest"', "valid semver"),
 ]  # fmt: skip
 
 

@@ -88,7 +88,7 @@ CREATE_BUILDER = {
     "warnings",
     "seconds",
 }
-BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused"}
+BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused", "module"}
 VERIFY = {
     "checked",
     "missing",

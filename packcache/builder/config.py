@@ -8,6 +8,7 @@ undecoded-keys check refuses it, with the key's line.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,11 @@ MODULE_INFO_KEYS = (
     "clear-env",
 )
 ENV_SUFFIXES = ("", "default", "override", "append", "prepend")
+# Masterminds/semver's NewVersion (pack parses lifecycle.version with it): lenient, v1 and 1.2 too.
+SEMVER = re.compile(
+    r"v?[0-9]+(\.[0-9]+)?(\.[0-9]+)?"
+    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?"
+)
 TOP_KEYS = (
     "description",
     "buildpacks",
@@ -415,4 +421,9 @@ def _read_lifecycle(reader: _Reader, top: dict[str, Any], config: BuilderConfig)
     if config.lifecycle_uri and config.lifecycle_version:
         raise reader.fail(
             ("lifecycle", "version"), "lifecycle can only declare version or uri, not both"
+        )
+    if config.lifecycle_version and not SEMVER.fullmatch(config.lifecycle_version):
+        raise reader.fail(
+            ("lifecycle", "version"),
+            f"'lifecycle.version' must be a valid semver (is {config.lifecycle_version!r})",
         )

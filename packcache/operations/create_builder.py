@@ -555,10 +555,9 @@ def _builder_layers(
         (EXTENSION, cnb.EXTENSION_LAYERS, extensions),
     ):
         label_map = _json_label(base.image.labels, label, config.build_image) or {}
-        # pack flattens buildpacks only (ShouldFlatten asks the buildpack collection)
-        groups = options.flatten if kind == BUILDPACK else []
+        groups = options.flatten
         flat = [m for m in added if _flatten_group(m, groups) is not None]
-        diff_ids += _add_flattened(flat, groups, label_map, layers, inputs)
+        diff_ids += _add_flattened(flat, groups, label_map, layers, inputs, kind == BUILDPACK)
         exploded = [m for m in added if _flatten_group(m, groups) is None]
         diff_ids += _add_exploded(exploded, label_map, layers)
         module_layers[kind] = label_map
@@ -614,9 +613,12 @@ def _add_flattened(
     label_map: dict[str, Any],
     layers: _Layers,
     inputs: InputCache,
+    squash: bool,
 ) -> list[str]:
     """pack's addFlattenedModules: one layer per --flatten group holding its modules in the
-    order they were added; layers go in sorted by id@version, each once."""
+    order they were added; layers go in sorted by id@version, each once when `squash`.
+    pack asks only its buildpack collection whether a module is flattened (ShouldFlatten), so
+    extensions in a --flatten group add the group's layer once per extension."""
     group_diff_ids: dict[int, str] = {}
     for index in range(len(groups)):
         members = [m for m in modules if _flatten_group(m, groups) == index]
@@ -627,7 +629,7 @@ def _add_flattened(
     for full_name in sorted(by_name):
         module = by_name[full_name]
         diff_id = group_diff_ids[_flatten_group(module, groups)]  # type: ignore[index]
-        if diff_id not in diff_ids:
+        if diff_id not in diff_ids or not squash:
             diff_ids.append(diff_id)
         label_map.setdefault(module.descriptor.id, {})[module.descriptor.version] = L.layer_info(
             module.descriptor, diff_id
