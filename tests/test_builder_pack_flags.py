@@ -186,19 +186,27 @@ def test_extensions_system_flatten_and_tags(cli, engine: Engine, tmp_path) -> No
 
 def test_the_same_builder_again_is_the_same_image(cli, engine: Engine, tmp_path) -> None:
     """Flattened and split layers are cached by what they are made from: a second run writes
-    nothing and gives the same image."""
+    nothing and gives the same image; pack's method (--no-cache, a throwaway store) gives it
+    too; a dry run on the warm cache names the same config, on an empty one it says what it
+    cannot tell."""
     toml, bps, *_ = write_inputs(engine, tmp_path)
     flat = f"test/flat-a@{bps['flat-a'].version},test/flat-b@{bps['flat-b'].version}"
-    runs = []
-    for _ in range(2):
+
+    def run(*args: str, cache: Path | None = None) -> dict:
         result = cli(
             "--host", engine.host, "create-builder", fx.unique("again"), "--config", str(toml),
-            "--flatten", flat, "--format", "json",
+            "--flatten", flat, "--format", "json", *args, cache=cache,
         )  # fmt: skip
         assert result.exit_code == 0, result.stderr
-        runs.append(result.json())
-    assert runs[1]["image_id"] == runs[0]["image_id"]
-    assert runs[1]["layers_written"] == 0
+        return result.json()
+
+    cold = run("--dry-run", "--flatten", "test/pre@1.0.0", cache=tmp_path / "empty")
+    assert any("dry run cannot tell" in warning for warning in cold["warnings"])
+    first, second = run(), run()
+    assert second["image_id"] == first["image_id"]
+    assert second["layers_written"] == 0
+    assert run("--dry-run")["config_digest"] == first["config_digest"]
+    assert run("--no-cache")["image_id"] == first["image_id"]
 
 
 def _fails(cli, engine: Engine, toml: Path, *args: str) -> str:

@@ -205,6 +205,7 @@ class _Layers:
         self.lease = lease
         self.dry_run = dry_run
         self.written = 0
+        self.warnings: list[str] = []
 
     def cached(self, diff_id: str) -> bool:
         return bool(self.store.cached_diff_ids([diff_id], self.lease))
@@ -337,7 +338,7 @@ def _create(
         imported=imported,
         layers_written=layers.written,
         load=None,
-        warnings=base.warnings,
+        warnings=[*base.warnings, *layers.warnings],
     )
     if not dry_run:
         _next(steps, STEPS[5])
@@ -664,7 +665,10 @@ def _module_entries(module: _Module, layers: _Layers) -> Iterator[TarEntry]:
     elif module.kind == ARCHIVE and module.path is not None:
         yield from buildpack_layer(module.descriptor, archive_members(module.path))
     else:
-        raise BuilderError(f"{module.descriptor.full_name}: layer {module.diff_id} is not cached")
+        raise BuilderError(
+            f"--flatten: the layer of {module.descriptor.full_name} ({module.diff_id}) is not "
+            "cached, so a dry run cannot make the flattened layer; run without --dry-run"
+        )
 
 
 def split_flattened_packages(
@@ -678,13 +682,22 @@ def split_flattened_packages(
         if module.kind in (IMAGE, BUILDPACKAGE_FILE):
             sharing.setdefault(module.diff_id, []).append(module)
     for diff_id, group in sharing.items():
-        if len(group) < 2 or layers.dry_run:
+        if len(group) < 2:
             continue
         key = f"split:{diff_id}"
         known = (inputs.get(key) or {}).get("split")
-        if not (known and all(layers.cached(d) for d in known.values())):
+        if known and all(layers.cached(d) for d in known.values()):
+            pass
+        elif layers.dry_run and not layers.cached(diff_id):
+            layers.warnings.append(
+                f"{group[0].source}: its buildpacks share layer {diff_id}, which is not cached: "
+                "the dry run cannot tell the layers they are split into"
+            )
+            continue
+        else:
             known = _split_layer(store, diff_id, group[0].descriptor, layers)
-            inputs.put(key, {"diff_id": diff_id, "split": known})
+            if not layers.dry_run:
+                inputs.put(key, {"diff_id": diff_id, "split": known})
         for module in group:
             escaped = f"{module.descriptor.escaped_id}@{module.descriptor.version}"
             module.diff_id = known.get(escaped, "")
