@@ -1135,35 +1135,16 @@ def create_builder_command(
 ) -> None:
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
     from packcache.builder.config import read_config
-    from packcache.builder.flatten import parse_flatten
-    from packcache.builder.targets import parse_target
-    from packcache.operations.create_builder import (
-        BuilderOptions,
-        check_pull_policy,
-        create_builder,
-    )
+    from packcache.builder.flags import builder_options, string_to_string
+    from packcache.operations.create_builder import check_pull_policy, create_builder
     from packcache.operations.housekeeping import size_capped
-    from packcache.refs import normalize
 
-    extra_labels = {}
-    for label in labels or []:
-        key, equals, value = label.partition("=")
-        if not equals or not key:
-            typer.echo(f"packcache: error: --label {label!r}: expected KEY=VALUE", err=True)
-            raise typer.Exit(EXIT_USAGE)
-        extra_labels[key] = value
     with reported():
         # The user's input first: a bad builder.toml is a usage error even with no daemon.
+        extra_labels = string_to_string(labels or [], "--label")
         check_pull_policy(pull_policy)
-        for tag in tags or []:
-            normalize(tag)
-        for target in targets or []:
-            parse_target(target)
-        options = BuilderOptions(
-            tags=list(tags or []),
-            flatten=parse_flatten(flatten or []),
-            targets=list(targets or []),
-            append_image_name_suffix=append_image_name_suffix,
+        options = builder_options(
+            tags or [], flatten or [], targets or [], append_image_name_suffix
         )
         builder_config = read_config(config)
         store = ctx.obj.open_store()

@@ -236,3 +236,23 @@ def test_errors_in_the_new_tables_name_the_key_and_the_line(tmp_path, old, new, 
     marker, occurrence = where if isinstance(where, tuple) else (where, 0)
     numbers = [n for n, line in enumerate(text.splitlines(), 1) if line == marker]
     assert f"builder.toml:{numbers[occurrence]}:" in message
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--label", "novalue", "--label 'novalue': expected KEY=VALUE"),
+        ("--tag", "Bad:Tag", "invalid image reference 'Bad:Tag'"),
+        ("--target", "linux/sparc", "unknown target: 'linux/sparc'"),
+        ("--flatten", "a@1@2", "--flatten: invalid format a@1@2"),
+    ],
+)
+def test_bad_flags_are_usage_errors_before_the_daemon_is_asked(cli, tmp_path, flag, value, needle):
+    path = write(tmp_path, VALID)
+    result = cli(
+        "--host", f"unix://{tmp_path}/no.sock", "create-builder", "b:1", "--config", str(path),
+        flag, value,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.startswith("packcache: error: ") and result.stderr.count("\n") == 1
+    assert needle in result.stderr

@@ -314,3 +314,23 @@ def test_a_flattened_package_layer_splits_into_a_layer_per_buildpack() -> None:
     # id directory a later version of the same id lacks)
     for piece, entries in zip(pieces.values(), separate, strict=True):
         assert piece == tar_bytes(entries)
+
+
+def test_tag_target_and_label_values_split_as_packs_flag_library_splits_them() -> None:
+    import pytest
+
+    from packcache.builder.flags import builder_options, string_slice, string_to_string
+    from packcache.errors import UsageError
+
+    assert string_slice(["a:1,b:2", "c:3", ""], "--tag") == ["a:1", "b:2", "c:3"]
+    assert string_slice(['"x,y:1",z:2'], "--tag") == ["x,y:1", "z:2"]
+    assert string_to_string(["a=b,c", "d=1,e=2", "f=x=y", '"g=h"'], "--label") == {
+        "a": "b,c", "d": "1", "e": "2", "f": "x=y", "g": "h",
+    }  # fmt: skip
+    for bad in ("novalue", "=x", "a=1,b,c=2"):
+        with pytest.raises(UsageError, match="expected KEY=VALUE"):
+            string_to_string([bad], "--label")
+    options = builder_options(["a:1,b:2"], ["x@1,y@2"], ["linux/amd64"], True)
+    assert (options.tags, options.flatten) == (["a:1", "b:2"], [["x@1", "y@2"]])
+    with pytest.raises(UsageError, match="invalid image reference"):
+        builder_options(["Bad:Tag"], [], [], False)

@@ -186,9 +186,9 @@ def test_extensions_system_flatten_and_tags(cli, engine: Engine, tmp_path) -> No
 
 def test_the_same_builder_again_is_the_same_image(cli, engine: Engine, tmp_path) -> None:
     """Flattened and split layers are cached by what they are made from: a second run writes
-    nothing and gives the same image; pack's method (--no-cache, a throwaway store) gives it
-    too (the same config); a dry run on the warm cache names the same config, on an empty one it says what it
-    cannot tell."""
+    nothing and gives the same image; pack's method (--no-cache, a throwaway store) gives the
+    same config, and so does a dry run on the warm cache; on an empty cache a dry run says
+    what it cannot tell."""
     toml, bps, *_ = write_inputs(engine, tmp_path)
     flat = f"test/flat-a@{bps['flat-a'].version},test/flat-b@{bps['flat-b'].version}"
 

@@ -37,6 +37,7 @@ from packcache.builder.descriptors import (
     LifecycleDescriptor,
     descriptor_from_layers_label,
 )
+from packcache.builder.flags import BuilderOptions
 from packcache.builder.flatten import ModuleSplitter, SplitError, flattened_entries
 from packcache.builder.inputs import InputCache
 from packcache.builder.layers import (
@@ -102,17 +103,6 @@ from packcache.transports.daemon import Daemon
 PULL_POLICIES = ("never", "if-not-present")
 SYSTEM_LABEL = "io.buildpacks.buildpack.system"  # pack's builder.SystemLabel
 CREATOR = "packcache"
-
-
-@dataclass
-class BuilderOptions:
-    """pack's flags beyond builder.toml: --tag, --flatten, --target, --append-image-name-suffix
-    (--label is extra_labels)."""
-
-    tags: list[str] = field(default_factory=list)
-    flatten: list[list[str]] = field(default_factory=list)  # groups of id@version
-    targets: list[str] = field(default_factory=list)  # --target values, as given
-    append_image_name_suffix: bool = False
 
 
 @dataclass
