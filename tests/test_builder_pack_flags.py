@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from tests import builder_fixtures as fx
+from tests.archives import build_oci_archive
 from tests.engines import images
 from tests.engines.harness import Engine
 from tests.test_builder_engine import cat, inspect, listing
@@ -94,6 +95,8 @@ def write_inputs(engine: Engine, tmp_path: Path, lifecycle_toml: str = EXTENSION
     packed_diff_id = load_flattened_package(engine, tmp_path, packed_ref, packed)
     ext_dir, ext_image = make_extension("test/ext-dir"), make_extension("test/ext-image", "2.0.0")
     fx.write_directory(ext_dir, tmp_path / "ext-dir")
+    ext_tgz = make_extension("test/ext-tgz", "3.0.0")
+    fx.write_tgz(ext_tgz, tmp_path / "ext.tgz")
     ext_ref = fx.unique("ext-package")
     ext_diff_id = load_extension_package(engine, tmp_path, ext_ref, ext_image)
     toml = tmp_path / "builder.toml"
@@ -102,6 +105,7 @@ def write_inputs(engine: Engine, tmp_path: Path, lifecycle_toml: str = EXTENSION
         + f'[[buildpacks]]\n  uri = "docker://{packed_ref}"\n\n'
         + '[[extensions]]\n  uri = "ext-dir"\n\n'
         + f'[[extensions]]\n  uri = "{ext_ref}"\n  id = "test/ext-image"\n\n'
+        + '[[extensions]]\n  uri = "ext.tgz"\n  version = "3.0.0"\n\n'
         + '[[order]]\n  [[order.group]]\n    id = "test/flat-a"\n'
         + '  [[order.group]]\n    id = "test/packed-two"\n    optional = true\n\n'
         + '[[order-extensions]]\n  [[order-extensions.group]]\n    id = "test/ext-dir"\n'
@@ -115,7 +119,7 @@ def write_inputs(engine: Engine, tmp_path: Path, lifecycle_toml: str = EXTENSION
         + f'[build]\n  image = "{build_ref}"\n\n[[run.images]]\n  image = "{run_ref}"\n\n'
         + f'[stack]\n  id = "{fx.STACK}"\n\n[lifecycle]\n  uri = "lifecycle.tgz"\n'
     )
-    return toml, bps, packed, packed_diff_id, (ext_dir, ext_image), ext_diff_id
+    return toml, bps, packed, packed_diff_id, (ext_dir, ext_image, ext_tgz), ext_diff_id
 
 
 def test_extensions_system_flatten_and_tags(cli, engine: Engine, tmp_path) -> None:
@@ -143,16 +147,18 @@ def test_extensions_system_flatten_and_tags(cli, engine: Engine, tmp_path) -> No
     assert len(set(packed_ids)) == 2 and set(packed_ids) <= set(layers)
     assert packed_diff_id not in layers
     ext_layers = json.loads(labels["io.buildpacks.extension.layers"])
-    ext_dir, ext_image = exts
+    ext_dir, ext_image, ext_tgz = exts
     assert ext_layers[ext_image.id][ext_image.version] == {"api": "0.9", "layerDiffID": ext_diff_id}
     assert ext_layers[ext_dir.id][ext_dir.version]["layerDiffID"] in layers
+    # the directory and the .tgz give the same layer for the same files (pack's toDistTar)
+    assert ext_layers[ext_tgz.id][ext_tgz.version]["layerDiffID"] in layers
     # layer order (Builder.Save): flattened buildpacks, exploded ones, then extensions
     position = {d: i for i, d in enumerate(layers)}
     assert position[flat_ids.pop()] < min(position[d] for d in packed_ids)
     assert max(position[d] for d in packed_ids) < position[ext_diff_id]
 
     metadata = json.loads(labels["io.buildpacks.builder.metadata"])
-    assert [e["id"] for e in metadata["extensions"]] == ["test/ext-dir", "test/ext-image"]
+    assert [e["id"] for e in metadata["extensions"]] == [e.id for e in exts]
     assert json.loads(labels["io.buildpacks.buildpack.order-extensions"]) == [
         {"group": [{"id": "test/ext-dir"}, {"id": "test/ext-image", "version": "2.0.0"}]}
     ]  # pack drops `optional` from extension refs
@@ -163,7 +169,7 @@ def test_extensions_system_flatten_and_tags(cli, engine: Engine, tmp_path) -> No
 
     order = tomllib.loads(cat(engine, name, "/cnb/order.toml").decode())
     assert order["order-extensions"] == [
-        {"group": [{"id": e.id, "version": e.version} for e in exts]}
+        {"group": [{"id": e.id, "version": e.version} for e in exts[:2]]}
     ]
     assert order["order"][0]["group"][1] == {
         "id": "test/packed-two", "version": "2.0.0", "optional": True
@@ -208,6 +214,38 @@ def test_the_same_builder_again_is_the_same_image(cli, engine: Engine, tmp_path)
     assert run("--dry-run")["config_digest"] == first["config_digest"]
     # the containerd ID also names how blobs were stored: the config is what must be equal
     assert run("--no-cache")["config_digest"] == first["config_digest"]
+
+
+def test_an_extension_package_file_gives_the_same_builder_as_its_image(
+    cli, engine: Engine, tmp_path
+) -> None:
+    toml, _, _, _, exts, _ = write_inputs(engine, tmp_path)
+    text = toml.read_text()
+    ref = next(line.split('"')[1] for line in text.splitlines() if "ext-package" in line)
+    labels = inspect(engine, ref)["Config"]["Labels"]
+    ext = exts[1]
+    layer = {
+        f"cnb/extensions/{ext.escaped_id}/{ext.version}/{rel}": images.File(
+            data, 0o755 if rel in ext.executable else 0o644
+        )
+        for rel, data in ext.files.items()
+    }
+    build_oci_archive(tmp_path / "ext.cnb", [layer], config_extra={"config": {"Labels": labels}})
+    from_file = tmp_path / "from-file.toml"
+    from_file.write_text(text.replace(f'uri = "{ref}"', 'uri = "ext.cnb"'))
+    reports = []
+    for path in (from_file, toml):
+        result = cli(
+            "--host", engine.host, "create-builder", fx.unique("ext-file"), "--config", str(path),
+            "--format", "json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        reports.append(result.json())
+    kinds = {(m["id"], m["kind"], m["module"]) for m in reports[0]["buildpacks"]}
+    assert (ext.id, "buildpackage-file", "extension") in kinds
+    assert ref not in reports[0]["imported"]  # its layer came from the file
+    assert reports[1]["imported"] == []  # the image's layer is the one the file gave
+    assert reports[1]["config_digest"] == reports[0]["config_digest"]
 
 
 def _fails(cli, engine: Engine, toml: Path, *args: str) -> str:
