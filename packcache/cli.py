@@ -1177,7 +1177,12 @@ def create_builder_command(
     typer.echo(f"{verb} builder {report.name} ({image}), {len(report.diff_ids)} layers")
     for buildpack in report.buildpacks:
         origin = "cache" if buildpack.reused else buildpack.kind
-        typer.echo(f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}")
+        what = " (extension)" if buildpack.module == "extension" else ""
+        typer.echo(
+            f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}{what}"
+        )
+    for tag in report.tags:
+        typer.echo(f"  tagged      {tag}")
     typer.echo(f"  docker save {', '.join(report.imported) or 'none'}")
     if report.load is not None:
         typer.echo(

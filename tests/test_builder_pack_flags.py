@@ -135,6 +135,7 @@ def test_extensions_system_flatten_and_tags(cli, engine: Engine, tmp_path) -> No
     assert "--append-image-name-suffix will be ignored" in result.stderr
     builder = inspect(engine, name)
     assert inspect(engine, other)["Id"] == builder["Id"]  # --tag: the same image
+    assert f"tagged      {other}" in result.stdout
     labels = builder["Config"]["Labels"]
     layers = builder["RootFS"]["Layers"]
     assert labels["org.example"] == "yes"

@@ -87,6 +87,7 @@ CREATE_BUILDER = {
     "load",
     "warnings",
     "seconds",
+    "tags",
 }
 BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused", "module"}
 VERIFY = {

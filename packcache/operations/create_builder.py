@@ -130,6 +130,7 @@ class CreateBuilderReport:
     load: LoadReport | None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tags: list[str] = field(default_factory=list)  # the other names the builder was given
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -329,6 +330,7 @@ def _create(
         layers_written=layers.written,
         load=None,
         warnings=[*base.warnings, *layers.warnings],
+        tags=[tag for tag in options.tags if tag != name],
     )
     if not dry_run:
         _next(steps, STEPS[5])
@@ -667,11 +669,11 @@ def split_flattened_packages(
     """A package layer holding several modules (pack's flattened buildpackage) becomes a
     layer per module, as pack's explodeModules splits it (ToNLayerTar): one pass over the
     stored layer, each module's entries written as its own layer."""
-    sharing: dict[str, list[_Module]] = {}
+    sharing: dict[tuple[str, str], list[_Module]] = {}
     for module in modules:
         if module.kind in (IMAGE, BUILDPACKAGE_FILE):
-            sharing.setdefault(module.diff_id, []).append(module)
-    for diff_id, group in sharing.items():
+            sharing.setdefault((module.source, module.diff_id), []).append(module)
+    for (_, diff_id), group in sharing.items():
         if len(group) < 2:
             continue
         key = f"split:{diff_id}"
