@@ -15,13 +15,12 @@ cache as it was; the load is the same code with pack's send policy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,12 +32,10 @@ from packcache.builder.config import BuilderConfig, ModuleRef
 from packcache.builder.descriptors import (
     BUILDPACK,
     EXTENSION,
-    BuildpackDescriptor,
     LifecycleDescriptor,
     descriptor_from_layers_label,
 )
 from packcache.builder.flags import BuilderOptions
-from packcache.builder.flatten import ModuleSplitter, SplitError, flattened_entries
 from packcache.builder.inputs import InputCache
 from packcache.builder.layers import (
     BUILD_CONFIG_DIR,
@@ -51,9 +48,7 @@ from packcache.builder.layers import (
     default_dirs,
     env_layer,
     lifecycle_layer,
-    module_parent,
     single_file_layer,
-    whiteout_layer,
 )
 from packcache.builder.rules import (
     BuilderError,
@@ -74,10 +69,9 @@ from packcache.builder.sources import (
     file_digest,
     open_oci_buildpackage,
     read_lifecycle,
-    tar_members,
 )
 from packcache.builder.targets import check_build_image, daemon_target
-from packcache.builder.tarwriter import TarEntry, tar_chunks, tar_reader
+from packcache.builder.tarwriter import TarEntry
 from packcache.builder.uris import (
     ARCHIVE,
     BUILDPACKAGE_FILE,
@@ -93,6 +87,14 @@ from packcache.digest import sha256_digest
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
+from packcache.operations.builder_modules import LayerWriter as _Layers
+from packcache.operations.builder_modules import Module as _Module
+from packcache.operations.builder_modules import (
+    add_exploded,
+    add_flattened,
+    flatten_group,
+    split_flattened_packages,
+)
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
@@ -179,47 +181,6 @@ def _user_and_group(build: InspectedImage, ref: str) -> tuple[int, int]:
                 f"build image {ref}: {name}={env[name]} should be an integer"
             ) from None
     return ids[0], ids[1]
-
-
-def _hash_chunks(chunks: Iterable[bytes]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-class _Layers:
-    """Writes builder layers into the store (or, in a dry run, only hashes them)."""
-
-    def __init__(self, store: Store, lease: Lease | None, dry_run: bool) -> None:
-        self.store = store
-        self.lease = lease
-        self.dry_run = dry_run
-        self.written = 0
-        self.warnings: list[str] = []
-
-    def cached(self, diff_id: str) -> bool:
-        return bool(self.store.cached_diff_ids([diff_id], self.lease))
-
-    def add(self, entries: Iterable[TarEntry]) -> str:
-        if self.dry_run:
-            return _hash_chunks(tar_chunks(entries))
-        result = self.store.ingest_layer(tar_reader(entries), lease=self.lease)
-        self.written += result.written
-        return result.diff_id
-
-
-@dataclass
-class _Module:
-    """One buildpack to put on the builder and where its layer comes from."""
-
-    descriptor: BuildpackDescriptor
-    source: str
-    kind: str
-    diff_id: str = ""
-    reused: bool = False
-    image_ref: str | None = None  # for buildpackage images: which image holds the layer
-    path: Path | None = None  # for directories and archives
 
 
 # -- the operation ---------------------------------------------------------------------------
@@ -510,21 +471,6 @@ def _materialize_layers(
     return list(misses) if not layers.dry_run else []
 
 
-def _unique_buildpacks(modules: list[_Module]) -> dict[str, _Module]:
-    """Every id@version once; the same id@version with other contents is an error."""
-    by_name: dict[str, _Module] = {}
-    for module in modules:
-        other = by_name.get(module.descriptor.full_name)
-        if other is not None and other.diff_id != module.diff_id:
-            raise BuilderError(
-                f"buildpack {module.descriptor.full_name} is provided twice with different "
-                f"contents: by {other.source} (layer {other.diff_id}) and by {module.source} "
-                f"(layer {module.diff_id})"
-            )
-        by_name.setdefault(module.descriptor.full_name, module)
-    return by_name
-
-
 def _builder_layers(
     config: BuilderConfig,
     base: _BuildImage,
@@ -549,10 +495,10 @@ def _builder_layers(
     ):
         label_map = _json_label(base.image.labels, label, config.build_image) or {}
         groups = options.flatten
-        flat = [m for m in added if _flatten_group(m, groups) is not None]
-        diff_ids += _add_flattened(flat, groups, label_map, layers, inputs, kind == BUILDPACK)
-        exploded = [m for m in added if _flatten_group(m, groups) is None]
-        diff_ids += _add_exploded(exploded, label_map, layers)
+        flat = [m for m in added if flatten_group(m, groups) is not None]
+        diff_ids += add_flattened(flat, groups, label_map, layers, inputs, kind == BUILDPACK)
+        exploded = [m for m in added if flatten_group(m, groups) is None]
+        diff_ids += add_exploded(exploded, label_map, layers)
         module_layers[kind] = label_map
     order = L.order_toml(resolved.order, resolved.order_extensions)
     diff_ids.append(layers.add(single_file_layer(ORDER_PATH, order)))
@@ -567,157 +513,6 @@ def _builder_layers(
         diff_ids.append(layers.add(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
     diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
     return diff_ids, module_layers
-
-
-def _add_exploded(modules: list[_Module], label_map: dict[str, Any], layers: _Layers) -> list[str]:
-    """pack's addExplodedModules: a layer per id@version, sorted by it; one the build image
-    already has with the same contents is skipped, with other contents whited out first."""
-    by_name = _unique_buildpacks(modules)
-    diff_ids: list[str] = []
-    added: set[str] = set()
-    for full_name in sorted(by_name):
-        module = by_name[full_name]
-        descriptor = module.descriptor
-        existing = label_map.get(descriptor.id, {}).get(descriptor.version)
-        if existing and existing.get("layerDiffID") == module.diff_id:
-            continue  # the build image already has this module, same contents
-        if existing:
-            diff_ids.append(layers.add(whiteout_layer(descriptor)))
-        if module.diff_id not in added:  # modules that still share a layer: added once
-            diff_ids.append(module.diff_id)
-            added.add(module.diff_id)
-        label_map.setdefault(descriptor.id, {})[descriptor.version] = L.layer_info(
-            descriptor, module.diff_id
-        )
-    return diff_ids
-
-
-def _flatten_group(module: _Module, groups: list[list[str]]) -> int | None:
-    """Which --flatten group names this module (pack's flattenedLayerFor), if any."""
-    for index, group in enumerate(groups):
-        if module.descriptor.full_name in group:
-            return index
-    return None
-
-
-def _add_flattened(
-    modules: list[_Module],
-    groups: list[list[str]],
-    label_map: dict[str, Any],
-    layers: _Layers,
-    inputs: InputCache,
-    squash: bool,
-) -> list[str]:
-    """pack's addFlattenedModules: one layer per --flatten group holding its modules in the
-    order they were added; layers go in sorted by id@version, each once when `squash`.
-    pack asks only its buildpack collection whether a module is flattened (ShouldFlatten), so
-    extensions in a --flatten group add the group's layer once per extension."""
-    group_diff_ids: dict[int, str] = {}
-    for index in range(len(groups)):
-        members = [m for m in modules if _flatten_group(m, groups) == index]
-        if members:
-            group_diff_ids[index] = _flattened_layer(members, layers, inputs)
-    by_name = {m.descriptor.full_name: m for m in modules}  # pack's map: the last one wins
-    diff_ids: list[str] = []
-    for full_name in sorted(by_name):
-        module = by_name[full_name]
-        diff_id = group_diff_ids[_flatten_group(module, groups)]  # type: ignore[index]
-        if diff_id not in diff_ids or not squash:
-            diff_ids.append(diff_id)
-        label_map.setdefault(module.descriptor.id, {})[module.descriptor.version] = L.layer_info(
-            module.descriptor, diff_id
-        )
-    return diff_ids
-
-
-def _flattened_layer(members: list[_Module], layers: _Layers, inputs: InputCache) -> str:
-    """The layer of one --flatten group, cached by the layers it is made from."""
-    key = "flatten:" + ",".join(m.diff_id for m in members)
-    known = inputs.get(key)
-    if known and layers.cached(known["diff_id"]):
-        return known["diff_id"]
-    diff_id = layers.add(
-        flattened_entries((m.descriptor, _module_entries(m, layers)) for m in members)
-    )
-    if not layers.dry_run:
-        inputs.put(key, {"diff_id": diff_id})
-    return diff_id
-
-
-def _module_entries(module: _Module, layers: _Layers) -> Iterator[TarEntry]:
-    """The entries of a module's own layer: read from the store, or, in a dry run where a
-    local module's layer was only hashed, made again from its source."""
-    stored = layers.store.layer(module.diff_id)
-    if stored is not None:
-        with stored.uncompressed() as plain:
-            yield from tar_members(plain, f"layer {module.diff_id}")
-        return
-    if module.kind == DIRECTORY and module.path is not None:
-        yield from buildpack_layer(module.descriptor, directory_members(module.path))
-    elif module.kind == ARCHIVE and module.path is not None:
-        yield from buildpack_layer(module.descriptor, archive_members(module.path))
-    else:
-        raise BuilderError(
-            f"--flatten: the layer of {module.descriptor.full_name} ({module.diff_id}) is not "
-            "cached, so a dry run cannot make the flattened layer; run without --dry-run"
-        )
-
-
-def split_flattened_packages(
-    modules: list[_Module], store: Store, inputs: InputCache, layers: _Layers
-) -> None:
-    """A package layer holding several modules (pack's flattened buildpackage) becomes a
-    layer per module, as pack's explodeModules splits it (ToNLayerTar): one pass over the
-    stored layer, each module's entries written as its own layer."""
-    sharing: dict[tuple[str, str], list[_Module]] = {}
-    for module in modules:
-        if module.kind in (IMAGE, BUILDPACKAGE_FILE):
-            sharing.setdefault((module.source, module.diff_id), []).append(module)
-    for (_, diff_id), group in sharing.items():
-        if len(group) < 2:
-            continue
-        key = f"split:{diff_id}"
-        known = (inputs.get(key) or {}).get("split")
-        if known and all(layers.cached(d) for d in known.values()):
-            pass
-        elif layers.dry_run and not layers.cached(diff_id):
-            layers.warnings.append(
-                f"{group[0].source}: its buildpacks share layer {diff_id}, which is not cached: "
-                "the dry run cannot tell the layers they are split into"
-            )
-            continue
-        else:
-            known = _split_layer(store, diff_id, group[0].descriptor, layers)
-            if not layers.dry_run:
-                inputs.put(key, {"diff_id": diff_id, "split": known})
-        for module in group:
-            escaped = f"{module.descriptor.escaped_id}@{module.descriptor.version}"
-            module.diff_id = known.get(escaped, "")
-            if not module.diff_id:
-                raise BuilderError(
-                    f"{module.source}: its layer {diff_id} holds no files of "
-                    f"{module.descriptor.full_name}"
-                )
-
-
-def _split_layer(
-    store: Store, diff_id: str, descriptor: BuildpackDescriptor, layers: _Layers
-) -> dict[str, str]:
-    stored = store.layer(diff_id)
-    if stored is None:
-        raise BuilderError(f"layer {diff_id} is not cached")
-    split: dict[str, str] = {}
-    with stored.uncompressed() as plain:
-        entries = tar_members(plain, f"layer {diff_id}")
-        splitter = ModuleSplitter(entries, module_parent(descriptor))
-        try:
-            for module_id, version, group in splitter.groups():
-                split[f"{module_id}@{version}"] = layers.add(group)
-        except SplitError as exc:
-            raise BuilderError(f"flattened package layer {diff_id}: {exc}") from exc
-        for _ in entries:
-            pass  # read to the end: the tar's end blocks are checked there
-    return split
 
 
 def _run_images(config: BuilderConfig) -> list[dict[str, Any]]:
