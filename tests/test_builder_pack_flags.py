@@ -217,35 +217,44 @@ def test_the_same_builder_again_is_the_same_image(cli, engine: Engine, tmp_path)
     assert run("--no-cache")["config_digest"] == first["config_digest"]
 
 
-def test_an_extension_package_file_gives_the_same_builder_as_its_image(
-    cli, engine: Engine, tmp_path
-) -> None:
-    toml, _, _, _, exts, _ = write_inputs(engine, tmp_path)
+def test_package_files_give_the_same_builder_as_their_images(cli, engine: Engine, tmp_path) -> None:
+    """An extension package and a flattened buildpackage as `.cnb` files (OCI layout): the
+    same builder as from their images, the flattened one split the same way."""
+    toml, _, packed, _, exts, _ = write_inputs(engine, tmp_path)
     text = toml.read_text()
-    ref = next(line.split('"')[1] for line in text.splitlines() if "ext-package" in line)
-    labels = inspect(engine, ref)["Config"]["Labels"]
+    refs = {}
+    for kind in ("ext-package", "flattened-package"):
+        refs[kind] = next(line.split('"')[1] for line in text.splitlines() if kind in line)
     ext = exts[1]
-    layer = {
+    ext_layer = {
         f"cnb/extensions/{ext.escaped_id}/{ext.version}/{rel}": images.File(
             data, 0o755 if rel in ext.executable else 0o644
         )
         for rel, data in ext.files.items()
     }
-    build_oci_archive(tmp_path / "ext.cnb", [layer], config_extra={"config": {"Labels": labels}})
-    from_file = tmp_path / "from-file.toml"
-    from_file.write_text(text.replace(f'uri = "{ref}"', 'uri = "ext.cnb"'))
+    packed_layer: dict = {}
+    for bp in packed:
+        packed_layer.update(fx.package_layer(bp))
+    from_file = text
+    for kind, layer in (("ext-package", ext_layer), ("flattened-package", packed_layer)):
+        labels = inspect(engine, refs[kind].removeprefix("docker://"))["Config"]["Labels"]
+        path = tmp_path / f"{kind}.cnb"
+        build_oci_archive(path, [layer], config_extra={"config": {"Labels": labels}})
+        from_file = from_file.replace(f'uri = "{refs[kind]}"', f'uri = "{path.name}"')
+    (tmp_path / "from-file.toml").write_text(from_file)
     reports = []
-    for path in (from_file, toml):
+    for path in (tmp_path / "from-file.toml", toml):
         result = cli(
-            "--host", engine.host, "create-builder", fx.unique("ext-file"), "--config", str(path),
+            "--host", engine.host, "create-builder", fx.unique("from-file"), "--config", str(path),
             "--format", "json",
         )  # fmt: skip
         assert result.exit_code == 0, result.stderr
         reports.append(result.json())
     kinds = {(m["id"], m["kind"], m["module"]) for m in reports[0]["buildpacks"]}
     assert (ext.id, "buildpackage-file", "extension") in kinds
-    assert ref not in reports[0]["imported"]  # its layer came from the file
-    assert reports[1]["imported"] == []  # the image's layer is the one the file gave
+    assert {(bp.id, "buildpackage-file", "buildpack") for bp in packed} <= kinds
+    assert reports[0]["imported"] == []  # every package layer came from a file
+    assert reports[1]["imported"] == []  # the images' layers are the ones the files gave
     assert reports[1]["config_digest"] == reports[0]["config_digest"]
 
 
