@@ -334,3 +334,18 @@ def test_tag_target_and_label_values_split_as_packs_flag_library_splits_them() -
     assert (options.tags, options.flatten) == (["a:1", "b:2"], [["x@1", "y@2"]])
     with pytest.raises(UsageError, match="invalid image reference"):
         builder_options(["Bad:Tag"], [], [], False)
+
+
+def test_a_package_layer_naming_a_parent_path_is_refused_as_pack_refuses_it() -> None:
+    import pytest
+
+    from packcache.builder.flatten import ModuleSplitter, SplitError
+
+    entries = [
+        TarEntry("/cnb/buildpacks/a", b"5", 0o755),
+        TarEntry("/cnb/buildpacks/a/1", b"5", 0o755),
+        TarEntry("/cnb/buildpacks/a/1/../../../etc/x", data=b"", size=0),
+    ]
+    with pytest.raises(SplitError, match="unexpected special elements"):
+        for _, _, group in ModuleSplitter(entries, "/cnb/buildpacks").groups():
+            list(group)

@@ -88,7 +88,14 @@ class ModuleSplitter:
         if self._pending is not None:
             entry, self._pending = self._pending, None
             return entry
-        return next(self._entries, None)
+        return self._read()
+
+    def _read(self) -> TarEntry | None:
+        """The next entry; a name with '..' is refused, as pack's sanitizePath refuses it."""
+        entry = next(self._entries, None)
+        if entry is not None and ".." in entry.name:
+            raise SplitError(f"path {entry.name} contains unexpected special elements")
+        return entry
 
     def groups(self) -> Iterator[tuple[str, str, Iterator[TarEntry]]]:
         first = self._next()
@@ -117,7 +124,7 @@ class ModuleSplitter:
 
     def _group(self, head: list[TarEntry], module_id: str, version: str) -> Iterator[TarEntry]:
         yield from head
-        while (entry := next(self._entries, None)) is not None:
+        while (entry := self._read()) is not None:
             if _id_and_version(entry.name, self._parent) != (module_id, version):
                 self._pending = entry
                 return
