@@ -191,15 +191,13 @@ def split_flattened_packages(
             continue
         key = f"split:{diff_id}"
         known = (inputs.get(key) or {}).get("split")
-        if known and all(layers.cached(d) for d in known.values()):
-            pass
-        elif layers.dry_run and not layers.cached(diff_id):
-            layers.warnings.append(
-                f"{group[0].source}: its buildpacks share layer {diff_id}, which is not cached: "
-                "the dry run cannot tell the layers they are split into"
-            )
-            continue
-        else:
+        if not (known and all(layers.cached(d) for d in known.values())):
+            if layers.dry_run and not layers.cached(diff_id):
+                layers.warnings.append(
+                    f"{group[0].source}: its buildpacks share layer {diff_id}, which is not "
+                    "cached: the dry run cannot tell the layers they are split into"
+                )
+                continue
             known = _split_layer(store, diff_id, group[0].descriptor, layers)
             if not layers.dry_run:
                 inputs.put(key, {"diff_id": diff_id, "split": known})
@@ -216,6 +214,7 @@ def split_flattened_packages(
 def _split_layer(
     store: Store, diff_id: str, descriptor: BuildpackDescriptor, layers: LayerWriter
 ) -> dict[str, str]:
+    """escaped id@version -> the diffID of its own layer, cut from the stored layer."""
     stored = store.layer(diff_id)
     if stored is None:
         raise BuilderError(f"layer {diff_id} is not cached")
