@@ -3,8 +3,8 @@
 Exit codes: 0 ok, 1 the operation failed, 2 the command was used wrongly (see README).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typer reads every command's annotations on each
+# start, and annotations kept as strings would be compiled and evaluated there every time.
 import logging
 import os
 import sys
@@ -423,7 +423,7 @@ def du_command(
         typer.echo(render.images_table(usage.images, no_trunc=no_trunc))
 
 
-def _print_evicted(removed: list[EvictedLayer], reclaimed: int, dry_run: bool) -> None:
+def _print_evicted(removed: "list[EvictedLayer]", reclaimed: int, dry_run: bool) -> None:
     verb = "Would remove" if dry_run else "Removed"
     for layer in removed:
         typer.echo(f"{verb} {layer.diff_id}  {render.size(layer.blob_size)}")
@@ -684,7 +684,7 @@ def _write_report(report: object, report_file: Path | None, fmt: Format) -> None
         print_formatted(fmt, text)
 
 
-def _print_import(daemon_report: DaemonImportReport, fmt: Format) -> None:
+def _print_import(daemon_report: "DaemonImportReport", fmt: Format) -> None:
     report = daemon_report.archive
     if fmt is not Format.table:
         print_formatted(fmt, render.import_json(daemon_report))
@@ -981,7 +981,7 @@ def _rebase_publish(
     no_cache: bool,
     dry_run: bool,
     insecure_registries: list[str] | None,
-) -> PublishReport:
+) -> "PublishReport":
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase_publish import rebase_publish
     from packcache.transports.registry import RegistryOptions
@@ -1001,7 +1001,7 @@ def _rebase_publish(
         )
 
 
-def _print_publish(report: PublishReport, report_file: Path | None, fmt: Format) -> None:
+def _print_publish(report: "PublishReport", report_file: Path | None, fmt: Format) -> None:
     _write_report(report, report_file, fmt)
     if fmt is not Format.table:
         return

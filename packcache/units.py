@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 
 from packcache.errors import UsageError
 
@@ -52,6 +51,8 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _SIZE_UNITS:
         raise UsageError(f"invalid size {text!r}. {SIZE_HELP}")
+    from decimal import Decimal  # imported here: most commands parse no size
+
     size = int(Decimal(match.group(1)) * _SIZE_UNITS[unit])  # exact: no float overflow
     if size > MAX_SIZE:
         raise UsageError(f"size {text!r} is too large (at most {MAX_SIZE} bytes)")

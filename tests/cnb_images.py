@@ -44,10 +44,14 @@ def payload(size: int, seed: str) -> bytes:
     ]
 
 
-def run_image_layers(version: str, extra_bytes: int = 0) -> list[dict]:
-    """Three run image layers (busybox first, so the image runs)."""
+def run_image_layers(version: str, extra_bytes: int = 0, own_base: bool = False) -> list[dict]:
+    """Three run image layers (busybox first, so the image runs; with `own_base`, a busybox
+    layer of this version's own, which no other image shares)."""
+    base = images.busybox_layer()
+    if own_base:
+        base["etc/base-version"] = f"{version}\n".encode()
     return [
-        images.busybox_layer(),
+        base,
         {"etc/run-version": f"{version}\n".encode(), "usr/share/run/base.txt": b"base\n"},
         {
             "usr/share/run/extra.bin": version.encode() * 20_000,
@@ -76,8 +80,9 @@ def build_run_image(
     labels: dict | None = None,
     config_extra: dict | None = None,
     extra_bytes: int = 0,
+    own_base: bool = False,
 ) -> RunImage:
-    layers = run_image_layers(version, extra_bytes)
+    layers = run_image_layers(version, extra_bytes, own_base)
     all_labels = labels if labels is not None else run_labels(version)
     extra = {
         "config": {

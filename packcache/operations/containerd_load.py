@@ -64,16 +64,23 @@ def daemon_containerd(daemon: Daemon) -> Containerd | None:
     return connection
 
 
-def held_blob(
-    containerd: Containerd, forms: list[tuple[str, int | None, str]]
-) -> oci.Descriptor | None:
-    """The first of a layer's blob forms (digest, size or None, media type) the content store
-    holds, as the manifest must name it; None where it holds none."""
-    for digest, size, media_type in forms:
-        held_size = containerd.blob_size(digest)
-        if held_size is not None and size in (None, held_size):
-            return oci.Descriptor(media_type, digest, held_size)
-    return None
+def held_blobs(
+    containerd: Containerd, layers: list[list[tuple[str, int | None, str]]]
+) -> list[oci.Descriptor | None]:
+    """Per layer, the first of its blob forms (digest, size or None, media type) the content
+    store holds, as the manifest must name it; None where it holds none. Each form is asked
+    about once, however many layers share it."""
+    sizes = containerd.blob_sizes(digest for forms in layers for digest, _, _ in forms)
+    found: list[oci.Descriptor | None] = []
+    for forms in layers:
+        held = None
+        for digest, size, media_type in forms:
+            held_size = sizes[digest]
+            if held_size is not None and size in (None, held_size):
+                held = oci.Descriptor(media_type, digest, held_size)
+                break
+        found.append(held)
+    return found
 
 
 def _blob_chunks(layer: Layer) -> Iterator[bytes]:
@@ -97,10 +104,11 @@ def write_layers(
     found there are checked again (they could have gone since), the rest written from the
     cache, each shown as it goes. Returns the bytes written."""
     written = 0
+    containerd.lease_blobs(lease, [item.digest for item in plan])  # GC may not take them now
+    sizes = containerd.blob_sizes(item.digest for item in plan if item.layer is None)
     for item in plan:
-        containerd.lease_blob(lease, item.digest)  # before any check: GC may not take it now
         if item.layer is None:
-            if containerd.blob_size(item.digest) != item.size:
+            if sizes[item.digest] != item.size:
                 raise PackcacheError(
                     f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
                     "during the load; run the command again"

@@ -250,9 +250,16 @@ class ContainerdApiPlanner(ContainerdPlanner):
 
     def _held(self, diff_ids: list[str]) -> list[Held | None]:
         recorded = self.store.held_descriptors(self.store.manifests_with_layers(diff_ids))
-        return [self._held_layer(diff_id, recorded.get(diff_id)) for diff_id in diff_ids]
+        forms = [self._blob_forms(diff_id, recorded.get(diff_id)) for diff_id in diff_ids]
+        return [
+            None if found is None else Held(found.digest, found.size, found.media_type)
+            for found in containerd_load.held_blobs(self.containerd, forms)
+        ]
 
-    def _held_layer(self, diff_id: str, recorded: tuple[str, int, str] | None) -> Held | None:
+    def _blob_forms(
+        self, diff_id: str, recorded: tuple[str, int, str] | None
+    ) -> list[tuple[str, int | None, str]]:
+        """The blobs the content store may hold the layer as, the manifest's first."""
         forms: dict[str, tuple[str, int | None, str]] = {}
         if recorded is not None:
             forms[recorded[0]] = recorded
@@ -260,8 +267,7 @@ class ContainerdApiPlanner(ContainerdPlanner):
             if media_type:  # a form whose type is unknown cannot be named in a manifest
                 forms.setdefault(digest, (digest, size, media_type))
         forms.setdefault(diff_id, (diff_id, None, MEDIA_TYPES["none"]))
-        found = containerd_load.held_blob(self.containerd, list(forms.values()))
-        return None if found is None else Held(found.digest, found.size, found.media_type)
+        return list(forms.values())
 
     def load(
         self, config: bytes, plan: list[LoadLayer], tags: list[str]

@@ -9,7 +9,6 @@ config, as pack treats it.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,8 @@ def read_pack_config(path: Path | None = None) -> PackConfig:
         raise UsageError(f"cannot read pack's config {path}: {exc.strerror or exc}") from exc
     if len(data) > MAX_CONFIG_BYTES:
         raise UsageError(f"pack's config {path} is more than {MAX_CONFIG_BYTES} bytes")
+    import tomllib  # imported here: most hosts have no pack config
+
     try:
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

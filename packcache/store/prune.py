@@ -7,7 +7,6 @@ import os
 import sqlite3
 import stat
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +175,8 @@ def configured_max_size(store: Store) -> int | None:
         content = _read_config(path)
         if content is None:
             return None
+        import tomllib  # imported here: most caches have no config.toml
+
         try:
             config = tomllib.loads(content)
         except tomllib.TOMLDecodeError as exc:

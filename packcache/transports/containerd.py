@@ -4,8 +4,9 @@ On the containerd image store an image is a record in containerd's images servic
 is a manifest in its content store; writing the manifest and config there and creating the
 record makes the image exist for the daemon with no unpack (the daemon unpacks on first run).
 
-grpc and the generated stubs are imported only when a ``Containerd`` is opened, so commands that
-never talk to containerd do not pay for importing them.
+grpc is imported only when a ``Containerd`` is opened, so commands that never talk to containerd
+do not pay for importing it; the messages are written and read by containerd_wire, without the
+protobuf runtime.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from packcache.errors import PackcacheError
+from packcache.transports import containerd_wire as wire
 
 ENV_ADDRESS = "PACKCACHE_CONTAINERD_ADDRESS"
 ENV_NAMESPACE = "PACKCACHE_CONTAINERD_NAMESPACE"
@@ -41,6 +42,12 @@ LEASE_LIFETIME_S = 3600
 # does not matter.
 WRITE_CHUNK = 1 << 20
 CALL_TIMEOUT_S = 30.0
+# The v1 services' method paths, as gRPC names them: /<proto package>.<service>/<method>.
+CONTENT = "/containerd.services.content.v1.Content/"
+IMAGES = "/containerd.services.images.v1.Images/"
+LEASES = "/containerd.services.leases.v1.Leases/"
+NAMESPACES = "/containerd.services.namespaces.v1.Namespaces/"
+WRITE_ACTION, COMMIT_ACTION = 1, 2  # content.v1.WriteAction
 ABORT_ATTEMPTS = 8
 
 
@@ -97,29 +104,6 @@ class ImageRecord:
     labels: Mapping[str, str]
 
 
-def _api() -> ModuleType:
-    """The generated stubs, with a clear error where `make` has not generated them."""
-    try:
-        from packcache.transports import containerd_api
-        from packcache.transports.containerd_api import (  # noqa: F401
-            content_pb2,
-            content_pb2_grpc,
-            descriptor_pb2,
-            images_pb2,
-            images_pb2_grpc,
-            leases_pb2,
-            leases_pb2_grpc,
-            namespaces_pb2,
-            namespaces_pb2_grpc,
-        )
-    except ImportError as exc:
-        raise ContainerdError(
-            f"the containerd API stubs are missing ({exc}): run `make` "
-            "(python tests/generate_containerd_api.py)"
-        ) from exc
-    return containerd_api
-
-
 def _check_socket(address: str) -> None:
     """Say plainly what is wrong with the socket before grpc turns it into UNAVAILABLE."""
     try:
@@ -148,27 +132,18 @@ class Containerd:
 
         self._grpc = grpc
         self.endpoint = endpoint
-        api = _api()
         _check_socket(endpoint.address)
         self._channel = grpc.insecure_channel(f"unix://{endpoint.address}")
-        self._content = api.content_pb2_grpc.ContentStub(self._channel)
-        self._images = api.images_pb2_grpc.ImagesStub(self._channel)
-        self._leases = api.leases_pb2_grpc.LeasesStub(self._channel)
-        self._namespaces = api.namespaces_pb2_grpc.NamespacesStub(self._channel)
-        self._pb = api
+        self._methods: dict[str, Any] = {}
         # Listed, not fetched: containerd answers a Get of any name, existing or not.
         try:
-            listed = self._namespaces.List(
-                api.namespaces_pb2.ListNamespacesRequest(),
-                timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata(),
-            )
-        except grpc.RpcError as exc:
+            listed = self._unary("listing namespaces", NAMESPACES + "List", b"")
+        except ContainerdError:
             self.close()
-            raise self._explain("listing namespaces", exc) from None
+            raise
         # containerd creates a namespace on the first write into it, so a daemon with no image
         # yet has none: trusted where the daemon named it, a likely mistake where we guessed.
-        known = {namespace.name for namespace in listed.namespaces}
+        known = {wire.get_text(namespace, 1) for namespace in wire.get_messages(listed, 1)}
         if endpoint.namespace not in known and endpoint.source != "daemon info":
             self.close()
             raise ContainerdError(
@@ -189,6 +164,12 @@ class Containerd:
         pairs = ((NAMESPACE_HEADER, self.endpoint.namespace),)
         return (*pairs, (LEASE_HEADER, lease)) if lease else pairs
 
+    def _method(self, path: str, kind: str = "unary_unary") -> Any:
+        """The channel's callable for a method, taking and giving the messages as bytes."""
+        if path not in self._methods:
+            self._methods[path] = getattr(self._channel, kind)(path)
+        return self._methods[path]
+
     def _explain(self, what: str, exc: Any) -> ContainerdError:
         code, details = exc.code(), exc.details() or ""
         where = f"containerd at {self.endpoint.address}"
@@ -203,11 +184,42 @@ class Containerd:
             return ContainerdError(f"{where} does not answer (timed out on {what})")
         return ContainerdError(f"{where} refused {what}: {details}")
 
-    def _unary(self, what: str, method: Any, request: Any, lease: str | None = None) -> Any:
+    def _decoded(self, what: str, answer: bytes) -> wire.Fields:
         try:
-            return method(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata(lease))
+            return wire.decode(answer)
+        except wire.WireError as exc:
+            raise ContainerdError(
+                f"containerd at {self.endpoint.address} answered {what} with a malformed "
+                f"message: {exc}"
+            ) from None
+
+    def _unary(self, what: str, path: str, request: bytes, lease: str | None = None) -> wire.Fields:
+        try:
+            answer = self._method(path)(
+                request, timeout=CALL_TIMEOUT_S, metadata=self._metadata(lease)
+            )
         except self._grpc.RpcError as exc:
             raise self._explain(what, exc) from None
+        return self._decoded(what, answer)
+
+    def _unary_if_found(self, what: str, path: str, request: bytes) -> wire.Fields | None:
+        """`_unary`, or None where containerd answers that what was asked for is not there."""
+        try:
+            answer = self._method(path)(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata())
+        except self._grpc.RpcError as exc:
+            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._explain(what, exc) from None
+        return self._decoded(what, answer)
+
+    def _unary_all(self, what: str, path: str, requests: Mapping[str, bytes]) -> dict[str, Any]:
+        """One call per request, each answer decoded, or None where containerd answered
+        NOT_FOUND. Made one after another: grpc's asynchronous calls start a polling thread,
+        and a process that forks later (preexec_fn) can hang in the child on it."""
+        answers: dict[str, wire.Fields | None] = {}
+        for key, request in requests.items():
+            answers[key] = self._unary_if_found(f"{what} {key}", path, request)
+        return answers
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -216,55 +228,59 @@ class Containerd:
         """A lease protecting what is written under it from containerd's GC, deleted after."""
         expire = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + LEASE_LIFETIME_S))
         lease_id = f"packcache-{secrets.token_hex(8)}"
-        pb = self._pb.leases_pb2
-        request = pb.CreateRequest(id=lease_id, labels={LEASE_EXPIRE_LABEL: expire})
-        self._unary("creating a lease", self._leases.Create, request)
-        delete = pb.DeleteRequest(id=lease_id)
+        create = wire.text(1, lease_id) + wire.string_map(3, {LEASE_EXPIRE_LABEL: expire})
+        self._unary("creating a lease", LEASES + "Create", create)
+        delete = wire.text(1, lease_id)
         try:
             yield lease_id
         except BaseException:
             # The error inside is the one to report; a lease left behind expires by its label.
             with suppress(ContainerdError):
-                self._unary("deleting a lease", self._leases.Delete, delete)
+                self._unary("deleting a lease", LEASES + "Delete", delete)
             raise
-        self._unary("deleting a lease", self._leases.Delete, delete)
+        self._unary("deleting a lease", LEASES + "Delete", delete)
 
     def lease_blob(self, lease: str, digest: str) -> None:
         """Hold a blob by `lease` too: one only found (not written) could otherwise be
         collected before the manifest that references it is there."""
-        pb = self._pb.leases_pb2
-        request = pb.AddResourceRequest(id=lease, resource=pb.Resource(id=digest, type="content"))
-        self._unary(f"leasing {digest}", self._leases.AddResource, request)
+        self.lease_blobs(lease, [digest])
+
+    def lease_blobs(self, lease: str, digests: Iterable[str]) -> None:
+        """`lease_blob` for each digest."""
+        requests = {
+            digest: wire.text(1, lease)
+            + wire.data(2, wire.text(1, digest) + wire.text(2, "content"))
+            for digest in digests
+        }
+        answers = self._unary_all("leasing", LEASES + "AddResource", requests)
+        for digest, answer in answers.items():
+            if answer is None:
+                raise ContainerdError(
+                    f"containerd at {self.endpoint.address} has no lease {lease} to hold {digest}"
+                )
 
     def lease_ids(self) -> list[str]:
-        response = self._unary(
-            "listing leases", self._leases.List, self._pb.leases_pb2.ListRequest()
-        )
-        return [lease.id for lease in response.leases]
+        listed = self._unary("listing leases", LEASES + "List", b"")
+        return [wire.get_text(lease, 1) for lease in wire.get_messages(listed, 1)]
 
     # -- content -----------------------------------------------------------------------------
 
     def blob_size(self, digest: str) -> int | None:
         """The size of a blob in the content store, or None where it has none."""
-        try:
-            response = self._content.Info(
-                self._pb.content_pb2.InfoRequest(digest=digest),
-                timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata(),
-            )
-        except self._grpc.RpcError as exc:
-            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
-                return None
-            raise self._explain(f"the info of {digest}", exc) from None
-        return response.info.size
+        return self.blob_sizes([digest])[digest]
+
+    def blob_sizes(self, digests: Iterable[str]) -> dict[str, int | None]:
+        """`blob_size` of each digest."""
+        requests = {digest: wire.text(1, digest) for digest in digests}
+        answers = self._unary_all("the info of", CONTENT + "Info", requests)
+        return {
+            digest: None if answer is None else wire.get_int(wire.get_message(answer, 1), 2)
+            for digest, answer in answers.items()
+        }
 
     def blob_labels(self, digest: str) -> dict[str, str]:
-        response = self._unary(
-            f"the info of {digest}",
-            self._content.Info,
-            self._pb.content_pb2.InfoRequest(digest=digest),
-        )
-        return dict(response.info.labels)
+        answer = self._unary(f"the info of {digest}", CONTENT + "Info", wire.text(1, digest))
+        return wire.get_map(wire.get_message(answer, 1), 5)
 
     def read_small_blob(self, digest: str, limit: int) -> bytes | None:
         """A small blob (a manifest or config) whole, or None where the content store has none
@@ -274,15 +290,15 @@ class Containerd:
             return None
         parts: list[bytes] = []
         got = 0
-        request = self._pb.content_pb2.ReadContentRequest(digest=digest, offset=0, size=size)
+        request = wire.text(1, digest) + wire.integer(3, size)
+        read = self._method(CONTENT + "Read", "unary_stream")
         try:
-            for response in self._content.Read(
-                request, timeout=CALL_TIMEOUT_S, metadata=self._metadata()
-            ):
-                got += len(response.data)
+            for answer in read(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata()):
+                data = wire.get_bytes(self._decoded(f"reading {digest}", answer), 2)
+                got += len(data)
                 if got > size:
                     raise ContainerdError(f"containerd sent more than {size} bytes of {digest}")
-                parts.append(response.data)
+                parts.append(data)
         except self._grpc.RpcError as exc:
             if exc.code() == self._grpc.StatusCode.NOT_FOUND:
                 return None
@@ -291,11 +307,8 @@ class Containerd:
 
     def ingest_refs(self) -> list[str]:
         """Refs of unfinished writes in the content store."""
-        pb = self._pb.content_pb2
-        response = self._unary(
-            "listing writes", self._content.ListStatuses, pb.ListStatusesRequest()
-        )
-        return [status.ref for status in response.statuses]
+        listed = self._unary("listing writes", CONTENT + "ListStatuses", b"")
+        return [wire.get_text(status, 3) for status in wire.get_messages(listed, 1)]
 
     def write_blob(
         self,
@@ -317,8 +330,9 @@ class Containerd:
         # raised as it is once the stream has ended.
         reader_failed: list[BaseException] = []
         requests = self._write_requests(ref, digest, size, chunks, labels or {}, reader_failed)
+        write = self._method(CONTENT + "Write", "stream_stream")
         try:
-            for _ in self._content.Write(requests, metadata=self._metadata(lease)):
+            for _ in write(requests, metadata=self._metadata(lease)):
                 pass
         except self._grpc.RpcError as exc:
             if exc.code() == self._grpc.StatusCode.ALREADY_EXISTS:
@@ -345,21 +359,20 @@ class Containerd:
         chunks: Iterable[bytes],
         labels: Mapping[str, str],
         reader_failed: list[BaseException],
-    ) -> Iterator[Any]:
-        pb = self._pb.content_pb2
+    ) -> Iterator[bytes]:
+        # WriteContentRequest: action 1, ref 2, total 3, expected 4, offset 5, data 6, labels 7.
+        head = wire.text(2, ref) + wire.integer(3, size) + wire.text(4, digest)
         offset = 0
         try:
             for chunk in chunks:
                 for start in range(0, len(chunk), WRITE_CHUNK):
                     piece = chunk[start : start + WRITE_CHUNK]
                     # Every write carries its offset: containerd truncates the ingest on 0.
-                    yield pb.WriteContentRequest(
-                        action=pb.WRITE,
-                        ref=ref,
-                        total=size,
-                        expected=digest,
-                        offset=offset,
-                        data=piece,
+                    yield (
+                        wire.integer(1, WRITE_ACTION)
+                        + head
+                        + wire.integer(5, offset)
+                        + wire.data(6, piece)
                     )
                     offset += len(piece)
         except Exception as exc:
@@ -367,8 +380,11 @@ class Containerd:
             # the server finish with the ingest before the call returns.
             reader_failed.append(exc)
             return
-        yield pb.WriteContentRequest(
-            action=pb.COMMIT, ref=ref, total=size, expected=digest, offset=offset, labels=labels
+        yield (
+            wire.integer(1, COMMIT_ACTION)
+            + head
+            + wire.integer(5, offset)
+            + wire.string_map(7, labels)
         )
 
     def _abort(self, ref: str) -> None:
@@ -377,114 +393,77 @@ class Containerd:
         # so a refused Abort is tried again briefly. Errors are dropped: the error that made
         # us abort is the one to report.
         for attempt in range(ABORT_ATTEMPTS):
-            with suppress(self._grpc.RpcError):
-                self._content.Abort(
-                    self._pb.content_pb2.AbortRequest(ref=ref),
-                    timeout=CALL_TIMEOUT_S,
-                    metadata=self._metadata(),
-                )
-            with suppress(self._grpc.RpcError, ContainerdError):
+            with suppress(ContainerdError):
+                self._unary(f"aborting {ref}", CONTENT + "Abort", wire.text(1, ref))
+            with suppress(ContainerdError):
                 if ref not in self.ingest_refs():
                     return
             time.sleep(0.05 * (attempt + 1))
 
     def delete_blob(self, digest: str) -> bool:
         """Remove a blob from the content store; False where it was not there."""
-        try:
-            self._content.Delete(
-                self._pb.content_pb2.DeleteContentRequest(digest=digest),
-                timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata(),
-            )
-        except self._grpc.RpcError as exc:
-            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
-                return False
-            raise self._explain(f"deleting {digest}", exc) from None
-        return True
+        request = wire.text(1, digest)
+        deleted = self._unary_if_found(f"deleting {digest}", CONTENT + "Delete", request)
+        return deleted is not None
 
     # -- images ------------------------------------------------------------------------------
 
     def get_image(self, name: str) -> ImageRecord | None:
-        try:
-            response = self._images.Get(
-                self._pb.images_pb2.GetImageRequest(name=name),
-                timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata(),
-            )
-        except self._grpc.RpcError as exc:
-            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
-                return None
-            raise self._explain(f"the image {name}", exc) from None
-        image = response.image
-        target = image.target
+        answer = self._unary_if_found(f"the image {name}", IMAGES + "Get", wire.text(1, name))
+        if answer is None:
+            return None
+        image = wire.get_message(answer, 1)
+        target = wire.get_message(image, 3)
         return ImageRecord(
-            name=image.name,
+            name=wire.get_text(image, 1),
             target=Descriptor(
-                media_type=target.media_type,
-                digest=target.digest,
-                size=target.size,
-                annotations=dict(target.annotations),
+                media_type=wire.get_text(target, 1),
+                digest=wire.get_text(target, 2),
+                size=wire.get_int(target, 3),
+                annotations=wire.get_map(target, 5),
             ),
-            labels=dict(image.labels),
+            labels=wire.get_map(image, 2),
         )
 
     def image_names(self, target_digest: str) -> list[str]:
         """Names of the image records whose target is this digest."""
-        request = self._pb.images_pb2.ListImagesRequest(filters=[f"target.digest=={target_digest}"])
-        response = self._unary(f"listing images of {target_digest}", self._images.List, request)
-        return [image.name for image in response.images]
+        request = wire.texts(1, [f"target.digest=={target_digest}"])
+        listed = self._unary(f"listing images of {target_digest}", IMAGES + "List", request)
+        return [wire.get_text(image, 1) for image in wire.get_messages(listed, 1)]
 
     def put_image(
         self, name: str, target: Descriptor, labels: Mapping[str, str] | None = None
     ) -> None:
         """Create the image record, or point an existing one at ``target`` (never unpacks)."""
-        pb = self._pb.images_pb2
-        image = pb.Image(
-            name=name,
-            labels=dict(labels or {}),
-            target=self._pb.descriptor_pb2.Descriptor(
-                media_type=target.media_type,
-                digest=target.digest,
-                size=target.size,
-                annotations=dict(target.annotations),
-            ),
+        descriptor = (
+            wire.text(1, target.media_type)
+            + wire.text(2, target.digest)
+            + wire.integer(3, target.size)
+            + wire.string_map(5, target.annotations)
+        )
+        image = wire.data(
+            1, wire.text(1, name) + wire.string_map(2, labels or {}) + wire.data(3, descriptor)
         )
         try:
-            self._images.Create(
-                pb.CreateImageRequest(image=image),
-                timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata(),
+            self._method(IMAGES + "Create")(
+                image, timeout=CALL_TIMEOUT_S, metadata=self._metadata()
             )
             return
         except self._grpc.RpcError as exc:
             if exc.code() != self._grpc.StatusCode.ALREADY_EXISTS:
                 raise self._explain(f"creating the image {name}", exc) from None
-        from google.protobuf import field_mask_pb2
-
         # Both fields are replaced: labels of the old target must not stick to the new one.
-        mask = field_mask_pb2.FieldMask(paths=["target", "labels"])
-        self._unary(
-            f"updating the image {name}",
-            self._images.Update,
-            pb.UpdateImageRequest(image=image, update_mask=mask),
-        )
+        mask = wire.data(2, wire.texts(1, ["target", "labels"]))  # a FieldMask's paths
+        self._unary(f"updating the image {name}", IMAGES + "Update", image + mask)
 
     def delete_image(self, name: str, *, collect: bool = False) -> bool:
         """Remove the image record; False where there was none.
 
         Its content is left to containerd's GC, which ``collect`` runs before returning.
         """
-        try:
-            self._images.Delete(
-                self._pb.images_pb2.DeleteImageRequest(name=name, sync=collect),
-                timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata(),
-            )
-        except self._grpc.RpcError as exc:
-            if exc.code() == self._grpc.StatusCode.NOT_FOUND:
-                return False
-            raise self._explain(f"deleting the image {name}", exc) from None
-        return True
+        request = wire.text(1, name) + wire.integer(2, collect)
+        deleted = self._unary_if_found(f"deleting the image {name}", IMAGES + "Delete", request)
+        return deleted is not None
 
 
 def gc_ref_labels(config_digest: str, layer_digests: Iterable[str]) -> dict[str, str]:
