@@ -11,7 +11,6 @@ Needs root (dockerd mounts overlay filesystems and runs containers).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -129,10 +128,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    # If the test process is SIGKILLed, its daemons get SIGTERM instead of living on.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# If the test process is SIGKILLed, its daemons get SIGTERM instead of living on. Set by
+# setpriv in the child rather than by a preexec_fn: Python code run between fork and exec
+# can hang on locks held by grpc's threads in the parent.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"]
 
 
 def mounts_under(root: Path) -> list[str]:
@@ -453,13 +452,12 @@ class Engine:
         )
         with open(self.containerd_log_path, "ab") as log:
             self._containerd = subprocess.Popen(
-                [str(self.bundle_root / "usr/bin/containerd"), "--config", str(cfg)],
+                [*DIE_WITH_PARENT, str(self.bundle_root / "usr/bin/containerd"), "--config", cfg],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # Ctrl-C in the terminal must not reach it first
-                preexec_fn=_die_with_parent,
             )
         self.containerd_pid = self._containerd.pid
         deadline = time.monotonic() + 30
@@ -487,6 +485,7 @@ class Engine:
         cfg = r / "daemon.json"
         cfg.write_text(json.dumps(daemon_json, indent=2) + "\n")
         cmd = [
+            *DIE_WITH_PARENT,
             str(self.bundle_root / "usr/sbin/dockerd"),
             # An explicit config file: never read /etc/docker/daemon.json.
             f"--config-file={cfg}",
@@ -517,7 +516,6 @@ class Engine:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         self.pid = self._dockerd.pid
 

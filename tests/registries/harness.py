@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.engines.harness import _die_with_parent, _tail
+from tests.engines.harness import DIE_WITH_PARENT, _tail
 from tests.registries.provision import is_provisioned, registry_binary
 
 LOCALHOST = "127.0.0.1"
@@ -354,12 +354,11 @@ class Registry:
             config_path.write_text(json.dumps(self.config(), indent=2))
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
-                    [str(registry_binary()), "serve", str(config_path)],
+                    [*DIE_WITH_PARENT, str(registry_binary()), "serve", str(config_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
                 )
             if self._wait_ready(timeout):
                 return self
