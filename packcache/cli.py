@@ -838,8 +838,8 @@ def rebase_command(
         typer.Option(
             "--pull-policy",
             metavar="POLICY",
-            help="always, if-not-present or never: pull the run image through the cache "
-            "always, only if the daemon lacks it, or never.",
+            help="always, if-not-present or never: pull the app and run images through the "
+            "cache always, only if the daemon lacks them, or never.",
             show_default="pull-policy in pack's config, else always",
         ),
     ] = None,
@@ -968,6 +968,8 @@ def rebase_command(
         typer.echo(f"  skipped     {problem}")
     if report.load_method:
         typer.echo(f"  loaded by   {report.load_method}")
+    if report.app_image_fetch is not None:
+        typer.echo(f"  app image   {render.run_image_fetch(report.app_image_fetch)}")
     if report.run_image_fetch is not None:
         typer.echo(f"  run image   {render.run_image_fetch(report.run_image_fetch)}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
@@ -991,13 +993,15 @@ def _rebase_publish(
             raise UsageError("--publish does not go with --no-cache or --dry-run")
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         target, previous = (tag, image) if tag else (image, None)
+        pack_config = read_pack_config()
         return rebase_publish(
             target,
             options=options,
             previous_image=previous,
             run_image=run_image,
             force=force,
-            config_mirrors=read_pack_config().run_image_mirrors,
+            config_mirrors=pack_config.run_image_mirrors,
+            registry_mirrors=pack_config.registry_mirrors,
         )
 
 

@@ -5,11 +5,13 @@ Run images live in the tests' own plain registry; nothing reaches a public one."
 from __future__ import annotations
 
 import copy
+import hashlib
 import tomllib
 import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.cnb_images import RunImage, build_app_image, build_run_image
 from tests.engines.harness import Engine
@@ -54,10 +56,11 @@ def remote_stack(engine: Engine, registries: RegistrySet, tmp_path: Path):
     push(engine, run2.tag, f"{repo}:latest")
     engine.docker("rmi", run2.tag)
     engine.docker("tag", run1.tag, f"{repo}:latest")  # the stale copy a user pulled once
-    app = build_app_image(engine, tmp_path, run1, f"packcache-test/app-{uuid.uuid4().hex[:8]}:1",
-                          run_name=repo)  # fmt: skip
+    # Named in the registry (which lacks it): pack pulls the app under `always` too.
+    app_name = f"{registries.plain.host}/t/app-{uuid.uuid4().hex[:8]}:1"
+    app = build_app_image(engine, tmp_path, run1, app_name, run_name=repo)
     yield repo, run1, run2, app
-    for ref in (f"{repo}:latest", run1.tag):
+    for ref in (f"{repo}:latest", run1.tag, app.tag):
         engine.docker("rmi", "-f", ref, check=False)
 
 
@@ -70,6 +73,8 @@ def test_always_pulls_the_new_run_image_through_the_cache(
     report = result.json()
     fetch = report["run_image_fetch"]
     assert report["run_image"] == repo and fetch["policy"] == "always"
+    # The registry lacks the app: the daemon's copy is used, as pack falls back.
+    assert report["app_image_fetch"]["fell_back"] is True
     assert len(fetch["pulled"]["downloaded"]) + len(fetch["pulled"]["already_cached"]) == 3
     new_layers = set(run2.built.diff_ids) - set(run1.built.diff_ids)
     assert fetch["loaded"]["layers_sent"] <= len(run2.built.diff_ids)
@@ -209,3 +214,87 @@ def test_invalid_pull_policy_is_a_usage_error(cli, engine: Engine, registries) -
     result = rebase(cli, engine, registries, "x:1", "--pull-policy", "sometimes")
     assert result.exit_code == 2
     assert "invalid pull policy 'sometimes'" in result.stderr
+
+
+def test_always_pulls_the_app_image_through_the_cache_too(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, cache_dir: Path, remote_stack
+) -> None:
+    """pack fetches the app with the pull policy as well: one the daemon lacks comes from its
+    registry through the cache, and the rebase then needs no docker save of it."""
+    repo, _, run2, app = remote_stack
+    pushed = app.tag + "-pushed"
+    push(engine, app.tag, pushed)
+    engine.docker("rmi", app.tag)  # the daemon keeps run v1 only: the app's layers are new
+    result = rebase(cli, engine, registries, pushed, "--pull-policy", "always")
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    fetched = report["app_image_fetch"]
+    assert fetched["policy"] == "always" and fetched["fell_back"] is False
+    assert len(fetched["pulled"]["downloaded"]) == len(set(app.built.diff_ids))
+    assert fetched["loaded"] is not None  # the daemon lacked the name: loaded under it
+    if not engine.containerd_store:  # the daemon holds run v1's layers: only the app's sent
+        assert fetched["loaded"]["layers_sent"] == len(app.app_diff_ids)
+    assert report["saved"] == [] and set(report["layer_sources"].values()) == {"cache"}
+    check_result(engine, tmp_path, pushed, app, as_pulled(engine, run2, f"{repo}:latest"))
+    # if-not-present: the daemon has it now, nothing is asked of the registry for it.
+    kept = rebase(cli, engine, registries, pushed, "--pull-policy", "if-not-present")
+    assert kept.exit_code == 0, kept.stderr
+    assert kept.json()["app_image_fetch"]["pulled"] is None
+    # never: a missing app is the rebase's own error, naming the way out.
+    engine.docker("rmi", pushed)
+    before = snapshot(cache_dir)
+    never = rebase(cli, engine, registries, pushed, "--pull-policy", "never")
+    assert never.exit_code == 1
+    assert f"image {pushed} is not in the Docker daemon (`docker pull {pushed}` puts it" in (
+        never.stderr
+    )
+    assert snapshot(cache_dir) == before
+    engine.docker("rmi", "-f", pushed, check=False)
+
+
+def _manifest_digest(registry_url: str, repo_ref: str) -> tuple[str, str]:
+    """(manifest digest, config digest) of a tag in the tests' plain registry."""
+    path, _, tag = repo_ref.partition("/")[2].rpartition(":")
+    accept = ", ".join((
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+    ))  # fmt: skip
+    response = requests.get(
+        f"{registry_url}/v2/{path}/manifests/{tag}", headers={"Accept": accept}, timeout=30
+    )
+    response.raise_for_status()
+    digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
+    return digest, response.json()["config"]["digest"]
+
+
+def test_a_run_image_named_by_digest_is_pulled_into_the_cache_and_read_there(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, remote_stack
+) -> None:
+    """docker pull asks the registry for a digest too (pack calls it under `always`); docker
+    load cannot name an image by digest, so the cache's copy serves the rebase."""
+    repo, _, run2, app = remote_stack
+    digest, config_digest = _manifest_digest(registries.plain.url, f"{repo}:latest")
+    by_digest = f"{repo}@{digest}"
+    result = rebase(cli, engine, registries, app.tag, "--run-image", by_digest,
+                    "--pull-policy", "always")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    fetch = report["run_image_fetch"]
+    assert report["run_image"] == by_digest and fetch["cached"] == config_digest
+    assert fetch["pulled"]["manifest_digest"] == digest and fetch["loaded"] is None
+    from_cache = copy.copy(run2)
+    from_cache.image_id = config_digest  # runImage.reference: the image ID, as for a daemon's
+    check_result(engine, tmp_path, app.tag, app, from_cache)
+    # Again under always: the registry is asked, nothing is downloaded.
+    again = rebase(cli, engine, registries, app.tag, "--run-image", by_digest,
+                   "--pull-policy", "always")  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["run_image_fetch"]["pulled"]["downloaded"] == []
+    # if-not-present and never: the cache holds that digest whole, no registry is needed.
+    for policy in ("if-not-present", "never"):
+        held = rebase(cli, engine, registries, app.tag, "--run-image", by_digest,
+                      "--pull-policy", policy)  # fmt: skip
+        assert held.exit_code == 0, held.stderr
+        fetch = held.json()["run_image_fetch"]
+        assert fetch["pulled"] is None and fetch["cached"] == config_digest
+    check_result(engine, tmp_path, app.tag, app, from_cache)

@@ -21,9 +21,10 @@ from typing import Any
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.cnb import LifecycleMetadata
-from packcache.image.inspected import ContainerConfig, InspectedImage
+from packcache.image.inspected import InspectedImage
 from packcache.image.manifest import digest_of
 from packcache.jsondoc import check_image_config, strict_loads
+from packcache.operations.pack_config import translate_registry
 from packcache.operations.pushing import descriptor
 from packcache.operations.rebase import RebaseError, rebased_config, validate
 from packcache.transports.registry import (
@@ -96,20 +97,6 @@ class _Clients:
             client.close()
 
 
-def _described(config: dict[str, Any], image_id: str) -> InspectedImage:
-    """The fields a rebase reads, from an image config (a daemon's inspect has them too)."""
-    return InspectedImage(
-        id=image_id,
-        diff_ids=tuple(config["rootfs"]["diff_ids"]),
-        os=config.get("os") or "",
-        architecture=config.get("architecture") or "",
-        variant=config.get("variant") or "",
-        os_version=config.get("os.version") or "",
-        author=config.get("author") or "",
-        config=ContainerConfig.from_json(config.get("config")),
-    )
-
-
 def _read_image(clients: _Clients, ref: str, platform: Platform) -> _RemoteImage:
     """An image's manifest and config (never its layers), checked."""
     name = ImageName.parse(ref)
@@ -120,7 +107,9 @@ def _read_image(clients: _Clients, ref: str, platform: Platform) -> _RemoteImage
     document = check_image_config(strict_loads(config, f"the config of {what}"), what)
     if len(document["rootfs"]["diff_ids"]) != len(manifest.layers):
         raise PackcacheError(f"{what}: the manifest and the config list different layer counts")
-    return _RemoteImage(name, manifest, config, _described(document, manifest.config["digest"]))
+    return _RemoteImage(
+        name, manifest, config, InspectedImage.from_config(document, manifest.config["digest"])
+    )
 
 
 def _readable(clients: _Clients, ref: str, platform: Platform) -> bool:
@@ -183,22 +172,30 @@ def rebase_publish(
     run_image: str | None = None,
     force: bool = False,
     config_mirrors: Mapping[str, list[str]] | None = None,
+    registry_mirrors: Mapping[str, str] | None = None,
     parallel: int = PARALLEL_BLOBS,
 ) -> PublishReport:
-    """Rebase the registry image `previous_image` (default `image`) and push it as `image`."""
+    """Rebase the registry image `previous_image` (default `image`) and push it as `image`.
+    `registry_mirrors` (pack's config): the app and run images are read from the mirror of
+    their registry, as pack's fetcher reads them; the result is pushed to `image` itself."""
     target = ImageName.parse(image)
     if target.reference.startswith("sha256:"):
         raise UsageError(f"--publish needs a tag to push to, not a digest: {image}")
+    mirrors = registry_mirrors or {}
     clients = _Clients(options, target.api_host)
     try:
-        app = _read_image(clients, previous_image or image, DEFAULT_PLATFORM)
+        app = _read_image(
+            clients, translate_registry(previous_image or image, mirrors), DEFAULT_PLATFORM
+        )
         described = app.described
         platform = Platform(
             described.os or "linux", described.architecture, described.variant or None
         )
         metadata = LifecycleMetadata.from_labels(image, described.labels)
-        run_ref = run_image or choose_run_image(
-            clients, metadata, image, target, platform, config_mirrors or {}
+        run_ref = translate_registry(
+            run_image
+            or choose_run_image(clients, metadata, image, target, platform, config_mirrors or {}),
+            mirrors,
         )
         try:
             run = _read_image(clients, run_ref, platform)
