@@ -882,7 +882,7 @@ def rebase_command(
             "--report-output-dir",
             metavar="DIR",
             help="Write the lifecycle's report.toml into DIR (tags, and image-id, or with "
-            "--publish digest and manifest-size).",
+            "--publish digest; manifest-size where the result has a manifest).",
         ),
     ] = None,
     quiet: QuietOption = False,
@@ -902,9 +902,10 @@ def rebase_command(
             if tag is not None:
                 _exit_with("--tag and --previous-image do not go together: use one", EXIT_USAGE)
             image, tag = previous_image, image
-        published = _rebase_publish(
-            image, run_image, tag, force, no_cache, dry_run, insecure_registries
-        )
+        with progress_display(quiet, fmt) as shown:
+            published = _rebase_publish(
+                image, run_image, tag, force, no_cache, dry_run, insecure_registries, shown
+            )
         if report_dir is not None:
             with reported():
                 write_report_toml(
@@ -946,7 +947,9 @@ def rebase_command(
             )
         if report_dir is not None and not report.dry_run:
             image_id = report.new_image_id.removeprefix("sha256:")
-            write_report_toml(report_dir, tags=[report.tag], image_id=image_id)
+            write_report_toml(
+                report_dir, tags=[report.tag], image_id=image_id, manifest_size=report.manifest_size
+            )
     report.timings["total"] = round(time.perf_counter() - started, 4)
     _write_report(report, report_file, fmt)
     if fmt is not Format.table:
@@ -983,6 +986,7 @@ def _rebase_publish(
     no_cache: bool,
     dry_run: bool,
     insecure_registries: list[str] | None,
+    shown: Progress,
 ) -> PublishReport:
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase_publish import rebase_publish
@@ -1002,6 +1006,7 @@ def _rebase_publish(
             force=force,
             config_mirrors=pack_config.run_image_mirrors,
             registry_mirrors=pack_config.registry_mirrors,
+            progress=shown,
         )
 
 

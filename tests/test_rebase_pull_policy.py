@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import tarfile
 import tomllib
 import uuid
 from pathlib import Path
@@ -43,6 +44,14 @@ def rebase(cli, engine: Engine, registries: RegistrySet, *args: str):
     return cli(
         "--host", engine.host, "rebase", *args, "--insecure-registry", host, "--format", "json"
     )  # fmt: skip
+
+
+def saved_blob_size(engine: Engine, ref: str, digest: str, tmp_path: Path) -> int:
+    """The size of blob `digest` in `docker save` of `ref` (an OCI layout's blobs/)."""
+    path = tmp_path / "blob-save.tar"
+    engine.docker("save", "-o", str(path), ref)
+    with tarfile.open(path) as tar:
+        return tar.getmember("blobs/sha256/" + digest.removeprefix("sha256:")).size
 
 
 @pytest.fixture
@@ -154,11 +163,13 @@ def test_previous_image_keeps_the_original_and_names_the_result(
     new_id = inspect(engine, new)["Id"]
     assert result.json()["new_image_id"] == new_id
     check_result(engine, tmp_path, new, app, as_pulled(engine, run2, f"{repo}:latest"))
-    # The lifecycle's report.toml of a daemon image: the name given and the ID, no digest.
+    # The lifecycle's report.toml of a daemon image: the name given and the ID, no digest;
+    # the manifest's size where the daemon holds the result by a manifest (containerd store).
     report = (out / "report.toml").read_text()
-    assert tomllib.loads(report) == {
-        "image": {"tags": [new], "image-id": new_id.removeprefix("sha256:")}
-    }
+    expected = {"tags": [new], "image-id": new_id.removeprefix("sha256:")}
+    if engine.containerd_store:
+        expected["manifest-size"] = saved_blob_size(engine, new, new_id, tmp_path)
+    assert tomllib.loads(report) == {"image": expected}
     assert report.startswith("[image]\n  tags = [")
     both = rebase(cli, engine, registries, new, "--previous-image", app.tag, "--tag", "x:1")
     assert both.exit_code == 2 and "--tag and --previous-image" in both.stderr
@@ -298,3 +309,48 @@ def test_a_run_image_named_by_digest_is_pulled_into_the_cache_and_read_there(
         fetch = held.json()["run_image_fetch"]
         assert fetch["pulled"] is None and fetch["cached"] == config_digest
     check_result(engine, tmp_path, app.tag, app, from_cache)
+
+
+def test_registry_mirrors_from_packs_config_are_where_both_images_are_read(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, monkeypatch, remote_stack
+) -> None:
+    """pack's [registry-mirrors]: every image its fetcher reads (the app, the run image) is
+    read under the mirror's name; the result keeps the name asked for. Here the mirror is
+    the same registry under its other name, so the lifecycle's check refuses the run image's
+    new name unless forced, as pack's does."""
+    repo, _, run2, app = remote_stack
+    ip = registries.plain.host
+    name = f"localhost:{registries.plain.port}"
+    engine.docker("push", app.tag)
+    pack_home = tmp_path / "pack"
+    pack_home.mkdir()
+    (pack_home / "config.toml").write_text(f'[registry-mirrors]\n"{ip}" = "{name}"\n')
+    monkeypatch.setenv("PACK_HOME", str(pack_home))
+    args = ("--pull-policy", "always", "--insecure-registry", name)
+    refused = rebase(cli, engine, registries, app.tag, *args)
+    assert refused.exit_code == 1
+    mirrored_run = repo.replace(ip, name) + ":latest"  # pack's translation names the tag
+    assert f"run image {mirrored_run} is not {repo}" in refused.stderr
+    result = rebase(cli, engine, registries, app.tag, *args, "--force")
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    assert report["image"] == app.tag.replace(ip, name) and report["tag"] == app.tag
+    assert report["app_image_fetch"]["ref"] == app.tag.replace(ip, name)
+    assert report["app_image_fetch"]["fell_back"] is False
+    assert report["run_image"] == mirrored_run
+    assert report["run_image_fetch"]["pulled"] is not None
+    new_config = inspect(engine, app.tag)
+    assert new_config["RootFS"]["Layers"] == run2.built.diff_ids + app.app_diff_ids
+    for ref in (app.tag.replace(ip, name), mirrored_run):
+        engine.docker("rmi", "-f", ref, check=False)
+
+
+def test_translate_registry_as_pack_does() -> None:
+    from packcache.operations.pack_config import translate_registry
+
+    digest = "sha256:" + "a" * 64
+    assert translate_registry("app:1", {"index.docker.io": "m:5000"}) == "m:5000/library/app:1"
+    assert translate_registry("app", {"docker.io": "m"}) == "app"  # pack's key is index.docker.io
+    assert translate_registry("r.io/x/y@" + digest, {"*": "m", "r.io": "n"}) == f"m/x/y@{digest}"
+    assert translate_registry("r.io/x:1", {"q.io": "m"}) == "r.io/x:1"
+    assert translate_registry(digest, {"*": "m"}) == digest  # an image ID names no registry

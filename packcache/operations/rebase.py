@@ -61,6 +61,7 @@ class RebaseReport:
     layers_sent: int = 0
     layers_reused: int = 0
     bytes_sent: int = 0
+    manifest_size: int = 0  # of the result's manifest where the daemon has one (containerd)
     saved: list[str] = field(default_factory=list)  # images read with `docker save`
     # Where each app layer came from: cache, launch-cache or docker save.
     layer_sources: dict[str, str] = field(default_factory=dict)
@@ -422,4 +423,5 @@ def rebase(
     report.layers_reused = loaded.layers_reused
     report.bytes_sent = loaded.bytes_sent
     report.load_method = loaded.load_method
+    report.manifest_size = loaded.manifest_size
     return report

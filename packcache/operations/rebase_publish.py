@@ -27,6 +27,7 @@ from packcache.jsondoc import check_image_config, strict_loads
 from packcache.operations.pack_config import translate_registry
 from packcache.operations.pushing import descriptor
 from packcache.operations.rebase import RebaseError, rebased_config, validate
+from packcache.progress import NO_PROGRESS, Progress
 from packcache.transports.registry import (
     DEFAULT_PLATFORM,
     DOCKER_HUB,
@@ -79,17 +80,26 @@ class _RemoteImage:
 
 
 class _Clients:
-    """One read client per registry host; the target's host gets a push client."""
+    """One read client per registry host; the target's host gets a push client, which shows
+    each blob it uploads (a blob copied through is shown once, as it is sent)."""
 
-    def __init__(self, options: RegistryOptions, target_host: str) -> None:
+    def __init__(
+        self, options: RegistryOptions, target_host: str, progress: Progress = NO_PROGRESS
+    ) -> None:
         self.options = options
         self.target_host = target_host
+        self.progress = progress
         self._clients: dict[str, RegistryClient] = {}
 
     def get(self, host: str) -> RegistryClient:
         if host not in self._clients:
-            actions = PUSH_ACTIONS if host == self.target_host else ("pull",)
-            self._clients[host] = RegistryClient(host, self.options, actions=actions)
+            if host == self.target_host:
+                client = RegistryClient(
+                    host, self.options, actions=PUSH_ACTIONS, progress=self.progress
+                )
+            else:
+                client = RegistryClient(host, self.options, actions=("pull",))
+            self._clients[host] = client
         return self._clients[host]
 
     def close(self) -> None:
@@ -174,6 +184,7 @@ def rebase_publish(
     config_mirrors: Mapping[str, list[str]] | None = None,
     registry_mirrors: Mapping[str, str] | None = None,
     parallel: int = PARALLEL_BLOBS,
+    progress: Progress = NO_PROGRESS,
 ) -> PublishReport:
     """Rebase the registry image `previous_image` (default `image`) and push it as `image`.
     `registry_mirrors` (pack's config): the app and run images are read from the mirror of
@@ -182,7 +193,7 @@ def rebase_publish(
     if target.reference.startswith("sha256:"):
         raise UsageError(f"--publish needs a tag to push to, not a digest: {image}")
     mirrors = registry_mirrors or {}
-    clients = _Clients(options, target.api_host)
+    clients = _Clients(options, target.api_host, progress)
     try:
         app = _read_image(
             clients, translate_registry(previous_image or image, mirrors), DEFAULT_PLATFORM
