@@ -774,8 +774,8 @@ def pull_command(
     import dataclasses
 
     from packcache.operations.housekeeping import size_capped
+    from packcache.operations.pulling import pull_images
     from packcache.transports.registry import DEFAULT_PLATFORM, Platform, RegistryOptions
-    from packcache.transports.registry_pull import pull_images
 
     with reported():
         chosen = Platform.parse(platform) if platform else DEFAULT_PLATFORM

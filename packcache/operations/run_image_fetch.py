@@ -7,7 +7,7 @@ if-not-present: the daemon or its registry has it; never: the daemon has it); th
 registry of the result's name wins, else the first kept, else the recorded image.
 
 Fetch (pack's pkg/image/fetcher.go, for the app image and then the run image): `always`
-pulls the image into the cache (registry -> cache, see registry_pull) and loads it into the
+pulls the image into the cache (registry -> cache, see operations/pulling) and loads it into the
 daemon, which is sent only the layers it lacks; a registry that does not have it (or refuses
 it, which docker reports as not found) falls back to the daemon's copy, as pack does.
 `if-not-present` does that only when the daemon lacks it; `never` never pulls. The app is
@@ -29,6 +29,7 @@ from packcache.image.inspected import InspectedImage
 from packcache.jsondoc import config_diff_ids, strict_loads
 from packcache.operations.loading import LoadReport, load_config
 from packcache.operations.pack_config import PackConfig
+from packcache.operations.pulling import PullReport, pull_image
 from packcache.refs import looks_like_id
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon, EngineInfo
@@ -39,7 +40,6 @@ from packcache.transports.registry import (
     RegistryClient,
     RegistryOptions,
 )
-from packcache.transports.registry_pull import PullReport, pull_image
 
 
 class PullPolicy(StrEnum):
