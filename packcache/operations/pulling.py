@@ -22,6 +22,7 @@ from packcache.transports.registry import (
     ImageName,
     Platform,
     RegistryClient,
+    RegistryClients,
     RegistryOptions,
 )
 from packcache.transports.registry_pull import RemoteImage, read_image
@@ -158,14 +159,6 @@ def pull_images(
     """Every reference (all checked first) read, then their layers fetched together; one
     client per registry."""
     names = [ImageName.parse(ref) for ref in refs]
-    clients: dict[str, RegistryClient] = {}
-    try:
-        images = []
-        for name in names:
-            if name.api_host not in clients:
-                clients[name.api_host] = RegistryClient(name.api_host, options, progress=progress)
-            images.append(read_image(clients[name.api_host], name, platform))
+    with RegistryClients(options, progress=progress) as clients:
+        images = [read_image(clients.for_name(name), name, platform) for name in names]
         return pull_remote_images(store, images, lease=lease)
-    finally:
-        for client in clients.values():
-            client.close()

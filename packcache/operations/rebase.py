@@ -35,6 +35,7 @@ from packcache.operations.run_image_fetch import (
     ImageFetch,
     RebaseFetch,
     RunImagePull,
+    choose_run_image,
     described_in_cache,
     fetch_rebase_images,
 )
@@ -93,12 +94,13 @@ def _choose_run_image(
                 f"(`docker pull {run_image}` puts it there)"
             )
         return run_image
-    recorded = metadata.run_image
-    if recorded.image is None:
+    # The image itself, else a mirror the daemon holds.
+    chosen = choose_run_image(metadata, None, {}, daemon.has_image)
+    if chosen is None:
         raise RebaseError(f"{image} names no run image in its metadata: pass --run-image")
-    for candidate in recorded.names():  # the image itself, else a mirror the daemon holds
-        if daemon.has_image(candidate):
-            return candidate
+    if daemon.has_image(chosen):
+        return chosen
+    recorded = metadata.run_image
     raise RebaseError(
         f"run image {recorded.image} (and its mirrors {', '.join(recorded.mirrors) or 'none'}) "
         f"is not in the Docker daemon (`docker pull {recorded.image}` puts it there)"

@@ -20,6 +20,7 @@ its layers; under the other policies the cache's copy serves as the daemon's wou
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -37,7 +38,7 @@ from packcache.transports.registry import (
     AccessDeniedError,
     ImageName,
     Platform,
-    RegistryClient,
+    RegistryClients,
     RegistryOptions,
 )
 
@@ -92,37 +93,12 @@ def app_platform(app: InspectedImage, info: EngineInfo) -> Platform:
     return daemon_platform(info)
 
 
-class Registries:
-    """One client per registry host for the whole rebase, closed at the end."""
-
-    def __init__(self, options: RegistryOptions) -> None:
-        self.options = options
-        self._clients: dict[str, RegistryClient] = {}
-
-    def client(self, name: ImageName) -> RegistryClient:
-        if name.api_host not in self._clients:
-            self._clients[name.api_host] = RegistryClient(name.api_host, self.options)
-        return self._clients[name.api_host]
-
-    def has(self, ref: str) -> bool:
-        """pack's read-access check: any failure (unreachable, refused, unknown) is a no."""
-        try:
-            name = ImageName.parse(ref)
-            return self.client(name).has_manifest(name.repository, name.reference)
-        except PackcacheError:
-            return False
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-
-
-def _reachable(ref: str, policy: PullPolicy, daemon: Daemon, registries: Registries) -> bool:
+def _reachable(ref: str, policy: PullPolicy, daemon: Daemon, registries: RegistryClients) -> bool:
     if policy is PullPolicy.NEVER:
         return daemon.has_image(ref)
     if policy is PullPolicy.IF_NOT_PRESENT and daemon.has_image(ref):
         return True
-    return registries.has(ref)
+    return registries.readable(ref)
 
 
 def _registry_of(ref: str) -> str | None:
@@ -134,26 +110,23 @@ def _registry_of(ref: str) -> str | None:
 
 def choose_run_image(
     metadata: LifecycleMetadata,
-    result_name: str,
-    config: PackConfig,
-    policy: PullPolicy,
-    daemon: Daemon,
-    registries: Registries,
+    preferred_registry: str | None,
+    config_mirrors: Mapping[str, list[str]],
+    reachable: Callable[[str], bool],
 ) -> str | None:
-    """pack's choice among the run image and its mirrors (see the module doc); None when the
-    metadata names no run image."""
+    """pack's getBestRunMirror, for the daemon and the publish rebase alike: the candidates
+    (pack's config mirrors of the recorded run image, the recorded image, its mirrors) that
+    are `reachable`, the first in `preferred_registry`, else the first, else the recorded
+    image; None when the metadata names no run image."""
     recorded = metadata.run_image
     if recorded.image is None:
         return None
-    candidates = list(
-        dict.fromkeys([*config.run_image_mirrors.get(recorded.image, []), *recorded.names()])
-    )
-    if len(candidates) == 1:  # nothing to choose: the fetch says what is wrong with it
+    candidates = list(dict.fromkeys([*config_mirrors.get(recorded.image, []), *recorded.names()]))
+    if len(candidates) == 1:  # nothing to choose: whoever fetches it says what is wrong
         return candidates[0]
-    kept = [ref for ref in candidates if _reachable(ref, policy, daemon, registries)]
-    preferred = _registry_of(result_name)
+    kept = [ref for ref in candidates if reachable(ref)]
     for ref in kept:
-        if preferred is not None and _registry_of(ref) == preferred:
+        if preferred_registry is not None and _registry_of(ref) == preferred_registry:
             return ref
     return kept[0] if kept else recorded.image
 
@@ -211,13 +184,13 @@ def _pull_and_load(
     daemon: Daemon,
     ref: str,
     platform: Platform,
-    registries: Registries,
+    registries: RegistryClients,
     lease: Lease,
 ) -> tuple[PullReport, LoadReport | None, str | None]:
     """Pull `ref` into the cache and load it into the daemon under that name, sending only
     what it lacks; a digest-named image stays in the cache (returned: its config digest)."""
     name = ImageName.parse(ref)
-    pulled = pull_image(store, registries.client(name), name, lease=lease, platform=platform)
+    pulled = pull_image(store, registries.for_name(name), name, lease=lease, platform=platform)
     try:
         held = daemon.inspect_image(ref).id
     except NotFoundError:
@@ -237,7 +210,7 @@ def fetch_image(
     *,
     policy: PullPolicy,
     platform: Platform,
-    registries: Registries,
+    registries: RegistryClients,
     lease: Lease | None,
     pack_method: bool = False,
     what: str = "run image",
@@ -317,7 +290,7 @@ def fetch_rebase_images(
     one (the choice among run image mirrors reads the names as they are, as pack's does).
     Under `never` the app is left to the rebase, which names the way out when the daemon
     lacks it."""
-    registries = Registries(pull.options)
+    registries = RegistryClients(pull.options)
     app_ref = pull.config.translate(image)
     try:
         app_fetch = None
@@ -333,7 +306,10 @@ def fetch_rebase_images(
             return RebaseFetch(app_ref, app_fetch, None)  # the rebase says so
         metadata = LifecycleMetadata.from_labels(app_ref, app.labels)
         ref = run_image or choose_run_image(
-            metadata, result_name, pull.config, pull.policy, daemon, registries
+            metadata,
+            _registry_of(result_name),
+            pull.config.run_image_mirrors,
+            lambda candidate: _reachable(candidate, pull.policy, daemon, registries),
         )
         if ref is None:
             return RebaseFetch(app_ref, app_fetch, None)
