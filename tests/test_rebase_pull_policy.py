@@ -354,3 +354,38 @@ def test_translate_registry_as_pack_does() -> None:
     assert translate_registry("r.io/x/y@" + digest, {"*": "m", "r.io": "n"}) == f"m/x/y@{digest}"
     assert translate_registry("r.io/x:1", {"q.io": "m"}) == "r.io/x:1"
     assert translate_registry(digest, {"*": "m"}) == digest  # an image ID names no registry
+
+
+def test_always_fails_clearly_when_the_registry_wants_credentials_as_docker_does(
+    cli,
+    engine: Engine,
+    registries: RegistrySet,
+    tmp_path: Path,
+    cache_dir: Path,
+    monkeypatch,
+    remote_stack,
+) -> None:
+    """A registry that asks for credentials the Docker config lacks (the htpasswd one):
+    docker's pull fails as unauthorized, not as not found, so pack does not fall back on the
+    daemon's copy; neither does packcache, and nothing changes."""
+    _, _, _, app = remote_stack
+    tls = registries.tls_basic
+    name = f"{tls.host}/t/refused-{uuid.uuid4().hex[:8]}:1"
+    engine.docker("tag", app.tag, name)
+    no_credentials = tmp_path / "docker-config"
+    no_credentials.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(no_credentials))
+    cli("info")
+    before_cache, before_image = snapshot(cache_dir), inspect(engine, name)["Id"]
+    result = cli(
+        "--host", engine.host, "rebase", name, "--pull-policy", "always",
+        "--insecure-registry", tls.host, "--insecure-registry", registries.plain.host,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"packcache: error: registry {tls.host} asks for a user and password and the Docker "
+        f"config has none for it (docker login {tls.host})\n"
+    )
+    assert inspect(engine, name)["Id"] == before_image
+    assert snapshot(cache_dir) == before_cache
+    engine.docker("rmi", name)

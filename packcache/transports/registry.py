@@ -50,8 +50,10 @@ PUSH_ACTIONS = ("pull", "push")  # the token scope a push asks for
 
 
 class AccessDeniedError(PackcacheError):
-    """The registry refused the credentials or the access (HTTP 401/403): docker reports a
-    pull refused so as "not found", and pack falls back on the daemon's copy then."""
+    """The registry denied access to the repository (error code DENIED, as Docker Hub
+    answers for a repository that does not exist): docker reports such a pull as "not
+    found" (moby's translatePullError), and pack falls back on the daemon's copy then.
+    Missing or wrong credentials (UNAUTHORIZED) stay an error, as they do for docker."""
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,7 @@ class RegistryClient:
         )  # fmt: skip
         if response.status_code in (401, 403):
             detail = _error_detail(response)
-            raise AccessDeniedError(
+            raise PackcacheError(
                 f"the token service of {self.host} refused the credentials"
                 f"{' of ' + credentials.username if credentials else ' (none given)'}"
                 f": HTTP {response.status_code} {detail}".rstrip()
@@ -488,7 +490,8 @@ class RegistryClient:
         detail = _error_detail(response)
         said = f": {detail}" if detail else ""
         if status in (401, 403):
-            return AccessDeniedError(
+            denied = detail.startswith("DENIED") or "; DENIED" in detail
+            return (AccessDeniedError if denied else PackcacheError)(
                 f"registry {self.host} refused access to {what} (HTTP {status}{said}): "
                 f"check the credentials (docker login {self.host})"
             )
