@@ -389,3 +389,20 @@ def test_always_fails_clearly_when_the_registry_wants_credentials_as_docker_does
     assert inspect(engine, name)["Id"] == before_image
     assert snapshot(cache_dir) == before_cache
     engine.docker("rmi", name)
+
+
+def test_no_cache_pulls_the_app_with_docker_pull_as_pack_does(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, remote_stack
+) -> None:
+    """pack's method (--no-cache) fetches both images with `docker pull`, the cache aside."""
+    repo, _, run2, app = remote_stack
+    pushed = app.tag + "-pushed"
+    push(engine, app.tag, pushed)
+    result = rebase(cli, engine, registries, pushed, "--pull-policy", "always", "--no-cache")
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    assert report["app_image_fetch"]["pulled"] is None  # docker's pull, not the cache's
+    assert report["app_image_fetch"]["fell_back"] is False
+    assert report["method"] == "no-cache"
+    check_result(engine, tmp_path, pushed, app, as_pulled(engine, run2, f"{repo}:latest"))
+    engine.docker("rmi", pushed)
