@@ -774,8 +774,8 @@ def pull_command(
     import dataclasses
 
     from packcache.operations.housekeeping import size_capped
+    from packcache.operations.pulling import pull_images
     from packcache.transports.registry import DEFAULT_PLATFORM, Platform, RegistryOptions
-    from packcache.transports.registry_pull import pull_images
 
     with reported():
         chosen = Platform.parse(platform) if platform else DEFAULT_PLATFORM
@@ -838,8 +838,8 @@ def rebase_command(
         typer.Option(
             "--pull-policy",
             metavar="POLICY",
-            help="always, if-not-present or never: pull the run image through the cache "
-            "always, only if the daemon lacks it, or never.",
+            help="always, if-not-present or never: pull the app and run images through the "
+            "cache always, only if the daemon lacks them, or never.",
             show_default="pull-policy in pack's config, else always",
         ),
     ] = None,
@@ -882,7 +882,7 @@ def rebase_command(
             "--report-output-dir",
             metavar="DIR",
             help="Write the lifecycle's report.toml into DIR (tags, and image-id, or with "
-            "--publish digest and manifest-size).",
+            "--publish digest; manifest-size where the result has a manifest).",
         ),
     ] = None,
     quiet: QuietOption = False,
@@ -902,9 +902,10 @@ def rebase_command(
             if tag is not None:
                 _exit_with("--tag and --previous-image do not go together: use one", EXIT_USAGE)
             image, tag = previous_image, image
-        published = _rebase_publish(
-            image, run_image, tag, force, no_cache, dry_run, insecure_registries
-        )
+        with progress_display(quiet, fmt) as shown:
+            published = _rebase_publish(
+                image, run_image, tag, force, no_cache, dry_run, insecure_registries, shown
+            )
         if report_dir is not None:
             with reported():
                 write_report_toml(
@@ -946,7 +947,9 @@ def rebase_command(
             )
         if report_dir is not None and not report.dry_run:
             image_id = report.new_image_id.removeprefix("sha256:")
-            write_report_toml(report_dir, tags=[report.tag], image_id=image_id)
+            write_report_toml(
+                report_dir, tags=[report.tag], image_id=image_id, manifest_size=report.manifest_size
+            )
     report.timings["total"] = round(time.perf_counter() - started, 4)
     _write_report(report, report_file, fmt)
     if fmt is not Format.table:
@@ -968,6 +971,8 @@ def rebase_command(
         typer.echo(f"  skipped     {problem}")
     if report.load_method:
         typer.echo(f"  loaded by   {report.load_method}")
+    if report.app_image_fetch is not None:
+        typer.echo(f"  app image   {render.run_image_fetch(report.app_image_fetch)}")
     if report.run_image_fetch is not None:
         typer.echo(f"  run image   {render.run_image_fetch(report.run_image_fetch)}")
     typer.echo("  time        " + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items()))
@@ -981,6 +986,7 @@ def _rebase_publish(
     no_cache: bool,
     dry_run: bool,
     insecure_registries: list[str] | None,
+    shown: Progress,
 ) -> "PublishReport":
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase_publish import rebase_publish
@@ -991,13 +997,16 @@ def _rebase_publish(
             raise UsageError("--publish does not go with --no-cache or --dry-run")
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
         target, previous = (tag, image) if tag else (image, None)
+        pack_config = read_pack_config()
         return rebase_publish(
             target,
             options=options,
             previous_image=previous,
             run_image=run_image,
             force=force,
-            config_mirrors=read_pack_config().run_image_mirrors,
+            config_mirrors=pack_config.run_image_mirrors,
+            registry_mirrors=pack_config.registry_mirrors,
+            progress=shown,
         )
 
 

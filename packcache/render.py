@@ -17,7 +17,7 @@ from packcache.refs import short_id
 if TYPE_CHECKING:
     from packcache.operations.housekeeping import RemoveReport
     from packcache.operations.importing import DaemonImportReport
-    from packcache.operations.run_image_fetch import RunImageFetch
+    from packcache.operations.run_image_fetch import ImageFetch
     from packcache.store.prune import PruneResult
     from packcache.store.scan import DiskUsage, ImageUsage, LayerInfo
     from packcache.store.store import EvictedLayer
@@ -269,17 +269,20 @@ def iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def run_image_fetch(fetch: RunImageFetch) -> str:
-    """rebase's line on how its pull policy got the run image."""
+def run_image_fetch(fetch: ImageFetch) -> str:
+    """rebase's line on how its pull policy got the run image (or the app image)."""
     pulled, loaded = fetch.pulled, fetch.loaded
     if fetch.fell_back:
         return f"pull policy {fetch.policy}: not in its registry, the daemon's copy used"
     if pulled is None:
-        return f"pull policy {fetch.policy}: the daemon's copy used"
+        held = "the cache's copy" if fetch.cached else "the daemon's copy"
+        return f"pull policy {fetch.policy}: {held} used"
     text = (
         f"pull policy {fetch.policy}: {count(len(pulled.downloaded), 'layer')} downloaded "
         f"({size(pulled.bytes_downloaded)}), {len(pulled.already_cached)} already cached; "
     )
+    if fetch.cached:
+        return text + "kept in the cache (named by digest), its layers sent with the result"
     if loaded is None:
         return text + "already in the daemon"
     return text + f"{count(loaded.layers_sent, 'layer')} sent to the daemon"

@@ -53,6 +53,7 @@ LOAD = {
     "full_reload",
     "seconds",
     "load_method",
+    "manifest_size",
 }
 REBASE = {
     "image",
@@ -64,10 +65,12 @@ REBASE = {
     "method",
     "dry_run",
     "run_image_fetch",
+    "app_image_fetch",
     "app_layers",
     "layers_sent",
     "layers_reused",
     "bytes_sent",
+    "manifest_size",
     "saved",
     "layer_sources",
     "launch_cache_problems",

@@ -14,11 +14,11 @@ import pytest
 from packcache.operations.create_builder import STEPS
 from packcache.operations.importing import import_images
 from packcache.operations.loading import load_image
+from packcache.operations.pulling import pull_images
 from packcache.operations.pushing import push_image
 from packcache.store.store import Store
 from packcache.transports.daemon import Daemon
 from packcache.transports.registry import RegistryOptions
-from packcache.transports.registry_pull import pull_images
 
 if TYPE_CHECKING:
     from tests.registries.harness import RegistrySet

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from packcache.errors import CorruptBlobError, NotFoundError, PackcacheError
+from packcache.operations.pulling import pull_image
 from packcache.store.store import Store
 from packcache.transports.registry import (
     ImageName,
@@ -18,7 +19,6 @@ from packcache.transports.registry import (
     RegistryOptions,
 )
 from packcache.transports.registry_credentials import Credentials
-from packcache.transports.registry_pull import pull_image
 from tests.layers import random_tar
 from tests.registries import uploading
 from tests.registries.faults import CuttingProxy

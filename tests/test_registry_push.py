@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from packcache.errors import PackcacheError
+from packcache.operations.pulling import pull_image
 from packcache.operations.pushing import push_image
 from packcache.store.store import Store
 from packcache.transports.registry import ImageName, RegistryClient, RegistryOptions
 from packcache.transports.registry_credentials import Credentials
-from packcache.transports.registry_pull import pull_image
 from tests.registries import pushing
 from tests.registries.faults import CuttingProxy
 from tests.registries.harness import LOCALHOST, free_port

@@ -37,6 +37,7 @@ class LoadReport:
     full_reload: bool
     seconds: float
     load_method: str = "docker load"  # or "containerd": written into its content store
+    manifest_size: int = 0  # of the manifest the daemon holds it by (a containerd store's)
 
 
 @dataclass
@@ -114,6 +115,7 @@ def load_config(
         full_reload=loaded.full_reload,
         seconds=time.perf_counter() - start,
         load_method=planner.method,
+        manifest_size=len(manifest) if manifest else 0,
     )
 
 

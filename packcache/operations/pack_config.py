@@ -1,5 +1,8 @@
 """pack's own config (`$PACK_HOME/config.toml`, default `~/.pack/config.toml`): the keys a
-rebase reads from it, `pull-policy` and `[[run-images]] image / mirrors`.
+rebase reads from it, `pull-policy`, `[[run-images]] image / mirrors` and
+`[registry-mirrors]` (registry -> mirror host, "*" for every registry: pack's image fetcher
+reads every image it fetches from the mirror instead, pkg/image/fetcher.go and
+internal/name/name.go TranslateRegistry; the result keeps its own name).
 
 The file is the user's, but read as hostile input like every other: bounded, every value's
 type checked, and anything wrong is one error naming the file. A missing file is an empty
@@ -9,11 +12,14 @@ config, as pack treats it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packcache.errors import UsageError
+from packcache.refs import looks_like_id
+from packcache.transports.registry import DOCKER_HUB, ImageName
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -23,6 +29,33 @@ class PackConfig:
     path: Path
     pull_policy: str | None = None
     run_image_mirrors: dict[str, list[str]] = field(default_factory=dict)
+    registry_mirrors: dict[str, str] = field(default_factory=dict)
+
+    def translate(self, name: str) -> str:
+        return translate_registry(name, self.registry_mirrors)
+
+
+# go-containerregistry's name for Docker Hub, the key pack's config uses for it.
+GCR_DOCKER_HUB = "index.docker.io"
+
+
+def translate_registry(name: str, mirrors: Mapping[str, str]) -> str:
+    """pack's TranslateRegistry: `name` on the mirror of its registry ("*" first), its
+    repository path and tag or digest kept; `name` itself where no mirror applies."""
+    if not mirrors or looks_like_id(name):
+        return name
+    parsed = ImageName.parse(name)
+    registry = GCR_DOCKER_HUB if parsed.host == DOCKER_HUB else parsed.host
+    mirror = mirrors["*"] if "*" in mirrors else mirrors.get(registry)
+    if mirror is None:
+        return name
+    sep = "@" if parsed.reference.startswith("sha256:") else ":"
+    translated = f"{mirror}/{parsed.repository}{sep}{parsed.reference}"
+    try:
+        ImageName.parse(translated)
+    except UsageError as exc:
+        raise UsageError(f"registry mirror {mirror!r} for {name}: {exc}") from None
+    return translated
 
 
 def config_path(environ: dict[str, str] | None = None) -> Path:
@@ -51,6 +84,16 @@ def _run_images(value: Any, path: Path) -> dict[str, list[str]]:
     return mirrors
 
 
+def _registry_mirrors(value: Any, path: Path) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(key, str) and isinstance(mirror, str) and mirror for key, mirror in value.items()
+    ):
+        raise UsageError(
+            f'pack\'s config {path}: registry-mirrors must be a table of registry = "mirror"'
+        )
+    return dict(value)
+
+
 def read_pack_config(path: Path | None = None) -> PackConfig:
     """The config at `path` (default: config_path()); see the module doc."""
     path = path or config_path()
@@ -72,4 +115,9 @@ def read_pack_config(path: Path | None = None) -> PackConfig:
     policy = document.get("pull-policy")
     if policy is not None and not isinstance(policy, str):
         raise UsageError(f"pack's config {path}: pull-policy must be a string")
-    return PackConfig(path, policy or None, _run_images(document.get("run-images", []), path))
+    return PackConfig(
+        path,
+        policy or None,
+        _run_images(document.get("run-images", []), path),
+        _registry_mirrors(document.get("registry-mirrors", {}), path),
+    )

@@ -31,6 +31,7 @@ from packcache.transports.daemon import Daemon
 from packcache.transports.registry import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
+    PUSH_ACTIONS,
     ImageName,
     RegistryClient,
     RegistryOptions,
@@ -38,7 +39,6 @@ from packcache.transports.registry import (
 from packcache.transports.registry_push import (
     CHUNK_BYTES,
     PARALLEL_BLOBS,
-    PUSH_ACTIONS,
     BlobPusher,
     BlobToPush,
 )

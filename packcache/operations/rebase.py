@@ -31,7 +31,14 @@ from packcache.operations.launch_layers import (
 )
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method, planner_for
 from packcache.operations.loading import base_image_needed, load_config
-from packcache.operations.run_image_fetch import RunImageFetch, RunImagePull, prepare_run_image
+from packcache.operations.run_image_fetch import (
+    ImageFetch,
+    RebaseFetch,
+    RunImagePull,
+    choose_run_image,
+    described_in_cache,
+    fetch_rebase_images,
+)
 from packcache.refs import looks_like_id, normalize
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
@@ -55,12 +62,14 @@ class RebaseReport:
     layers_sent: int = 0
     layers_reused: int = 0
     bytes_sent: int = 0
+    manifest_size: int = 0  # of the result's manifest where the daemon has one (containerd)
     saved: list[str] = field(default_factory=list)  # images read with `docker save`
     # Where each app layer came from: cache, launch-cache or docker save.
     layer_sources: dict[str, str] = field(default_factory=dict)
     launch_cache_problems: list[str] = field(default_factory=list)  # entries skipped
     load_method: str = ""  # "containerd" (written into its content store) or "docker load"
-    run_image_fetch: RunImageFetch | None = None  # how --pull-policy got the run image
+    run_image_fetch: ImageFetch | None = None  # how --pull-policy got the run image
+    app_image_fetch: ImageFetch | None = None  # and the app image
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -85,12 +94,13 @@ def _choose_run_image(
                 f"(`docker pull {run_image}` puts it there)"
             )
         return run_image
-    recorded = metadata.run_image
-    if recorded.image is None:
+    # The image itself, else a mirror the daemon holds.
+    chosen = choose_run_image(metadata, None, {}, daemon.has_image)
+    if chosen is None:
         raise RebaseError(f"{image} names no run image in its metadata: pass --run-image")
-    for candidate in recorded.names():  # the image itself, else a mirror the daemon holds
-        if daemon.has_image(candidate):
-            return candidate
+    if daemon.has_image(chosen):
+        return chosen
+    recorded = metadata.run_image
     raise RebaseError(
         f"run image {recorded.image} (and its mirrors {', '.join(recorded.mirrors) or 'none'}) "
         f"is not in the Docker daemon (`docker pull {recorded.image}` puts it there)"
@@ -241,10 +251,18 @@ class _Images:
     run_ref: str
     metadata: LifecycleMetadata
     app_layers: list[str]  # the app's own layers, above the old run image's top layer
+    run_in_cache: bool = False  # the run image is read from the cache: the daemon lacks it
 
 
-def _find_images(daemon: Daemon, image: str, run_image: str | None, force: bool) -> _Images:
-    """The app and run images, checked as the platform spec's rebaser checks them."""
+def _find_images(
+    daemon: Daemon,
+    image: str,
+    run_image: str | None,
+    force: bool,
+    cached_run: InspectedImage | None = None,
+) -> _Images:
+    """The app and run images, checked as the platform spec's rebaser checks them;
+    `cached_run`: the run image `run_image` as the cache holds it (the daemon does not)."""
     try:
         app = daemon.inspect_image(image)
     except NotFoundError as exc:
@@ -252,8 +270,11 @@ def _find_images(daemon: Daemon, image: str, run_image: str | None, force: bool)
             f"image {image} is not in the Docker daemon (`docker pull {image}` puts it there)"
         ) from exc
     metadata = LifecycleMetadata.from_labels(image, app.labels)
-    run_ref = _choose_run_image(daemon, image, metadata, run_image)
-    run = daemon.inspect_image(run_ref)
+    if cached_run is not None and run_image is not None:
+        run_ref, run = run_image, cached_run
+    else:
+        run_ref = _choose_run_image(daemon, image, metadata, run_image)
+        run = daemon.inspect_image(run_ref)
     if not force:
         validate(app, run, image, run_ref, metadata)
     top = metadata.top_layer
@@ -266,7 +287,7 @@ def _find_images(daemon: Daemon, image: str, run_image: str | None, force: bool)
     if not run.diff_ids:
         raise RebaseError(f"run image {run_ref} has no layers")
     app_layers = app_diff_ids[len(app_diff_ids) - app_diff_ids[::-1].index(top) :]
-    return _Images(app, run, run_ref, metadata, app_layers)
+    return _Images(app, run, run_ref, metadata, app_layers, cached_run is not None)
 
 
 def _cache_images(
@@ -298,7 +319,8 @@ def _cache_images(
     if not report.dry_run:
         report.layer_sources = {d: sources.get(d, SAVE) for d in images.app_layers}
     run_layers = list(images.run.diff_ids)
-    needed = base_image_needed(source, daemon, run_layers, policy)
+    # A run image read from the cache is there whole: its layers are sent from it.
+    needed = not images.run_in_cache and base_image_needed(source, daemon, run_layers, policy)
     # On a containerd store the run image's manifest, read from the daemon's content store,
     # names the blobs to reference: no save needed for that.
     reusing = policy is REUSE and not report.dry_run
@@ -319,29 +341,6 @@ def _plan_only(source: Store, daemon: Daemon, images: _Images, report: RebaseRep
     held = planner.held(diff_ids)
     report.layers_reused = sum(reference is not None for reference in held)
     report.layers_sent = len(diff_ids) - report.layers_reused
-
-
-def _fetch_run_image(
-    store: Store,
-    daemon: Daemon,
-    image: str,
-    result_name: str,
-    run_image: str | None,
-    pull: RunImagePull,
-    lease: Lease | None,
-    no_cache: bool,
-) -> RunImageFetch | None:
-    """The run image into the daemon as the pull policy says (see run_image_fetch)."""
-    try:
-        app = daemon.inspect_image(image)
-    except NotFoundError:
-        return None  # _find_images says so
-    metadata = LifecycleMetadata.from_labels(image, app.labels)
-    return prepare_run_image(
-        store, daemon, app, metadata,
-        result_name=result_name, run_image=run_image, pull=pull, lease=lease,
-        pack_method=no_cache,
-    )  # fmt: skip
 
 
 def rebase(
@@ -372,14 +371,16 @@ def rebase(
     if previous_image is not None:
         image, tag = previous_image, image
     clock = _Clock({})
-    fetched = None
+    fetched = RebaseFetch(image, None, None)
     if pull is not None and not dry_run:  # a dry run changes nothing: it pulls nothing
-        fetched = _fetch_run_image(
-            store, daemon, image, tag or image, run_image, pull, lease, no_cache
-        )
-        run_image = fetched.ref if fetched is not None else run_image
+        fetched = fetch_rebase_images(
+            store, daemon, image, result_name=tag or image, run_image=run_image, pull=pull,
+            lease=lease, pack_method=no_cache,
+        )  # fmt: skip
+        run_image = fetched.run.ref if fetched.run is not None else run_image
+        image, tag = fetched.app_ref, tag or image  # read from a registry mirror, named as asked
         clock.lap("pull")
-    images = _find_images(daemon, image, run_image, force)
+    images = _find_images(daemon, image, run_image, force, described_in_cache(store, fetched.run))
     clock.lap("inspect")
     report = RebaseReport(
         image=image,
@@ -391,7 +392,8 @@ def rebase(
         method="no-cache" if no_cache else "cached",
         dry_run=dry_run,
         app_layers=len(images.app_layers),
-        run_image_fetch=fetched,
+        run_image_fetch=fetched.run,
+        app_image_fetch=fetched.app,
         timings=clock.timings,
     )
     # pack's method (--no-cache) reads both images from the daemon into a throw-away store
@@ -423,4 +425,5 @@ def rebase(
     report.layers_reused = loaded.layers_reused
     report.bytes_sent = loaded.bytes_sent
     report.load_method = loaded.load_method
+    report.manifest_size = loaded.manifest_size
     return report

@@ -21,11 +21,14 @@ from typing import Any
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.cnb import LifecycleMetadata
-from packcache.image.inspected import ContainerConfig, InspectedImage
+from packcache.image.inspected import InspectedImage
 from packcache.image.manifest import digest_of
 from packcache.jsondoc import check_image_config, strict_loads
+from packcache.operations.pack_config import translate_registry
 from packcache.operations.pushing import descriptor
 from packcache.operations.rebase import RebaseError, rebased_config, validate
+from packcache.operations.run_image_fetch import choose_run_image
+from packcache.progress import NO_PROGRESS, Progress
 from packcache.transports.registry import (
     DEFAULT_PLATFORM,
     DOCKER_HUB,
@@ -33,14 +36,10 @@ from packcache.transports.registry import (
     Manifest,
     Platform,
     RegistryClient,
+    RegistryClients,
     RegistryOptions,
 )
-from packcache.transports.registry_push import (
-    PARALLEL_BLOBS,
-    PUSH_ACTIONS,
-    BlobPusher,
-    BlobToPush,
-)
+from packcache.transports.registry_push import PARALLEL_BLOBS, BlobPusher, BlobToPush
 
 DOCKER_CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 
@@ -77,81 +76,19 @@ class _RemoteImage:
         return f"{host}/{self.name.repository}@{self.manifest.digest}"
 
 
-class _Clients:
-    """One read client per registry host; the target's host gets a push client."""
-
-    def __init__(self, options: RegistryOptions, target_host: str) -> None:
-        self.options = options
-        self.target_host = target_host
-        self._clients: dict[str, RegistryClient] = {}
-
-    def get(self, host: str) -> RegistryClient:
-        if host not in self._clients:
-            actions = PUSH_ACTIONS if host == self.target_host else ("pull",)
-            self._clients[host] = RegistryClient(host, self.options, actions=actions)
-        return self._clients[host]
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-
-
-def _described(config: dict[str, Any], image_id: str) -> InspectedImage:
-    """The fields a rebase reads, from an image config (a daemon's inspect has them too)."""
-    return InspectedImage(
-        id=image_id,
-        diff_ids=tuple(config["rootfs"]["diff_ids"]),
-        os=config.get("os") or "",
-        architecture=config.get("architecture") or "",
-        variant=config.get("variant") or "",
-        os_version=config.get("os.version") or "",
-        author=config.get("author") or "",
-        config=ContainerConfig.from_json(config.get("config")),
-    )
-
-
-def _read_image(clients: _Clients, ref: str, platform: Platform) -> _RemoteImage:
+def _read_image(clients: RegistryClients, ref: str, platform: Platform) -> _RemoteImage:
     """An image's manifest and config (never its layers), checked."""
     name = ImageName.parse(ref)
-    client = clients.get(name.api_host)
+    client = clients.for_name(name)
     manifest = client.manifest(name.repository, name.reference, platform)
     what = f"{name.host}/{name.repository}@{manifest.digest}"
     config = client.read_document_blob(name.repository, manifest.config)
     document = check_image_config(strict_loads(config, f"the config of {what}"), what)
     if len(document["rootfs"]["diff_ids"]) != len(manifest.layers):
         raise PackcacheError(f"{what}: the manifest and the config list different layer counts")
-    return _RemoteImage(name, manifest, config, _described(document, manifest.config["digest"]))
-
-
-def _readable(clients: _Clients, ref: str, platform: Platform) -> bool:
-    """Can the run image `ref` be read (pack's CheckReadAccess)?"""
-    try:
-        name = ImageName.parse(ref)
-        clients.get(name.api_host).manifest(name.repository, name.reference, platform)
-    except PackcacheError:
-        return False
-    return True
-
-
-def choose_run_image(
-    clients: _Clients,
-    metadata: LifecycleMetadata,
-    image: str,
-    target: ImageName,
-    platform: Platform,
-    config_mirrors: Mapping[str, list[str]],
-) -> str:
-    """pack's getBestRunMirror for a publish: the readable names (config mirrors first, then
-    the recorded image, then its mirrors), the first in the target's registry, else the first."""
-    recorded = metadata.run_image
-    if recorded.image is None:
-        raise RebaseError(f"{image} names no run image in its metadata: pass --run-image")
-    candidates = [*config_mirrors.get(recorded.image, ()), recorded.image, *recorded.mirrors]
-    readable = [ref for ref in candidates if _readable(clients, ref, platform)]
-    for ref in readable:
-        if ImageName.parse(ref).host == target.host:
-            return ref
-    return readable[0] if readable else recorded.image
+    return _RemoteImage(
+        name, manifest, config, InspectedImage.from_config(document, manifest.config["digest"])
+    )
 
 
 def _app_layers(app: _RemoteImage, metadata: LifecycleMetadata, image: str) -> int:
@@ -183,23 +120,33 @@ def rebase_publish(
     run_image: str | None = None,
     force: bool = False,
     config_mirrors: Mapping[str, list[str]] | None = None,
+    registry_mirrors: Mapping[str, str] | None = None,
     parallel: int = PARALLEL_BLOBS,
+    progress: Progress = NO_PROGRESS,
 ) -> PublishReport:
-    """Rebase the registry image `previous_image` (default `image`) and push it as `image`."""
+    """Rebase the registry image `previous_image` (default `image`) and push it as `image`.
+    `registry_mirrors` (pack's config): the app and run images are read from the mirror of
+    their registry, as pack's fetcher reads them; the result is pushed to `image` itself."""
     target = ImageName.parse(image)
     if target.reference.startswith("sha256:"):
         raise UsageError(f"--publish needs a tag to push to, not a digest: {image}")
-    clients = _Clients(options, target.api_host)
+    mirrors = registry_mirrors or {}
+    clients = RegistryClients(options, push_host=target.api_host, progress=progress)
     try:
-        app = _read_image(clients, previous_image or image, DEFAULT_PLATFORM)
+        app = _read_image(
+            clients, translate_registry(previous_image or image, mirrors), DEFAULT_PLATFORM
+        )
         described = app.described
         platform = Platform(
             described.os or "linux", described.architecture, described.variant or None
         )
         metadata = LifecycleMetadata.from_labels(image, described.labels)
-        run_ref = run_image or choose_run_image(
-            clients, metadata, image, target, platform, config_mirrors or {}
+        chosen = run_image or choose_run_image(
+            metadata, target.host, config_mirrors or {}, clients.readable
         )
+        if chosen is None:
+            raise RebaseError(f"{image} names no run image in its metadata: pass --run-image")
+        run_ref = translate_registry(chosen, mirrors)
         try:
             run = _read_image(clients, run_ref, platform)
         except NotFoundError as exc:
@@ -220,7 +167,7 @@ def rebase_publish(
 
 
 def _push(
-    clients: _Clients,
+    clients: RegistryClients,
     target: ImageName,
     app: _RemoteImage,
     run: _RemoteImage,
@@ -231,10 +178,10 @@ def _push(
     parallel: int,
 ) -> PublishReport:
     """Push the rebased image's blobs and manifest to `target`."""
-    client = clients.get(target.api_host)
+    client = clients.for_name(target)
     app_entries = app.manifest.layers[len(app.manifest.layers) - own :]
     blobs = [
-        _blob(clients.get(source.name.api_host), source.name, entry,
+        _blob(clients.for_name(source.name), source.name, entry,
               source.name.api_host == target.api_host)
         for source, entries in ((run, run.manifest.layers), (app, app_entries))
         for entry in entries

@@ -1,4 +1,4 @@
-"""The run image of a daemon rebase, chosen and fetched as pack does (`--pull-policy`).
+"""The images of a daemon rebase, chosen and fetched as pack does (`--pull-policy`).
 
 Choice (pack's pkg/client/common.go getBestRunMirror): the candidates are the mirrors pack's
 config names for the run image, then the image the app's metadata records, then that
@@ -6,27 +6,41 @@ metadata's mirrors. Those the policy can reach are kept (always: its registry ha
 if-not-present: the daemon or its registry has it; never: the daemon has it); the first in the
 registry of the result's name wins, else the first kept, else the recorded image.
 
-Fetch (pack's pkg/image/fetcher.go): `always` pulls the image into the cache (registry ->
-cache, see registry_pull) and loads it into the daemon, which is sent only the layers it lacks;
-a registry that does not have it falls back to the daemon's copy, as pack does.
-`if-not-present` does that only when the daemon lacks it; `never` never pulls. The platform
-pulled is the app image's os/arch (pack's target), else the daemon's.
+Fetch (pack's pkg/image/fetcher.go, for the app image and then the run image): `always`
+pulls the image into the cache (registry -> cache, see operations/pulling) and loads it into the
+daemon, which is sent only the layers it lacks; a registry that does not have it (or refuses
+it, which docker reports as not found) falls back to the daemon's copy, as pack does.
+`if-not-present` does that only when the daemon lacks it; `never` never pulls. The app is
+pulled for the daemon's platform (pack gives no target), the run image for the app's os/arch.
+A name with a digest (`repo@sha256:...`) is pulled under `always` as docker pulls it (the
+registry is asked; layers the cache holds are not downloaded) but stays in the cache, as
+docker load cannot name an image by digest: the rebase reads it there and the load sends
+its layers; under the other policies the cache's copy serves as the daemon's would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.cnb import LifecycleMetadata
 from packcache.image.inspected import InspectedImage
+from packcache.jsondoc import config_diff_ids, strict_loads
 from packcache.operations.loading import LoadReport, load_config
 from packcache.operations.pack_config import PackConfig
+from packcache.operations.pulling import PullReport, pull_image
+from packcache.refs import looks_like_id
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon, EngineInfo
-from packcache.transports.registry import ImageName, Platform, RegistryClient, RegistryOptions
-from packcache.transports.registry_pull import PullReport, pull_image
+from packcache.transports.registry import (
+    AccessDeniedError,
+    ImageName,
+    Platform,
+    RegistryClients,
+    RegistryOptions,
+)
 
 
 class PullPolicy(StrEnum):
@@ -79,37 +93,12 @@ def app_platform(app: InspectedImage, info: EngineInfo) -> Platform:
     return daemon_platform(info)
 
 
-class Registries:
-    """One client per registry host for the whole rebase, closed at the end."""
-
-    def __init__(self, options: RegistryOptions) -> None:
-        self.options = options
-        self._clients: dict[str, RegistryClient] = {}
-
-    def client(self, name: ImageName) -> RegistryClient:
-        if name.api_host not in self._clients:
-            self._clients[name.api_host] = RegistryClient(name.api_host, self.options)
-        return self._clients[name.api_host]
-
-    def has(self, ref: str) -> bool:
-        """pack's read-access check: any failure (unreachable, refused, unknown) is a no."""
-        try:
-            name = ImageName.parse(ref)
-            return self.client(name).has_manifest(name.repository, name.reference)
-        except PackcacheError:
-            return False
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-
-
-def _reachable(ref: str, policy: PullPolicy, daemon: Daemon, registries: Registries) -> bool:
+def _reachable(ref: str, policy: PullPolicy, daemon: Daemon, registries: RegistryClients) -> bool:
     if policy is PullPolicy.NEVER:
         return daemon.has_image(ref)
     if policy is PullPolicy.IF_NOT_PRESENT and daemon.has_image(ref):
         return True
-    return registries.has(ref)
+    return registries.readable(ref)
 
 
 def _registry_of(ref: str) -> str | None:
@@ -121,37 +110,73 @@ def _registry_of(ref: str) -> str | None:
 
 def choose_run_image(
     metadata: LifecycleMetadata,
-    result_name: str,
-    config: PackConfig,
-    policy: PullPolicy,
-    daemon: Daemon,
-    registries: Registries,
+    preferred_registry: str | None,
+    config_mirrors: Mapping[str, list[str]],
+    reachable: Callable[[str], bool],
 ) -> str | None:
-    """pack's choice among the run image and its mirrors (see the module doc); None when the
-    metadata names no run image."""
+    """pack's getBestRunMirror, for the daemon and the publish rebase alike: the candidates
+    (pack's config mirrors of the recorded run image, the recorded image, its mirrors) that
+    are `reachable`, the first in `preferred_registry`, else the first, else the recorded
+    image; None when the metadata names no run image."""
     recorded = metadata.run_image
     if recorded.image is None:
         return None
-    candidates = list(
-        dict.fromkeys([*config.run_image_mirrors.get(recorded.image, []), *recorded.names()])
-    )
-    if len(candidates) == 1:  # nothing to choose: the fetch says what is wrong with it
+    candidates = list(dict.fromkeys([*config_mirrors.get(recorded.image, []), *recorded.names()]))
+    if len(candidates) == 1:  # nothing to choose: whoever fetches it says what is wrong
         return candidates[0]
-    kept = [ref for ref in candidates if _reachable(ref, policy, daemon, registries)]
-    preferred = _registry_of(result_name)
+    kept = [ref for ref in candidates if reachable(ref)]
     for ref in kept:
-        if preferred is not None and _registry_of(ref) == preferred:
+        if preferred_registry is not None and _registry_of(ref) == preferred_registry:
             return ref
     return kept[0] if kept else recorded.image
 
 
 @dataclass
-class RunImageFetch:
-    ref: str  # the run image as the daemon now holds it
+class ImageFetch:
+    """How the pull policy got one image of a rebase (the app or the run image)."""
+
+    ref: str  # the image as named
     policy: str
     pulled: PullReport | None = None
     loaded: LoadReport | None = None
     fell_back: bool = False  # `always`, but its registry has no such image: the daemon's used
+    # A digest-named image the cache holds but the daemon does not by that name (docker
+    # load cannot name an image by digest): its config digest; the rebase reads it there.
+    cached: str | None = None
+
+
+def _digest_of_ref(ref: str) -> str | None:
+    try:
+        reference = ImageName.parse(ref).reference
+    except UsageError:
+        return None
+    return reference if reference.startswith("sha256:") else None
+
+
+def cached_by_digest(store: Store, ref: str) -> str | None:
+    """The config digest of the image `repo@sha256:...` names, if the cache holds its
+    manifest, config and every layer (a digest names the same image everywhere)."""
+    digest = _digest_of_ref(ref)
+    manifest = store.manifest(digest) if digest else None
+    if manifest is None:
+        return None
+    try:
+        config_digest = strict_loads(manifest, f"the manifest of {ref}")["config"]["digest"]
+        config = strict_loads(store.image_config(config_digest), f"the config of {ref}")
+    except (PackcacheError, KeyError, TypeError):
+        return None
+    diff_ids = config_diff_ids(config)
+    return config_digest if store.cached_diff_ids(diff_ids) == set(diff_ids) else None
+
+
+def described_in_cache(store: Store, fetch: ImageFetch | None) -> InspectedImage | None:
+    """The image a fetch left in the cache only (see ImageFetch.cached), as a rebase reads
+    an image; None where the daemon holds it."""
+    if fetch is None or fetch.cached is None:
+        return None
+    config = store.image_config(fetch.cached)
+    return InspectedImage.from_config(strict_loads(config, f"the config of {fetch.ref}"),
+                                      fetch.cached)  # fmt: skip
 
 
 def _pull_and_load(
@@ -159,64 +184,67 @@ def _pull_and_load(
     daemon: Daemon,
     ref: str,
     platform: Platform,
-    registries: Registries,
+    registries: RegistryClients,
     lease: Lease,
-) -> tuple[PullReport, LoadReport | None]:
+) -> tuple[PullReport, LoadReport | None, str | None]:
+    """Pull `ref` into the cache and load it into the daemon under that name, sending only
+    what it lacks; a digest-named image stays in the cache (returned: its config digest)."""
     name = ImageName.parse(ref)
-    if name.reference.startswith("sha256:"):
-        raise RunImageError(
-            f"run image {ref} is named by digest: packcache pulls run images by tag (pull it "
-            "with docker pull, and use --pull-policy never)"
-        )
-    pulled = pull_image(store, registries.client(name), name, lease=lease, platform=platform)
+    pulled = pull_image(store, registries.for_name(name), name, lease=lease, platform=platform)
     try:
         held = daemon.inspect_image(ref).id
     except NotFoundError:
         held = None
     if held in (pulled.config_digest, pulled.manifest_digest):
-        return pulled, None  # the daemon already holds this very image under this name
+        return pulled, None, None  # the daemon already holds this very image under this name
+    if name.reference.startswith("sha256:"):
+        return pulled, None, pulled.config_digest
     config = store.image_config(pulled.config_digest)
-    return pulled, load_config(store, daemon, config, [ref], lease=lease)
+    return pulled, load_config(store, daemon, config, [ref], lease=lease), None
 
 
-def fetch_run_image(
+def fetch_image(
     store: Store,
     daemon: Daemon,
     ref: str,
     *,
     policy: PullPolicy,
     platform: Platform,
-    registries: Registries,
+    registries: RegistryClients,
     lease: Lease | None,
     pack_method: bool = False,
-) -> RunImageFetch:
-    """Make sure the daemon holds run image `ref` as `policy` says (see the module doc);
+    what: str = "run image",
+) -> ImageFetch:
+    """Make sure the daemon holds `ref` as `policy` says (see the module doc);
     `pack_method` pulls with `docker pull` as pack does, leaving the cache alone."""
-    fetch = RunImageFetch(ref, policy.value)
+    fetch = ImageFetch(ref, policy.value)
+    in_daemon = daemon.has_image(ref)
+    if policy is not PullPolicy.ALWAYS and not in_daemon and not pack_method:
+        fetch.cached = cached_by_digest(store, ref)  # pulling it again would change nothing
     if policy is PullPolicy.NEVER or (
-        policy is PullPolicy.IF_NOT_PRESENT and daemon.has_image(ref)
+        policy is PullPolicy.IF_NOT_PRESENT and (in_daemon or fetch.cached)
     ):
-        if not daemon.has_image(ref):
+        if not in_daemon and fetch.cached is None:
             raise RunImageError(
-                f"run image {ref} is not in the Docker daemon and the pull policy is never"
+                f"{what} {ref} is not in the Docker daemon and the pull policy is never"
             )
         return fetch
     try:
         if pack_method:
             daemon.pull(ref)
         elif lease is None:
-            with store.lease("run image pull") as own:
-                fetch.pulled, fetch.loaded = _pull_and_load(
+            with store.lease(f"{what} pull") as own:
+                fetch.pulled, fetch.loaded, fetch.cached = _pull_and_load(
                     store, daemon, ref, platform, registries, own
                 )
         else:
-            fetch.pulled, fetch.loaded = _pull_and_load(
+            fetch.pulled, fetch.loaded, fetch.cached = _pull_and_load(
                 store, daemon, ref, platform, registries, lease
             )
-    except NotFoundError as exc:
+    except (NotFoundError, AccessDeniedError) as exc:
         if policy is PullPolicy.IF_NOT_PRESENT or not daemon.has_image(ref):
             raise RunImageError(
-                f"run image {ref} is neither in the Docker daemon nor in its registry ({exc})"
+                f"{what} {ref} is neither in the Docker daemon nor in its registry ({exc})"
             ) from exc
         fetch.fell_back = True
     return fetch
@@ -224,43 +252,72 @@ def fetch_run_image(
 
 @dataclass(frozen=True)
 class RunImagePull:
-    """How a rebase gets its run image: pack's pull policy, config and registry options."""
+    """How a rebase gets its images: pack's pull policy, config and registry options."""
 
     policy: PullPolicy
     config: PackConfig
     options: RegistryOptions
 
 
-def prepare_run_image(
+@dataclass
+class RebaseFetch:
+    app_ref: (
+        str  # the app image as read: its name, on its registry mirror if pack's config names one
+    )
+    app: ImageFetch | None  # None: named by ID or digest, or the policy is never
+    run: ImageFetch | None  # None: the app is not in the daemon or names no run image
+
+
+def _pullable_app(ref: str) -> bool:
+    """pack pulls the app by name; an ID or digest names what the daemon holds already."""
+    return not looks_like_id(ref) and _digest_of_ref(ref) is None
+
+
+def fetch_rebase_images(
     store: Store,
     daemon: Daemon,
-    app: InspectedImage,
-    metadata: LifecycleMetadata,
+    image: str,
     *,
     result_name: str,
     run_image: str | None,
     pull: RunImagePull,
     lease: Lease | None,
     pack_method: bool = False,
-) -> RunImageFetch | None:
-    """Choose the run image (`run_image` if given) and fetch it as `pull` says; None when
-    there is none to choose (the rebase says so)."""
-    registries = Registries(pull.options)
+) -> RebaseFetch:
+    """pack's daemon rebase fetches: the app image `image` with the pull policy (no target:
+    the daemon's platform), then the run image chosen for it (`run_image` if given) with
+    the app's platform, each under its registry mirror's name where pack's config names
+    one (the choice among run image mirrors reads the names as they are, as pack's does).
+    Under `never` the app is left to the rebase, which names the way out when the daemon
+    lacks it."""
+    registries = RegistryClients(pull.options)
+    app_ref = pull.config.translate(image)
     try:
+        app_fetch = None
+        if pull.policy is not PullPolicy.NEVER and _pullable_app(app_ref):
+            app_fetch = fetch_image(
+                store, daemon, app_ref, policy=pull.policy,
+                platform=daemon_platform(daemon.info), registries=registries, lease=lease,
+                pack_method=pack_method, what="image",
+            )  # fmt: skip
+        try:
+            app = daemon.inspect_image(app_ref)
+        except NotFoundError:
+            return RebaseFetch(app_ref, app_fetch, None)  # the rebase says so
+        metadata = LifecycleMetadata.from_labels(app_ref, app.labels)
         ref = run_image or choose_run_image(
-            metadata, result_name, pull.config, pull.policy, daemon, registries
+            metadata,
+            _registry_of(result_name),
+            pull.config.run_image_mirrors,
+            lambda candidate: _reachable(candidate, pull.policy, daemon, registries),
         )
         if ref is None:
-            return None
-        return fetch_run_image(
-            store,
-            daemon,
-            ref,
-            policy=pull.policy,
-            platform=app_platform(app, daemon.info),
-            registries=registries,
-            lease=lease,
+            return RebaseFetch(app_ref, app_fetch, None)
+        run_fetch = fetch_image(
+            store, daemon, pull.config.translate(ref), policy=pull.policy,
+            platform=app_platform(app, daemon.info), registries=registries, lease=lease,
             pack_method=pack_method,
-        )
+        )  # fmt: skip
+        return RebaseFetch(app_ref, app_fetch, run_fetch)
     finally:
         registries.close()

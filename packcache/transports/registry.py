@@ -46,6 +46,14 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "packcache"
+PUSH_ACTIONS = ("pull", "push")  # the token scope a push asks for
+
+
+class AccessDeniedError(PackcacheError):
+    """The registry denied access to the repository (error code DENIED, as Docker Hub
+    answers for a repository that does not exist): docker reports such a pull as "not
+    found" (moby's translatePullError), and pack falls back on the daemon's copy then.
+    Missing or wrong credentials (UNAUTHORIZED) stay an error, as they do for docker."""
 
 
 @dataclass(frozen=True)
@@ -482,7 +490,8 @@ class RegistryClient:
         detail = _error_detail(response)
         said = f": {detail}" if detail else ""
         if status in (401, 403):
-            return PackcacheError(
+            denied = detail.startswith("DENIED") or "; DENIED" in detail
+            return (AccessDeniedError if denied else PackcacheError)(
                 f"registry {self.host} refused access to {what} (HTTP {status}{said}): "
                 f"check the credentials (docker login {self.host})"
             )
@@ -706,3 +715,55 @@ class BlobReader:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
         self._task.done()  # close() alone also ends a dropped connection, not the download
+
+
+class RegistryClients:
+    """One client per registry host for a whole command, closed together. With `push_host`,
+    that host's client may push and shows `progress` (its uploads: a blob copied through
+    from another registry is shown once); without, every client shows its downloads."""
+
+    def __init__(
+        self,
+        options: RegistryOptions,
+        *,
+        push_host: str | None = None,
+        progress: Progress = NO_PROGRESS,
+    ) -> None:
+        self.options = options
+        self.push_host = push_host
+        self.progress = progress
+        self._clients: dict[str, RegistryClient] = {}
+
+    def for_host(self, host: str) -> RegistryClient:
+        if host not in self._clients:
+            pushing = host == self.push_host
+            shown = pushing or self.push_host is None
+            self._clients[host] = RegistryClient(
+                host,
+                self.options,
+                actions=PUSH_ACTIONS if pushing else ("pull",),
+                progress=self.progress if shown else NO_PROGRESS,
+            )
+        return self._clients[host]
+
+    def for_name(self, name: ImageName) -> RegistryClient:
+        return self.for_host(name.api_host)
+
+    def readable(self, ref: str) -> bool:
+        """pack's read-access check (CheckReadAccess): any failure (an invalid name, a
+        registry unreachable, refusing or lacking it) is a no."""
+        try:
+            name = ImageName.parse(ref)
+            return self.for_name(name).has_manifest(name.repository, name.reference)
+        except PackcacheError:
+            return False
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+    def __enter__(self) -> RegistryClients:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -29,7 +29,6 @@ from packcache.errors import PackcacheError
 from packcache.progress import CountingReader
 from packcache.transports.registry import RETRY_STATUSES, RegistryClient, network_reason
 
-PUSH_ACTIONS = ("pull", "push")
 PARALLEL_BLOBS = 4
 CHUNK_BYTES = 64 << 20  # blobs larger than this go up in chunks of this size
 SEND_BLOCK = 1 << 20  # bytes handed to the socket per read of an upload body

@@ -1,0 +1,164 @@
+"""`packcache pull`: images from registries straight into the store, never through a daemon.
+
+Reads top to bottom: read every image's manifest and config (transports/registry_pull);
+find the layers the cache lacks, across all the images at once (each fetched once, however
+many images share it); stream them into the store several at a time, each blob's digest and
+its diffID (from the config) verified in the same pass; commit them together, then record
+each image. Nothing is recorded unless every layer arrived whole: a failure leaves the cache
+as it was.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from packcache.errors import PackcacheError
+from packcache.progress import NO_PROGRESS, Progress
+from packcache.store.blobs import StagedBlob
+from packcache.store.store import ImageRecord, Lease, Store
+from packcache.transports.registry import (
+    DEFAULT_PLATFORM,
+    ImageName,
+    Platform,
+    RegistryClient,
+    RegistryClients,
+    RegistryOptions,
+)
+from packcache.transports.registry_pull import RemoteImage, read_image
+
+PARALLEL_BLOBS = 4
+
+
+@dataclass
+class PullReport:
+    ref: str
+    manifest_digest: str
+    config_digest: str
+    downloaded: list[str] = field(default_factory=list)  # blob digests fetched
+    already_cached: list[str] = field(default_factory=list)  # diffIDs the cache held
+    bytes_downloaded: int = 0
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """One layer to download, for the first image (in the order asked) that needs it."""
+
+    image: RemoteImage
+    layer: dict
+    diff_id: str
+    report: PullReport
+
+
+def _plan(images: list[RemoteImage], lease: Lease) -> tuple[list[PullReport], list[_Fetch]]:
+    """Each image's report, and the layers the cache lacks, each once."""
+    reports, fetches, planned = [], [], set()
+    for image in images:
+        report = PullReport(str(image.name), image.manifest.digest, image.manifest.config["digest"])
+        reports.append(report)
+        # Cached by diffID is enough: the image loads from it. Only a verified blob of this
+        # digest records the digest -> diffID pairing, so nothing unverified is trusted.
+        held = lease.hold(diff_id for _, diff_id in image.layers)
+        for layer, diff_id in image.layers:
+            known = None if diff_id in held else lease.hold_by_digest(layer["digest"])
+            if known is not None and known.diff_id != diff_id:
+                # The cache verified what this blob holds: a config naming another diffID lies.
+                raise PackcacheError(
+                    f"{image.what}: layer {layer['digest']} is {known.diff_id}, not the "
+                    f"config's {diff_id}"
+                )
+            if diff_id in held or known is not None or diff_id in planned:
+                report.already_cached.append(diff_id)  # as a pull of one image after another
+            else:
+                planned.add(diff_id)
+                fetches.append(_Fetch(image, layer, diff_id, report))
+    return reports, fetches
+
+
+def _download(store: Store, fetches: list[_Fetch], parallel: int) -> list[StagedBlob]:
+    """Stage every layer, `parallel` at once; on a failure the rest not begun are dropped,
+    what was staged is discarded and the first error raised."""
+
+    def fetch(job: _Fetch) -> StagedBlob:
+        repository, digest = job.image.name.repository, job.layer["digest"]
+        with job.image.client.open_blob(repository, digest, job.layer.get("size")) as blob:
+            return store.stage(blob, expected_digest=digest, expected_diff_id=job.diff_id)
+
+    staged: list[StagedBlob] = []
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        futures: list[Future[StagedBlob]] = [pool.submit(fetch, job) for job in fetches]
+        for future in futures:
+            try:
+                staged.append(future.result())
+            except BaseException as exc:
+                errors.append(exc)
+                for pending in futures:
+                    pending.cancel()
+    if errors:
+        for blob in staged:
+            store.discard(blob)
+        raise errors[0]
+    return staged
+
+
+def pull_remote_images(
+    store: Store, images: list[RemoteImage], *, lease: Lease, parallel: int = PARALLEL_BLOBS
+) -> list[PullReport]:
+    """Fetch the layers of `images` the cache lacks and record the images (module doc)."""
+    reports, fetches = _plan(images, lease)
+    staged = _download(store, fetches, parallel)
+    try:
+        if staged:
+            store.commit_staged_many(staged, lease=lease)
+        for job, blob in zip(fetches, staged, strict=True):
+            job.report.downloaded.append(blob.digest)
+            job.report.bytes_downloaded += blob.size
+        for image in images:
+            # Refs are tags (what `load` names the image in a daemon); the repo digest is the
+            # repository and the manifest digest recorded beside them.
+            tagged = not image.name.reference.startswith("sha256:")
+            store.record_image(
+                ImageRecord(
+                    config=image.config,
+                    image_id=image.manifest.config["digest"],
+                    manifest_digest=image.manifest.digest,
+                    manifest=image.manifest.body,
+                    refs=[str(image.name)] if tagged else [],
+                )
+            )
+    finally:
+        for blob in staged:
+            store.discard(blob)
+    return reports
+
+
+def pull_image(
+    store: Store,
+    client: RegistryClient,
+    name: ImageName,
+    *,
+    lease: Lease,
+    platform: Platform = DEFAULT_PLATFORM,
+    parallel: int = PARALLEL_BLOBS,
+) -> PullReport:
+    """Fetch `name` (on `client`'s registry) into `store` and record it."""
+    image = read_image(client, name, platform)
+    return pull_remote_images(store, [image], lease=lease, parallel=parallel)[0]
+
+
+def pull_images(
+    store: Store,
+    refs: list[str],
+    *,
+    lease: Lease,
+    options: RegistryOptions,
+    platform: Platform = DEFAULT_PLATFORM,
+    progress: Progress = NO_PROGRESS,
+) -> list[PullReport]:
+    """Every reference (all checked first) read, then their layers fetched together; one
+    client per registry."""
+    names = [ImageName.parse(ref) for ref in refs]
+    with RegistryClients(options, progress=progress) as clients:
+        images = [read_image(clients.for_name(name), name, platform) for name in names]
+        return pull_remote_images(store, images, lease=lease)
