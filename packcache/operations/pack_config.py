@@ -1,5 +1,6 @@
 """pack's own config (`$PACK_HOME/config.toml`, default `~/.pack/config.toml`): the keys a
-rebase reads from it, `pull-policy` and `[[run-images]] image / mirrors`.
+rebase reads from it, `pull-policy` and `[[run-images]] image / mirrors`, and the
+`lifecycle-image` create-builder takes a lifecycle version from.
 
 The file is the user's, but read as hostile input like every other: bounded, every value's
 type checked, and anything wrong is one error naming the file. A missing file is an empty
@@ -24,6 +25,7 @@ class PackConfig:
     path: Path
     pull_policy: str | None = None
     run_image_mirrors: dict[str, list[str]] = field(default_factory=dict)
+    lifecycle_image: str | None = None
 
 
 def config_path(environ: dict[str, str] | None = None) -> Path:
@@ -71,4 +73,12 @@ def read_pack_config(path: Path | None = None) -> PackConfig:
     policy = document.get("pull-policy")
     if policy is not None and not isinstance(policy, str):
         raise UsageError(f"pack's config {path}: pull-policy must be a string")
-    return PackConfig(path, policy or None, _run_images(document.get("run-images", []), path))
+    lifecycle_image = document.get("lifecycle-image")
+    if lifecycle_image is not None and not isinstance(lifecycle_image, str):
+        raise UsageError(f"pack's config {path}: lifecycle-image must be a string")
+    return PackConfig(
+        path,
+        policy or None,
+        _run_images(document.get("run-images", []), path),
+        lifecycle_image or None,
+    )
