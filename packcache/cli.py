@@ -1146,7 +1146,9 @@ def create_builder_command(
     with reported():
         # The user's input first: a bad builder.toml is a usage error even with no daemon.
         pack_config = read_pack_config()
-        policy = check_pull_policy(resolve_pull_policy(pull_policy, pack_config), publish)
+        # pack refuses the flag --pull-policy never with --publish, not its config's value.
+        check_pull_policy(pull_policy or "always", publish)
+        policy = resolve_pull_policy(pull_policy, pack_config)
         registry = Registry(
             RegistryOptions(insecure=frozenset(insecure_registries or ())),
             publish,

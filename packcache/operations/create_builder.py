@@ -243,7 +243,7 @@ def create_builder(
     """Build the builder `config` (builder.toml, as `read_config` checked it) describes."""
     start = time.perf_counter()
     registry = registry or Registry()
-    policy = check_pull_policy(pull_policy, registry.publish)
+    policy = check_pull_policy(pull_policy)
     if registry.publish:
         check_publish_name(name)
         if no_cache:
@@ -259,13 +259,17 @@ def create_builder(
             lease = cleanup.enter_context(store.lease("create-builder"))
         registries = Registries(registry.options)
         cleanup.callback(registries.close)
+        if registry.publish or daemon is None:
+            daemon, platform = None, DEFAULT_PLATFORM
+            if policy is PullPolicy.NEVER:  # pack's config: a publish reads registries anyway
+                policy = PullPolicy.IF_NOT_PRESENT
+        else:
+            platform = daemon_platform(daemon.info)
         fetcher = BuilderFetcher(
             store,
-            None if registry.publish else daemon,
+            daemon,
             policy,
-            DEFAULT_PLATFORM
-            if daemon is None or registry.publish
-            else daemon_platform(daemon.info),
+            platform,
             registries,
             lease,
             remote_only=registry.publish or dry_run,
