@@ -87,6 +87,9 @@ CREATE_BUILDER = {
     "load",
     "warnings",
     "seconds",
+    "pull_policy",
+    "pulled",
+    "published",
 }
 BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused"}
 VERIFY = {
