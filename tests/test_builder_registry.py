@@ -20,6 +20,7 @@ from tests.engines import images
 from tests.engines.harness import Engine
 from tests.registries.harness import RegistrySet
 from tests.test_builder_engine import Inputs, checksums, inspect, listing, make_inputs
+from tests.test_rebase_pull_policy import push
 
 pytestmark = pytest.mark.engine
 
@@ -32,15 +33,6 @@ class Remote:
     build: str  # the build image in the registry
     packages: list[str]  # the buildpackages in the registry
     run: str
-
-
-def push(engine: Engine, source: str, target: str) -> None:
-    """`target` in the registry holds `source`; the daemon keeps no name `target`."""
-    engine.docker("tag", source, target)
-    try:
-        engine.docker("push", target)
-    finally:
-        engine.docker("rmi", target)
 
 
 def to_registry(engine: Engine, registries: RegistrySet, tmp_path: Path) -> Remote:
@@ -132,6 +124,13 @@ def test_if_not_present_takes_what_the_daemon_has_and_pulls_the_rest(
     pulled = {p["ref"] for p in report["pulled"]}
     assert remote.build not in pulled and set(remote.packages) <= pulled
     assert all(absent(engine, ref) for ref in remote.packages)
+    # Again: the buildpackages the cache recorded with every layer are taken from it.
+    again = ok(
+        create(cli, engine, fx.unique("b"), remote.toml, remote.host, "--pull-policy",
+               "if-not-present")
+    )  # fmt: skip
+    assert {p["ref"] for p in again["pulled"]} <= {remote.run}  # its labels only
+    assert again["imported"] == [] and again["config_digest"] == report["config_digest"]
 
 
 def test_never_names_the_missing_image(cli, engine: Engine, remote: Remote) -> None:
