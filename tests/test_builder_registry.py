@@ -326,3 +326,36 @@ def test_publish_with_pull_policy_never_is_refused(cli, engine: Engine, remote: 
                     "never")  # fmt: skip
     assert result.exit_code == 2
     assert "--publish and --pull-policy never cannot be used together" in result.stderr
+
+
+def test_publish_to_another_registry_uploads_the_sources_from_the_cache(
+    cli, engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path, monkeypatch
+) -> None:
+    from tests.registries import pushing
+    from tests.test_registry_push import docker_config
+
+    token = registries.token
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path, token.host, registries)))
+    target = f"{token.host}/t/builder-{uuid.uuid4().hex[:8]}:1"
+    report = ok(
+        create(cli, engine, target, remote.toml, remote.host, "--publish",
+               "--insecure-registry", token.host)
+    )  # fmt: skip
+    published = report["published"]
+    # Nothing can be mounted across registries: the sources' layers were pulled to upload.
+    assert set(published["pulled_for_upload"]) == {remote.build, *remote.packages}
+    assert published["mounted"] == [] and published["present"] == []
+    assert len(published["uploaded"]) == len(set(report["diff_ids"])) + 1
+    # Read back whole (every blob verified) into another cache: the builder's config.
+    check = cli("pull", "--insecure-registry", token.host, target, "--format", "json",
+                cache=tmp_path / "check-cache")  # fmt: skip
+    assert check.exit_code == 0, check.stderr
+    assert check.json()[0]["config_digest"] == report["config_digest"]
+    if engine.containerd_store:
+        return  # its docker pull wants an OAuth POST the tests' token realm does not serve
+    pushing.docker_login(engine, registries, token)
+    engine.docker("pull", target)
+    try:
+        assert inspect(engine, target)["RootFS"]["Layers"] == report["diff_ids"]
+    finally:
+        engine.docker("rmi", target)
