@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
+from packcache.transports.registry import DOCKER_MANIFEST, OCI_INDEX, ImageName
 from tests import builder_fixtures as fx
 from tests.engines import images
 from tests.engines.harness import Engine
@@ -359,3 +361,91 @@ def test_publish_to_another_registry_uploads_the_sources_from_the_cache(
         assert inspect(engine, target)["RootFS"]["Layers"] == report["diff_ids"]
     finally:
         engine.docker("rmi", target)
+
+
+def push_index(host: str, repository: str, tags: list[str], index_tag: str) -> None:
+    """An OCI index at repository:index_tag naming the images at `tags`, with their platforms
+    (read from their configs), as a multi-arch base image is published."""
+    accept = "application/vnd.docker.distribution.manifest.v2+json"
+    manifests = []
+    for tag in tags:
+        got = requests.get(f"http://{host}/v2/{repository}/manifests/{tag}",
+                           headers={"Accept": accept}, timeout=30)  # fmt: skip
+        got.raise_for_status()
+        document = got.json()
+        config = requests.get(
+            f"http://{host}/v2/{repository}/blobs/{document['config']['digest']}", timeout=30
+        ).json()
+        manifests.append(
+            {
+                "mediaType": document["mediaType"],
+                "size": len(got.content),
+                "digest": got.headers["Docker-Content-Digest"],
+                "platform": {"architecture": config["architecture"], "os": config["os"]},
+            }
+        )
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+    put = requests.put(
+        f"http://{host}/v2/{repository}/manifests/{index_tag}",
+        data=json.dumps(index),
+        headers={"Content-Type": OCI_INDEX},
+        timeout=30,
+    )
+    put.raise_for_status()
+
+
+def test_publish_for_two_platforms_pushes_an_index(
+    engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path
+) -> None:
+    """pack's multi-arch builder: one builder per platform, pushed by digest, and an OCI index
+    naming them under the tag; each builder is made of its platform's build image."""
+    from packcache.builder.config import read_config
+    from packcache.operations.create_builder import Registry, create_builder
+    from packcache.store.store import Store
+    from packcache.transports.registry import Platform, RegistryOptions
+
+    native = images.docker_arch()
+    other = "arm64" if native != "arm64" else "amd64"
+    host = remote.host
+    build_repo = ImageName.parse(remote.build).repository
+    built = images.build_busybox_archive(
+        tmp_path / "other.tar", fx.unique("build-other"), [{"etc/build-image.txt": b"other\n"}],
+        config_extra={"architecture": other, "config": {
+            "Env": ["PATH=/bin", f"CNB_USER_ID={fx.CNB_UID}", f"CNB_GROUP_ID={fx.CNB_GID}"],
+            "Labels": {"io.buildpacks.stack.id": fx.STACK}}},
+    )  # fmt: skip
+    engine.docker("load", "-i", str(built.path))
+    push(engine, built.repo_tag, f"{host}/{build_repo}:other")
+    engine.docker("rmi", built.repo_tag)
+    push_index(host, build_repo, ["1", "other"], "multi")
+    toml = tmp_path / "multi.toml"
+    toml.write_text(remote.toml.read_text().replace(remote.build, f"{host}/{build_repo}:multi"))
+    target = f"{host}/t/multi-{uuid.uuid4().hex[:8]}:1"
+    platforms = (Platform("linux", native), Platform("linux", other))
+    report = create_builder(
+        Store.open(tmp_path / "cache"), None, target, read_config(toml),
+        pull_policy="always",
+        registry=Registry(RegistryOptions(insecure=frozenset({host})), True, None, platforms),
+    )  # fmt: skip
+    published = report.published
+    assert published is not None and published.media_type == OCI_INDEX
+    assert set(published.platforms) == {f"linux/{native}", f"linux/{other}"}
+    repository = ImageName.parse(target).repository
+    index = requests.get(f"http://{host}/v2/{repository}/manifests/1",
+                         headers={"Accept": OCI_INDEX}, timeout=30).json()  # fmt: skip
+    assert {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]} == {
+        native: published.platforms[f"linux/{native}"],
+        other: published.platforms[f"linux/{other}"],
+    }
+    for architecture, build_diff_ids in ((native, remote.inputs.build["RootFS"]["Layers"]),
+                                         (other, built.diff_ids)):  # fmt: skip
+        digest = published.platforms[f"linux/{architecture}"]
+        manifest = requests.get(f"http://{host}/v2/{repository}/manifests/{digest}",
+                                headers={"Accept": DOCKER_MANIFEST}, timeout=30).json()  # fmt: skip
+        config = requests.get(
+            f"http://{host}/v2/{repository}/blobs/{manifest['config']['digest']}", timeout=30
+        ).json()
+        assert config["architecture"] == architecture
+        diff_ids = config["rootfs"]["diff_ids"]
+        assert diff_ids[: len(build_diff_ids)] == list(build_diff_ids)
+        assert len(manifest["layers"]) == len(diff_ids)

@@ -8,6 +8,10 @@ it); the builder's own layers (lifecycle, order, stack, env...) are uploaded fro
 Blobs the target has are skipped by HEAD (registry_push.BlobPusher). Then the config, then the
 manifest under NAME's tag: Docker schema 2 unless a source blob is OCI-typed or zstd. The
 result is recorded in the cache under NAME with its manifest, so `packcache load NAME` works.
+
+For several platforms (pack's multi-arch builder) each platform's builder is pushed by its
+digest, then an OCI image index naming them with their platforms under NAME's tag, as pack's
+CreateManifest does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from packcache.progress import NO_PROGRESS, Progress
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.registry import (
     DOCKER_MANIFEST,
+    OCI_INDEX,
     OCI_MANIFEST,
     ImageName,
     Platform,
@@ -58,6 +63,8 @@ class BuilderPublishReport:
     uploaded: list[str] = field(default_factory=list)
     bytes_uploaded: int = 0
     pulled_for_upload: list[str] = field(default_factory=list)  # sources on other registries
+    platform: str = ""  # os/arch[/variant] of the builder pushed
+    platforms: dict[str, str] = field(default_factory=dict)  # of an index: platform -> digest
 
 
 @dataclass(frozen=True)
@@ -155,11 +162,14 @@ def publish_builder(
     registries: Registries,
     platform: Platform,
     lease: Lease,
+    by_digest: bool = False,
     progress: Progress = NO_PROGRESS,
 ) -> BuilderPublishReport:
-    """Push the builder `config` describes to `name`; see the module doc."""
+    """Push the builder `config` describes to `name` (to its repository under its digest
+    only, `by_digest`, for an index); see the module doc."""
     target = check_publish_name(name)
-    diff_ids = config_diff_ids(json.loads(config))
+    document = json.loads(config)
+    diff_ids = config_diff_ids(document)
     pulled = _ensure_cached(store, sources, set(diff_ids), target, registries, platform, lease)
     lease.hold(diff_ids)
     blobs = _blobs(store, diff_ids, sources, target)
@@ -171,14 +181,15 @@ def publish_builder(
         config_digest = digest_of(config)
         config_blob = BlobToPush(config_digest, len(config), lambda: io.BytesIO(config))
         counts = pusher.push_blobs([config_blob, *(blob.push for blob in blobs)])
-        digest = pusher.put_manifest(target.reference, body, media_type)
+        reference = digest_of(body) if by_digest else target.reference
+        digest = pusher.put_manifest(reference, body, media_type)
     store.record_image(
         ImageRecord(
             config=config,
             image_id=config_digest,
             manifest_digest=digest,
             manifest=body,
-            refs=[str(target)],
+            refs=[] if by_digest else [str(target)],
         )
     )
     return BuilderPublishReport(
@@ -191,4 +202,44 @@ def publish_builder(
         uploaded=counts.uploaded,
         bytes_uploaded=counts.bytes_uploaded,
         pulled_for_upload=pulled,
+        platform="/".join(
+            filter(None, (document.get(key) for key in ("os", "architecture", "variant")))
+        ),
     )
+
+
+def publish_index(
+    name: str,
+    builders: list[BuilderPublishReport],
+    *,
+    registries: Registries,
+    progress: Progress = NO_PROGRESS,
+) -> BuilderPublishReport:
+    """Push an OCI image index naming each platform's builder under `name`'s tag."""
+    target = check_publish_name(name)
+    manifests = []
+    for builder in builders:
+        os_name, architecture, *variant = builder.platform.split("/")
+        platform = {"architecture": architecture, "os": os_name}
+        if variant:
+            platform["variant"] = variant[0]
+        entry = descriptor(builder.media_type, builder.manifest_size, builder.digest)
+        manifests.append({**entry, "platform": platform})
+    body = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=3
+    ).encode()
+    with RegistryClient(
+        target.api_host, registries.options, actions=PUSH_ACTIONS, progress=progress
+    ) as client:
+        digest = BlobPusher(client, target.repository).put_manifest(
+            target.reference, body, OCI_INDEX
+        )
+    report = BuilderPublishReport(str(target), digest, OCI_INDEX, len(body))
+    for builder in builders:
+        report.present += builder.present
+        report.mounted += builder.mounted
+        report.uploaded += builder.uploaded
+        report.bytes_uploaded += builder.bytes_uploaded
+        report.pulled_for_upload += builder.pulled_for_upload
+        report.platforms[builder.platform] = builder.digest
+    return report

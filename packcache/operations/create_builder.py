@@ -92,6 +92,7 @@ from packcache.operations.builder_publish import (
     BuilderPublishReport,
     check_publish_name,
     publish_builder,
+    publish_index,
 )
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
@@ -105,7 +106,7 @@ from packcache.operations.run_image_fetch import (
 from packcache.progress import NO_PROGRESS, Progress, Task
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon
-from packcache.transports.registry import DEFAULT_PLATFORM, RegistryOptions
+from packcache.transports.registry import DEFAULT_PLATFORM, Platform, RegistryOptions
 
 CREATOR = "packcache"
 
@@ -224,6 +225,8 @@ class Registry:
     options: RegistryOptions = field(default_factory=RegistryOptions)
     publish: bool = False
     lifecycle_image: str | None = None  # pack's config `lifecycle-image`
+    # With publish: the platforms to build for (pack's targets); several make an index.
+    platforms: tuple[Platform, ...] = ()
 
 
 def create_builder(
@@ -260,25 +263,33 @@ def create_builder(
         registries = Registries(registry.options)
         cleanup.callback(registries.close)
         if registry.publish or daemon is None:
-            daemon, platform = None, DEFAULT_PLATFORM
+            daemon, platforms = None, list(registry.platforms) or [DEFAULT_PLATFORM]
             if policy is PullPolicy.NEVER:  # pack's config: a publish reads registries anyway
                 policy = PullPolicy.IF_NOT_PRESENT
         else:
-            platform = daemon_platform(daemon.info)
-        fetcher = BuilderFetcher(
-            store,
-            daemon,
-            policy,
-            platform,
-            registries,
-            lease,
-            remote_only=registry.publish or dry_run,
-            pack_method=no_cache,
-        )
-        report = _create(
-            store, fetcher, registry, name, config, extra_labels or {}, no_cache, dry_run, lease,
-            steps,
-        )  # fmt: skip
+            platforms = [daemon_platform(daemon.info)]
+        reports = []
+        for platform in platforms:
+            fetcher = BuilderFetcher(
+                store,
+                daemon,
+                policy,
+                platform,
+                registries,
+                lease,
+                remote_only=registry.publish or dry_run,
+                pack_method=no_cache,
+            )
+            report = _create(
+                store, fetcher, registry, name, config, extra_labels or {}, no_cache, dry_run,
+                lease, steps, by_digest=len(platforms) > 1,
+            )  # fmt: skip
+            reports.append(report)
+        report = reports[0]
+        if len(reports) > 1 and not dry_run:
+            builders = [r.published for r in reports if r.published is not None]
+            report.published = publish_index(name, builders, registries=registries)
+            report.pulled = [pulled for r in reports for pulled in r.pulled]
     report.seconds = time.perf_counter() - start
     return report
 
@@ -294,6 +305,7 @@ def _create(
     dry_run: bool,
     lease: Lease | None,
     steps: Task,
+    by_digest: bool = False,
 ) -> CreateBuilderReport:
     inputs = InputCache(store)
     layers = _Layers(store, lease, dry_run)
@@ -343,7 +355,7 @@ def _create(
     if registry.publish:
         report.published = publish_builder(
             store, name, builder_config, fetcher.fetched, registries=fetcher.registries,
-            platform=fetcher.platform, lease=fetcher.lease,
+            platform=fetcher.platform, lease=fetcher.lease, by_digest=by_digest,
         )  # fmt: skip
         return report
     assert fetcher.daemon is not None
