@@ -449,3 +449,17 @@ def test_publish_for_two_platforms_pushes_an_index(
         diff_ids = config["rootfs"]["diff_ids"]
         assert diff_ids[: len(build_diff_ids)] == list(build_diff_ids)
         assert len(manifest["layers"]) == len(diff_ids)
+
+
+def test_dry_run_reads_manifests_and_configs_only(cli, engine: Engine, remote: Remote) -> None:
+    before = cli("ls", "--format", "json").json()
+    name = fx.unique("dry")
+    report = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always",
+                       "--dry-run"))  # fmt: skip
+    assert {remote.build, *remote.packages} <= {p["ref"] for p in report["pulled"]}
+    assert all(p["layers_downloaded"] == 0 for p in report["pulled"])
+    assert cli("ls", "--format", "json").json() == before
+    assert absent(engine, name) and absent(engine, remote.build)
+    # The same config as the real run gives.
+    real = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
+    assert real["config_digest"] == report["config_digest"]
