@@ -8,6 +8,10 @@ never sent these images themselves: the builder's load sends it only the layers 
 registry that has no such image falls back to the daemon's copy under `always`, as pack's does.
 `if-not-present` also takes an image the cache recorded under that name with every layer.
 
+The images are fetched several at once (`prefetch`): a builder names many small buildpackages,
+each a manifest, a config and a layer or two, which one at a time would wait on the registry
+in turn. pack's method (--no-cache) pulls them one by one, as pack does.
+
 Remote reads (a publish, which pack does with remote images whatever the policy, and a dry run,
 which changes nothing) read manifests and configs only, never a layer.
 """
@@ -15,6 +19,8 @@ which changes nothing) read manifests and configs only, never a layer.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
@@ -29,6 +35,7 @@ from packcache.transports.registry import ImageName, Manifest, Platform
 from packcache.transports.registry_pull import pull_image
 
 DAEMON, CACHE, REGISTRY = "daemon", "cache", "registry"
+PARALLEL_IMAGES = 4  # images fetched at once (each fetches up to 4 blobs at once)
 
 
 @dataclass
@@ -67,6 +74,7 @@ class BuilderFetcher:
     pack_method: bool = False  # pack's way (--no-cache): docker pull, the cache left alone
     pulled: list[PulledImage] = field(default_factory=list)
     fetched: list[FetchedImage] = field(default_factory=list)  # every image() answer
+    _prefetched: dict[str, FetchedImage] = field(default_factory=dict, repr=False)
 
     def _has(self, ref: str) -> bool:
         return self.daemon is not None and self.daemon.has_image(ref)
@@ -79,9 +87,23 @@ class BuilderFetcher:
 
     def image(self, ref: str, what: str) -> FetchedImage:
         """The image `ref` as the policy allows; a clear NotFoundError when it cannot."""
-        fetched = self._image(ref, what)
+        fetched = self._prefetched.pop(ref, None) or self._image(ref, what)
         self.fetched.append(fetched)
         return fetched
+
+    def prefetch(self, refs: Iterable[str], what: str) -> None:
+        """Fetch these images at once, for image() to answer from. A failure is left for
+        image() to meet again, in the builder's order, with its own message."""
+        wanted = [ref for ref in dict.fromkeys(refs) if ref not in self._prefetched]
+        if len(wanted) < 2 or self.pack_method or self.policy is PullPolicy.NEVER:
+            return
+        with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
+            futures = {ref: pool.submit(self._image, ref, what) for ref in wanted}
+        for ref, future in futures.items():
+            if future.exception() is None:
+                self._prefetched[ref] = future.result()
+            elif not isinstance(future.exception(), PackcacheError):
+                raise future.exception()  # type: ignore[misc]
 
     def _image(self, ref: str, what: str) -> FetchedImage:
         policy = self.policy

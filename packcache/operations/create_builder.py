@@ -403,14 +403,16 @@ def _check_images(fetcher: BuilderFetcher, config: BuilderConfig) -> _BuildImage
     """The build image: fetched as the pull policy says (builder_fetch), linux, with the CNB
     user and (when builder.toml names one) the same stack. Run images: checked when they can
     be read (pack only warns when it cannot see one)."""
+    packages = [ref for bp in config.buildpacks if (ref := daemon_ref(bp.uri, config.base_dir))]
     if fetcher.daemon is not None:
         fetcher.daemon.prefetch(
             [
                 config.build_image,
                 *(ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]),
-                *filter(None, (daemon_ref(bp.uri, config.base_dir) for bp in config.buildpacks)),
+                *packages,
             ]
         )
+    fetcher.prefetch([config.build_image, *packages], "buildpackage")
     fetched = fetcher.image(config.build_image, "build image")
     build = fetched.image
     if (build.os or "linux") != "linux":
