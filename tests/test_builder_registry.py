@@ -463,3 +463,26 @@ def test_dry_run_reads_manifests_and_configs_only(cli, engine: Engine, remote: R
     # The same config as the real run gives.
     real = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
     assert real["config_digest"] == report["config_digest"]
+
+
+def test_always_falls_back_to_the_daemon_when_the_registry_refuses(
+    cli, engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path, monkeypatch
+) -> None:
+    """A build image only the daemon has, named on a registry that refuses access (Docker
+    Hub's answer for a repository that does not exist): pack's fallback to the daemon."""
+    token = registries.token
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-credentials"))
+    local_only = f"{token.host}/t/local-only-{uuid.uuid4().hex[:8]}:1"
+    engine.docker("pull", remote.build)
+    engine.docker("tag", remote.build, local_only)
+    toml = tmp_path / "local-only.toml"
+    toml.write_text(remote.toml.read_text().replace(remote.build, local_only))
+    report = ok(create(cli, engine, fx.unique("b"), toml, remote.host, "--pull-policy", "always",
+                       "--insecure-registry", token.host))  # fmt: skip
+    assert local_only not in {p["ref"] for p in report["pulled"]}
+    # Without the daemon's copy, the refusal is the error.
+    engine.docker("rmi", local_only)
+    failed = create(cli, engine, fx.unique("b"), toml, remote.host, "--pull-policy", "always",
+                    "--insecure-registry", token.host)  # fmt: skip
+    assert failed.exit_code == 1 and "refused the credentials (none given)" in failed.stderr
+    assert f"build image {local_only} is neither in the Docker daemon" in failed.stderr

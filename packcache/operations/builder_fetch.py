@@ -5,7 +5,8 @@ pack (pkg/image/fetcher.go) pulls each into the daemon (`always`: every time; `i
 when the daemon lacks it; `never`: never) and then saves them out of it. Here a pull goes
 registry -> cache (registry_pull: only blobs the cache lacks, each verified), and the daemon is
 never sent these images themselves: the builder's load sends it only the layers it lacks. A
-registry that has no such image falls back to the daemon's copy under `always`, as pack's does.
+registry that has no such image (or refuses it) falls back to the daemon's copy under `always`,
+as pack's does.
 `if-not-present` also takes an image the cache recorded under that name with every layer.
 
 The images are fetched several at once (`prefetch`): a builder names many small buildpackages,
@@ -31,7 +32,7 @@ from packcache.operations.rebase_publish import _described
 from packcache.operations.run_image_fetch import PullPolicy, Registries
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
-from packcache.transports.registry import ImageName, Manifest, Platform
+from packcache.transports.registry import ImageName, Manifest, Platform, RegistryAccessError
 from packcache.transports.registry_pull import pull_image
 
 DAEMON, CACHE, REGISTRY = "daemon", "cache", "registry"
@@ -120,7 +121,10 @@ class BuilderFetcher:
             return self._from_daemon(ref, what)
         try:
             return self._pull(ref)
-        except NotFoundError as exc:
+        except (NotFoundError, RegistryAccessError) as exc:
+            # pack falls back to the daemon's copy when the pull finds nothing; a refusal
+            # counts too: Docker Hub refuses what does not exist, and local-only images are
+            # common under the default policy.
             if policy is PullPolicy.ALWAYS and self._has(ref):
                 fetched = self._from_daemon(ref, what)
                 fetched.fell_back = True
@@ -139,9 +143,9 @@ class BuilderFetcher:
         if policy is not PullPolicy.NEVER:
             try:
                 return list(self._pull(ref).image.diff_ids)
-            except NotFoundError:
+            except (NotFoundError, RegistryAccessError) as exc:
                 if not self._has(ref):
-                    raise
+                    raise NotFoundError(f"{what} {ref} is not in its registry ({exc})") from exc
         fetched = self._from_daemon(ref, what)
         import_images(self.store, self._daemon, [ref], lease=self.lease)
         return list(fetched.image.diff_ids)

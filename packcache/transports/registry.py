@@ -48,6 +48,11 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "packcache"
 
 
+class RegistryAccessError(PackcacheError):
+    """The registry refused access (401/403): Docker Hub's answer for a repository that does
+    not exist, too."""
+
+
 @dataclass(frozen=True)
 class ImageName:
     """A reference split for the API: host, repository, and a tag or digest."""
@@ -380,7 +385,7 @@ class RegistryClient:
         )  # fmt: skip
         if response.status_code in (401, 403):
             detail = _error_detail(response)
-            raise PackcacheError(
+            raise RegistryAccessError(
                 f"the token service of {self.host} refused the credentials"
                 f"{' of ' + credentials.username if credentials else ' (none given)'}"
                 f": HTTP {response.status_code} {detail}".rstrip()
@@ -482,7 +487,7 @@ class RegistryClient:
         detail = _error_detail(response)
         said = f": {detail}" if detail else ""
         if status in (401, 403):
-            return PackcacheError(
+            return RegistryAccessError(
                 f"registry {self.host} refused access to {what} (HTTP {status}{said}): "
                 f"check the credentials (docker login {self.host})"
             )
