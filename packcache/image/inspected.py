@@ -98,6 +98,21 @@ class InspectedImage:
             config=ContainerConfig.from_json(raw.get("Config")),
         )
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], image_id: str) -> InspectedImage:
+        """The same fields from an image config (a registry's or the cache's), as checked by
+        jsondoc.check_image_config."""
+        return cls(
+            id=image_id,
+            diff_ids=tuple(config["rootfs"]["diff_ids"]),
+            os=config.get("os") or "",
+            architecture=config.get("architecture") or "",
+            variant=config.get("variant") or "",
+            os_version=config.get("os.version") or "",
+            author=config.get("author") or "",
+            config=ContainerConfig.from_json(config.get("config")),
+        )
+
     @property
     def labels(self) -> Mapping[str, str]:
         return self.config.labels

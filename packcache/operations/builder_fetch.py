@@ -28,7 +28,6 @@ from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
 from packcache.jsondoc import check_image_config, strict_loads
 from packcache.operations.importing import import_images
-from packcache.operations.rebase_publish import _described
 from packcache.operations.run_image_fetch import PullPolicy, Registries
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
@@ -193,7 +192,7 @@ class BuilderFetcher:
             except (NotFoundError, UsageError):
                 continue
             config = self.store.image_config(config_digest)
-            image = _described(json.loads(config), config_digest)
+            image = InspectedImage.from_config(json.loads(config), config_digest)
             if self.lease.hold(image.diff_ids) == set(image.diff_ids):
                 return FetchedImage(ref, image, CACHE)
         return None
@@ -214,7 +213,7 @@ class BuilderFetcher:
         assert body is not None  # pull_image recorded it
         document = json.loads(body)
         manifest = Manifest(pulled.manifest_digest, document.get("mediaType", ""), body, document)
-        image = _described(json.loads(config), pulled.config_digest)
+        image = InspectedImage.from_config(json.loads(config), pulled.config_digest)
         return FetchedImage(ref, image, REGISTRY, name, manifest)
 
     def _remote(self, ref: str, what: str) -> FetchedImage:
@@ -231,7 +230,7 @@ class BuilderFetcher:
         if len(document["rootfs"]["diff_ids"]) != len(manifest.layers):
             raise PackcacheError(f"{where}: the manifest and the config list different layers")
         self.pulled.append(PulledImage(ref, manifest.digest, 0, 0))
-        image = _described(document, manifest.config["digest"])
+        image = InspectedImage.from_config(document, manifest.config["digest"])
         return FetchedImage(ref, image, REGISTRY, name, manifest)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.cnb import LifecycleMetadata
-from packcache.image.inspected import ContainerConfig, InspectedImage
+from packcache.image.inspected import InspectedImage
 from packcache.image.manifest import digest_of
 from packcache.jsondoc import check_image_config, strict_loads
 from packcache.operations.pushing import descriptor
@@ -96,20 +96,6 @@ class _Clients:
             client.close()
 
 
-def _described(config: dict[str, Any], image_id: str) -> InspectedImage:
-    """The fields a rebase reads, from an image config (a daemon's inspect has them too)."""
-    return InspectedImage(
-        id=image_id,
-        diff_ids=tuple(config["rootfs"]["diff_ids"]),
-        os=config.get("os") or "",
-        architecture=config.get("architecture") or "",
-        variant=config.get("variant") or "",
-        os_version=config.get("os.version") or "",
-        author=config.get("author") or "",
-        config=ContainerConfig.from_json(config.get("config")),
-    )
-
-
 def _read_image(clients: _Clients, ref: str, platform: Platform) -> _RemoteImage:
     """An image's manifest and config (never its layers), checked."""
     name = ImageName.parse(ref)
@@ -120,7 +106,8 @@ def _read_image(clients: _Clients, ref: str, platform: Platform) -> _RemoteImage
     document = check_image_config(strict_loads(config, f"the config of {what}"), what)
     if len(document["rootfs"]["diff_ids"]) != len(manifest.layers):
         raise PackcacheError(f"{what}: the manifest and the config list different layer counts")
-    return _RemoteImage(name, manifest, config, _described(document, manifest.config["digest"]))
+    described = InspectedImage.from_config(document, manifest.config["digest"])
+    return _RemoteImage(name, manifest, config, described)
 
 
 def _readable(clients: _Clients, ref: str, platform: Platform) -> bool:
