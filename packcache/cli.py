@@ -1123,6 +1123,22 @@ def create_builder_command(
             "--no-cache", help="pack's method: save each buildpackage, re-tar, load; cache unused."
         ),
     ] = False,
+    tags: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="IMAGE:TAG", help="Another name for the builder."),
+    ] = None,
+    flatten: Annotated[
+        list[str] | None,
+        typer.Option("--flatten", metavar="ID@V,...", help="Buildpacks to put in one layer."),
+    ] = None,
+    targets: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", metavar="OS/ARCH", help="The daemon's platform only."),
+    ] = None,
+    append_image_name_suffix: Annotated[
+        bool,
+        typer.Option("--append-image-name-suffix", help="With --publish only (ignored here)."),
+    ] = False,
     dry_run: DryRunOption = False,
     report_file: ReportOption = None,
     quiet: QuietOption = False,
@@ -1130,21 +1146,16 @@ def create_builder_command(
 ) -> None:
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
     from packcache.builder.config import read_config
+    from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.create_builder import Registry, check_pull_policy, create_builder
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.run_image_fetch import resolve_pull_policy
     from packcache.transports.registry import RegistryOptions
 
-    extra_labels = {}
-    for label in labels or []:
-        key, equals, value = label.partition("=")
-        if not equals or not key:
-            typer.echo(f"packcache: error: --label {label!r}: expected KEY=VALUE", err=True)
-            raise typer.Exit(EXIT_USAGE)
-        extra_labels[key] = value
     with reported():
         # The user's input first: a bad builder.toml is a usage error even with no daemon.
+        extra_labels = string_to_string(labels or [], "--label")
         pack_config = read_pack_config()
         # pack refuses the flag --pull-policy never with --publish, not its config's value.
         check_pull_policy(pull_policy or "always", publish)
@@ -1153,6 +1164,9 @@ def create_builder_command(
             RegistryOptions(insecure=frozenset(insecure_registries or ())),
             publish,
             pack_config.lifecycle_image,
+        )
+        options = builder_options(
+            tags or [], flatten or [], targets or [], append_image_name_suffix
         )
         builder_config = read_config(config)
         store = ctx.obj.open_store()
@@ -1170,6 +1184,7 @@ def create_builder_command(
                 pull_policy=policy,
                 registry=registry,
                 extra_labels=extra_labels,
+                options=options,
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
@@ -1185,7 +1200,12 @@ def create_builder_command(
     typer.echo(f"{verb} builder {report.name} ({image}), {len(report.diff_ids)} layers")
     for buildpack in report.buildpacks:
         origin = "cache" if buildpack.reused else buildpack.kind
-        typer.echo(f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}")
+        what = " (extension)" if buildpack.module == "extension" else ""
+        typer.echo(
+            f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}{what}"
+        )
+    for tag in report.tags:
+        typer.echo(f"  tagged      {tag}")
     typer.echo(f"  docker save {', '.join(report.imported) or 'none'}")
     for pulled in report.pulled:
         typer.echo(

@@ -87,11 +87,12 @@ CREATE_BUILDER = {
     "load",
     "warnings",
     "seconds",
+    "tags",
     "pull_policy",
     "pulled",
     "published",
 }
-BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused"}
+BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused", "module"}
 VERIFY = {
     "checked",
     "missing",
