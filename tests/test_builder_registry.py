@@ -395,7 +395,7 @@ def push_index(host: str, repository: str, tags: list[str], index_tag: str) -> N
 
 
 def test_publish_for_two_platforms_pushes_an_index(
-    engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path
+    cli, engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path
 ) -> None:
     """pack's multi-arch builder: one builder per platform, pushed by digest, and an OCI index
     naming them under the tag; each builder is made of its platform's build image."""
@@ -449,6 +449,12 @@ def test_publish_for_two_platforms_pushes_an_index(
         diff_ids = config["rootfs"]["diff_ids"]
         assert diff_ids[: len(build_diff_ids)] == list(build_diff_ids)
         assert len(manifest["layers"]) == len(diff_ids)
+    # The CLI's --target values give the same index.
+    again = ok(create(cli, engine, target, toml, host, "--publish", "--target",
+                      f"linux/{native},linux/{other}"))  # fmt: skip
+    assert again["published"]["media_type"] == OCI_INDEX
+    assert again["published"]["platforms"] == published.platforms
+    assert again["published"]["digest"] == published.digest
 
 
 def test_dry_run_reads_manifests_and_configs_only(cli, engine: Engine, remote: Remote) -> None:
