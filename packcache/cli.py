@@ -123,6 +123,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "create-builder": (
         "packcache create-builder my-builder:jammy --config builder.toml",
         "packcache create-builder my-builder:jammy -c builder.toml --pull-policy never",
+        "packcache create-builder registry.example.com/my-builder:jammy -c builder.toml --publish",
     ),
 }
 
@@ -1106,15 +1107,25 @@ def create_builder_command(
     name: Annotated[str, typer.Argument(help="Name (tag) of the builder image to create.")],
     config: Annotated[Path, typer.Option("--config", "-c", help="builder.toml, as pack reads it.")],
     pull_policy: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--pull-policy", help="never, or if-not-present (pull images the daemon lacks)."
+            "--pull-policy",
+            help="always, if-not-present or never: how the build image, buildpackages and a "
+            "lifecycle image are fetched (from registries, into the cache). Default: pack's "
+            "config pull-policy, else always.",
         ),
-    ] = "if-not-present",
+    ] = None,
     labels: Annotated[
         list[str] | None,
         typer.Option("--label", "-l", metavar="KEY=VALUE", help="Add a label to the builder."),
     ] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish", help="Push the builder to the registry NAME names, not the daemon."
+        ),
+    ] = False,
+    insecure_registries: InsecureRegistriesOption = None,
     no_cache: Annotated[
         bool,
         typer.Option(
@@ -1145,13 +1156,24 @@ def create_builder_command(
     """Create a builder image from builder.toml, taking buildpack layers from the cache."""
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
-    from packcache.operations.create_builder import check_pull_policy, create_builder
+    from packcache.operations.create_builder import Registry, check_pull_policy, create_builder
     from packcache.operations.housekeeping import size_capped
+    from packcache.operations.pack_config import read_pack_config
+    from packcache.operations.run_image_fetch import resolve_pull_policy
+    from packcache.transports.registry import RegistryOptions
 
     with reported():
         # The user's input first: a bad builder.toml is a usage error even with no daemon.
         extra_labels = string_to_string(labels or [], "--label")
-        check_pull_policy(pull_policy)
+        pack_config = read_pack_config()
+        # pack refuses the flag --pull-policy never with --publish, not its config's value.
+        check_pull_policy(pull_policy or "always", publish)
+        policy = resolve_pull_policy(pull_policy, pack_config)
+        registry = Registry(
+            RegistryOptions(insecure=frozenset(insecure_registries or ())),
+            publish,
+            pack_config.lifecycle_image,
+        )
         options = builder_options(
             tags or [], flatten or [], targets or [], append_image_name_suffix
         )
@@ -1162,13 +1184,14 @@ def create_builder_command(
             store.lease("create-builder") as lease,
             progress_display(quiet, fmt) as shown,
         ):
-            daemon = ctx.obj.daemon(shown)
+            daemon = None if publish else ctx.obj.daemon(shown)
             report = create_builder(
                 store,
                 daemon,
                 name,
                 builder_config,
-                pull_policy=pull_policy,
+                pull_policy=policy,
+                registry=registry,
                 extra_labels=extra_labels,
                 options=options,
                 no_cache=no_cache,
@@ -1193,6 +1216,18 @@ def create_builder_command(
     for tag in report.tags:
         typer.echo(f"  tagged      {tag}")
     typer.echo(f"  docker save {', '.join(report.imported) or 'none'}")
+    for pulled in report.pulled:
+        typer.echo(
+            f"  registry    {pulled.ref}: {pulled.layers_downloaded} layers, "
+            f"{render.size(pulled.bytes_downloaded)} downloaded"
+        )
+    if report.published is not None:
+        published = report.published
+        typer.echo(
+            f"  published   {published.ref}@{published.digest}: "
+            f"{len(published.uploaded)} blobs uploaded ({render.size(published.bytes_uploaded)}), "
+            f"{len(published.mounted)} mounted, {len(published.present)} already there"
+        )
     if report.load is not None:
         typer.echo(
             f"  loaded      {report.load.layers_sent} layers sent, "

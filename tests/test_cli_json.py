@@ -91,6 +91,9 @@ CREATE_BUILDER = {
     "warnings",
     "seconds",
     "tags",
+    "pull_policy",
+    "pulled",
+    "published",
 }
 BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused", "module"}
 VERIFY = {

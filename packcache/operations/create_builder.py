@@ -70,7 +70,7 @@ from packcache.builder.sources import (
     open_oci_buildpackage,
     read_lifecycle,
 )
-from packcache.builder.targets import check_build_image, daemon_target
+from packcache.builder.targets import check_build_image, daemon_target, parse_target
 from packcache.builder.tarwriter import TarEntry
 from packcache.builder.uris import (
     ARCHIVE,
@@ -84,9 +84,15 @@ from packcache.builder.uris import (
     local_path,
 )
 from packcache.digest import sha256_digest
-from packcache.errors import NotFoundError, PackcacheError, UsageError
+from packcache.errors import NotFoundError, UsageError
 from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
+from packcache.operations.builder_fetch import DAEMON, BuilderFetcher, FetchedImage, PulledImage
+from packcache.operations.builder_lifecycle import (
+    DEFAULT_LIFECYCLE_VERSION,
+    lifecycle_images,
+    write_release_archive,
+)
 from packcache.operations.builder_modules import LayerWriter as _Layers
 from packcache.operations.builder_modules import Module as _Module
 from packcache.operations.builder_modules import (
@@ -95,14 +101,30 @@ from packcache.operations.builder_modules import (
     flatten_group,
     split_flattened_packages,
 )
+from packcache.operations.builder_publish import (
+    BuilderPublishReport,
+    check_publish_name,
+    publish_builder,
+    publish_index,
+)
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
+from packcache.operations.run_image_fetch import (
+    PullPolicy,
+    daemon_platform,
+    parse_pull_policy,
+)
 from packcache.progress import NO_PROGRESS, Progress, Task
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon
+from packcache.transports.registry import (
+    DEFAULT_PLATFORM,
+    Platform,
+    RegistryClients,
+    RegistryOptions,
+)
 
-PULL_POLICIES = ("never", "if-not-present")
 SYSTEM_LABEL = "io.buildpacks.buildpack.system"  # pack's builder.SystemLabel
 CREATOR = "packcache"
 
@@ -133,29 +155,12 @@ class CreateBuilderReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tags: list[str] = field(default_factory=list)  # the other names the builder was given
+    pull_policy: str = ""
+    pulled: list[PulledImage] = field(default_factory=list)  # images read from registries
+    published: BuilderPublishReport | None = None
 
 
 # -- small helpers ---------------------------------------------------------------------------
-
-
-def _ensure_image(daemon: Daemon, ref: str, pull_policy: str, what: str) -> InspectedImage:
-    """`docker inspect` of an image, pulled first if allowed and missing."""
-    try:
-        return daemon.inspect_image(ref)
-    except NotFoundError:
-        if pull_policy == "never":
-            raise NotFoundError(
-                f"{what} {ref} is not in the Docker daemon (--pull-policy never)",
-                hint=f"`docker pull {ref}` puts it there, or --pull-policy if-not-present "
-                "lets create-builder pull it",
-            ) from None
-    try:
-        daemon.pull(ref)
-    except PackcacheError as exc:
-        raise NotFoundError(
-            f"{what} {ref} is not in the Docker daemon and pulling it failed: {exc}"
-        ) from exc
-    return daemon.inspect_image(ref)
 
 
 def _json_label(labels: Mapping[str, str], name: str, image: str) -> Any:
@@ -186,18 +191,33 @@ def _user_and_group(build: InspectedImage, ref: str) -> tuple[int, int]:
 # -- the operation ---------------------------------------------------------------------------
 
 
-def check_pull_policy(pull_policy: str) -> None:
-    if pull_policy not in PULL_POLICIES:
-        raise UsageError(f"--pull-policy must be one of {', '.join(PULL_POLICIES)}")
+def check_pull_policy(pull_policy: str | PullPolicy, publish: bool = False) -> PullPolicy:
+    policy = parse_pull_policy(pull_policy)
+    if publish and policy is PullPolicy.NEVER:
+        # pack refuses it: a publish reads its images from registries.
+        raise UsageError("--publish and --pull-policy never cannot be used together")
+    return policy
+
+
+@dataclass(frozen=True)
+class Registry:
+    """How create-builder reaches registries: pack's options, publish, pack's lifecycle image."""
+
+    options: RegistryOptions = field(default_factory=RegistryOptions)
+    publish: bool = False
+    lifecycle_image: str | None = None  # pack's config `lifecycle-image`
+    # With publish: the platforms to build for (pack's targets); several make an index.
+    platforms: tuple[Platform, ...] = ()
 
 
 def create_builder(
     store: Store,
-    daemon: Daemon,
+    daemon: Daemon | None,
     name: str,
     config: BuilderConfig,
     *,
-    pull_policy: str = "if-not-present",
+    pull_policy: str | PullPolicy = PullPolicy.IF_NOT_PRESENT,
+    registry: Registry | None = None,
     extra_labels: dict[str, str] | None = None,
     options: BuilderOptions | None = None,
     no_cache: bool = False,
@@ -207,7 +227,12 @@ def create_builder(
 ) -> CreateBuilderReport:
     """Build the builder `config` (builder.toml, as `read_config` checked it) describes."""
     start = time.perf_counter()
-    check_pull_policy(pull_policy)
+    registry = registry or Registry()
+    policy = check_pull_policy(pull_policy)
+    if registry.publish:
+        check_publish_name(name)
+        if no_cache:
+            raise UsageError("--publish and --no-cache cannot be used together")
     with ExitStack() as cleanup:
         steps = cleanup.enter_context(progress.task(name, total=len(STEPS), unit="steps"))
         if no_cache:
@@ -215,48 +240,96 @@ def create_builder(
             scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="packcache-")))
             store = Store.open(scratch / "cache")
             lease = cleanup.enter_context(store.lease("create-builder --no-cache"))
-        report = _create(
-            store, daemon, name, config, pull_policy, extra_labels or {}, no_cache, dry_run, lease,
-            steps, options or BuilderOptions(),
-        )  # fmt: skip
+        if lease is None:
+            lease = cleanup.enter_context(store.lease("create-builder"))
+        registries = RegistryClients(registry.options)
+        cleanup.callback(registries.close)
+        if registry.publish or daemon is None:
+            daemon = None
+            platforms = list(registry.platforms) or _publish_platforms(
+                options or BuilderOptions(), config
+            )
+            if policy is PullPolicy.NEVER:  # pack's config: a publish reads registries anyway
+                policy = PullPolicy.IF_NOT_PRESENT
+        else:
+            platforms = [daemon_platform(daemon.info)]
+        reports = []
+        for platform in platforms:
+            fetcher = BuilderFetcher(
+                store,
+                daemon,
+                policy,
+                platform,
+                registries,
+                lease,
+                remote_only=registry.publish or dry_run,
+                pack_method=no_cache,
+            )
+            report = _create(
+                store, fetcher, registry, name, config, extra_labels or {}, no_cache, dry_run,
+                lease, steps, options or BuilderOptions(), by_digest=len(platforms) > 1,
+            )  # fmt: skip
+            reports.append(report)
+        report = reports[0]
+        if len(reports) > 1 and not dry_run:
+            builders = [r.published for r in reports if r.published is not None]
+            report.published = publish_index(name, builders, registries=registries)
+            report.pulled = [pulled for r in reports for pulled in r.pulled]
     report.seconds = time.perf_counter() - start
     return report
 
 
+def _publish_platforms(options: BuilderOptions, config: BuilderConfig) -> list[Platform]:
+    """The platforms a publish builds for: --target, else [[targets]] (pack's order), else
+    linux/amd64."""
+    targets = [parse_target(text) for text in options.targets] or config.targets
+    return [Platform(t.os or "linux", t.arch or "amd64", t.variant or None) for t in targets] or [
+        DEFAULT_PLATFORM
+    ]
+
+
 def _create(
     store: Store,
-    daemon: Daemon,
+    fetcher: BuilderFetcher,
+    registry: Registry,
     name: str,
     config: BuilderConfig,
-    pull_policy: str,
     extra_labels: dict[str, str],
     no_cache: bool,
     dry_run: bool,
     lease: Lease | None,
     steps: Task,
     options: BuilderOptions,
+    by_digest: bool = False,
 ) -> CreateBuilderReport:
     inputs = InputCache(store)
     layers = _Layers(store, lease, dry_run)
     steps.describe(STEPS[0])
-    target = daemon_target(
-        options.targets, config.targets, daemon.info.os, daemon.info.architecture
-    )
-    base = _check_images(daemon, config, pull_policy)
-    check_build_image(target, config.build_image, base.image.os or "linux", base.image.architecture)
-    if options.append_image_name_suffix:
-        base.warnings.append(
-            "--append-image-name-suffix will be ignored, use combined with --publish"
+    if fetcher.daemon is not None:
+        daemon = fetcher.daemon
+        target = daemon_target(
+            options.targets, config.targets, daemon.info.os, daemon.info.architecture
         )
+    base = _check_images(fetcher, config)
+    if fetcher.daemon is not None:
+        check_build_image(
+            target, config.build_image, base.image.os or "linux", base.image.architecture
+        )
+        if options.append_image_name_suffix:
+            base.warnings.append(
+                "--append-image-name-suffix will be ignored, use combined with --publish"
+            )
     _next(steps, STEPS[1])
-    lifecycle, lifecycle_layer_id = _lifecycle(config, inputs, layers, base.image.platform)
+    lifecycle, lifecycle_layer_id = _lifecycle(
+        config, inputs, layers, base.image.platform, fetcher, registry.lifecycle_image
+    )
     _next(steps, STEPS[2])
-    modules = _collect_buildpacks(config, daemon, pull_policy, layers)
-    extensions = _collect_buildpacks(config, daemon, pull_policy, layers, EXTENSION)
+    modules = _collect_buildpacks(config, fetcher, layers)
+    extensions = _collect_buildpacks(config, fetcher, layers, EXTENSION)
     resolved = _check_buildpacks(config, modules, extensions, lifecycle, base)
     _next(steps, STEPS[3])
     imported = _materialize_layers(
-        store, daemon, config, [*modules, *extensions], inputs, layers, no_cache
+        store, fetcher.daemon, config, [*modules, *extensions], inputs, layers, no_cache
     )
     split_flattened_packages([*modules, *extensions], store, inputs, layers)
     lifecycle_diff_id = lifecycle_layer_id()
@@ -292,14 +365,24 @@ def _create(
         load=None,
         warnings=[*base.warnings, *layers.warnings],
         tags=[tag for tag in options.tags if tag != name],
+        pull_policy=fetcher.policy.value,
+        pulled=fetcher.pulled,
     )
-    if not dry_run:
-        _next(steps, STEPS[5])
-        policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
-        report.load = _record_and_load(
-            store, daemon, config, name, builder_config, base, policy, lease, options.tags
-        )
-        report.image_id = report.load.image_id
+    if dry_run:
+        return report
+    _next(steps, STEPS[5])
+    if registry.publish:
+        report.published = publish_builder(
+            store, name, builder_config, fetcher.fetched, registries=fetcher.registries,
+            platform=fetcher.platform, lease=fetcher.lease, by_digest=by_digest,
+        )  # fmt: skip
+        return report
+    assert fetcher.daemon is not None
+    policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
+    report.load = _record_and_load(
+        store, fetcher.daemon, config, name, builder_config, base, policy, lease, options.tags
+    )
+    report.image_id = report.load.image_id
     return report
 
 
@@ -332,20 +415,25 @@ class _BuildImage:
     stack_id: str
     mixins: list[str] | None
     warnings: list[str] = field(default_factory=list)
+    source: str = DAEMON  # where it was read: daemon, cache or registry
 
 
-def _check_images(daemon: Daemon, config: BuilderConfig, pull_policy: str) -> _BuildImage:
-    """The build image: in the daemon, linux, with the CNB user and (when builder.toml names
-    one) the same stack. Run images: checked when present (pack only warns when it cannot
-    see one)."""
-    daemon.prefetch(
-        [
-            config.build_image,
-            *(ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]),
-            *filter(None, (daemon_ref(bp.uri, config.base_dir) for bp in config.buildpacks)),
-        ]
-    )
-    build = _ensure_image(daemon, config.build_image, pull_policy, "build image")
+def _check_images(fetcher: BuilderFetcher, config: BuilderConfig) -> _BuildImage:
+    """The build image: fetched as the pull policy says (builder_fetch), linux, with the CNB
+    user and (when builder.toml names one) the same stack. Run images: checked when they can
+    be read (pack only warns when it cannot see one)."""
+    packages = [ref for bp in config.buildpacks if (ref := daemon_ref(bp.uri, config.base_dir))]
+    if fetcher.daemon is not None:
+        fetcher.daemon.prefetch(
+            [
+                config.build_image,
+                *(ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]),
+                *packages,
+            ]
+        )
+    fetcher.prefetch([config.build_image, *packages], "buildpackage")
+    fetched = fetcher.image(config.build_image, "build image")
+    build = fetched.image
     if (build.os or "linux") != "linux":
         raise BuilderError(f"build image {config.build_image}: only linux builders are supported")
     uid, gid = _user_and_group(build, config.build_image)
@@ -356,13 +444,15 @@ def _check_images(daemon: Daemon, config: BuilderConfig, pull_policy: str) -> _B
             f"'{stack_id}' from build image {config.build_image}"
         )
     mixins = _json_label(build.labels, cnb.STACK_MIXINS, config.build_image)
-    base = _BuildImage(build, uid, gid, stack_id, mixins)
+    base = _BuildImage(build, uid, gid, stack_id, mixins, source=fetched.source)
     for run_image in config.run_images:
         for ref in [run_image.image, *(run_image.mirrors or [])]:
-            try:
-                run_labels = daemon.inspect_image(ref).labels
-            except NotFoundError:
-                base.warnings.append(f"run image {ref} is not in the Docker daemon")
+            run_labels = fetcher.run_image_labels(ref)
+            if run_labels is None:
+                where = "registry" if fetcher.daemon is None else "Docker daemon"
+                if fetcher.policy is not PullPolicy.NEVER and fetcher.daemon is not None:
+                    where += " or its registry"
+                base.warnings.append(f"run image {ref} is not in the {where}")
                 continue
             if config.stack_id and run_labels.get(cnb.STACK_ID) != config.stack_id:
                 raise BuilderError(
@@ -373,7 +463,7 @@ def _check_images(daemon: Daemon, config: BuilderConfig, pull_policy: str) -> _B
 
 
 def _collect_buildpacks(
-    config: BuilderConfig, daemon: Daemon, pull_policy: str, layers: _Layers, kind=BUILDPACK
+    config: BuilderConfig, fetcher: BuilderFetcher, layers: _Layers, kind=BUILDPACK
 ) -> list[_Module]:
     """Every buildpack the [[buildpacks]] entries provide (or extension the [[extensions]]
     entries do), with what each source says about it (labels, buildpack.toml or
@@ -381,7 +471,7 @@ def _collect_buildpacks(
     modules: list[_Module] = []
     for entry in config.extensions if kind == EXTENSION else config.buildpacks:
         source = classify_buildpack(entry.uri, config.base_dir)
-        found = _buildpacks_from(source, daemon, pull_policy, layers, kind)
+        found = _buildpacks_from(source, fetcher, layers, kind)
         main = found[0]
         for expected, actual, what in (
             (entry.id, main.descriptor.id, "ID"),
@@ -572,47 +662,92 @@ def _record_and_load(
 ) -> LoadReport:
     """Record the builder and load it: the build image's layers are never sent (where the
     daemon's store allows, with pack's policy), nor anything else the daemon has. `tags`
-    name the same image too (pack's additional tags)."""
+    name the same image too (pack's additional tags). A build image the daemon holds is read
+    into the cache first where the load needs it."""
     refs = [name, *(tag for tag in tags if tag != name)]
     store.record_image(ImageRecord(config=builder_config, refs=refs))
-    if base_image_needed(store, daemon, list(base.image.diff_ids), policy):
+    if base.source == DAEMON and base_image_needed(
+        store, daemon, list(base.image.diff_ids), policy
+    ):
         import_images(store, daemon, [config.build_image], lease=lease)
     return load_config(store, daemon, builder_config, refs, lease=lease, policy=policy)
 
 
 def _lifecycle(
-    config: BuilderConfig, inputs: InputCache, layers: _Layers, platform: str
+    config: BuilderConfig,
+    inputs: InputCache,
+    layers: _Layers,
+    platform: str,
+    fetcher: BuilderFetcher,
+    lifecycle_image: str | None,
 ) -> tuple[LifecycleDescriptor, Callable[[], str]]:
     """The lifecycle's descriptor, and what gives the diffID of its layer (written only when
-    called; cached by archive digest, and by version for builder.toml files naming only it)."""
+    called; cached by archive digest or image layer, and by version). A `docker://` uri or a
+    version is a lifecycle image (builder_lifecycle); anything else a local archive."""
     where = f"{config.path}:{config.lifecycle_line}" if config.lifecycle_line else str(config.path)
-    if not config.lifecycle_uri:
-        version = config.lifecycle_version
-        known = inputs.get(f"lifecycle-version:{version}:{platform}") if version else None
+    uri = config.lifecycle_uri
+    if uri.startswith("docker:"):
+        return _lifecycle_from_image(daemon_ref(uri, config.base_dir) or uri, inputs, layers,
+                                     platform, fetcher)  # fmt: skip
+    if not uri:
+        version = config.lifecycle_version or DEFAULT_LIFECYCLE_VERSION
+        known = inputs.get(f"lifecycle-version:{version}:{platform}")
         if known and layers.cached(known["diff_id"]):
             return LifecycleDescriptor.from_json(known["descriptor"]), lambda: known["diff_id"]
-        if version:
-            raise BuilderError(
-                f"{where}: lifecycle.version = {version!r}: packcache cannot download a "
-                f"lifecycle and has none of version {version} for {platform} cached; set "
-                "lifecycle.uri to a local lifecycle .tgz (one create-builder with it caches it "
-                "by version)"
-            )
+        tried = []
+        for ref in lifecycle_images(version, lifecycle_image):
+            try:
+                return _lifecycle_from_image(ref, inputs, layers, platform, fetcher)
+            except NotFoundError:
+                tried.append(ref)
+        what = f"lifecycle.version = {version!r}" if config.lifecycle_version else (
+            f"no lifecycle named, and pack's default version {version}"
+        )  # fmt: skip
         raise BuilderError(
-            f"{where}: no lifecycle: packcache cannot download pack's default lifecycle; "
-            "set [lifecycle] uri to a local lifecycle .tgz"
+            f"{where}: {what} is neither cached nor reachable as a lifecycle image with "
+            f"--pull-policy {fetcher.policy.value} (tried {', '.join(tried)}); set lifecycle.uri "
+            "to a local lifecycle .tgz or a docker:// lifecycle image, or pack's config "
+            "lifecycle-image to a repository that has one"
         )
-    path = local_path(config.lifecycle_uri, config.base_dir)
+    path = local_path(uri, config.base_dir)
     if path is None or not path.is_file():
         raise BuilderError(
-            f"{where}: lifecycle.uri {config.lifecycle_uri!r} is not a local file "
-            "(packcache does not download)"
+            f"{where}: lifecycle.uri {uri!r} is not a local file nor a docker:// image "
+            "(packcache does not download archives)"
         )
-    key = f"lifecycle-file:{file_digest(path)}"
+    return _lifecycle_from_archive(path, f"lifecycle-file:{file_digest(path)}", inputs, layers,
+                                   platform)  # fmt: skip
+
+
+def _lifecycle_from_image(
+    ref: str, inputs: InputCache, layers: _Layers, platform: str, fetcher: BuilderFetcher
+) -> tuple[LifecycleDescriptor, Callable[[], str]]:
+    """A lifecycle image's last layer, made back into a release archive as pack does, then
+    taken as a local archive (cached by that layer's diffID: rewritten once)."""
+    diff_ids = fetcher.layers(ref, "lifecycle image")
+    if not diff_ids:
+        raise BuilderError(f"lifecycle image {ref} has no layers")
+    key = f"lifecycle-image-layer:{diff_ids[-1]}"
+    known = inputs.get(key)
+    if known and layers.cached(known["diff_id"]):
+        return _lifecycle_from_archive(None, key, inputs, layers, platform)
+    with tempfile.TemporaryDirectory(prefix="packcache-lifecycle-") as scratch:
+        archive = Path(scratch) / "lifecycle.tar"
+        write_release_archive(layers.store, diff_ids[-1], archive, f"lifecycle image {ref}")
+        descriptor, layer = _lifecycle_from_archive(archive, key, inputs, layers, platform)
+        diff_id = layer()  # now: the archive is gone once this returns
+    return descriptor, lambda: diff_id
+
+
+def _lifecycle_from_archive(
+    path: Path | None, key: str, inputs: InputCache, layers: _Layers, platform: str
+) -> tuple[LifecycleDescriptor, Callable[[], str]]:
+    """A lifecycle release archive at `path` (None: known under `key`, cached)."""
     known = inputs.get(key)
     if known and layers.cached(known["diff_id"]):
         descriptor = LifecycleDescriptor.from_json(known["descriptor"])
     else:
+        assert path is not None
         descriptor = read_lifecycle(path).descriptor
         known = None
 
@@ -620,6 +755,7 @@ def _lifecycle(
         if known is not None:
             diff_id = known["diff_id"]
         else:
+            assert path is not None
             diff_id = _from_archive(path, lambda: lifecycle_layer(archive_members(path)), layers)
         if not layers.dry_run:
             value = {"diff_id": diff_id, "descriptor": descriptor.to_json()}
@@ -640,7 +776,7 @@ def _from_archive(path: Path, entries: Callable[[], Iterable[TarEntry]], layers:
 
 
 def _buildpacks_from(
-    source: BuildpackSource, daemon: Daemon, pull_policy: str, layers: _Layers, module: str
+    source: BuildpackSource, fetcher: BuilderFetcher, layers: _Layers, module: str
 ) -> list[_Module]:
     """The buildpacks one [[buildpacks]] entry provides, the main one first (for an
     [[extensions]] entry, its one extension: pack's extensions are never composite)."""
@@ -660,9 +796,24 @@ def _buildpacks_from(
         return [_Module(archive_descriptor(source.path, module), uri, ARCHIVE, path=source.path)]
     else:
         what = "extension package" if module == EXTENSION else "buildpackage"
-        inspected = _ensure_image(daemon, source.ref, pull_policy, what)
-        found = _package_modules(inspected.labels, source.ref, uri, IMAGE, layers, module)
+        fetched = fetcher.image(source.ref, what)
+        found = _package_modules(fetched.image.labels, source.ref, uri, IMAGE, layers, module)
+        if fetched.source != DAEMON:
+            _check_package_layers(fetched, found)
     return found[:1] if module == EXTENSION else found
+
+
+def _check_package_layers(fetched: FetchedImage, modules: list[_Module]) -> None:
+    """A package read from a registry or the cache holds the layers its label names; its
+    layers are there already (pulled, cached) or are read at publish, never `docker save`d."""
+    held = set(fetched.image.diff_ids)
+    for module in modules:
+        if module.diff_id not in held:
+            raise BuilderError(
+                f"buildpackage {fetched.ref}: its io.buildpacks.buildpack.layers label names "
+                f"layer {module.diff_id}, which the image does not have"
+            )
+        module.image_ref = None
 
 
 def _package_modules(

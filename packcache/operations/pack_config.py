@@ -2,7 +2,8 @@
 rebase reads from it, `pull-policy`, `[[run-images]] image / mirrors` and
 `[registry-mirrors]` (registry -> mirror host, "*" for every registry: pack's image fetcher
 reads every image it fetches from the mirror instead, pkg/image/fetcher.go and
-internal/name/name.go TranslateRegistry; the result keeps its own name).
+internal/name/name.go TranslateRegistry; the result keeps its own name), and the
+`lifecycle-image` create-builder takes a lifecycle version from.
 
 The file is the user's, but read as hostile input like every other: bounded, every value's
 type checked, and anything wrong is one error naming the file. A missing file is an empty
@@ -30,6 +31,7 @@ class PackConfig:
     pull_policy: str | None = None
     run_image_mirrors: dict[str, list[str]] = field(default_factory=dict)
     registry_mirrors: dict[str, str] = field(default_factory=dict)
+    lifecycle_image: str | None = None
 
     def translate(self, name: str) -> str:
         return translate_registry(name, self.registry_mirrors)
@@ -115,9 +117,13 @@ def read_pack_config(path: Path | None = None) -> PackConfig:
     policy = document.get("pull-policy")
     if policy is not None and not isinstance(policy, str):
         raise UsageError(f"pack's config {path}: pull-policy must be a string")
+    lifecycle_image = document.get("lifecycle-image")
+    if lifecycle_image is not None and not isinstance(lifecycle_image, str):
+        raise UsageError(f"pack's config {path}: lifecycle-image must be a string")
     return PackConfig(
         path,
         policy or None,
         _run_images(document.get("run-images", []), path),
         _registry_mirrors(document.get("registry-mirrors", {}), path),
+        lifecycle_image or None,
     )

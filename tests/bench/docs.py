@@ -24,6 +24,7 @@ TITLES = {
     "engines": "Import and load",
     "rebase": "Rebase",
     "builder": "create-builder",
+    "builder_pull": "create-builder from a registry",
     "publish": "rebase --publish",
     "pull": "Pull",
 }
