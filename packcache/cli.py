@@ -33,6 +33,7 @@ from packcache.template import Template, parse_format
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
+    from packcache.operations.derived_builder import DerivedBuilderRequest
     from packcache.operations.importing import DaemonImportReport
     from packcache.operations.rebase_publish import PublishReport
     from packcache.store.store import EvictedLayer
@@ -123,6 +124,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "create-builder": (
         "packcache create-builder my-builder:jammy --config builder.toml",
         "packcache create-builder my-builder:jammy -c builder.toml --pull-policy never",
+        "packcache create-builder my-builder:node --from-builder my-builder:jammy "
+        "--buildpack from=builder --buildpack ./my-buildpack --env BP_LOG_LEVEL=debug",
     ),
 }
 
@@ -1095,7 +1098,42 @@ def _launch_caches_found(ctx: typer.Context) -> list[str] | None:
 def create_builder_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name (tag) of the builder image to create.")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="builder.toml, as pack reads it.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="builder.toml, as pack reads it.")
+    ] = None,
+    from_builder: Annotated[
+        str | None,
+        typer.Option(
+            "--from-builder",
+            help="Derive from this builder what `pack build` would make ephemerally (no save).",
+        ),
+    ] = None,
+    buildpacks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--buildpack",
+            "-b",
+            metavar="URI",
+            help="With --from-builder: as pack build's --buildpack (sets the order's group).",
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env", "-e", metavar="NAME=VALUE", help="With --from-builder: a /platform/env file."
+        ),
+    ] = None,
+    order: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--order",
+            metavar="ID[@VERSION][?],...",
+            help="With --from-builder: one group of the new order (? for optional).",
+        ),
+    ] = None,
+    run_image: Annotated[
+        str | None, typer.Option("--run-image", help="With --from-builder: the run image.")
+    ] = None,
     pull_policy: Annotated[
         str,
         typer.Option(
@@ -1117,9 +1155,12 @@ def create_builder_command(
     quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Create a builder image from builder.toml, taking buildpack layers from the cache."""
+    """Create a builder image from builder.toml, taking buildpack layers from the cache; or,
+    with --from-builder, the builder `pack build` would make for --buildpack, --env, --order
+    or --run-image, without reading the existing builder's layers."""
     from packcache.builder.config import read_config
     from packcache.operations.create_builder import check_pull_policy, create_builder
+    from packcache.operations.derived_builder import derive_builder
     from packcache.operations.housekeeping import size_capped
 
     extra_labels = {}
@@ -1132,7 +1173,8 @@ def create_builder_command(
     with reported():
         # The user's input first: a bad builder.toml is a usage error even with no daemon.
         check_pull_policy(pull_policy)
-        builder_config = read_config(config)
+        derived = _derived_request(config, from_builder, buildpacks, env, order, run_image)
+        builder_config = read_config(config) if derived is None else None
         store = ctx.obj.open_store()
         with (
             size_capped(store),
@@ -1140,11 +1182,7 @@ def create_builder_command(
             progress_display(quiet, fmt) as shown,
         ):
             daemon = ctx.obj.daemon(shown)
-            report = create_builder(
-                store,
-                daemon,
-                name,
-                builder_config,
+            options = dict(
                 pull_policy=pull_policy,
                 extra_labels=extra_labels,
                 no_cache=no_cache,
@@ -1152,6 +1190,10 @@ def create_builder_command(
                 lease=lease,
                 progress=shown,
             )
+            if derived is not None:
+                report = derive_builder(store, daemon, name, derived, **options)
+            else:
+                report = create_builder(store, daemon, name, builder_config, **options)
     _write_report(report, report_file, fmt)
     if fmt is not Format.table:
         return
@@ -1160,6 +1202,9 @@ def create_builder_command(
     verb = "Would create" if report.dry_run else "Created"
     image = short_id(report.image_id) if report.image_id else short_id(report.config_digest)
     typer.echo(f"{verb} builder {report.name} ({image}), {len(report.diff_ids)} layers")
+    if getattr(report, "from_builder", ""):
+        saved = " (read with docker save)" if report.saved_builder else ", its layers left there"
+        typer.echo(f"  from        {report.from_builder}{saved}")
     for buildpack in report.buildpacks:
         origin = "cache" if buildpack.reused else buildpack.kind
         typer.echo(f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}")
@@ -1171,6 +1216,35 @@ def create_builder_command(
             f"{render.size(report.load.bytes_sent)} sent, by {report.load.load_method}"
         )
     typer.echo(f"  time        {report.seconds:.2f} s")
+
+
+def _derived_request(
+    config: Path | None,
+    from_builder: str | None,
+    buildpacks: list[str] | None,
+    env: list[str] | None,
+    order: list[str] | None,
+    run_image: str | None,
+) -> DerivedBuilderRequest | None:
+    """What --from-builder and its options ask for (None for a builder.toml), checked."""
+    from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
+
+    if (config is None) == (from_builder is None):
+        raise UsageError("create-builder takes either --config or --from-builder (one of them)")
+    if from_builder is None:
+        if buildpacks or env or order or run_image:
+            raise UsageError("--buildpack, --env, --order and --run-image need --from-builder")
+        return None
+    if order:
+        parse_order(order)
+    return DerivedBuilderRequest(
+        from_builder=from_builder,
+        buildpacks=list(buildpacks or []),
+        env=parse_env(env or []),
+        order=list(order) if order else None,
+        run_image=run_image,
+        base_dir=Path.cwd(),
+    )
 
 
 def main() -> None:

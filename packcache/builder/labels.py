@@ -72,13 +72,14 @@ def builder_metadata(
     lifecycle: LifecycleDescriptor,
     created_by: dict[str, str],
     run_images: list[dict[str, Any]],
+    extensions: list[dict[str, Any]] | None = None,
 ) -> str:
     """io.buildpacks.builder.metadata, field for field as pack's builder.Metadata."""
     return go_json(
         {
             "description": description,
             "buildpacks": buildpacks or None,
-            "extensions": None,
+            "extensions": extensions or None,
             "stack": {"runImage": stack_run_image},
             "lifecycle": lifecycle.to_json(),
             "createdBy": created_by,
