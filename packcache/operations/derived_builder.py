@@ -44,6 +44,7 @@ from packcache.builder.layers import (
     whiteout_layer,
 )
 from packcache.builder.rules import BuilderError, image_config, resolve_order, validate_buildpacks
+from packcache.builder.tarwriter import TarEntry, tar_chunks
 from packcache.builder.uris import local_path
 from packcache.digest import sha256_digest
 from packcache.errors import UsageError
@@ -55,6 +56,7 @@ from packcache.operations.create_builder import (
     CreateBuilderReport,
     _collect_buildpacks,
     _ensure_image,
+    _hash_chunks,
     _json_label,
     _Layers,
     _materialize_layers,
@@ -122,6 +124,16 @@ def parse_order(groups: list[str]) -> list[list[ModuleRef]]:
             refs.append(ModuleRef(info, optional, line))
         order.append(refs)
     return order
+
+
+def _add_small(layers: _Layers, entries: list[TarEntry]) -> str:
+    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
+    on every run with the same inputs, so hashed first and written only when the cache lacks
+    it."""
+    diff_id = _hash_chunks(tar_chunks(entries))
+    if layers.dry_run or layers.cached(diff_id):
+        return diff_id
+    return layers.add(entries)
 
 
 # -- the builder derived from -----------------------------------------------------------------
@@ -370,7 +382,7 @@ def _derived_layers(
     """The builder's layers then the ones pack's Save adds (no lifecycle: an ephemeral builder
     keeps the builder's), each written into the store, and the new buildpack layers label."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(layers.add(default_dirs(base.uid, base.gid)))
+    diff_ids.append(_add_small(layers, default_dirs(base.uid, base.gid)))
     buildpack_layers = json.loads(json.dumps(base.layers))
     to_add: dict[str, _Module] = {}
     for full_name, module in _unique_buildpacks(modules).items():
@@ -379,7 +391,7 @@ def _derived_layers(
         if existing and existing.get("layerDiffID") == module.diff_id:
             continue  # already on the builder with these contents
         if existing:  # pack hides the builder's version before adding any layer
-            diff_ids.append(layers.add(whiteout_layer(descriptor)))
+            diff_ids.append(_add_small(layers, whiteout_layer(descriptor)))
         to_add[full_name] = module
     added: set[str] = set()
     for full_name in sorted(to_add):
@@ -391,13 +403,14 @@ def _derived_layers(
             L.layer_info(module.descriptor, module.diff_id)
         )
     if resolved_order:
-        diff_ids.append(layers.add(single_file_layer(ORDER_PATH, L.order_toml(resolved_order))))
+        order_toml = L.order_toml(resolved_order)
+        diff_ids.append(_add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
     stack, run_images = _run_images(base, run_image)
     first = stack if stack["image"] else (run_images[0] if run_images else None)
     stack_toml = L.stack_toml(first["image"], first["mirrors"]) if first else ""
-    diff_ids.append(layers.add(single_file_layer(STACK_PATH, stack_toml)))
-    diff_ids.append(layers.add(single_file_layer(RUN_PATH, L.run_toml(run_images))))
-    diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", env)))
+    diff_ids.append(_add_small(layers, single_file_layer(STACK_PATH, stack_toml)))
+    diff_ids.append(_add_small(layers, single_file_layer(RUN_PATH, L.run_toml(run_images))))
+    diff_ids.append(_add_small(layers, env_layer(f"{PLATFORM_DIR}/env", env)))
     return diff_ids, buildpack_layers
 
 

@@ -24,6 +24,7 @@ TITLES = {
     "engines": "Import and load",
     "rebase": "Rebase",
     "builder": "create-builder",
+    "derived_builder": "Derived builder (create-builder --from-builder)",
     "publish": "rebase --publish",
     "pull": "Pull",
 }
