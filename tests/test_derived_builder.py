@@ -129,6 +129,38 @@ def test_derived_builder_equals_a_full_create_builder(
         assert report["load"]["load_method"] == "containerd"
     assert cat(engine, name, "/platform/env/BP_DERIVED") == b"yes"
     assert cat(engine, name, "/cnb/order.toml") == cat(engine, full_name, "/cnb/order.toml")
+    # Whole as the daemon sees it (on a containerd store: every blob there, unpacked on use).
+    saved = tmp_path / "derived.tar"
+    engine.docker("save", "-o", str(saved), name)
+    assert saved.stat().st_size > 0
+
+
+def test_builder_buildpacks_and_new_ones_make_the_group(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    """pack build's locators: urn:cnb:builder: names a buildpack on the builder (nothing
+    added for it), an image adds one; both, in the order given, are the order's one group."""
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    name = fx.unique("grouped")
+    result = cli(
+        "--host", engine.host, "create-builder", name, "--from-builder", d.base,
+        "--buildpack", "urn:cnb:builder:test/simple", "--buildpack", f"docker://{d.extra.ref}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert f"from        {d.base}, its layers left there" in result.stdout
+    labels = inspect(engine, name)["Config"]["Labels"]
+    assert json.loads(labels["io.buildpacks.buildpack.order"]) == [
+        {"group": [{"id": "test/simple"}, extra_info(d)]}
+    ]
+    metadata = json.loads(labels["io.buildpacks.builder.metadata"])
+    base_metadata = json.loads(inspect(engine, d.base)["Config"]["Labels"][
+        "io.buildpacks.builder.metadata"
+    ])  # fmt: skip
+    assert metadata["buildpacks"] == [*base_metadata["buildpacks"], extra_info(d)]
+    assert tomllib.loads(cat(engine, name, "/cnb/order.toml").decode()) == {
+        "order": [{"group": [{"id": "test/simple", "version": "1.0.0"}, extra_info(d)]}]
+    }
 
 
 def test_a_lifecycle_shaped_reader_finds_every_buildpack(

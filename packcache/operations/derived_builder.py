@@ -45,7 +45,7 @@ from packcache.builder.layers import (
 )
 from packcache.builder.rules import BuilderError, image_config, resolve_order, validate_buildpacks
 from packcache.builder.tarwriter import TarEntry, tar_chunks
-from packcache.builder.uris import local_path
+from packcache.builder.uris import daemon_ref, local_path
 from packcache.digest import sha256_digest
 from packcache.errors import UsageError
 from packcache.image import cnb
@@ -291,6 +291,8 @@ def derive_builder(
             store = Store.open(scratch / "cache")
             lease = cleanup.enter_context(store.lease("create-builder --no-cache"))
         layers = _Layers(store, lease, dry_run)
+        images = (daemon_ref(uri, request.base_dir) for uri in request.buildpacks)
+        daemon.prefetch([request.from_builder, *filter(None, images)])
         base = _read_base(daemon, request.from_builder, pull_policy)
         plan = _plan_buildpacks(request, base)
         config = BuilderConfig(
