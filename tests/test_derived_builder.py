@@ -16,7 +16,10 @@ import pytest
 
 from tests import builder_fixtures as fx
 from tests.engines.harness import Engine
+from tests.engines.pytest_plugin import EnginePool
 from tests.test_builder_engine import Inputs, cat, checksums, create, inspect, make_inputs
+from tests.test_containerd_load import our_leases_and_ingests, run_cat, saved_blobs_complete
+from tests.test_containerd_transport import CONTAINERD_KINDS
 
 EMPTY_TAR = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
 
@@ -362,3 +365,36 @@ def test_bad_inputs_are_one_message(cli, engine: Engine, tmp_path) -> None:
         cli, engine, 2, "only be given once", "--from-builder", d.base,
         "--buildpack", "from=builder", "--buildpack", "from=builder",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", CONTAINERD_KINDS)
+def test_through_containerd_a_whole_image_that_travels(
+    cli, kind: str, engine_pool: EnginePool, registries, tmp_path, monkeypatch
+) -> None:
+    """On a containerd store: written into the content store, never saved or unpacked by
+    packcache; then saved complete, pushed, pulled back and run on another engine, removed
+    with no lease or ingest left."""
+    engine = engine_pool.get(kind)
+    monkeypatch.setenv("PACKCACHE_CONTAINERD_ADDRESS", str(engine.root / "c.sock"))
+    monkeypatch.setenv("PACKCACHE_CONTAINERD_NAMESPACE", f"pc-{engine.root.name}")
+    d = make_base(cli, engine, tmp_path)
+    name = fx.unique("travelling")
+    report = derive(
+        cli, engine, name, d.base, "--buildpack", f"docker://{d.extra.ref}", "--env", "T=1",
+        cache=tmp_path / "fresh-cache",
+    )  # fmt: skip
+    assert report["load"]["load_method"] == "containerd" and report["saved_builder"] is False
+    assert inspect(engine, name)["Id"] == report["image_id"]
+    saved_blobs_complete(engine, name, tmp_path)
+    remote = f"{registries.plain.host}/{name.split('/')[-1]}"
+    engine.docker("tag", name, remote)
+    engine.docker("push", remote)
+    engine.docker("rmi", remote)
+    other = engine_pool.get("26.1-graphdriver")
+    other.docker("pull", remote)
+    extra_root = f"{d.extra.main.root}/lib/salt.txt"
+    assert run_cat(other, remote, extra_root) == d.extra.main.files["lib/salt.txt"]
+    assert run_cat(other, remote, "/platform/env/T") == b"1"
+    other.docker("rmi", remote)
+    engine.docker("rmi", name)
+    assert our_leases_and_ingests(engine) == ([], [])
