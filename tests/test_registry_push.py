@@ -3,10 +3,7 @@ chunked uploads, daemon images pulled back and run by an engine, and faults."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +17,7 @@ from packcache.transports.registry import ImageName, RegistryClient, RegistryOpt
 from packcache.transports.registry_credentials import Credentials
 from packcache.transports.registry_pull import pull_image
 from tests.registries import pushing
+from tests.registries.faults import CuttingProxy
 from tests.registries.harness import LOCALHOST, free_port
 
 if TYPE_CHECKING:
@@ -185,77 +183,13 @@ def test_wrong_password_and_registry_down_are_clear_errors(
         push(store, config_digest, f"{down}/{name}:1", insecure(down, attempts=1))
 
 
-class UploadCuttingProxy:
-    """A TCP proxy that closes the first `cuts` connections sending a blob upload (PUT or
-    PATCH to /blobs/uploads/) after `cut_after` bytes of that request."""
-
-    def __init__(self, upstream_port: int, *, cut_after: int, cuts: int) -> None:
-        self.upstream_port = upstream_port
-        self.cut_after = cut_after
-        self.cuts_left = cuts
-        self.cuts_done = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server((LOCALHOST, 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def host(self) -> str:
-        return f"{LOCALHOST}:{self.port}"
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((LOCALHOST, self.upstream_port))
-            threading.Thread(target=self._serve, args=(client, upstream), daemon=True).start()
-
-    def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
-        def back() -> None:
-            with contextlib.suppress(OSError):
-                while data := upstream.recv(65536):
-                    client.sendall(data)
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_WR)
-
-        threading.Thread(target=back, daemon=True).start()
-        sent, cut_at = 0, None
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                if (
-                    cut_at is None
-                    and b"/blobs/uploads/" in data
-                    and data.startswith((b"PUT ", b"PATCH "))
-                ):
-                    with self._lock:
-                        if self.cuts_left > 0:
-                            self.cuts_left -= 1
-                            cut_at = sent + self.cut_after
-                if cut_at is not None and sent + len(data) > cut_at:
-                    upstream.sendall(data[: cut_at - sent])
-                    with self._lock:
-                        self.cuts_done += 1
-                    break
-                upstream.sendall(data)
-                sent += len(data)
-        for sock in (client, upstream):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
 def test_a_connection_dropped_mid_upload_restarts_the_blob_or_fails_without_a_tag(
     registries: RegistrySet, registry_images: Pushed, tmp_path: Path
 ) -> None:
     registry = registries.plain
     store = Store.open(tmp_path / "cache")
     config_digest = pulled(store, registry)
-    proxy = UploadCuttingProxy(registry.port, cut_after=200_000, cuts=100)
+    proxy = CuttingProxy(registry.port, cut_after=200_000, cuts=100, uploads=True)
     name = repo()
     try:
         with pytest.raises(PackcacheError, match="kept failing"):

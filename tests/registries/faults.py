@@ -4,7 +4,9 @@ It forwards bytes both ways and, for the first `cuts` connections whose request 
 GET, closes the connection after `cut_after` bytes of the answer (a connection dropped
 mid-blob, as a flaky network or a restarted proxy does it), or flips a bit of that byte
 (a registry serving bytes that do not match their digest), or answers the GET itself with
-an error status (a registry that is overloaded for a while).
+an error status (a registry that is overloaded for a while). With `uploads=True` it cuts the
+first `cuts` blob uploads (PUT or PATCH to /blobs/uploads/) after `cut_after` bytes of the
+request instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class CuttingProxy:
         blob: str = "sha256:",
         answer_status: int | None = None,
         match: str | None = None,
+        uploads: bool = False,
     ) -> None:
         self.upstream_port = upstream_port
         self.cut_after = cut_after
@@ -36,6 +39,7 @@ class CuttingProxy:
         self._match = (match or f"/blobs/{blob}").encode()  # which GETs to break
         # Instead of forwarding a matching GET, answer it with this status (503, 429...).
         self.answer_status = answer_status
+        self.uploads = uploads
         self.cuts_done = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server((LOCALHOST, 0))
@@ -66,10 +70,17 @@ class CuttingProxy:
     def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
         cut_at: list[int | None] = [None]
         sent = [0]  # answer bytes so far on this connection: a cut counts from its request
+        request_cut: list[int | None] = [0, None]  # request bytes so far, where to cut them
 
         def to_upstream() -> None:
             with contextlib.suppress(OSError):
                 while data := client.recv(65536):
+                    if self.uploads:
+                        if not self._upload_forwarded(data, upstream, request_cut):
+                            # The request was cut: drop the connection both ways.
+                            upstream.shutdown(socket.SHUT_RDWR)
+                            return
+                        continue
                     if b"GET " in data and self._match in data:
                         with self._lock:
                             breaking = self.cuts_left > 0
@@ -108,3 +119,23 @@ class CuttingProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def _upload_forwarded(
+        self, data: bytes, upstream: socket.socket, request_cut: list[int | None]
+    ) -> bool:
+        """Forward request bytes; False once an upload has been cut."""
+        sent, cut_at = request_cut
+        assert sent is not None
+        if cut_at is None and b"/blobs/uploads/" in data and data.startswith((b"PUT ", b"PATCH ")):
+            with self._lock:
+                if self.cuts_left > 0:
+                    self.cuts_left -= 1
+                    cut_at = request_cut[1] = sent + self.cut_after
+        if cut_at is not None and sent + len(data) > cut_at:
+            upstream.sendall(data[: cut_at - sent])
+            with self._lock:
+                self.cuts_done += 1
+            return False
+        upstream.sendall(data)
+        request_cut[0] = sent + len(data)
+        return True
