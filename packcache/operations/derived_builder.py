@@ -198,7 +198,7 @@ def _read_base(daemon: Daemon, ref: str, pull_policy: str) -> _Base:
 # -- pack build's buildpack locators ----------------------------------------------------------
 
 
-def _on_builder(locator: str, base: _Base) -> dict[str, Any] | None:
+def _on_builder(locator: str, base: _Base, base_dir: Path) -> dict[str, Any] | None:
     """The ref a locator names when it is a buildpack already on the builder (pack's
     IDLocator: urn:cnb:builder:ID[@VERSION], or a bare ID[@VERSION] the builder has)."""
     prefixed = locator.startswith(_BUILDER_PREFIXES)
@@ -209,7 +209,7 @@ def _on_builder(locator: str, base: _Base) -> dict[str, Any] | None:
     found = any(info["id"] == bp_id and version in ("", info.get("version")) for info in base.infos)
     if prefixed and not found:
         raise BuilderError(f"--buildpack {locator}: no buildpack {bare} is on builder {base.ref}")
-    if not found or (not prefixed and local_path(locator, Path(".")) is not None):
+    if not found or (not prefixed and local_path(locator, base_dir) is not None):
         return None
     return {"id": bp_id, **({"version": version} if version else {})}
 
@@ -240,7 +240,7 @@ def _plan_buildpacks(request: DerivedBuilderRequest, base: _Base) -> _Plan:
             raise BuilderError(
                 f"--buildpack {locator}: packcache does not use buildpack registries"
             )
-        ref: Any = _on_builder(locator, base)
+        ref: Any = _on_builder(locator, base, request.base_dir)
         if ref is not None:
             ref = ModuleRef(ref)
         else:
