@@ -1150,6 +1150,22 @@ def create_builder_command(
             "--no-cache", help="pack's method: save each buildpackage, re-tar, load; cache unused."
         ),
     ] = False,
+    tags: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="IMAGE:TAG", help="Another name for the builder."),
+    ] = None,
+    flatten: Annotated[
+        list[str] | None,
+        typer.Option("--flatten", metavar="ID@V,...", help="Buildpacks to put in one layer."),
+    ] = None,
+    targets: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", metavar="OS/ARCH", help="The daemon's platform only."),
+    ] = None,
+    append_image_name_suffix: Annotated[
+        bool,
+        typer.Option("--append-image-name-suffix", help="With --publish only (ignored here)."),
+    ] = False,
     dry_run: DryRunOption = False,
     report_file: ReportOption = None,
     quiet: QuietOption = False,
@@ -1159,21 +1175,23 @@ def create_builder_command(
     with --from-builder, the builder `pack build` would make for --buildpack, --env, --order
     or --run-image, without reading the existing builder's layers."""
     from packcache.builder.config import read_config
+    from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.create_builder import check_pull_policy, create_builder
     from packcache.operations.derived_builder import derive_builder
     from packcache.operations.housekeeping import size_capped
 
-    extra_labels = {}
-    for label in labels or []:
-        key, equals, value = label.partition("=")
-        if not equals or not key:
-            typer.echo(f"packcache: error: --label {label!r}: expected KEY=VALUE", err=True)
-            raise typer.Exit(EXIT_USAGE)
-        extra_labels[key] = value
     with reported():
         # The user's input first: a bad builder.toml is a usage error even with no daemon.
+        extra_labels = string_to_string(labels or [], "--label")
         check_pull_policy(pull_policy)
         derived = _derived_request(config, from_builder, buildpacks, env, order, run_image)
+        if derived is not None and (tags or flatten or targets or append_image_name_suffix):
+            raise UsageError(
+                "--tag, --flatten, --target and --append-image-name-suffix go with --config"
+            )
+        options = builder_options(
+            tags or [], flatten or [], targets or [], append_image_name_suffix
+        )
         builder_config = read_config(config) if derived is None else None
         store = ctx.obj.open_store()
         with (
@@ -1182,7 +1200,7 @@ def create_builder_command(
             progress_display(quiet, fmt) as shown,
         ):
             daemon = ctx.obj.daemon(shown)
-            options = dict(
+            common = dict(
                 pull_policy=pull_policy,
                 extra_labels=extra_labels,
                 no_cache=no_cache,
@@ -1191,9 +1209,11 @@ def create_builder_command(
                 progress=shown,
             )
             if derived is not None:
-                report = derive_builder(store, daemon, name, derived, **options)
+                report = derive_builder(store, daemon, name, derived, **common)
             else:
-                report = create_builder(store, daemon, name, builder_config, **options)
+                report = create_builder(
+                    store, daemon, name, builder_config, options=options, **common
+                )
     _write_report(report, report_file, fmt)
     if fmt is not Format.table:
         return
@@ -1207,7 +1227,12 @@ def create_builder_command(
         typer.echo(f"  from        {report.from_builder}{saved}")
     for buildpack in report.buildpacks:
         origin = "cache" if buildpack.reused else buildpack.kind
-        typer.echo(f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}")
+        what = " (extension)" if buildpack.module == "extension" else ""
+        typer.echo(
+            f"  {buildpack.id}@{buildpack.version:<12} from {origin:<10} {buildpack.source}{what}"
+        )
+    for tag in report.tags:
+        typer.echo(f"  tagged      {tag}")
     typer.echo(f"  docker save {', '.join(report.imported) or 'none'}")
     if report.load is not None:
         typer.echo(
@@ -1229,8 +1254,11 @@ def _derived_request(
     """What --from-builder and its options ask for (None for a builder.toml), checked."""
     from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
 
-    if (config is None) == (from_builder is None):
-        raise UsageError("create-builder takes either --config or --from-builder (one of them)")
+    if config is None and from_builder is None:
+        # click's own words for a missing option, as before --from-builder existed
+        raise UsageError("Missing option '--config' (or --from-builder BUILDER)")
+    if config is not None and from_builder is not None:
+        raise UsageError("--config and --from-builder do not go together")
     if from_builder is None:
         if buildpacks or env or order or run_image:
             raise UsageError("--buildpack, --env, --order and --run-image need --from-builder")

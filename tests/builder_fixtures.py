@@ -246,7 +246,9 @@ def load_run_image(engine: Engine, tmp_path: Path, ref: str, stack: str = STACK)
     engine.docker("load", "-i", str(built.path))
 
 
-def write_lifecycle(path: Path, version: str = LIFECYCLE_VERSION) -> dict[str, ExpectedFile]:
+def write_lifecycle(
+    path: Path, version: str = LIFECYCLE_VERSION, toml: str = LIFECYCLE_TOML
+) -> dict[str, ExpectedFile]:
     """A lifecycle release archive laid out as buildpacks/lifecycle's packager writes it:
     lifecycle.toml, then lifecycle/ with the binary, phase symlinks and the launcher."""
     binary = f"#!/bin/sh\necho lifecycle {version}\n".encode()
@@ -260,9 +262,9 @@ def write_lifecycle(path: Path, version: str = LIFECYCLE_VERSION) -> dict[str, E
         tar.addfile(info, io.BytesIO(data) if data else None)
 
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        toml = tarfile.TarInfo("lifecycle.toml")
-        toml.mode = 0o644
-        add(toml, LIFECYCLE_TOML.format(version=version).encode())
+        descriptor = tarfile.TarInfo("lifecycle.toml")
+        descriptor.mode = 0o644
+        add(descriptor, toml.format(version=version).encode())
         folder = tarfile.TarInfo("lifecycle")
         folder.type, folder.mode = tarfile.DIRTYPE, 0o755
         add(folder)

@@ -99,7 +99,7 @@ CASES = [
     ('description = "d"', 'descripton = "d"', 'descripton = "d"', "unknown key 'descripton'"),
     ("    optional = true", "    optional = true\n    optinal = 1", "    optinal = 1", "optinal'"),
     ('    name = "A"', '    nam = "A"', '    nam = "A"', "unknown key 'build.env[0].nam'"),
-    ("[lifecycle]", "[extensions]\n[lifecycle]", "[extensions]", "extensions are not supported"),
+    ("[lifecycle]", "[extensions]\n[lifecycle]", "[extensions]", "([[extensions]])"),
     ('  mirrors = ["m:1"]', '  mirrors = "m:1"', '  mirrors = "m:1"', "must be an array"),
     ("    optional = true", '    optional = "yes"', '    optional = "yes"', "true or false"),
     ('  uri = "bp-dir"\n', "", ("[[buildpacks]]", 1), "'buildpacks[1]' needs a uri"),
@@ -163,3 +163,96 @@ def test_a_bad_builder_toml_is_a_usage_error_before_the_daemon_is_asked(cli, tmp
     )
     assert result.exit_code == 2
     assert result.stderr == f"packcache: error: {path}:1: 'description' must be a string\n"
+
+
+# -- pack's other builder.toml tables: extensions, their order, system buildpacks, targets ---
+
+MORE = """
+[[extensions]]
+  uri = "ext-dir"
+  id = "test/ext"
+
+[[order-extensions]]
+  [[order-extensions.group]]
+    id = "test/ext"
+    optional = true
+
+[system]
+  [system.pre]
+    [[system.pre.buildpacks]]
+      id = "test/dir"
+  [system.post]
+    [[system.post.buildpacks]]
+      id = "example/package"
+      version = "2.0.0"
+      optional = true
+
+[[targets]]
+  os = "linux"
+  arch = "arm"
+  variant = "v7"
+  [[targets.distros]]
+    name = "ubuntu"
+    version = "22.04"
+"""
+
+
+def test_extensions_system_and_targets_are_read_as_pack_reads_them(tmp_path) -> None:
+    config = read_config(write(tmp_path, VALID + MORE))
+    assert [(e.uri, e.id) for e in config.extensions] == [("ext-dir", "test/ext")]
+    assert [[(r.id, r.optional) for r in g] for g in config.order_extensions] == [
+        [("test/ext", True)]
+    ]
+    assert [(r.id, r.version) for r in config.system_pre] == [("test/dir", "")]
+    assert [(r.id, r.version, r.optional) for r in config.system_post] == [
+        ("example/package", "2.0.0", True)
+    ]
+    (target,) = config.targets
+    assert (target.platform, target.distros) == ("linux/arm/v7", (("ubuntu", "22.04"),))
+    assert read_config(write(tmp_path, VALID)).order_extensions is None
+
+
+MORE_CASES = [
+    ('  id = "test/ext"', '  id = "test/ext"\n  uri2 = "x"', '  uri2 = "x"', "s[0].uri2"),
+    ('    optional = true\n\n[system]', '    optional = "y"\n\n[system]', '    optional = "y"',
+     "true or false"),
+    ("  [system.pre]", "  [system.during]", "  [system.during]", "unknown key 'system.during'"),
+    ('      id = "test/dir"', '      idd = "test/dir"', '      idd = "test/dir"',
+     "'system.pre.buildpacks[0].idd'"),
+    ('  variant = "v7"', '  variant = 7', '  variant = 7', "'targets[0].variant' must be a string"),
+    ('    name = "ubuntu"', '    nme = "ubuntu"', '    nme = "ubuntu"',
+     "unknown key 'targets[0].distros[0].nme'"),
+    ('  uri = "ext-dir"\n', "", ("[[extensions]]", 0), "'extensions[0]' needs a uri"),
+    ('  uri = "lifecycle.tgz"', '  version = "latest"', '  version = "latest"', "valid semver"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new", "where", "needle"), MORE_CASES)
+def test_errors_in_the_new_tables_name_the_key_and_the_line(tmp_path, old, new, where, needle):
+    text = (VALID + MORE).replace(old, new, 1)
+    assert text != VALID + MORE
+    message = error(tmp_path, text)
+    assert needle in message
+    marker, occurrence = where if isinstance(where, tuple) else (where, 0)
+    numbers = [n for n, line in enumerate(text.splitlines(), 1) if line == marker]
+    assert f"builder.toml:{numbers[occurrence]}:" in message
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--label", "novalue", "--label 'novalue': expected KEY=VALUE"),
+        ("--tag", "Bad:Tag", "invalid image reference 'Bad:Tag'"),
+        ("--target", "linux/sparc", "unknown target: 'linux/sparc'"),
+        ("--flatten", "a@1@2", "--flatten: invalid format a@1@2"),
+    ],
+)
+def test_bad_flags_are_usage_errors_before_the_daemon_is_asked(cli, tmp_path, flag, value, needle):
+    path = write(tmp_path, VALID)
+    result = cli(
+        "--host", f"unix://{tmp_path}/no.sock", "create-builder", "b:1", "--config", str(path),
+        flag, value,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.startswith("packcache: error: ") and result.stderr.count("\n") == 1
+    assert needle in result.stderr

@@ -211,3 +211,141 @@ def test_fixture_paths_exist(tmp_path: Path) -> None:
     """The tgz fixture prefixes ./ as `tar czf .` does; normpath strips it."""
     archive = fx.write_tgz(fx.make_buildpack("test/p"), tmp_path / "p.tgz")
     assert all(e.name == "." or e.name.startswith("./") for e in archive_members(archive))
+
+
+def test_extension_order_and_system_files_as_burntsushi_writes_them() -> None:
+    order = [[{"id": "a", "version": "1"}]]
+    extensions = [[{"id": "e", "version": "2"}]]
+    assert L.order_toml(order, extensions) == (
+        '[[order]]\n\n  [[order.group]]\n    id = "a"\n    version = "1"\n\n'
+        '[[order-extensions]]\n\n  [[order-extensions.group]]\n    id = "e"\n    version = "2"\n'
+    )
+    assert L.order_toml([], extensions).startswith("[[order-extensions]]\n")
+    pre, post = [{"id": "p", "version": "1"}], [{"id": "q", "version": "2", "optional": True}]
+    assert L.system_toml(pre, post) == (
+        "[system]\n  [system.pre]\n\n    [[system.pre.buildpacks]]\n"
+        '      id = "p"\n      version = "1"\n'
+        "  [system.post]\n\n    [[system.post.buildpacks]]\n"
+        '      id = "q"\n      version = "2"\n      optional = true\n'
+    )
+    assert L.system_toml(pre, []) == (
+        '[system]\n  [system.pre]\n\n    [[system.pre.buildpacks]]\n      id = "p"\n'
+        '      version = "1"\n'
+    )
+    assert L.system_json([{"id": "p"}], []) == '{"pre":{"buildpacks":[{"id":"p"}]},"post":{}}'
+
+
+def test_extension_layer_goes_under_cnb_extensions(tmp_path: Path) -> None:
+    from packcache.builder.descriptors import parse_extension_toml
+
+    toml = b'api = "0.9"\n[extension]\n  id = "test/ext"\n  version = "1.0"\n'
+    descriptor = parse_extension_toml(toml, "x")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "generate").write_text("#!/bin/sh\n")
+    (tmp_path / "extension.toml").write_bytes(toml)
+    names = {m.name: m.mode for m in members(tar_bytes(
+        buildpack_layer(descriptor, directory_members(tmp_path))
+    ))}  # fmt: skip
+    assert names["/cnb/extensions/test_ext"] == 0o755
+    assert names["/cnb/extensions/test_ext/1.0/bin/generate"] == 0o755
+    assert names["/cnb/extensions/test_ext/1.0/extension.toml"] == 0o644
+
+
+def test_flatten_flag_syntax_is_packs() -> None:
+    import pytest
+
+    from packcache.builder.flatten import parse_flatten
+    from packcache.errors import UsageError
+
+    assert parse_flatten(["a@1, b@2", "c@3"]) == [["a@1", "b@2"], ["c@3"]]
+    for bad in ("a", "a@1@2", "@1", "a@ "):
+        with pytest.raises(UsageError, match="invalid format"):
+            parse_flatten([bad])
+
+
+def test_targets_for_the_daemon_are_picked_as_pack_picks_them() -> None:
+    import pytest
+
+    from packcache.builder.config import Target
+    from packcache.builder.rules import BuilderError
+    from packcache.builder.targets import daemon_target, parse_target
+    from packcache.errors import UsageError
+
+    assert parse_target("linux/arm/v7:ubuntu@22.04;debian") == Target(
+        "linux", "arm", "v7", (("ubuntu", "22.04"), ("debian", ""))
+    )
+    for bad in ("", "plan10/amd64", "linux/amd64/v9", "linux/sparc", "linux:@1"):
+        with pytest.raises(UsageError):
+            parse_target(bad)
+    config = [Target("windows", "amd64"), Target("linux", "amd64")]
+    assert daemon_target([], config, "linux", "x86_64") == Target("linux", "amd64")
+    assert daemon_target(["linux"], config, "linux", "aarch64") == Target("linux")
+    assert daemon_target([], [], "linux", "x86_64") is None
+    with pytest.raises(UsageError, match="only one target"):
+        daemon_target(["linux/amd64", "linux/arm64"], [], "linux", "x86_64")
+    with pytest.raises(BuilderError, match="os=linux and architecture=arm64"):
+        daemon_target(["linux/amd64"], [], "linux", "aarch64")
+
+
+def test_a_flattened_package_layer_splits_into_a_layer_per_buildpack() -> None:
+    from packcache.builder.flatten import ModuleSplitter, flattened_entries
+
+    one, two = fx.make_buildpack("test/one"), fx.make_buildpack("test/two", "2.0")
+    one_b = fx.make_buildpack("test/one", "1.5")
+    descriptors = [
+        parse_buildpack_toml(bp.files["buildpack.toml"], "x") for bp in (one, one_b, two)
+    ]
+    separate = []
+    for bp, descriptor in zip((one, one_b, two), descriptors, strict=True):
+        folder_entries = [
+            TarEntry(rel, REGULAR, 0o755 if rel in bp.executable else 0o644,
+                     size=len(data), data=data)
+            for rel, data in sorted(bp.files.items())
+        ]  # fmt: skip
+        separate.append(list(buildpack_layer(descriptor, folder_entries)))
+    flat = list(flattened_entries(zip(descriptors, separate, strict=True)))
+    # the second version of test/one does not repeat its id directory
+    assert [e.name for e in flat].count("/cnb/buildpacks/test_one") == 1
+    pieces = {}
+    for module_id, version, group in ModuleSplitter(flat, "/cnb/buildpacks").groups():
+        pieces[f"{module_id}@{version}"] = tar_bytes(group)
+    assert list(pieces) == ["test_one@1.0.0", "test_one@1.5", "test_two@2.0"]
+    # each piece is that buildpack's own layer, byte for byte (pack's ToNLayerTar re-adds the
+    # id directory a later version of the same id lacks)
+    for piece, entries in zip(pieces.values(), separate, strict=True):
+        assert piece == tar_bytes(entries)
+
+
+def test_tag_target_and_label_values_split_as_packs_flag_library_splits_them() -> None:
+    import pytest
+
+    from packcache.builder.flags import builder_options, string_slice, string_to_string
+    from packcache.errors import UsageError
+
+    assert string_slice(["a:1,b:2", "c:3", ""], "--tag") == ["a:1", "b:2", "c:3"]
+    assert string_slice(['"x,y:1",z:2'], "--tag") == ["x,y:1", "z:2"]
+    assert string_to_string(["a=b,c", "d=1,e=2", "f=x=y", '"g=h"'], "--label") == {
+        "a": "b,c", "d": "1", "e": "2", "f": "x=y", "g": "h",
+    }  # fmt: skip
+    for bad in ("novalue", "=x", "a=1,b,c=2"):
+        with pytest.raises(UsageError, match="expected KEY=VALUE"):
+            string_to_string([bad], "--label")
+    options = builder_options(["a:1,b:2"], ["x@1,y@2"], ["linux/amd64"], True)
+    assert (options.tags, options.flatten) == (["a:1", "b:2"], [["x@1", "y@2"]])
+    with pytest.raises(UsageError, match="invalid image reference"):
+        builder_options(["Bad:Tag"], [], [], False)
+
+
+def test_a_package_layer_naming_a_parent_path_is_refused_as_pack_refuses_it() -> None:
+    import pytest
+
+    from packcache.builder.flatten import ModuleSplitter, SplitError
+
+    entries = [
+        TarEntry("/cnb/buildpacks/a", b"5", 0o755),
+        TarEntry("/cnb/buildpacks/a/1", b"5", 0o755),
+        TarEntry("/cnb/buildpacks/a/1/../../../etc/x", data=b"", size=0),
+    ]
+    with pytest.raises(SplitError, match="unexpected special elements"):
+        for _, _, group in ModuleSplitter(entries, "/cnb/buildpacks").groups():
+            list(group)

@@ -87,8 +87,9 @@ CREATE_BUILDER = {
     "load",
     "warnings",
     "seconds",
+    "tags",
 }
-BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused"}
+BUILDPACK = {"id", "version", "source", "kind", "diff_id", "reused", "module"}
 VERIFY = {
     "checked",
     "missing",

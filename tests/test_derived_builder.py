@@ -342,8 +342,9 @@ def _fails(cli, engine: Engine, code: int, needle: str, *args: str) -> None:
 def test_bad_inputs_are_one_message(cli, engine: Engine, tmp_path) -> None:
     d = make_base(cli, engine, tmp_path)
     toml = str(d.inputs.toml)
-    _fails(cli, engine, 2, "either --config or --from-builder")
-    _fails(cli, engine, 2, "either --config or --from-builder", "-c", toml, "--from-builder", "x")
+    _fails(cli, engine, 2, "Missing option '--config' (or --from-builder BUILDER)")
+    _fails(cli, engine, 2, "do not go together", "-c", toml, "--from-builder", "x")
+    _fails(cli, engine, 2, "go with --config", "--from-builder", d.base, "--tag", "x:1")
     _fails(cli, engine, 2, "need --from-builder", "-c", toml, "--env", "A=1")
     _fails(cli, engine, 2, "expected NAME=VALUE", "--from-builder", d.base, "--env", "=1")
     _fails(cli, engine, 2, "expected ID", "--from-builder", d.base, "--order", "a,,b")

@@ -1,13 +1,14 @@
 """builder.toml, read the way pack reads it (builder/config_reader.go), with errors that name
 the key and its line.
 
-Accepted: the keys pack decodes for a builder on the Docker daemon. pack's keys for features
-packcache does not build (extensions, system buildpacks, multi-target builders) are refused
-with a message saying so, rather than silently dropped.
+Accepted: every key pack's builder.Config decodes (buildpacks, extensions, their orders, system
+buildpacks, targets, stack/build/run images, lifecycle); anything else is refused, as pack's
+undecoded-keys check refuses it, with the key's line.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,24 @@ MODULE_INFO_KEYS = (
     "clear-env",
 )
 ENV_SUFFIXES = ("", "default", "override", "append", "prepend")
-UNSUPPORTED = {
-    "extensions": "image extensions",
-    "order-extensions": "image extensions",
-    "system": "system buildpacks",
-    "targets": "multi-target builders",
-}
+# Masterminds/semver's NewVersion (pack parses lifecycle.version with it): lenient, v1 and 1.2 too.
+SEMVER = re.compile(
+    r"v?[0-9]+(\.[0-9]+)?(\.[0-9]+)?"
+    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?"
+)
+TOP_KEYS = (
+    "description",
+    "buildpacks",
+    "extensions",
+    "order",
+    "order-extensions",
+    "stack",
+    "lifecycle",
+    "run",
+    "build",
+    "targets",
+    "system",
+)
 
 
 class ConfigError(UsageError):
@@ -70,6 +83,20 @@ class BuildpackSource:
 
 
 @dataclass(frozen=True)
+class Target:
+    """pack's dist.Target: a platform the builder is for ([[targets]] or --target)."""
+
+    os: str
+    arch: str = ""
+    variant: str = ""
+    distros: tuple[tuple[str, str], ...] = ()  # (name, version)
+
+    @property
+    def platform(self) -> str:
+        return "/".join(part for part in (self.os, self.arch, self.variant) if part)
+
+
+@dataclass(frozen=True)
 class RunImage:
     image: str
     mirrors: list[str] | None  # None when not written: pack keeps that distinction in labels
@@ -98,6 +125,11 @@ class BuilderConfig:
     lifecycle_uri: str = ""
     lifecycle_version: str = ""
     lifecycle_line: int = 0
+    extensions: list[BuildpackSource] = field(default_factory=list)
+    order_extensions: list[list[ModuleRef]] | None = None  # None when not written
+    system_pre: list[ModuleRef] = field(default_factory=list)
+    system_post: list[ModuleRef] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
 
     @property
     def base_dir(self) -> Path:
@@ -138,10 +170,6 @@ class _Reader:
         for name in value:
             if name not in allowed:
                 sub = (*key, name)
-                if not key and name in UNSUPPORTED:
-                    raise self.fail(
-                        sub, f"'{name}': {UNSUPPORTED[name]} are not supported by packcache yet"
-                    )
                 raise self.fail(sub, f"unknown key '{dotted(sub)}'")
         return value
 
@@ -207,24 +235,26 @@ def read_config(path: Path) -> BuilderConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     reader = _Reader(path, text)
-    top = reader.table(
-        document,
-        (),
-        ("description", "buildpacks", "order", "stack", "lifecycle", "run", "build"),
-    )
+    top = reader.table(document, (), TOP_KEYS)
     config = BuilderConfig(path=path.resolve())
     config.description = reader.string(top, ("description",))
-    _read_buildpacks(reader, top, config)
-    _read_order(reader, top, config)
+    config.buildpacks = _read_modules(reader, top, "buildpacks")
+    config.extensions = _read_modules(reader, top, "extensions")
+    config.order = _read_order(reader, top, "order")
+    config.order_extensions = _read_order(reader, top, "order-extensions")
+    _read_system(reader, top, config)
+    config.targets = _read_targets(reader, top)
     _read_images(reader, top, config)
     _read_lifecycle(reader, top, config)
     return config
 
 
-def _read_buildpacks(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
+def _read_modules(reader: _Reader, top: dict[str, Any], name: str) -> list[BuildpackSource]:
+    """[[buildpacks]] or [[extensions]]: pack's ModuleConfig (ModuleInfo and uri or image)."""
     allowed = (*MODULE_INFO_KEYS, "uri", "image")
-    for i, entry in enumerate(reader.tables(top.get("buildpacks", []), ("buildpacks",), allowed)):
-        key: KeyPath = ("buildpacks", i)
+    sources = []
+    for i, entry in enumerate(reader.tables(top.get(name, []), (name,), allowed)):
+        key: KeyPath = (name, i)
         reader.module_info(entry, key)  # type-checks the descriptive keys pack also accepts
         uri = reader.string(entry, (*key, "uri"))
         image = reader.string(entry, (*key, "image"))
@@ -232,7 +262,7 @@ def _read_buildpacks(reader: _Reader, top: dict[str, Any], config: BuilderConfig
             raise reader.fail((*key, "image"), f"'{dotted(key)}': set uri or image, not both")
         if not uri and not image:
             raise reader.fail(key, f"'{dotted(key)}' needs a uri (or the deprecated image)")
-        config.buildpacks.append(
+        sources.append(
             BuildpackSource(
                 uri=uri or f"docker://{image}",
                 id=reader.string(entry, (*key, "id")),
@@ -241,25 +271,62 @@ def _read_buildpacks(reader: _Reader, top: dict[str, Any], config: BuilderConfig
                 key=dotted((*key, "uri" if uri else "image")),
             )
         )
+    return sources
 
 
-def _read_order(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
-    if "order" not in top:
-        return
-    config.order = []
-    for i, entry in enumerate(reader.tables(top["order"], ("order",), ("group",))):
-        group = []
-        refs = reader.tables(
-            entry.get("group", []), ("order", i, "group"), (*MODULE_INFO_KEYS, "optional")
+def _read_refs(reader: _Reader, value: Any, key: KeyPath) -> list[ModuleRef]:
+    """An array of pack's dist.ModuleRef (ModuleInfo and optional), each needing an id."""
+    refs = []
+    for j, ref in enumerate(reader.tables(value, key, (*MODULE_INFO_KEYS, "optional"))):
+        sub: KeyPath = (*key, j)
+        info = reader.module_info(ref, sub)
+        if not info.get("id"):
+            raise reader.fail(sub, f"'{dotted(sub)}' needs an id")
+        refs.append(ModuleRef(info, reader.boolean(ref, (*sub, "optional")), reader.line(sub)))
+    return refs
+
+
+def _read_order(reader: _Reader, top: dict[str, Any], name: str) -> list[list[ModuleRef]] | None:
+    """[[order]] or [[order-extensions]]: groups of refs (None when the key is not written)."""
+    if name not in top:
+        return None
+    return [
+        _read_refs(reader, entry.get("group", []), (name, i, "group"))
+        for i, entry in enumerate(reader.tables(top[name], (name,), ("group",)))
+    ]
+
+
+def _read_system(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
+    """[system.pre] / [system.post]: buildpacks the lifecycle runs before / after the order."""
+    system = reader.table(top.get("system", {}), ("system",), ("pre", "post"))
+    for part in ("pre", "post"):
+        table = reader.table(system.get(part, {}), ("system", part), ("buildpacks",))
+        refs = _read_refs(reader, table.get("buildpacks", []), ("system", part, "buildpacks"))
+        setattr(config, f"system_{part}", refs)
+
+
+def _read_targets(reader: _Reader, top: dict[str, Any]) -> list[Target]:
+    """[[targets]]: pack's dist.Target (os, arch, variant, [[targets.distros]])."""
+    targets = []
+    allowed = ("os", "arch", "variant", "distros")
+    for i, entry in enumerate(reader.tables(top.get("targets", []), ("targets",), allowed)):
+        key: KeyPath = ("targets", i)
+        distros = tuple(
+            (reader.string(d, (*key, "distros", j, "name")),
+             reader.string(d, (*key, "distros", j, "version")))
+            for j, d in enumerate(
+                reader.tables(entry.get("distros", []), (*key, "distros"), ("name", "version"))
+            )
+        )  # fmt: skip
+        targets.append(
+            Target(
+                reader.string(entry, (*key, "os")),
+                reader.string(entry, (*key, "arch")),
+                reader.string(entry, (*key, "variant")),
+                distros,
+            )
         )
-        for j, ref in enumerate(refs):
-            key: KeyPath = ("order", i, "group", j)
-            info = reader.module_info(ref, key)
-            if not info.get("id"):
-                raise reader.fail(key, f"'{dotted(key)}' needs an id")
-            optional = reader.boolean(ref, (*key, "optional"))
-            group.append(ModuleRef(info, optional, reader.line(key)))
-        config.order.append(group)
+    return targets
 
 
 def _read_images(reader: _Reader, top: dict[str, Any], config: BuilderConfig) -> None:
@@ -354,4 +421,9 @@ def _read_lifecycle(reader: _Reader, top: dict[str, Any], config: BuilderConfig)
     if config.lifecycle_uri and config.lifecycle_version:
         raise reader.fail(
             ("lifecycle", "version"), "lifecycle can only declare version or uri, not both"
+        )
+    if config.lifecycle_version and not SEMVER.fullmatch(config.lifecycle_version):
+        raise reader.fail(
+            ("lifecycle", "version"),
+            f"'lifecycle.version' must be a valid semver (is {config.lifecycle_version!r})",
         )

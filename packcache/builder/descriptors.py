@@ -14,6 +14,8 @@ from packcache.builder.config import MODULE_INFO_KEYS
 from packcache.errors import PackcacheError
 
 ASSUMED_BUILDPACK_API = "0.1"  # pack's dist.AssumedBuildpackAPIVersion
+BUILDPACK = "buildpack"  # pack's buildpack.KindBuildpack
+EXTENSION = "extension"  # pack's buildpack.KindExtension
 _API = re.compile(r"^v?(\d+)\.?(\d*)$")
 
 
@@ -42,6 +44,7 @@ class BuildpackDescriptor:
     stacks: list[dict[str, Any]] = field(default_factory=list)
     targets: list[dict[str, Any]] = field(default_factory=list)
     order: list[dict[str, Any]] = field(default_factory=list)  # [{"group": [refs]}]
+    kind: str = BUILDPACK  # or EXTENSION: an image extension (extension.toml)
 
     @property
     def id(self) -> str:
@@ -126,16 +129,41 @@ def parse_buildpack_toml(text: bytes, where: str) -> BuildpackDescriptor:
     return descriptor
 
 
+def parse_extension_toml(text: bytes, where: str) -> BuildpackDescriptor:
+    """An image extension's descriptor (pack's ExtensionDescriptor: api, [extension],
+    [[targets]]), checked as validateExtensionDescriptor checks it."""
+    try:
+        document = tomllib.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DescriptorError(f"{where}: extension.toml is not valid TOML: {exc}") from exc
+    info = _info(document.get("extension") or {})
+    for key in ("id", "version"):
+        if not info.get(key):
+            raise DescriptorError(f"{where}: extension.toml needs extension.{key}")
+    return BuildpackDescriptor(
+        info=info,
+        api=api_version(str(document.get("api", ASSUMED_BUILDPACK_API)), where),
+        targets=_targets(document.get("targets")),
+        kind=EXTENSION,
+    )
+
+
 def descriptor_from_layers_label(
-    buildpack_id: str, version: str, entry: dict[str, Any]
+    buildpack_id: str, version: str, entry: dict[str, Any], kind: str = BUILDPACK
 ) -> BuildpackDescriptor:
-    """A buildpack as a buildpackage's io.buildpacks.buildpack.layers label describes it."""
+    """A module as a package's io.buildpacks.buildpack.layers (or, for an extension package,
+    io.buildpacks.extension.layers) label describes it. pack's extractExtensions keeps only
+    the api, name and homepage of an extension."""
     info: dict[str, Any] = {"id": buildpack_id}
     if entry.get("name"):
         info["name"] = entry["name"]
     info["version"] = version
     if entry.get("homepage"):
         info["homepage"] = entry["homepage"]
+    if kind == EXTENSION:
+        return BuildpackDescriptor(
+            info=info, api=str(entry.get("api") or ASSUMED_BUILDPACK_API), kind=EXTENSION
+        )
     return BuildpackDescriptor(
         info=info,
         api=str(entry.get("api") or ASSUMED_BUILDPACK_API),

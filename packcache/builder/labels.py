@@ -126,10 +126,11 @@ class _TomlWriter:
             self.parts.append("\n")
         self.parts.append("  " * depth + f"[[{key}]]\n")
 
-    def table(self, key: str) -> None:
-        if self.parts:
+    def table(self, key: str, depth: int = 0) -> None:
+        """BurntSushi writes the blank line only before a top-level [table]."""
+        if self.parts and depth == 0:
             self.parts.append("\n")
-        self.parts.append(f"[{key}]\n")
+        self.parts.append("  " * depth + f"[{key}]\n")
 
     def value(self, key: str, value: Any, depth: int) -> None:
         self.parts.append("  " * depth + f"{key} = {_toml_value(value)}\n")
@@ -138,17 +139,49 @@ class _TomlWriter:
         return "".join(self.parts)
 
 
-def order_toml(order: list[list[dict[str, Any]]]) -> str:
-    """/cnb/order.toml from the resolved order (every ref has its version)."""
+def _refs(out: _TomlWriter, key: str, refs: list[dict[str, Any]], depth: int) -> None:
+    """An array of pack's dist.ModuleRef tables at `key`, `depth` levels deep."""
+    for ref in refs:
+        out.array_table(key, depth)
+        for name, value in ref.items():
+            if name == "licenses":
+                continue  # an array of tables inside a ref: nothing the lifecycle reads
+            out.value(name, value, depth + 1)
+
+
+def order_toml(
+    order: list[list[dict[str, Any]]], order_extensions: list[list[dict[str, Any]]] = ()
+) -> str:
+    """/cnb/order.toml from the resolved orders (every ref has its version): pack's orderTOML,
+    [[order]] then [[order-extensions]], each left out when empty."""
     out = _TomlWriter()
-    for group in order:
-        out.array_table("order", 0)
-        for ref in group:
-            out.array_table("order.group", 1)
-            for key, value in ref.items():
-                if key == "licenses":
-                    continue  # an array of tables inside a ref: nothing the lifecycle reads
-                out.value(key, value, 2)
+    for key, groups in (("order", order), ("order-extensions", order_extensions)):
+        for group in groups:
+            out.array_table(key, 0)
+            _refs(out, f"{key}.group", group, 1)
+    return out.text()
+
+
+def system_json(pre: list[dict[str, Any]], post: list[dict[str, Any]]) -> str:
+    """io.buildpacks.buildpack.system: pack's dist.System as encoding/json writes it (omitempty
+    leaves an empty buildpacks list out, never the pre/post structs)."""
+    return go_json(
+        {
+            "pre": {"buildpacks": pre} if pre else {},
+            "post": {"buildpacks": post} if post else {},
+        }
+    )
+
+
+def system_toml(pre: list[dict[str, Any]], post: list[dict[str, Any]]) -> str:
+    """/cnb/system.toml from the resolved system buildpacks: pack's systemTOML, [system] with
+    [system.pre] / [system.post] (an empty one left out, as BurntSushi's omitempty does)."""
+    out = _TomlWriter()
+    out.table("system", 0)
+    for part, refs in (("pre", pre), ("post", post)):
+        if refs:
+            out.table(f"system.{part}", 1)
+            _refs(out, f"system.{part}.buildpacks", refs, 2)
     return out.text()
 
 

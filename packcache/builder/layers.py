@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
-from packcache.builder.descriptors import BuildpackDescriptor
+from packcache.builder.descriptors import EXTENSION, BuildpackDescriptor
 from packcache.builder.tarwriter import (
     DIRECTORY,
     HARDLINK,
@@ -32,6 +32,7 @@ LAYERS_DIR = "/layers"
 ORDER_PATH = "/cnb/order.toml"
 STACK_PATH = "/cnb/stack.toml"
 RUN_PATH = "/cnb/run.toml"
+SYSTEM_PATH = "/cnb/system.toml"
 LIFECYCLE_BINARIES = (
     "detector",
     "restorer",
@@ -90,8 +91,13 @@ def _replace_name(entry: TarEntry, name: str, **changes) -> TarEntry:
     return replace(entry, name=name, **changes)
 
 
+def module_parent(descriptor: BuildpackDescriptor) -> str:
+    """/cnb/extensions for an image extension, /cnb/buildpacks for a buildpack (toDistTar)."""
+    return EXTENSIONS_DIR if descriptor.kind == EXTENSION else BUILDPACKS_DIR
+
+
 def buildpack_dir(descriptor: BuildpackDescriptor) -> str:
-    return f"{BUILDPACKS_DIR}/{descriptor.escaped_id}/{descriptor.version}"
+    return f"{module_parent(descriptor)}/{descriptor.escaped_id}/{descriptor.version}"
 
 
 def _buildpack_mode(relative: str, entry: TarEntry) -> int:
@@ -108,9 +114,10 @@ def _buildpack_mode(relative: str, entry: TarEntry) -> int:
 def buildpack_layer(
     descriptor: BuildpackDescriptor, members: Iterable[TarEntry]
 ) -> Iterator[TarEntry]:
-    """A buildpack's files at /cnb/buildpacks/<id, / as _>/<version>/, normalized as pack's
-    toDistTar does: mtime 1980-01-01T00:00:01Z, root-owned, modes 0755/0644."""
-    yield _directory(f"{BUILDPACKS_DIR}/{descriptor.escaped_id}")
+    """A buildpack's files at /cnb/buildpacks/<id, / as _>/<version>/ (an extension's under
+    /cnb/extensions), normalized as pack's toDistTar does: mtime 1980-01-01T00:00:01Z,
+    root-owned, modes 0755/0644."""
+    yield _directory(f"{module_parent(descriptor)}/{descriptor.escaped_id}")
     base = buildpack_dir(descriptor)
     yield _directory(base)
     for member in members:
@@ -136,7 +143,8 @@ def buildpack_layer(
 
 def whiteout_layer(descriptor: BuildpackDescriptor) -> list[TarEntry]:
     """Hides a buildpack version the build image already has with other contents (pack writes
-    this header with no time: Go's zero time is written as 0)."""
+    this header with no time: Go's zero time is written as 0). pack's whiteoutLayer names
+    /cnb/buildpacks for extensions too, so this does the same."""
     name = f"{BUILDPACKS_DIR}/{descriptor.escaped_id}/.wh.{descriptor.version}"
     return [TarEntry(name, REGULAR, 0o644, mtime=0, data=b"")]
 

@@ -7,11 +7,14 @@ takes and these read as the rules pack applies (internal/builder, pkg/client/cre
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from packcache.builder import labels as L
-from packcache.builder.config import MODULE_INFO_KEYS, BuilderConfig
+from packcache.builder.config import MODULE_INFO_KEYS, BuilderConfig, ModuleRef
 from packcache.builder.descriptors import (
+    BUILDPACK,
+    EXTENSION,
     BuildpackDescriptor,
     DescriptorError,
     LifecycleDescriptor,
@@ -32,34 +35,62 @@ class BuilderError(PackcacheError):
 def resolve_order(config: BuilderConfig, infos: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """pack's processOrder: each ref names a buildpack on the builder; a missing version is
     filled in when only one version is there."""
-    resolved = []
-    for group in config.order or []:
-        out = []
-        for ref in group:
-            versions = list(dict.fromkeys(i["version"] for i in infos if i["id"] == ref.id))
-            where = f"{config.path}:{ref.line}"
-            if not versions:
-                raise BuilderError(
-                    f"{where}: order references buildpack '{ref.id}', which no [[buildpacks]] "
-                    "entry provides"
-                )
-            if ref.version and ref.version not in versions:
-                raise BuilderError(
-                    f"{where}: order references buildpack '{ref.id}' version {ref.version}, "
-                    f"which is not provided (found {', '.join(versions)})"
-                )
-            if not ref.version and len(versions) > 1:
-                raise BuilderError(
-                    f"{where}: order references '{ref.id}' without a version, and the "
-                    f"builder has several ({', '.join(versions)}): name one"
-                )
-            info = {**ref.info, "version": ref.version or versions[0]}
-            item = {k: info[k] for k in MODULE_INFO_KEYS if k in info}
-            if ref.optional:
-                item["optional"] = True
-            out.append(item)
-        resolved.append(out)
-    return resolved
+    return [
+        [resolve_ref(config, ref, infos, BUILDPACK, "order") for ref in group]
+        for group in config.order or []
+    ]
+
+
+def resolve_order_extensions(
+    config: BuilderConfig, infos: list[dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """processOrder for [[order-extensions]], whose refs pack writes without `optional`
+    (SetOrderExtensions: extensions are always optional)."""
+    return [
+        [
+            resolve_ref(config, replace(ref, optional=False), infos, EXTENSION, "order-extensions")
+            for ref in group
+        ]
+        for group in config.order_extensions or []
+    ]
+
+
+def resolve_system(
+    config: BuilderConfig, infos: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """pack's processSystem: [system.pre] and [system.post] refs resolved like the order's."""
+    return (
+        [resolve_ref(config, ref, infos, BUILDPACK, "system.pre") for ref in config.system_pre],
+        [resolve_ref(config, ref, infos, BUILDPACK, "system.post") for ref in config.system_post],
+    )
+
+
+def resolve_ref(
+    config: BuilderConfig, ref: ModuleRef, infos: list[dict[str, Any]], kind: str, table: str
+) -> dict[str, Any]:
+    """pack's resolveRef: the ref names a module on the builder; a missing version is filled
+    in when only one version is there."""
+    versions = list(dict.fromkeys(i["version"] for i in infos if i["id"] == ref.id))
+    where = f"{config.path}:{ref.line}"
+    if not versions:
+        raise BuilderError(
+            f"{where}: {table} references {kind} '{ref.id}', which no [[{kind}s]] entry provides"
+        )
+    if ref.version and ref.version not in versions:
+        raise BuilderError(
+            f"{where}: {table} references {kind} '{ref.id}' version {ref.version}, "
+            f"which is not provided (found {', '.join(versions)})"
+        )
+    if not ref.version and len(versions) > 1:
+        raise BuilderError(
+            f"{where}: {table} references '{ref.id}' without a version, and the "
+            f"builder has several ({', '.join(versions)}): name one"
+        )
+    info = {**ref.info, "version": ref.version or versions[0]}
+    item = {k: info[k] for k in MODULE_INFO_KEYS if k in info}
+    if ref.optional:
+        item["optional"] = True
+    return item
 
 
 def validate_buildpacks(
@@ -82,6 +113,27 @@ def validate_buildpacks(
             _check_targets(descriptor, build)
 
 
+def validate_extensions(
+    extensions: list[BuildpackDescriptor], lifecycle: LifecycleDescriptor, config: BuilderConfig
+) -> None:
+    """pack's validateExtensions (Buildpack API compatible with the lifecycle) and
+    validateLifecycleVersion: a builder with extensions needs a lifecycle whose latest Platform
+    API is 0.13 or later (earlier ones support extensions only experimentally, which pack
+    refuses unless experimental features are on; packcache has no such switch)."""
+    for descriptor in extensions:
+        _check_api(descriptor, lifecycle)
+    if not extensions and not config.order_extensions:
+        return
+    supported = lifecycle.apis["platform"]["supported"] or []
+    latest = max(supported, key=api_key, default=None)
+    if latest is not None and api_key(latest) < (0, 13):
+        raise BuilderError(
+            "builder config contains image extensions, but the lifecycle Platform API version "
+            f"({latest}) is older than 0.13; support for image extensions "
+            "with Platform API < 0.13 is experimental in pack, and packcache does not build it"
+        )
+
+
 def _check_api(descriptor: BuildpackDescriptor, lifecycle: LifecycleDescriptor) -> None:
     supported = lifecycle.buildpack_apis()
     try:
@@ -92,7 +144,7 @@ def _check_api(descriptor: BuildpackDescriptor, lifecycle: LifecycleDescriptor) 
         ) from None
     if not compatible:
         raise BuilderError(
-            f"buildpack {descriptor.full_name} (Buildpack API {descriptor.api}) is "
+            f"{descriptor.kind} {descriptor.full_name} (Buildpack API {descriptor.api}) is "
             f"incompatible with lifecycle {lifecycle.version} (Buildpack API(s) "
             f"{', '.join(lifecycle.apis['buildpack']['supported'] or [])})"
         )

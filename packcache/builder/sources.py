@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from packcache.builder.descriptors import (
+    BUILDPACK,
+    EXTENSION,
     BuildpackDescriptor,
     DescriptorError,
     LifecycleDescriptor,
     parse_buildpack_toml,
+    parse_extension_toml,
     parse_lifecycle_toml,
 )
 from packcache.builder.layers import LIFECYCLE_BINARIES, lifecycle_binary_name
@@ -101,12 +104,18 @@ def directory_fingerprint(root: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def directory_descriptor(root: Path) -> BuildpackDescriptor:
+def _parse_descriptor(text: bytes, where: str, kind: str) -> BuildpackDescriptor:
+    parse = parse_extension_toml if kind == EXTENSION else parse_buildpack_toml
+    return parse(text, where)
+
+
+def directory_descriptor(root: Path, kind: str = BUILDPACK) -> BuildpackDescriptor:
+    """The buildpack.toml (or extension.toml) at the root of a module directory."""
     try:
-        text = (root / "buildpack.toml").read_bytes()
+        text = (root / f"{kind}.toml").read_bytes()
     except OSError as exc:
-        raise SourceError(f"buildpack {root}: cannot read buildpack.toml: {exc.strerror}") from exc
-    return parse_buildpack_toml(text, str(root / "buildpack.toml"))
+        raise SourceError(f"{kind} {root}: cannot read {kind}.toml: {exc.strerror}") from exc
+    return _parse_descriptor(text, str(root / f"{kind}.toml"), kind)
 
 
 # -- archives ------------------------------------------------------------------------------
@@ -136,7 +145,7 @@ class _Counting:
 class _MemberReader:
     """A member's bytes; a damaged archive found while they stream is a SourceError too."""
 
-    def __init__(self, path: Path, member: BinaryIO | None) -> None:
+    def __init__(self, path: Path | str, member: BinaryIO | None) -> None:
         self.path = path
         self.member = member
 
@@ -166,32 +175,41 @@ def archive_members(path: Path) -> Iterator[TarEntry]:
             compressed = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             plain = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
-            counter = _Counting(plain)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=counter, mode="r|") as archive:  # type: ignore[call-overload]
-                for member in archive:
-                    kind = _KINDS.get(member.type)
-                    if kind is None:
-                        continue  # devices, fifos: nothing a buildpack or lifecycle ships
-                    yield TarEntry(
-                        name=member.name,
-                        kind=kind,
-                        mode=member.mode,
-                        uid=member.uid,
-                        gid=member.gid,
-                        size=member.size if kind == REGULAR else 0,
-                        mtime=int(member.mtime),
-                        linkname=member.linkname,
-                        uname=member.uname,
-                        gname=member.gname,
-                        source=(lambda m=member: _MemberReader(path, archive.extractfile(m))),
-                    )
-                end = archive.offset
-            while counter.read(CHUNK):
-                pass
-            if counter.count < end + 2 * 512:
-                raise SourceError(f"cannot read archive {path}: it ends early (cut short?)")
+            yield from tar_members(plain, path)  # type: ignore[arg-type]
     except _ARCHIVE_ERRORS as exc:
         raise SourceError(f"cannot read archive {path}: {exc}") from exc
+
+
+def tar_members(plain: BinaryIO, where: Path | str) -> Iterator[TarEntry]:
+    """The members of an uncompressed tar stream, in order, each member's bytes readable
+    (once) until the next member is asked for; the stream must reach its end blocks."""
+    try:
+        counter = _Counting(plain)
+        with tarfile.open(fileobj=counter, mode="r|") as archive:  # type: ignore[call-overload]
+            for member in archive:
+                kind = _KINDS.get(member.type)
+                if kind is None:
+                    continue  # devices, fifos: nothing a buildpack or lifecycle ships
+                yield TarEntry(
+                    name=member.name,
+                    kind=kind,
+                    mode=member.mode,
+                    uid=member.uid,
+                    gid=member.gid,
+                    size=member.size if kind == REGULAR else 0,
+                    mtime=int(member.mtime),
+                    linkname=member.linkname,
+                    uname=member.uname,
+                    gname=member.gname,
+                    source=(lambda m=member: _MemberReader(where, archive.extractfile(m))),
+                )
+            end = archive.offset
+        while counter.read(CHUNK):
+            pass
+        if counter.count < end + 2 * 512:
+            raise SourceError(f"cannot read archive {where}: it ends early (cut short?)")
+    except _ARCHIVE_ERRORS as exc:
+        raise SourceError(f"cannot read archive {where}: {exc}") from exc
 
 
 def _archive_file(path: Path, wanted: str) -> bytes | None:
@@ -204,11 +222,11 @@ def _archive_file(path: Path, wanted: str) -> bytes | None:
     return None
 
 
-def archive_descriptor(path: Path) -> BuildpackDescriptor:
-    text = _archive_file(path, "buildpack.toml")
+def archive_descriptor(path: Path, kind: str = BUILDPACK) -> BuildpackDescriptor:
+    text = _archive_file(path, f"{kind}.toml")
     if text is None:
-        raise SourceError(f"buildpack archive {path} has no buildpack.toml at its root")
-    return parse_buildpack_toml(text, f"{path}!buildpack.toml")
+        raise SourceError(f"{kind} archive {path} has no {kind}.toml at its root")
+    return _parse_descriptor(text, f"{path}!{kind}.toml", kind)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ cache as it was; the load is the same code with pack's send policy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 import tempfile
@@ -23,7 +22,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,12 @@ from packcache import __version__
 from packcache.builder import labels as L
 from packcache.builder.config import BuilderConfig, ModuleRef
 from packcache.builder.descriptors import (
-    BuildpackDescriptor,
+    BUILDPACK,
+    EXTENSION,
     LifecycleDescriptor,
     descriptor_from_layers_label,
 )
+from packcache.builder.flags import BuilderOptions
 from packcache.builder.inputs import InputCache
 from packcache.builder.layers import (
     BUILD_CONFIG_DIR,
@@ -42,18 +43,21 @@ from packcache.builder.layers import (
     PLATFORM_DIR,
     RUN_PATH,
     STACK_PATH,
+    SYSTEM_PATH,
     buildpack_layer,
     default_dirs,
     env_layer,
     lifecycle_layer,
     single_file_layer,
-    whiteout_layer,
 )
 from packcache.builder.rules import (
     BuilderError,
     image_config,
     resolve_order,
+    resolve_order_extensions,
+    resolve_system,
     validate_buildpacks,
+    validate_extensions,
 )
 from packcache.builder.sources import (
     SourceError,
@@ -66,7 +70,8 @@ from packcache.builder.sources import (
     open_oci_buildpackage,
     read_lifecycle,
 )
-from packcache.builder.tarwriter import TarEntry, tar_chunks, tar_reader
+from packcache.builder.targets import check_build_image, daemon_target
+from packcache.builder.tarwriter import TarEntry
 from packcache.builder.uris import (
     ARCHIVE,
     BUILDPACKAGE_FILE,
@@ -82,6 +87,14 @@ from packcache.digest import sha256_digest
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
+from packcache.operations.builder_modules import LayerWriter as _Layers
+from packcache.operations.builder_modules import Module as _Module
+from packcache.operations.builder_modules import (
+    add_exploded,
+    add_flattened,
+    flatten_group,
+    split_flattened_packages,
+)
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
@@ -90,6 +103,7 @@ from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon
 
 PULL_POLICIES = ("never", "if-not-present")
+SYSTEM_LABEL = "io.buildpacks.buildpack.system"  # pack's builder.SystemLabel
 CREATOR = "packcache"
 
 
@@ -101,6 +115,7 @@ class BuildpackReport:
     kind: str  # image, directory, archive, buildpackage-file
     diff_id: str
     reused: bool  # taken from the cache without reading the source
+    module: str = BUILDPACK  # or extension
 
 
 @dataclass
@@ -117,6 +132,7 @@ class CreateBuilderReport:
     load: LoadReport | None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tags: list[str] = field(default_factory=list)  # the other names the builder was given
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -167,45 +183,6 @@ def _user_and_group(build: InspectedImage, ref: str) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-def _hash_chunks(chunks: Iterable[bytes]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-class _Layers:
-    """Writes builder layers into the store (or, in a dry run, only hashes them)."""
-
-    def __init__(self, store: Store, lease: Lease | None, dry_run: bool) -> None:
-        self.store = store
-        self.lease = lease
-        self.dry_run = dry_run
-        self.written = 0
-
-    def cached(self, diff_id: str) -> bool:
-        return bool(self.store.cached_diff_ids([diff_id], self.lease))
-
-    def add(self, entries: Iterable[TarEntry]) -> str:
-        if self.dry_run:
-            return _hash_chunks(tar_chunks(entries))
-        result = self.store.ingest_layer(tar_reader(entries), lease=self.lease)
-        self.written += result.written
-        return result.diff_id
-
-
-@dataclass
-class _Module:
-    """One buildpack to put on the builder and where its layer comes from."""
-
-    descriptor: BuildpackDescriptor
-    source: str
-    kind: str
-    diff_id: str = ""
-    reused: bool = False
-    image_ref: str | None = None  # for buildpackage images: which image holds the layer
-
-
 # -- the operation ---------------------------------------------------------------------------
 
 
@@ -222,6 +199,7 @@ def create_builder(
     *,
     pull_policy: str = "if-not-present",
     extra_labels: dict[str, str] | None = None,
+    options: BuilderOptions | None = None,
     no_cache: bool = False,
     dry_run: bool = False,
     lease: Lease | None = None,
@@ -239,7 +217,7 @@ def create_builder(
             lease = cleanup.enter_context(store.lease("create-builder --no-cache"))
         report = _create(
             store, daemon, name, config, pull_policy, extra_labels or {}, no_cache, dry_run, lease,
-            steps,
+            steps, options or BuilderOptions(),
         )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
@@ -256,25 +234,38 @@ def _create(
     dry_run: bool,
     lease: Lease | None,
     steps: Task,
+    options: BuilderOptions,
 ) -> CreateBuilderReport:
     inputs = InputCache(store)
     layers = _Layers(store, lease, dry_run)
     steps.describe(STEPS[0])
+    target = daemon_target(
+        options.targets, config.targets, daemon.info.os, daemon.info.architecture
+    )
     base = _check_images(daemon, config, pull_policy)
+    check_build_image(target, config.build_image, base.image.os or "linux", base.image.architecture)
+    if options.append_image_name_suffix:
+        base.warnings.append(
+            "--append-image-name-suffix will be ignored, use combined with --publish"
+        )
     _next(steps, STEPS[1])
     lifecycle, lifecycle_layer_id = _lifecycle(config, inputs, layers, base.image.platform)
     _next(steps, STEPS[2])
     modules = _collect_buildpacks(config, daemon, pull_policy, layers)
-    infos, resolved_order = _check_buildpacks(config, modules, lifecycle, base)
+    extensions = _collect_buildpacks(config, daemon, pull_policy, layers, EXTENSION)
+    resolved = _check_buildpacks(config, modules, extensions, lifecycle, base)
     _next(steps, STEPS[3])
-    imported = _materialize_layers(store, daemon, config, modules, inputs, layers, no_cache)
+    imported = _materialize_layers(
+        store, daemon, config, [*modules, *extensions], inputs, layers, no_cache
+    )
+    split_flattened_packages([*modules, *extensions], store, inputs, layers)
     lifecycle_diff_id = lifecycle_layer_id()
     _next(steps, STEPS[4])
-    diff_ids, buildpack_layers = _builder_layers(
-        config, base, layers, modules, lifecycle_diff_id, resolved_order
+    diff_ids, module_layers = _builder_layers(
+        config, base, layers, modules, extensions, lifecycle_diff_id, resolved, options, inputs
     )
     labels = _builder_labels(
-        config, base, {**base.image.labels, **extra_labels}, buildpack_layers, infos, lifecycle
+        config, base, {**base.image.labels, **extra_labels}, module_layers, resolved, lifecycle
     )
     builder_config = image_config(base.image, diff_ids, labels)
     report = CreateBuilderReport(
@@ -286,20 +277,27 @@ def _create(
         diff_ids=diff_ids,
         buildpacks=[
             BuildpackReport(
-                m.descriptor.id, m.descriptor.version, m.source, m.kind, m.diff_id, m.reused
+                m.descriptor.id,
+                m.descriptor.version,
+                m.source,
+                m.kind,
+                m.diff_id,
+                m.reused,
+                m.descriptor.kind,
             )
-            for m in modules
+            for m in [*modules, *extensions]
         ],
         imported=imported,
         layers_written=layers.written,
         load=None,
-        warnings=base.warnings,
+        warnings=[*base.warnings, *layers.warnings],
+        tags=[tag for tag in options.tags if tag != name],
     )
     if not dry_run:
         _next(steps, STEPS[5])
         policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
         report.load = _record_and_load(
-            store, daemon, config, name, builder_config, base, policy, lease
+            store, daemon, config, name, builder_config, base, policy, lease, options.tags
         )
         report.image_id = report.load.image_id
     return report
@@ -375,14 +373,15 @@ def _check_images(daemon: Daemon, config: BuilderConfig, pull_policy: str) -> _B
 
 
 def _collect_buildpacks(
-    config: BuilderConfig, daemon: Daemon, pull_policy: str, layers: _Layers
+    config: BuilderConfig, daemon: Daemon, pull_policy: str, layers: _Layers, kind=BUILDPACK
 ) -> list[_Module]:
-    """Every buildpack the [[buildpacks]] entries provide, with what each source says about
-    it (labels, buildpack.toml); an entry's id and version must match its main buildpack."""
+    """Every buildpack the [[buildpacks]] entries provide (or extension the [[extensions]]
+    entries do), with what each source says about it (labels, buildpack.toml or
+    extension.toml); an entry's id and version must match its main module."""
     modules: list[_Module] = []
-    for entry in config.buildpacks:
+    for entry in config.extensions if kind == EXTENSION else config.buildpacks:
         source = classify_buildpack(entry.uri, config.base_dir)
-        found = _buildpacks_from(source, daemon, pull_policy, layers)
+        found = _buildpacks_from(source, daemon, pull_policy, layers, kind)
         main = found[0]
         for expected, actual, what in (
             (entry.id, main.descriptor.id, "ID"),
@@ -390,18 +389,34 @@ def _collect_buildpacks(
         ):
             if expected and expected != actual:
                 raise BuilderError(
-                    f"{config.path}:{entry.line}: buildpack from {entry.uri} has {what} "
+                    f"{config.path}:{entry.line}: {kind} from {entry.uri} has {what} "
                     f"{actual}, which does not match {what} {expected} in {entry.key}"
                 )
         modules.extend(found)
     return modules
 
 
+@dataclass
+class _Resolved:
+    """What the builder.toml refs resolve to, with the info of every module added."""
+
+    infos: list[dict[str, Any]]  # every buildpack added (pack lists each)
+    extension_infos: list[dict[str, Any]]
+    order: list[list[dict[str, Any]]]
+    order_extensions: list[list[dict[str, Any]]]
+    system_pre: list[dict[str, Any]]
+    system_post: list[dict[str, Any]]
+
+
 def _check_buildpacks(
-    config: BuilderConfig, modules: list[_Module], lifecycle: LifecycleDescriptor, base: _BuildImage
-) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
-    """Checks that need no layer (APIs, stacks, targets, order), before anything is written.
-    Returns the info of every buildpack added (pack lists each) and the resolved order."""
+    config: BuilderConfig,
+    modules: list[_Module],
+    extensions: list[_Module],
+    lifecycle: LifecycleDescriptor,
+    base: _BuildImage,
+) -> _Resolved:
+    """Checks that need no layer (APIs, stacks, targets, orders, system buildpacks), before
+    anything is written."""
     first_by_name: dict[str, _Module] = {}
     for module in modules:
         first_by_name.setdefault(module.descriptor.full_name, module)
@@ -413,7 +428,15 @@ def _check_buildpacks(
         base.mixins,
         base.image,
     )
-    return infos, resolve_order(config, infos)
+    validate_extensions([m.descriptor for m in extensions], lifecycle, config)
+    extension_infos = [module.descriptor.info for module in extensions]
+    return _Resolved(
+        infos,
+        extension_infos,
+        resolve_order(config, infos),
+        resolve_order_extensions(config, extension_infos),
+        *resolve_system(config, infos),
+    )
 
 
 def _materialize_layers(
@@ -448,54 +471,40 @@ def _materialize_layers(
     return list(misses) if not layers.dry_run else []
 
 
-def _unique_buildpacks(modules: list[_Module]) -> dict[str, _Module]:
-    """Every id@version once; the same id@version with other contents is an error."""
-    by_name: dict[str, _Module] = {}
-    for module in modules:
-        other = by_name.get(module.descriptor.full_name)
-        if other is not None and other.diff_id != module.diff_id:
-            raise BuilderError(
-                f"buildpack {module.descriptor.full_name} is provided twice with different "
-                f"contents: by {other.source} (layer {other.diff_id}) and by {module.source} "
-                f"(layer {module.diff_id})"
-            )
-        by_name.setdefault(module.descriptor.full_name, module)
-    return by_name
-
-
 def _builder_layers(
     config: BuilderConfig,
     base: _BuildImage,
     layers: _Layers,
     modules: list[_Module],
+    extensions: list[_Module],
     lifecycle_diff_id: str,
-    resolved_order: list[list[dict[str, Any]]],
-) -> tuple[list[str], dict[str, Any]]:
-    """The builder's layers in pack's order, each written into the store, and the
-    io.buildpacks.buildpack.layers map (the build image's, with the buildpacks added)."""
-    by_name = _unique_buildpacks(modules)
+    resolved: _Resolved,
+    options: BuilderOptions,
+    inputs: InputCache,
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The builder's layers in pack's order (Builder.Save), each written into the store, and
+    the io.buildpacks.buildpack.layers and io.buildpacks.extension.layers maps (the build
+    image's, with the modules added)."""
     diff_ids = list(base.image.diff_ids)
     diff_ids.append(layers.add(default_dirs(base.uid, base.gid)))
     diff_ids.append(lifecycle_diff_id)
-    buildpack_layers = (
-        _json_label(base.image.labels, cnb.BUILDPACK_LAYERS, config.build_image) or {}
-    )
-    added: set[str] = set()
-    for full_name in sorted(by_name):
-        module = by_name[full_name]
-        descriptor = module.descriptor
-        existing = buildpack_layers.get(descriptor.id, {}).get(descriptor.version)
-        if existing and existing.get("layerDiffID") == module.diff_id:
-            continue  # the build image already has this buildpack, same contents
-        if existing:
-            diff_ids.append(layers.add(whiteout_layer(descriptor)))
-        if module.diff_id not in added:  # buildpacks flattened into one layer: added once
-            diff_ids.append(module.diff_id)
-            added.add(module.diff_id)
-        buildpack_layers.setdefault(descriptor.id, {})[descriptor.version] = L.layer_info(
-            descriptor, module.diff_id
-        )
-    diff_ids.append(layers.add(single_file_layer(ORDER_PATH, L.order_toml(resolved_order))))
+    module_layers = {}
+    for kind, label, added in (
+        (BUILDPACK, cnb.BUILDPACK_LAYERS, modules),
+        (EXTENSION, cnb.EXTENSION_LAYERS, extensions),
+    ):
+        label_map = _json_label(base.image.labels, label, config.build_image) or {}
+        groups = options.flatten
+        flat = [m for m in added if flatten_group(m, groups) is not None]
+        diff_ids += add_flattened(flat, groups, label_map, layers, inputs, kind == BUILDPACK)
+        exploded = [m for m in added if flatten_group(m, groups) is None]
+        diff_ids += add_exploded(exploded, label_map, layers)
+        module_layers[kind] = label_map
+    order = L.order_toml(resolved.order, resolved.order_extensions)
+    diff_ids.append(layers.add(single_file_layer(ORDER_PATH, order)))
+    if config.system_pre or config.system_post:
+        system = L.system_toml(resolved.system_pre, resolved.system_post)
+        diff_ids.append(layers.add(single_file_layer(SYSTEM_PATH, system)))
     stack = L.stack_toml(config.stack_run_image, config.stack_run_image_mirrors)
     diff_ids.append(layers.add(single_file_layer(STACK_PATH, stack)))
     diff_ids.append(layers.add(single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
@@ -503,7 +512,7 @@ def _builder_layers(
     if build_config_env:
         diff_ids.append(layers.add(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
     diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
-    return diff_ids, buildpack_layers
+    return diff_ids, module_layers
 
 
 def _run_images(config: BuilderConfig) -> list[dict[str, Any]]:
@@ -514,21 +523,30 @@ def _builder_labels(
     config: BuilderConfig,
     base: _BuildImage,
     labels: dict[str, str],
-    buildpack_layers: dict[str, Any],
-    infos: list[dict[str, Any]],
+    module_layers: dict[str, dict[str, Any]],
+    resolved: _Resolved,
     lifecycle: LifecycleDescriptor,
 ) -> dict[str, str]:
     """`labels` (the build image's and the user's) with pack's builder labels set."""
     base_metadata = _json_label(base.image.labels, cnb.BUILDER_METADATA, config.build_image) or {}
-    labels[cnb.BUILDPACK_LAYERS] = L.buildpack_layers_label(buildpack_layers)
-    labels[cnb.EXTENSION_LAYERS] = "{}"
+    labels[cnb.BUILDPACK_LAYERS] = L.buildpack_layers_label(module_layers[BUILDPACK])
+    labels[cnb.EXTENSION_LAYERS] = L.buildpack_layers_label(module_layers[EXTENSION])
     labels[cnb.BUILDPACK_ORDER] = L.order_json(
         None if config.order is None else [[_ref_json(r) for r in g] for g in config.order]
     )
-    labels[cnb.ORDER_EXTENSIONS] = "null"
+    labels[cnb.ORDER_EXTENSIONS] = L.order_json(
+        None
+        if config.order_extensions is None
+        else [[_ref_json(replace(r, optional=False)) for r in g] for g in config.order_extensions]
+    )
+    if config.system_pre or config.system_post:
+        labels[SYSTEM_LABEL] = L.system_json(
+            [_ref_json(r) for r in config.system_pre], [_ref_json(r) for r in config.system_post]
+        )
     labels[cnb.BUILDER_METADATA] = L.builder_metadata(
         description=config.description,
-        buildpacks=[*(base_metadata.get("buildpacks") or []), *infos],
+        extensions=[*(base_metadata.get("extensions") or []), *resolved.extension_infos],
+        buildpacks=[*(base_metadata.get("buildpacks") or []), *resolved.infos],
         stack_run_image=L.run_image_json(
             config.stack_run_image if config.stack_id else "",
             config.stack_run_image_mirrors if config.stack_id else None,
@@ -550,13 +568,16 @@ def _record_and_load(
     base: _BuildImage,
     policy: SendPolicy,
     lease: Lease | None,
+    tags: list[str] = (),
 ) -> LoadReport:
     """Record the builder and load it: the build image's layers are never sent (where the
-    daemon's store allows, with pack's policy), nor anything else the daemon has."""
-    store.record_image(ImageRecord(config=builder_config, refs=[name]))
+    daemon's store allows, with pack's policy), nor anything else the daemon has. `tags`
+    name the same image too (pack's additional tags)."""
+    refs = [name, *(tag for tag in tags if tag != name)]
+    store.record_image(ImageRecord(config=builder_config, refs=refs))
     if base_image_needed(store, daemon, list(base.image.diff_ids), policy):
         import_images(store, daemon, [config.build_image], lease=lease)
-    return load_config(store, daemon, builder_config, [name], lease=lease, policy=policy)
+    return load_config(store, daemon, builder_config, refs, lease=lease, policy=policy)
 
 
 def _lifecycle(
@@ -619,37 +640,45 @@ def _from_archive(path: Path, entries: Callable[[], Iterable[TarEntry]], layers:
 
 
 def _buildpacks_from(
-    source: BuildpackSource, daemon: Daemon, pull_policy: str, layers: _Layers
+    source: BuildpackSource, daemon: Daemon, pull_policy: str, layers: _Layers, module: str
 ) -> list[_Module]:
-    """The buildpacks one [[buildpacks]] entry provides, the main one first."""
+    """The buildpacks one [[buildpacks]] entry provides, the main one first (for an
+    [[extensions]] entry, its one extension: pack's extensions are never composite)."""
     uri = source.uri
     if source.kind == DIRECTORY:
-        return [_Module(directory_descriptor(source.path), uri, DIRECTORY)]
+        descriptor = directory_descriptor(source.path, module)
+        return [_Module(descriptor, uri, DIRECTORY, path=source.path)]
     if source.kind == BUILDPACKAGE_FILE:
         package = open_oci_buildpackage(source.path)
         try:
-            return _package_modules(package.labels, str(source.path), uri, source.kind, layers)
+            found = _package_modules(
+                package.labels, str(source.path), uri, source.kind, layers, module
+            )
         finally:
             package.close()
-    if source.kind == ARCHIVE:
-        return [_Module(archive_descriptor(source.path), uri, ARCHIVE)]
-    inspected = _ensure_image(daemon, source.ref, pull_policy, "buildpackage")
-    return _package_modules(inspected.labels, source.ref, uri, IMAGE, layers)
+    elif source.kind == ARCHIVE:
+        return [_Module(archive_descriptor(source.path, module), uri, ARCHIVE, path=source.path)]
+    else:
+        what = "extension package" if module == EXTENSION else "buildpackage"
+        inspected = _ensure_image(daemon, source.ref, pull_policy, what)
+        found = _package_modules(inspected.labels, source.ref, uri, IMAGE, layers, module)
+    return found[:1] if module == EXTENSION else found
 
 
 def _package_modules(
-    labels: Mapping[str, str], where: str, uri: str, kind: str, layers: _Layers
+    labels: Mapping[str, str], where: str, uri: str, kind: str, layers: _Layers, module: str
 ) -> list[_Module]:
-    """A buildpackage's buildpacks from its labels: main first, then the rest by id, version."""
+    """A package's modules from its labels: main first, then the rest by id, version."""
+    layers_label = cnb.EXTENSION_LAYERS if module == EXTENSION else cnb.BUILDPACK_LAYERS
     metadata = _json_label(labels, cnb.BUILDPACKAGE_METADATA, where)
-    layer_map = _json_label(labels, cnb.BUILDPACK_LAYERS, where)
+    layer_map = _json_label(labels, layers_label, where)
     if not metadata or not layer_map:
-        missing = cnb.BUILDPACKAGE_METADATA if not metadata else cnb.BUILDPACK_LAYERS
-        raise BuilderError(f"{where} is not a buildpackage: it has no label {missing}")
+        missing = cnb.BUILDPACKAGE_METADATA if not metadata else layers_label
+        raise BuilderError(f"{where} is not a {module} package: it has no label {missing}")
     modules = []
     for buildpack_id, versions in layer_map.items():
         for version, entry in versions.items():
-            descriptor = descriptor_from_layers_label(buildpack_id, version, entry)
+            descriptor = descriptor_from_layers_label(buildpack_id, version, entry, module)
             diff_id = entry.get("layerDiffID", "")
             modules.append(
                 _Module(
@@ -706,10 +735,11 @@ def _materialize(
         if not layers.cached(module.diff_id):
             raise BuilderError(f"buildpackage {path} has no layer {module.diff_id}")
         return
+    kind = descriptor.kind  # the same directory tarred as an extension is another layer
     if module.kind == DIRECTORY:
-        key = f"buildpack-dir:{directory_fingerprint(path)}"
+        key = f"{kind}-dir:{directory_fingerprint(path)}"
     else:
-        key = f"buildpack-archive:{file_digest(path)}"
+        key = f"{kind}-archive:{file_digest(path)}"
     known = inputs.get(key)
     if known and layers.cached(known["diff_id"]):
         module.diff_id, module.reused = known["diff_id"], True

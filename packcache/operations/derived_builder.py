@@ -41,7 +41,6 @@ from packcache.builder.layers import (
     default_dirs,
     env_layer,
     single_file_layer,
-    whiteout_layer,
 )
 from packcache.builder.rules import BuilderError, image_config, resolve_order, validate_buildpacks
 from packcache.builder.tarwriter import TarEntry, tar_chunks
@@ -50,18 +49,15 @@ from packcache.digest import sha256_digest
 from packcache.errors import UsageError
 from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
+from packcache.operations.builder_modules import LayerWriter, Module, _hash_chunks, add_exploded
 from packcache.operations.create_builder import (
     CREATOR,
     BuildpackReport,
     CreateBuilderReport,
     _collect_buildpacks,
     _ensure_image,
-    _hash_chunks,
     _json_label,
-    _Layers,
     _materialize_layers,
-    _Module,
-    _unique_buildpacks,
     _user_and_group,
     check_pull_policy,
 )
@@ -126,7 +122,7 @@ def parse_order(groups: list[str]) -> list[list[ModuleRef]]:
     return order
 
 
-def _add_small(layers: _Layers, entries: list[TarEntry]) -> str:
+def _add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
     """One of the small layers pack adds (directories, a toml file, env files): the same bytes
     on every run with the same inputs, so hashed first and written only when the cache lacks
     it."""
@@ -252,7 +248,7 @@ def _plan_buildpacks(request: DerivedBuilderRequest, base: _Base) -> _Plan:
     return _Plan(sources, order if order and order[0] else None)
 
 
-def _resolve_group_refs(order: list[list[Any]], modules: list[_Module]) -> list[list[ModuleRef]]:
+def _resolve_group_refs(order: list[list[Any]], modules: list[Module]) -> list[list[ModuleRef]]:
     """Each --buildpack source in the order becomes its main buildpack's full info, as pack
     appends it (ModuleRef{ModuleInfo: the descriptor's info})."""
     main_of = {}
@@ -290,7 +286,7 @@ def derive_builder(
             scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="packcache-")))
             store = Store.open(scratch / "cache")
             lease = cleanup.enter_context(store.lease("create-builder --no-cache"))
-        layers = _Layers(store, lease, dry_run)
+        layers = LayerWriter(store, lease, dry_run)
         images = (daemon_ref(uri, request.base_dir) for uri in request.buildpacks)
         daemon.prefetch([request.from_builder, *filter(None, images)])
         base = _read_base(daemon, request.from_builder, pull_policy)
@@ -346,7 +342,7 @@ def derive_builder(
 
 
 def _order(
-    plan: _Plan, modules: list[_Module], infos: list[dict[str, Any]]
+    plan: _Plan, modules: list[Module], infos: list[dict[str, Any]]
 ) -> tuple[list[list[dict[str, Any]]] | None, list[list[dict[str, Any]]]]:
     """The new order as the label keeps it (None: unchanged) and resolved for order.toml, as
     pack's SetOrder and processOrder make them."""
@@ -359,7 +355,7 @@ def _order(
     return label, resolved
 
 
-def _validate(base: _Base, modules: list[_Module]) -> None:
+def _validate(base: _Base, modules: list[Module]) -> None:
     """pack's validateBuildpacks on the builder with the new buildpacks: the new ones against
     the lifecycle and build image; an order buildpack's groups against every buildpack there."""
     by_name: dict[str, BuildpackDescriptor] = {}
@@ -375,8 +371,8 @@ def _validate(base: _Base, modules: list[_Module]) -> None:
 
 def _derived_layers(
     base: _Base,
-    layers: _Layers,
-    modules: list[_Module],
+    layers: LayerWriter,
+    modules: list[Module],
     resolved_order: list[list[dict[str, Any]]],
     env: dict[str, str],
     run_image: str | None,
@@ -386,26 +382,14 @@ def _derived_layers(
     diff_ids = list(base.image.diff_ids)
     diff_ids.append(_add_small(layers, default_dirs(base.uid, base.gid)))
     buildpack_layers = json.loads(json.dumps(base.layers))
-    to_add: dict[str, _Module] = {}
-    for full_name, module in _unique_buildpacks(modules).items():
-        descriptor = module.descriptor
-        existing = buildpack_layers.get(descriptor.id, {}).get(descriptor.version)
-        if existing and existing.get("layerDiffID") == module.diff_id:
-            continue  # already on the builder with these contents
-        if existing:  # pack hides the builder's version before adding any layer
-            diff_ids.append(_add_small(layers, whiteout_layer(descriptor)))
-        to_add[full_name] = module
-    added: set[str] = set()
-    for full_name in sorted(to_add):
-        module = to_add[full_name]
-        if module.diff_id not in added:  # buildpacks sharing a layer: added once
-            diff_ids.append(module.diff_id)
-            added.add(module.diff_id)
-        buildpack_layers.setdefault(module.descriptor.id, {})[module.descriptor.version] = (
-            L.layer_info(module.descriptor, module.diff_id)
-        )
+    diff_ids += add_exploded(modules, buildpack_layers, layers)
     if resolved_order:
-        order_toml = L.order_toml(resolved_order)
+        # pack writes the builder's extension order back beside the new order
+        extension_order = [
+            [_module_info(ref) for ref in entry.get("group") or []]
+            for entry in _json_label(base.image.labels, cnb.ORDER_EXTENSIONS, base.ref) or []
+        ]
+        order_toml = L.order_toml(resolved_order, extension_order)
         diff_ids.append(_add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
     stack, run_images = _run_images(base, run_image)
     first = stack if stack["image"] else (run_images[0] if run_images else None)
