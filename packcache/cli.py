@@ -33,6 +33,7 @@ from packcache.template import Template, parse_format
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
+    from packcache.operations.derived_builder import DerivedBuilderRequest
     from packcache.operations.importing import DaemonImportReport
     from packcache.operations.rebase_publish import PublishReport
     from packcache.store.store import EvictedLayer
@@ -122,8 +123,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "info": ("packcache info", "packcache info --format '{{.CacheDir}} {{.Size}}'"),
     "create-builder": (
         "packcache create-builder my-builder:jammy --config builder.toml",
-        "packcache create-builder my-builder:jammy -c builder.toml --pull-policy never",
         "packcache create-builder registry.example.com/my-builder:jammy -c builder.toml --publish",
+        "packcache create-builder my-builder:node --from-builder my-builder:jammy "
+        "--buildpack from=builder --buildpack ./my-buildpack --env BP_LOG_LEVEL=debug",
     ),
 }
 
@@ -1105,7 +1107,42 @@ def _launch_caches_found(ctx: typer.Context) -> list[str] | None:
 def create_builder_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name (tag) of the builder image to create.")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="builder.toml, as pack reads it.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="builder.toml, as pack reads it.")
+    ] = None,
+    from_builder: Annotated[
+        str | None,
+        typer.Option(
+            "--from-builder",
+            help="Derive from this builder what `pack build` would make ephemerally (no save).",
+        ),
+    ] = None,
+    buildpacks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--buildpack",
+            "-b",
+            metavar="URI",
+            help="With --from-builder: as pack build's --buildpack (sets the order's group).",
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env", "-e", metavar="NAME=VALUE", help="With --from-builder: a /platform/env file."
+        ),
+    ] = None,
+    order: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--order",
+            metavar="ID[@VERSION][?],...",
+            help="With --from-builder: one group of the new order (? for optional).",
+        ),
+    ] = None,
+    run_image: Annotated[
+        str | None, typer.Option("--run-image", help="With --from-builder: the run image.")
+    ] = None,
     pull_policy: Annotated[
         str | None,
         typer.Option(
@@ -1153,10 +1190,13 @@ def create_builder_command(
     quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Create a builder image from builder.toml, taking buildpack layers from the cache."""
+    """Create a builder image from builder.toml, taking buildpack layers from the cache; or,
+    with --from-builder, the builder `pack build` would make for --buildpack, --env, --order
+    or --run-image, without reading the existing builder's layers."""
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.create_builder import Registry, check_pull_policy, create_builder
+    from packcache.operations.derived_builder import derive_builder
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.run_image_fetch import resolve_pull_policy
@@ -1174,31 +1214,39 @@ def create_builder_command(
             publish,
             pack_config.lifecycle_image,
         )
+        derived = _derived_request(config, from_builder, buildpacks, env, order, run_image)
+        if derived is not None and (tags or flatten or targets or append_image_name_suffix):
+            raise UsageError(
+                "--tag, --flatten, --target and --append-image-name-suffix go with --config"
+            )
+        if derived is not None and publish:
+            raise UsageError("--publish goes with --config")
         options = builder_options(
             tags or [], flatten or [], targets or [], append_image_name_suffix
         )
-        builder_config = read_config(config)
+        builder_config = read_config(config) if derived is None else None
         store = ctx.obj.open_store()
         with (
             size_capped(store),
             store.lease("create-builder") as lease,
             progress_display(quiet, fmt) as shown,
         ):
-            daemon = None if publish else ctx.obj.daemon(shown)
-            report = create_builder(
-                store,
-                daemon,
-                name,
-                builder_config,
+            common = dict(
                 pull_policy=policy,
-                registry=registry,
                 extra_labels=extra_labels,
-                options=options,
                 no_cache=no_cache,
                 dry_run=dry_run,
                 lease=lease,
                 progress=shown,
             )
+            if derived is not None:
+                report = derive_builder(store, ctx.obj.daemon(shown), name, derived, **common)
+            else:
+                daemon = None if publish else ctx.obj.daemon(shown)
+                report = create_builder(
+                    store, daemon, name, builder_config, options=options, registry=registry,
+                    **common,
+                )  # fmt: skip
     _write_report(report, report_file, fmt)
     if fmt is not Format.table:
         return
@@ -1207,6 +1255,9 @@ def create_builder_command(
     verb = "Would create" if report.dry_run else "Created"
     image = short_id(report.image_id) if report.image_id else short_id(report.config_digest)
     typer.echo(f"{verb} builder {report.name} ({image}), {len(report.diff_ids)} layers")
+    if getattr(report, "from_builder", ""):
+        saved = " (read with docker save)" if report.saved_builder else ", its layers left there"
+        typer.echo(f"  from        {report.from_builder}{saved}")
     for buildpack in report.buildpacks:
         origin = "cache" if buildpack.reused else buildpack.kind
         what = " (extension)" if buildpack.module == "extension" else ""
@@ -1235,6 +1286,38 @@ def create_builder_command(
             f"{render.size(report.load.bytes_sent)} sent, by {report.load.load_method}"
         )
     typer.echo(f"  time        {report.seconds:.2f} s")
+
+
+def _derived_request(
+    config: Path | None,
+    from_builder: str | None,
+    buildpacks: list[str] | None,
+    env: list[str] | None,
+    order: list[str] | None,
+    run_image: str | None,
+) -> "DerivedBuilderRequest | None":
+    """What --from-builder and its options ask for (None for a builder.toml), checked."""
+    from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
+
+    if config is None and from_builder is None:
+        # click's own words for a missing option, as before --from-builder existed
+        raise UsageError("Missing option '--config' (or --from-builder BUILDER)")
+    if config is not None and from_builder is not None:
+        raise UsageError("--config and --from-builder do not go together")
+    if from_builder is None:
+        if buildpacks or env or order or run_image:
+            raise UsageError("--buildpack, --env, --order and --run-image need --from-builder")
+        return None
+    if order:
+        parse_order(order)
+    return DerivedBuilderRequest(
+        from_builder=from_builder,
+        buildpacks=list(buildpacks or []),
+        env=parse_env(env or []),
+        order=list(order) if order else None,
+        run_image=run_image,
+        base_dir=Path.cwd(),
+    )
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ pack (pkg/image/fetcher.go) pulls each into the daemon (`always`: every time; `i
 when the daemon lacks it; `never`: never) and then saves them out of it. Here a pull goes
 registry -> cache (registry_pull: only blobs the cache lacks, each verified), and the daemon is
 never sent these images themselves: the builder's load sends it only the layers it lacks. A
-registry that has no such image (or refuses it) falls back to the daemon's copy under `always`,
-as pack's does.
+registry that has no such image (or denies it, as Docker Hub does for a repository that does not
+exist) falls back to the daemon's copy under `always`, as pack's does.
 `if-not-present` also takes an image the cache recorded under that name with every layer.
 
 The images are fetched several at once (`prefetch`): a builder names many small buildpackages,
@@ -127,9 +127,8 @@ class BuilderFetcher:
         try:
             return self._pull(ref)
         except (NotFoundError, AccessDeniedError) as exc:
-            # pack falls back to the daemon's copy when the pull finds nothing; a refusal
-            # counts too: Docker Hub refuses what does not exist, and local-only images are
-            # common under the default policy.
+            # pack falls back to the daemon's copy when docker's pull finds nothing; docker
+            # counts a DENIED answer (Docker Hub's for what does not exist) as not found.
             if policy is PullPolicy.ALWAYS and self._has(ref):
                 fetched = self._from_daemon(ref, what)
                 fetched.fell_back = True

@@ -158,6 +158,7 @@ class GraphdriverPlanner(LoadPlanner):
         # config the cache holds, so only images new to the cache cost an inspect.
         image_ids = self.daemon.image_ids()
         known = self.store.config_diff_ids(image_ids)
+        self.daemon.prefetch(i for i in image_ids if i not in known)  # inspected at once
         present = set()
         for image_id in image_ids:
             layers = known.get(image_id)

@@ -2,7 +2,8 @@
 
     python -m tests.bench [--only NAME,...] [--size full|quick] [--no-docs]
 
-NAME is one of index_scale, ingest, engines, rebase, builder, builder_pull, publish, pull
+NAME is one of index_scale, ingest, engines, rebase, builder, builder_pull, derived_builder,
+publish, pull
 (default: all, in that order).
 `--size quick` builds smaller images and layers (the method and the repeats stay the same; the
 tables say the sizes) for a run in a fraction of the time. Each bench that finishes replaces its

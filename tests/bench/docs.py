@@ -25,6 +25,7 @@ TITLES = {
     "rebase": "Rebase",
     "builder": "create-builder",
     "builder_pull": "create-builder from a registry",
+    "derived_builder": "Derived builder (create-builder --from-builder)",
     "publish": "rebase --publish",
     "pull": "Pull",
 }

@@ -1,0 +1,401 @@
+"""`packcache create-builder NAME --from-builder BUILDER ...` against every real engine: the
+derived builder is, label for label and layer for layer, the builder a full create-builder of
+the same inputs gives; a reader that finds buildpacks as the lifecycle does (order, then the
+layers label, then the files) finds every one; the existing builder is never saved; and every
+bad input is one clear message."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import builder_fixtures as fx
+from tests.engines.harness import Engine
+from tests.engines.pytest_plugin import EnginePool
+from tests.test_builder_engine import Inputs, cat, checksums, create, inspect, make_inputs
+from tests.test_containerd_load import our_leases_and_ingests, run_cat, saved_blobs_complete
+from tests.test_containerd_transport import CONTAINERD_KINDS
+
+EMPTY_TAR = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+
+@pytest.fixture
+def via_containerd(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """On a containerd store, packcache told where the engine's containerd is (26.1's API does
+    not say), so results go through the containerd path."""
+    if engine.containerd_store:
+        monkeypatch.setenv("PACKCACHE_CONTAINERD_ADDRESS", str(engine.root / "c.sock"))
+        monkeypatch.setenv("PACKCACHE_CONTAINERD_NAMESPACE", f"pc-{engine.root.name}")
+    return engine
+
+
+@dataclass
+class Derived:
+    inputs: Inputs
+    base: str  # the builder derived from, made by a full create-builder
+    extra: fx.Buildpackage  # a buildpackage image the base builder does not have
+
+
+def make_base(cli, engine: Engine, tmp_path: Path) -> Derived:
+    inputs = make_inputs(engine, tmp_path)
+    base = fx.unique("base-builder")
+    create(cli, engine, base, inputs.toml)
+    extra = fx.load_buildpackage(
+        engine, tmp_path, fx.unique("extra-package"), fx.make_buildpack("test/extra", "9.0.0")
+    )
+    return Derived(inputs, base, extra)
+
+
+def derive(cli, engine: Engine, name: str, base: str, *args: str, cache=None) -> dict:
+    result = cli(
+        "--host", engine.host, "create-builder", name, "--from-builder", base,
+        "--format", "json", *args, cache=cache,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return result.json()
+
+
+def _group_toml(group: list[dict]) -> str:
+    text = "\n[[order]]\n"
+    for ref in group:
+        text += "  [[order.group]]\n"
+        for key, value in ref.items():
+            text += f"    {key} = {json.dumps(value)}\n"
+    return text
+
+
+def full_toml(d: Derived, tmp_path: Path, order: list[list[dict]]) -> Path:
+    """The base builder's builder.toml with the extra buildpack added and `order` instead of
+    its order: what a full create-builder of the derived builder's inputs reads."""
+    text = d.inputs.toml.read_text()
+    head, _, rest = text.partition("\n[[order]]")
+    tail = rest[rest.index("\n[build]") :]
+    head += f'\n[[buildpacks]]\n  uri = "docker://{d.extra.ref}"\n'
+    path = tmp_path / "full-builder.toml"
+    path.write_text(head + "".join(_group_toml(g) for g in order) + tail)
+    return path
+
+
+def extra_info(d: Derived) -> dict:
+    bp = d.extra.main
+    name, homepage = f"Test {bp.id}", f"https://example.test/{bp.id}"
+    return {"id": bp.id, "name": name, "version": bp.version, "homepage": homepage}
+
+
+# -- the derived builder is what a full create-builder gives -----------------------------------
+
+
+def test_derived_builder_equals_a_full_create_builder(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    base = inspect(engine, d.base)
+    name = fx.unique("derived")
+    report = derive(
+        cli, engine, name, d.base, "--buildpack", f"docker://{d.extra.ref}",
+        "--buildpack", "from=builder", "--env", "BP_DERIVED=yes",
+    )  # fmt: skip
+    derived = inspect(engine, name)
+
+    # pack build's order for these locators: the extra buildpack, then each builder group.
+    base_order = json.loads(base["Config"]["Labels"]["io.buildpacks.buildpack.order"])
+    order = [[extra_info(d), *entry["group"]] for entry in base_order]
+    full_name = fx.unique("full")
+    full_report = create(cli, engine, full_name, full_toml(d, tmp_path, order))
+    full = inspect(engine, full_name)
+
+    assert derived["Config"]["Labels"] == full["Config"]["Labels"]
+    assert derived["Config"]["Env"] == full["Config"]["Env"]
+    assert derived["Config"]["WorkingDir"] == "/layers"
+    # Layers: the base builder's, then the default dirs, the extra buildpack, order, stack,
+    # run and env, each the layer the full builder has for it (but env, which holds the var).
+    layers, full_layers = derived["RootFS"]["Layers"], full["RootFS"]["Layers"]
+    base_layers = base["RootFS"]["Layers"]
+    assert report["diff_ids"] == layers
+    assert layers[: len(base_layers)] == base_layers
+    extra_layer = d.extra.diff_ids[f"test/extra@{d.extra.main.version}"]
+    dirs = full_layers[len(d.inputs.build["RootFS"]["Layers"])]
+    assert layers[len(base_layers) : -1] == [dirs, extra_layer, *full_layers[-5:-2]]
+    assert layers[-1] not in full_layers and set(full_layers) <= set(layers)
+    assert full_report["diff_ids"] == full_layers
+
+    # The base builder was not saved; the extra buildpackage was read once.
+    assert report["saved_builder"] is False
+    assert report["imported"] == [d.extra.ref]
+    if engine.containerd_store:
+        assert report["load"]["load_method"] == "containerd"
+    assert cat(engine, name, "/platform/env/BP_DERIVED") == b"yes"
+    assert cat(engine, name, "/cnb/order.toml") == cat(engine, full_name, "/cnb/order.toml")
+    # Whole as the daemon sees it (on a containerd store: every blob there, unpacked on use).
+    saved = tmp_path / "derived.tar"
+    engine.docker("save", "-o", str(saved), name)
+    assert saved.stat().st_size > 0
+
+
+def test_builder_buildpacks_and_new_ones_make_the_group(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    """pack build's locators: urn:cnb:builder: names a buildpack on the builder (nothing
+    added for it), an image adds one; both, in the order given, are the order's one group."""
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    name = fx.unique("grouped")
+    result = cli(
+        "--host", engine.host, "create-builder", name, "--from-builder", d.base,
+        "--buildpack", "urn:cnb:builder:test/simple", "--buildpack", f"docker://{d.extra.ref}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert f"from        {d.base}, its layers left there" in result.stdout
+    labels = inspect(engine, name)["Config"]["Labels"]
+    assert json.loads(labels["io.buildpacks.buildpack.order"]) == [
+        {"group": [{"id": "test/simple"}, extra_info(d)]}
+    ]
+    metadata = json.loads(labels["io.buildpacks.builder.metadata"])
+    base_metadata = json.loads(inspect(engine, d.base)["Config"]["Labels"][
+        "io.buildpacks.builder.metadata"
+    ])  # fmt: skip
+    assert metadata["buildpacks"] == [*base_metadata["buildpacks"], extra_info(d)]
+    assert tomllib.loads(cat(engine, name, "/cnb/order.toml").decode()) == {
+        "order": [{"group": [{"id": "test/simple", "version": "1.0.0"}, extra_info(d)]}]
+    }
+
+
+def test_a_lifecycle_shaped_reader_finds_every_buildpack(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    """As the lifecycle's detector: the order (label, and /cnb/order.toml in the image) names
+    buildpacks; each order buildpack's own groups name more; each is found in the layers label
+    with a layer the image has, and its buildpack.toml is at /cnb/buildpacks/<id>/<version>."""
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    name = fx.unique("derived")
+    derive(
+        cli, engine, name, d.base, "--buildpack", "from=builder",
+        "--buildpack", f"docker://{d.extra.ref}",
+    )  # fmt: skip
+    image = inspect(engine, name)
+    labels = image["Config"]["Labels"]
+    layers_label = json.loads(labels["io.buildpacks.buildpack.layers"])
+    metadata = json.loads(labels["io.buildpacks.builder.metadata"])
+    on_disk = tomllib.loads(cat(engine, name, "/cnb/order.toml").decode())["order"]
+    label_order = json.loads(labels["io.buildpacks.buildpack.order"])
+    assert [[r["id"] for r in g["group"]] for g in on_disk] == [
+        [r["id"] for r in g["group"]] for g in label_order
+    ]
+
+    found: dict[str, str] = {}
+
+    def visit(ref: dict) -> None:
+        versions = layers_label[ref["id"]]
+        version = ref.get("version") or next(iter(versions))
+        entry = versions[version]
+        assert entry["layerDiffID"] in image["RootFS"]["Layers"]
+        found[f"{ref['id']}@{version}"] = entry["layerDiffID"]
+        for group in entry.get("order") or []:
+            for inner in group["group"]:
+                visit(inner)
+
+    for group in on_disk:
+        for ref in group["group"]:
+            visit(ref)
+    every = [*d.inputs.buildpacks, d.extra.main]
+    assert set(found) == {f"{bp.id}@{bp.version}" for bp in every}
+    assert {f"{b['id']}@{b['version']}" for b in metadata["buildpacks"]} == set(found)
+    # Each buildpack's files are where the lifecycle looks for them.
+    paths = {f"{bp.root}/buildpack.toml": bp.files["buildpack.toml"] for bp in every}
+    sums = checksums(engine, name, sorted(paths))
+    assert sums == {path: hashlib.sha256(data).hexdigest() for path, data in paths.items()}
+    # Every group is the builder's with the extra buildpack last, which detection runs.
+    assert all(g["group"][-1]["id"] == "test/extra" for g in on_disk)
+
+
+def test_replacing_a_builder_buildpack_hides_the_old_version(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    """A buildpack the builder has at the same version with other contents: pack whites the
+    old directory out before adding the new layer, and the labels point at the new one."""
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    changed = fx.make_buildpack("test/simple")  # same id@version, other salt
+    folder = fx.write_directory(changed, tmp_path / "new-simple")
+    name = fx.unique("replaced")
+    report = derive(cli, engine, name, d.base, "--buildpack", str(folder))
+    image = inspect(engine, name)
+    layers_label = json.loads(image["Config"]["Labels"]["io.buildpacks.buildpack.layers"])
+    new_layer = layers_label["test/simple"]["1.0.0"]["layerDiffID"]
+    old = d.inputs.packages[0].diff_ids["test/simple@1.0.0"]
+    assert new_layer != old and new_layer in report["diff_ids"]
+    base_count = len(inspect(engine, d.base)["RootFS"]["Layers"])
+    whiteout = report["diff_ids"][base_count + 1]
+    assert whiteout not in (new_layer, old) and report["diff_ids"][base_count + 2] == new_layer
+    salt = f"{changed.root}/lib/salt.txt"
+    assert cat(engine, name, salt) == changed.files["lib/salt.txt"]
+    assert json.loads(image["Config"]["Labels"]["io.buildpacks.buildpack.order"]) == [
+        {"group": [{"id": "test/simple", "name": "Test test/simple", "version": "1.0.0",
+                    "homepage": "https://example.test/test/simple"}]}
+    ]  # fmt: skip
+
+
+def test_order_and_run_image_options(cli, via_containerd: Engine, tmp_path) -> None:
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    run = fx.unique("other-run")
+    fx.load_run_image(engine, tmp_path, run)
+    name = fx.unique("ordered")
+    derive(
+        cli, engine, name, d.base, "--order", "test/simple,test/from-dir?",
+        "--order", "test/meta@3.0.0", "--run-image", run,
+    )  # fmt: skip
+    labels = inspect(engine, name)["Config"]["Labels"]
+    assert json.loads(labels["io.buildpacks.buildpack.order"]) == [
+        {"group": [{"id": "test/simple"}, {"id": "test/from-dir", "optional": True}]},
+        {"group": [{"id": "test/meta", "version": "3.0.0"}]},
+    ]
+    assert tomllib.loads(cat(engine, name, "/cnb/order.toml").decode()) == {
+        "order": [
+            {"group": [{"id": "test/simple", "version": "1.0.0"},
+                       {"id": "test/from-dir", "version": "0.1.0", "optional": True}]},
+            {"group": [{"id": "test/meta", "version": "3.0.0"}]},
+        ]
+    }  # fmt: skip
+    metadata = json.loads(labels["io.buildpacks.builder.metadata"])
+    assert metadata["stack"] == {"runImage": {"image": run, "mirrors": None}}
+    assert metadata["images"] == [{"image": run, "mirrors": None}]
+    assert tomllib.loads(cat(engine, name, "/cnb/run.toml").decode()) == {
+        "images": [{"image": run}]
+    }
+    assert tomllib.loads(cat(engine, name, "/cnb/stack.toml").decode()) == {
+        "run-image": {"image": run}
+    }
+    # The buildpacks are the base builder's: nothing added, the layers label unchanged.
+    base_labels = inspect(engine, d.base)["Config"]["Labels"]
+    key = "io.buildpacks.buildpack.layers"
+    assert labels[key] == base_labels[key]
+
+
+# -- the cache and the daemon ------------------------------------------------------------------
+
+
+def test_recreate_unchanged_saves_nothing_and_sends_no_layer(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    name = fx.unique("again")
+    args = ("--buildpack", f"docker://{d.extra.ref}", "--env", "A=1")
+    first = derive(cli, engine, name, d.base, *args)
+    again = derive(cli, engine, name, d.base, *args)
+    assert again["imported"] == [] and again["saved_builder"] is False
+    assert again["image_id"] == first["image_id"] == inspect(engine, name)["Id"]
+    assert again["load"]["layers_sent"] == 0
+    # Another, empty cache: the same builder, the base builder still not saved.
+    other = derive(cli, engine, fx.unique("other"), d.base, *args, cache=tmp_path / "other")
+    assert other["config_digest"] == first["config_digest"]
+    assert other["saved_builder"] is False
+
+
+def test_no_cache_is_packs_method_and_gives_the_same_builder(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    before = cli("ls", "--format", "json").json()
+    args = ("--buildpack", f"docker://{d.extra.ref}", "--env", "A=1")
+    slow = derive(cli, engine, fx.unique("pack-way"), d.base, *args, "--no-cache")
+    assert slow["saved_builder"] is True and slow["imported"] == [d.extra.ref]
+    assert cli("ls", "--format", "json").json() == before
+    fast = derive(cli, engine, fx.unique("fast-way"), d.base, *args)
+    assert fast["config_digest"] == slow["config_digest"]
+    assert fast["load"]["layers_sent"] < slow["load"]["layers_sent"]
+
+
+def test_dry_run_changes_nothing(cli, engine: Engine, tmp_path) -> None:
+    d = make_base(cli, engine, tmp_path)
+    before = cli("ls", "--format", "json").json()
+    name = fx.unique("dry")
+    plan = derive(cli, engine, name, d.base, "--env", "A=1", "--dry-run")
+    assert plan["image_id"] is None
+    assert cli("ls", "--format", "json").json() == before
+    assert engine.docker("image", "inspect", name, check=False).returncode != 0
+    real = derive(cli, engine, name, d.base, "--env", "A=1")
+    assert real["config_digest"] == plan["config_digest"]
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _fails(cli, engine: Engine, code: int, needle: str, *args: str) -> None:
+    before = cli("ls", "--format", "json").json()
+    result = cli("--host", engine.host, "create-builder", fx.unique("bad"), *args)
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert cli("ls", "--format", "json").json() == before
+    assert cli("verify").exit_code == 0
+
+
+def test_bad_inputs_are_one_message(cli, engine: Engine, tmp_path) -> None:
+    d = make_base(cli, engine, tmp_path)
+    toml = str(d.inputs.toml)
+    _fails(cli, engine, 2, "Missing option '--config' (or --from-builder BUILDER)")
+    _fails(cli, engine, 2, "do not go together", "-c", toml, "--from-builder", "x")
+    _fails(cli, engine, 2, "go with --config", "--from-builder", d.base, "--tag", "x:1")
+    _fails(cli, engine, 2, "need --from-builder", "-c", toml, "--env", "A=1")
+    _fails(cli, engine, 2, "expected NAME=VALUE", "--from-builder", d.base, "--env", "=1")
+    _fails(cli, engine, 2, "expected ID", "--from-builder", d.base, "--order", "a,,b")
+    _fails(cli, engine, 1, "'test/nobody'", "--from-builder", d.base, "--order", "test/nobody")
+    _fails(
+        cli, engine, 1, "is not in the Docker daemon", "--pull-policy", "never",
+        "--from-builder", fx.unique("no-such-builder"), "--env", "A=1",
+    )  # fmt: skip
+    # An image that is not a builder (the build image): pack's message.
+    _fails(
+        cli, engine, 1, "missing label io.buildpacks.builder.metadata",
+        "--from-builder", d.inputs.build_ref, "--env", "A=1",
+    )  # fmt: skip
+    _fails(
+        cli, engine, 1, "no buildpack test/nobody is on builder",
+        "--from-builder", d.base, "--buildpack", "urn:cnb:builder:test/nobody",
+    )  # fmt: skip
+    _fails(
+        cli, engine, 2, "only be given once", "--from-builder", d.base,
+        "--buildpack", "from=builder", "--buildpack", "from=builder",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", CONTAINERD_KINDS)
+def test_through_containerd_a_whole_image_that_travels(
+    cli, kind: str, engine_pool: EnginePool, registries, tmp_path, monkeypatch
+) -> None:
+    """On a containerd store: written into the content store, never saved or unpacked by
+    packcache; then saved complete, pushed, pulled back and run on another engine, removed
+    with no lease or ingest left."""
+    engine = engine_pool.get(kind)
+    monkeypatch.setenv("PACKCACHE_CONTAINERD_ADDRESS", str(engine.root / "c.sock"))
+    monkeypatch.setenv("PACKCACHE_CONTAINERD_NAMESPACE", f"pc-{engine.root.name}")
+    d = make_base(cli, engine, tmp_path)
+    name = fx.unique("travelling")
+    report = derive(
+        cli, engine, name, d.base, "--buildpack", f"docker://{d.extra.ref}", "--env", "T=1",
+        cache=tmp_path / "fresh-cache",
+    )  # fmt: skip
+    assert report["load"]["load_method"] == "containerd" and report["saved_builder"] is False
+    assert inspect(engine, name)["Id"] == report["image_id"]
+    saved_blobs_complete(engine, name, tmp_path)
+    remote = f"{registries.plain.host}/{name.split('/')[-1]}"
+    engine.docker("tag", name, remote)
+    engine.docker("push", remote)
+    engine.docker("rmi", remote)
+    other = engine_pool.get("26.1-graphdriver")
+    other.docker("pull", remote)
+    extra_root = f"{d.extra.main.root}/lib/salt.txt"
+    assert run_cat(other, remote, extra_root) == d.extra.main.files["lib/salt.txt"]
+    assert run_cat(other, remote, "/platform/env/T") == b"1"
+    other.docker("rmi", remote)
+    engine.docker("rmi", name)
+    assert our_leases_and_ingests(engine) == ([], [])
