@@ -15,6 +15,9 @@ in turn. pack's method (--no-cache) pulls them one by one, as pack does.
 
 Remote reads (a publish, which pack does with remote images whatever the policy, and a dry run,
 which changes nothing) read manifests and configs only, never a layer.
+
+On a containerd store packcache writes into, the layers pulled are written into the content
+store as they download (`mirror`), so the builder's load writes only its own new layers.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
 from packcache.jsondoc import check_image_config, strict_loads
 from packcache.operations.importing import import_images
-from packcache.operations.pulling import pull_image
+from packcache.operations.pulling import BlobMirror, pull_image
 from packcache.operations.run_image_fetch import PullPolicy
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
@@ -78,6 +81,8 @@ class BuilderFetcher:
     lease: Lease
     remote_only: bool = False  # read manifests and configs, never layers (publish, dry run)
     pack_method: bool = False  # pack's way (--no-cache): docker pull, the cache left alone
+    # Where the layers pulled also go as they arrive: the daemon's containerd, for the load.
+    mirror: BlobMirror | None = None
     pulled: list[PulledImage] = field(default_factory=list)
     fetched: list[FetchedImage] = field(default_factory=list)  # every image() answer
     _prefetched: dict[str, FetchedImage] = field(default_factory=dict, repr=False)
@@ -146,7 +151,7 @@ class BuilderFetcher:
             return list(cached.image.diff_ids)
         if policy is not PullPolicy.NEVER:
             try:
-                return list(self._pull(ref).image.diff_ids)
+                return list(self._pull(ref, mirrored=False).image.diff_ids)
             except (NotFoundError, AccessDeniedError) as exc:
                 if not self._has(ref):
                     raise NotFoundError(f"{what} {ref} is not in its registry ({exc})") from exc
@@ -202,11 +207,13 @@ class BuilderFetcher:
                 return FetchedImage(ref, image, CACHE)
         return None
 
-    def _pull(self, ref: str) -> FetchedImage:
+    def _pull(self, ref: str, mirrored: bool = True) -> FetchedImage:
+        """`ref` pulled into the cache (and, `mirrored`, into the mirror: an image whose layers
+        the builder has; a lifecycle image's are re-tarred)."""
         name = ImageName.parse(ref)
         pulled = pull_image(
             self.store, self.registries.for_name(name), name, lease=self.lease,
-            platform=self.platform,
+            platform=self.platform, mirror=self.mirror if mirrored else None,
         )  # fmt: skip
         self.pulled.append(
             PulledImage(
