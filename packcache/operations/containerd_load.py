@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from weakref import WeakKeyDictionary
 
@@ -39,6 +40,7 @@ DANGLING_PREFIX = "moby-dangling@"
 # The diffID of a compressed layer blob, as containerd's unpacker labels it after unpacking:
 # set on what we write, so the daemon's builder need not unpack to learn it.
 UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
+PARALLEL_WRITES = 4  # blobs written into containerd at once by a load
 # The value of the address setting that keeps packcache on `docker load`.
 OFF = "off"
 
@@ -112,24 +114,34 @@ def write_layers(
 ) -> int:
     """Every layer blob of `plan` in the content store and held by `lease`: the ones the plan
     found there are checked again (they could have gone since), the rest written from the
-    cache, each shown as it goes. Returns the bytes written."""
-    written = 0
+    cache, each shown as it goes, several at once. Returns the bytes written."""
     containerd.lease_blobs(lease, [item.digest for item in plan])  # GC may not take them now
     sizes = containerd.blob_sizes(item.digest for item in plan if item.layer is None)
+    to_write: dict[str, LoadLayer] = {}
     for item in plan:
-        if item.layer is None:
-            if sizes[item.digest] != item.size:
-                raise PackcacheError(
-                    f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
-                    "during the load; run the command again"
-                )
-            continue
-        labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
+        if item.layer is not None:
+            to_write.setdefault(item.digest, item)
+        elif sizes[item.digest] != item.size:
+            raise PackcacheError(
+                f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
+                "during the load; run the command again"
+            )
+
+    def write(item: LoadLayer) -> int:
         layer = item.layer
+        assert layer is not None
+        labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
         chunks = _shown_chunks(layer, progress)
-        if containerd.write_blob(layer.digest, layer.size, chunks, lease, labels):
-            written += layer.size
-    return written
+        return (
+            layer.size
+            if containerd.write_blob(layer.digest, layer.size, chunks, lease, labels)
+            else 0
+        )
+
+    if len(to_write) < 2:
+        return sum(write(item) for item in to_write.values())
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+        return sum(pool.map(write, to_write.values()))
 
 
 def write_image(
