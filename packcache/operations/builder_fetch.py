@@ -113,6 +113,10 @@ class BuilderFetcher:
         if len(wanted) < 2 or self.pack_method or self.policy is PullPolicy.NEVER:
             return
         first = self._image if self.remote_only else self._unless_pulled
+        for ref in wanted:
+            # Each registry's client made once, here, not by several threads at once.
+            with suppress(UsageError):
+                self.registries.for_name(ImageName.parse(ref))
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
             futures = {ref: pool.submit(first, ref, what) for ref in wanted}
         to_pull: dict[str, RemoteImage] = {}
