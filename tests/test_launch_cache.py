@@ -3,10 +3,14 @@ a `docker save`, and a launch cache's bad files are skipped, reported and never 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
+import socket
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -249,5 +253,112 @@ def test_import_of_an_app_takes_its_layers_from_a_launch_volume(
             "--host", engine.host, "import", app.tag, "--no-launch-cache", "--format", "json"
         )
         assert again.json()["already_cached"] == [app.tag]
+    finally:
+        engine.docker("volume", "rm", "-f", volume)
+
+
+class RemoteDaemon:
+    """The engine's unix socket forwarded to a TCP port on 127.0.0.1: to packcache, a daemon on
+    another host, whose paths (volume mount points, its root dir) are not read in place."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.socket_path)
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (target, source):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def remote(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteDaemon]:
+    """The engine as a daemon on another host: no containerd address either."""
+    monkeypatch.delenv("PACKCACHE_CONTAINERD_ADDRESS", raising=False)
+    forwarder = RemoteDaemon(engine.host.removeprefix("unix://"))
+    yield forwarder
+    forwarder.close()
+
+
+def config_end_in_save(engine: Engine, image_id: str, tmp_path: Path) -> tuple[int, int]:
+    """Where the config (and on a containerd store the manifests, the image ID's and those it
+    lists) ends in the image's save stream, and the stream's length."""
+    archive = tmp_path / "whole-save.tar"
+    engine.docker("save", "-o", str(archive), image_id)
+    ends, blobs = {}, {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            ends[name] = member.offset_data + member.size
+            if member.isfile() and member.size < 1 << 20:
+                blobs[name] = tar.extractfile(member).read()
+    hex_id = image_id.removeprefix("sha256:")
+    if not engine.containerd_store:
+        return ends.get(f"{hex_id}.json") or ends[f"blobs/sha256/{hex_id}"], archive.stat().st_size
+    wanted = [json.loads(blobs["manifest.json"])[0]["Config"], f"blobs/sha256/{hex_id}"]
+    listed = json.loads(blobs[wanted[1]]).get("manifests") or []  # an index: its manifests
+    wanted += [f"blobs/sha256/{entry['digest'][7:]}" for entry in listed]
+    return max(ends[path] for path in wanted if path in ends), archive.stat().st_size
+
+
+def test_cold_rebase_through_a_daemon_on_another_host(
+    cli, engine: Engine, tmp_path: Path, stack, remote: RemoteDaemon
+) -> None:
+    """Its volume is read through an idle container, and its app config from the head of a
+    save, closed once the config has passed: no layer after it is received."""
+    run1, run2, app = stack
+    source = write_launch_cache(tmp_path / "launch", committed(app_layer_tars(app)))
+    volume = launch_volume(engine, app.tag, source, run1.tag)
+    try:
+        app_id = json.loads(engine.docker("image", "inspect", app.tag).stdout)[0]["Id"]
+        end, whole = config_end_in_save(engine, app_id, tmp_path)
+        since = daemon_time(engine)
+        cold = cli("--host", remote.host, "rebase", app.tag, "--run-image", run2.tag,
+                   "--format", "json")  # fmt: skip
+        assert cold.exit_code == 0, cold.stderr
+        report = cold.json()
+        assert report["saved"] == []
+        assert report["layer_sources"] == dict.fromkeys(app.app_diff_ids, "launch-cache")
+        assert report["launch_cache_problems"] == []
+        read = report["config_from_save"][app.tag]
+        assert 0 < read <= end < whole
+        if engine.containerd_store:  # the run image's manifest came the same way
+            assert run2.tag in report["config_from_save"]
+        else:
+            assert list(report["config_from_save"]) == [app.tag]
+        run_id = json.loads(engine.docker("image", "inspect", run2.tag).stdout)[0]["Id"]
+        assert set(save_events(engine, since)) <= {app_id, run_id}  # read only to the config
+        check_result(engine, tmp_path, app.tag, app, run2)
+        containers = engine.docker("ps", "-aq", "--filter", "label=io.packcache.reader")
+        assert containers.stdout.strip() == b""
+        # The warm rebase on the daemon's own socket gives the same image.
+        engine.docker("rmi", app.tag)
+        engine.docker("load", "-i", str(app.built.path))
+        warm = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
+        assert warm["saved"] == [] and warm["config_from_save"] == {}
+        assert warm["new_image_id"] == report["new_image_id"]
     finally:
         engine.docker("volume", "rm", "-f", volume)

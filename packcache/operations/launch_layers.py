@@ -11,7 +11,7 @@ from pathlib import Path
 
 from packcache.errors import CorruptBlobError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
-from packcache.operations.engine_configs import record_from_engine
+from packcache.operations.engine_configs import record_from_engine, record_from_save_head
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon, DaemonError
 from packcache.transports.launch_cache import (
@@ -193,6 +193,7 @@ class HostFill:
     config_digest: str | None
     sources: dict[str, str]  # diffID -> cache | launch-cache (absent: still missing)
     launch: LaunchReport
+    save_head_bytes: int | None = None  # bytes of a save read for the config, if one was
 
 
 def fill_from_host(
@@ -204,9 +205,10 @@ def fill_from_host(
     *,
     lease: Lease | None = None,
 ) -> HostFill:
-    """Before a `docker save` of image `info`: learn its config from the daemon's storage and
-    find its `layers` the cache lacks in the launch caches. The config digest is None where a
-    save is still needed (no config, or a layer no cache holds)."""
+    """Before a `docker save` of image `info`: find its `layers` the cache lacks in the launch
+    caches, and learn its config from the daemon's storage (or, where that cannot be read, from
+    the head of a save, closed once the config has passed). The config digest is None where a
+    whole save is still needed (no config, or a layer no cache holds)."""
     cached = store.cached_diff_ids(layers, lease)
     sources = {diff_id: CACHE for diff_id in layers if diff_id in cached}
     launch = LaunchReport()
@@ -219,7 +221,9 @@ def fill_from_host(
         )
         for diff_id in launch.recorded + launch.known:
             sources[diff_id] = LAUNCH_CACHE
-    config_digest = None
+    config_digest, head_bytes = None, None
     if len(sources) == len(set(layers)):
         config_digest = record_from_engine(store, daemon, info)
-    return HostFill(config_digest, sources, launch)
+        if config_digest is None:  # the daemon's storage is not readable from here
+            config_digest, head_bytes = record_from_save_head(store, daemon, info)
+    return HostFill(config_digest, sources, launch, head_bytes)

@@ -20,7 +20,7 @@ from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image import cnb
 from packcache.image.cnb import LifecycleMetadata
 from packcache.image.inspected import InspectedImage
-from packcache.operations.engine_configs import record_from_engine
+from packcache.operations.engine_configs import record_from_engine, record_from_save_head
 from packcache.operations.importing import cached_config, import_images
 from packcache.operations.launch_layers import (
     CACHE,
@@ -67,6 +67,9 @@ class RebaseReport:
     # Where each app layer came from: cache, launch-cache or docker save.
     layer_sources: dict[str, str] = field(default_factory=dict)
     launch_cache_problems: list[str] = field(default_factory=list)  # entries skipped
+    # Images whose save stream was read only until their config passed (the daemon's storage
+    # is not readable from here), with the bytes read.
+    config_from_save: dict[str, int] = field(default_factory=dict)
     load_method: str = ""  # "containerd" (written into its content store) or "docker load"
     run_image_fetch: ImageFetch | None = None  # how --pull-policy got the run image
     app_image_fetch: ImageFetch | None = None  # and the app image
@@ -311,6 +314,8 @@ def _cache_images(
         sources = found.sources
         report.launch_cache_problems = found.launch.notes()
         app_config_digest = found.config_digest
+        if found.save_head_bytes is not None:
+            report.config_from_save[report.image] = found.save_head_bytes
     if app_config_digest is None:
         if not report.dry_run:
             import_images(source, daemon, [report.image], lease=lease)
@@ -324,8 +329,12 @@ def _cache_images(
     # On a containerd store the run image's manifest, read from the daemon's content store,
     # names the blobs to reference: no save needed for that.
     reusing = policy is REUSE and not report.dry_run
-    if needed and reusing and record_from_engine(source, daemon, images.run) is not None:
-        needed = base_image_needed(source, daemon, run_layers, policy)
+    if needed and reusing:
+        recorded = record_from_engine(source, daemon, images.run)
+        if recorded is None:  # the daemon's storage is not readable from here
+            recorded, head_bytes = record_from_save_head(source, daemon, images.run)
+            report.config_from_save[images.run_ref] = head_bytes
+        needed = recorded is None or base_image_needed(source, daemon, run_layers, policy)
     if needed:
         if not report.dry_run:
             import_images(source, daemon, [images.run_ref], lease=lease)
