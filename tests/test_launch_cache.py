@@ -142,8 +142,10 @@ def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
 
 
 def test_bad_entries_are_skipped_and_the_rest_saved(
-    cli, engine: Engine, tmp_path: Path, stack, content_env
+    cli, engine: Engine, tmp_path: Path, stack, content_env, cache_dir: Path
 ) -> None:
+    """On a graphdriver the good layer verifies on its way into the load and the tampered one
+    cuts that load short; the app is then saved and loaded from the cache."""
     _run1, run2, app = stack
     tars = app_layer_tars(app)
     good, tampered, truncated = app.app_diff_ids
@@ -177,6 +179,7 @@ def test_bad_entries_are_skipped_and_the_rest_saved(
     assert verify["ok"] is True
     listed = cached_layers(cli)
     assert set(app.app_diff_ids) <= listed
+    assert list((cache_dir / "ingest").iterdir()) == []  # no temp file of a layer left
 
 
 def test_import_reads_a_volume_in_use_through_the_engine(
