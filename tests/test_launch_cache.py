@@ -112,6 +112,36 @@ def save_events(engine: Engine, since: str) -> list[str]:
     return events.split()
 
 
+def warm_rebase_id(cli, engine: Engine, app: AppImage, run2) -> str:
+    """The image a warm rebase (on the daemon's own socket) makes of the app as it was."""
+    engine.docker("rmi", app.tag)
+    engine.docker("load", "-i", str(app.built.path))
+    warm = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
+    assert warm["saved"] == [] and warm["config_from_save"] == {}
+    assert warm["layer_sources"] == dict.fromkeys(app.app_diff_ids, "cache")
+    return str(warm["new_image_id"])
+
+
+def test_cold_rebase_takes_the_app_layers_from_a_bind_launch_cache(
+    cli, engine: Engine, tmp_path: Path, stack, content_env
+) -> None:
+    """pack's `--cache 'type=launch;format=bind;source=DIR'`: DIR/launch-cache, named."""
+    _run1, run2, app = stack
+    write_launch_cache(tmp_path / "bind" / "launch-cache", committed(app_layer_tars(app)))
+    since = daemon_time(engine)
+    cold = rebase(
+        cli, engine, app.tag, "--run-image", run2.tag, "--launch-cache", str(tmp_path / "bind")
+    )
+    assert cold.exit_code == 0, cold.stderr
+    report = cold.json()
+    assert report["saved"] == [] and report["config_from_save"] == {}
+    assert report["layer_sources"] == dict.fromkeys(app.app_diff_ids, "launch-cache")
+    assert report["launch_cache_problems"] == []
+    assert save_events(engine, since) == []
+    check_result(engine, tmp_path, app.tag, app, run2)
+    assert warm_rebase_id(cli, engine, app, run2) == report["new_image_id"]
+
+
 def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
     cli, engine: Engine, tmp_path: Path, stack, content_env
 ) -> None:
@@ -130,13 +160,7 @@ def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
         check_result(engine, tmp_path, app.tag, app, run2)
         containers = engine.docker("ps", "-aq", "--filter", "label=io.packcache.reader")
         assert containers.stdout.strip() == b""
-        # The warm rebase of the same app gives the same image.
-        engine.docker("rmi", app.tag)
-        engine.docker("load", "-i", str(app.built.path))
-        warm = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
-        assert warm["saved"] == []
-        assert warm["layer_sources"] == dict.fromkeys(app.app_diff_ids, "cache")
-        assert warm["new_image_id"] == report["new_image_id"]
+        assert warm_rebase_id(cli, engine, app, run2) == report["new_image_id"]
     finally:
         engine.docker("volume", "rm", "-f", volume)
 
@@ -357,11 +381,6 @@ def test_cold_rebase_through_a_daemon_on_another_host(
         check_result(engine, tmp_path, app.tag, app, run2)
         containers = engine.docker("ps", "-aq", "--filter", "label=io.packcache.reader")
         assert containers.stdout.strip() == b""
-        # The warm rebase on the daemon's own socket gives the same image.
-        engine.docker("rmi", app.tag)
-        engine.docker("load", "-i", str(app.built.path))
-        warm = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
-        assert warm["saved"] == [] and warm["config_from_save"] == {}
-        assert warm["new_image_id"] == report["new_image_id"]
+        assert warm_rebase_id(cli, engine, app, run2) == report["new_image_id"]
     finally:
         engine.docker("volume", "rm", "-f", volume)
