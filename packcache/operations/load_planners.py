@@ -12,14 +12,14 @@ import logging
 import os
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive
 from packcache.errors import NotFoundError, PackcacheError
 from packcache.image import manifest as oci
-from packcache.image.layer import MEDIA_TYPES, chain_ids
+from packcache.image.layer import MEDIA_TYPES, Layer, chain_ids
 from packcache.operations import containerd_load
 from packcache.refs import normalize
 from packcache.store.store import Store
@@ -93,8 +93,14 @@ class LoadPlanner(ABC):
             for index, diff_id in enumerate(diff_ids)
         ]
 
-    def plan(self, diff_ids: list[str], policy: SendPolicy = REUSE) -> list[LoadLayer]:
-        """What to send for each layer: nothing where the daemon holds it, else the cached blob."""
+    def plan(
+        self,
+        diff_ids: list[str],
+        policy: SendPolicy = REUSE,
+        supplied: Mapping[str, Layer] | None = None,
+    ) -> list[LoadLayer]:
+        """What to send for each layer: nothing where the daemon holds it, else the cached blob
+        (or, for a layer the cache lacks, the one `supplied`)."""
         plan = []
         for diff_id, held in zip(diff_ids, self.held(diff_ids, policy), strict=True):
             if held is not None:
@@ -102,7 +108,9 @@ class LoadPlanner(ABC):
                     LoadLayer(diff_id, None, held.digest or diff_id, held.size, held.media_type)
                 )
                 continue
-            layer = self.store.layer(diff_id)
+            layer: Layer | None = self.store.layer(diff_id)
+            if layer is None and supplied is not None:
+                layer = supplied.get(diff_id)
             if layer is None:
                 raise PackcacheError(
                     f"layer {diff_id} is neither in the Docker daemon nor in the cache; "
