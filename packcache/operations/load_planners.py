@@ -260,8 +260,13 @@ class ContainerdApiPlanner(ContainerdPlanner):
     def _held(self, diff_ids: list[str]) -> list[Held | None]:
         recorded = self.store.held_descriptors(self.store.manifests_with_layers(diff_ids))
         forms = [self._blob_forms(diff_id, recorded.get(diff_id)) for diff_id in diff_ids]
+        # A blob a pull of this operation put there is planned as a write (which finds it
+        # there): named as the cache names it, as it is without the mirror.
+        mirrored = containerd_load.mirrored_blobs(self.containerd)
         return [
-            None if found is None else Held(found.digest, found.size, found.media_type)
+            None
+            if found is None or found.digest in mirrored
+            else Held(found.digest, found.size, found.media_type)
             for found in containerd_load.held_blobs(self.containerd, forms)
         ]
 
@@ -317,3 +322,20 @@ def planner_for(store: Store, daemon: Daemon, policy: SendPolicy = REUSE) -> Loa
         if containerd is not None:
             return ContainerdApiPlanner(store, daemon, containerd)
     return ContainerdPlanner(store, daemon)
+
+
+@contextmanager
+def content_mirror(daemon: Daemon) -> Iterator[containerd_load.ContentMirror | None]:
+    """Where a later load would write into the daemon's containerd: a mirror that writes the
+    layer blobs a pull downloads there at once (see containerd_load.ContentMirror), held until
+    this context ends; else None (a graphdriver, or `docker load` on a containerd store)."""
+    containerd = containerd_load.daemon_containerd(daemon) if daemon.info.containerd_store else None
+    if containerd is None:
+        yield None
+        return
+    with containerd.lease() as lease:
+        mirror = containerd_load.ContentMirror(containerd, lease)
+        try:
+            yield mirror
+        finally:
+            mirror.close()
