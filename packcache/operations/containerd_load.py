@@ -68,18 +68,22 @@ def held_blobs(
     containerd: Containerd, layers: list[list[tuple[str, int | None, str]]]
 ) -> list[oci.Descriptor | None]:
     """Per layer, the first of its blob forms (digest, size or None, media type) the content
-    store holds, as the manifest must name it; None where it holds none. Each form is asked
-    about once, however many layers share it."""
-    sizes = containerd.blob_sizes(digest for forms in layers for digest, _, _ in forms)
-    found: list[oci.Descriptor | None] = []
-    for forms in layers:
-        held = None
-        for digest, size, media_type in forms:
+    store holds, as the manifest must name it; None where it holds none. Asked form by form:
+    every layer's first form at once, then the next form of the layers still unfound, so a
+    store holding the usual form answers in one call per layer. Each digest is asked once."""
+    found: list[oci.Descriptor | None] = [None] * len(layers)
+    sizes: dict[str, int | None] = {}
+    for rank in range(max((len(forms) for forms in layers), default=0)):
+        wanted = {
+            index: forms[rank]
+            for index, forms in enumerate(layers)
+            if found[index] is None and rank < len(forms)
+        }
+        sizes.update(containerd.blob_sizes(d for d, _, _ in wanted.values() if d not in sizes))
+        for index, (digest, size, media_type) in wanted.items():
             held_size = sizes[digest]
             if held_size is not None and size in (None, held_size):
-                held = oci.Descriptor(media_type, digest, held_size)
-                break
-        found.append(held)
+                found[index] = oci.Descriptor(media_type, digest, held_size)
     return found
 
 
@@ -160,3 +164,14 @@ def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
         containerd.put_image(DANGLING_PREFIX + old.target.digest, old.target, labels)
     containerd.put_image(name, target)
     containerd.delete_image(DANGLING_PREFIX + target.digest)  # it has a name now
+
+
+def announce(daemon: Daemon, image_id: str, tags: list[str]) -> None:
+    """Have the daemon say (`docker events`) that `tags` name `image_id`: it learns nothing of a
+    record written into its containerd, but tagging an image with the name it already has
+    makes it log a `tag` event and changes nothing (ID, created time, labels, other tags)."""
+    for tag in tags:
+        try:
+            daemon.tag(image_id, tag)
+        except PackcacheError as exc:  # the image is there; only the event is missing
+            log.warning("the Docker daemon did not announce %s: %s", tag, exc)

@@ -321,9 +321,11 @@ class Containerd:
         """Stream a blob into the content store; False where it was there already.
 
         containerd hashes what it receives and commits only bytes matching ``digest`` and
-        ``size``; a refused or broken write is aborted, so nothing of it stays.
+        ``size``; a refused or broken write is aborted, so nothing of it stays. A blob the
+        store holds is refused at the first message (and held by ``lease`` from then on), so
+        one that fits in a message is written without asking first.
         """
-        if self.blob_size(digest) is not None:
+        if size > WRITE_CHUNK and self.blob_size(digest) is not None:
             return False
         ref = f"packcache-{digest}-{secrets.token_hex(4)}"
         # grpc reads the requests in its own thread: the reader's own error is kept here to be
