@@ -82,8 +82,8 @@ def test_operations_import_no_cli_grpc_or_sqlalchemy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules = set(json.loads(out.stdout))
     assert "packcache.transports.daemon" in modules  # the operations were imported
-    heavy = {"docker"} | CONTAINERD | PROTOBUF | MAINTENANCE | HELP | {"typer"}
-    assert loaded(modules, heavy) == set()  # (pushing's registry client uses requests)
+    heavy = SDK | CONTAINERD | PROTOBUF | MAINTENANCE | HELP | {"typer"}
+    assert loaded(modules, heavy) == set()
 
 
 @pytest.mark.parametrize("kind", ["26.1-graphdriver", "28-containerd"])

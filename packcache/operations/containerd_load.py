@@ -42,6 +42,10 @@ OFF = "off"
 # One connection (or the finding that there is none) per daemon client: planners are made
 # several times in one operation, and the fallback is said once.
 _connections: WeakKeyDictionary[Daemon, Containerd | None] = WeakKeyDictionary()
+# The blobs a plan found in each connection's content store, and their sizes: an operation
+# plans several loads on the same layers (the base image first). Only for planning: what a
+# load relies on is asked again once its manifest holds it (check_still_held).
+_found_sizes: WeakKeyDictionary[Containerd, dict[str, int]] = WeakKeyDictionary()
 
 
 def daemon_containerd(daemon: Daemon) -> Containerd | None:
@@ -70,16 +74,19 @@ def held_blobs(
     """Per layer, the first of its blob forms (digest, size or None, media type) the content
     store holds, as the manifest must name it; None where it holds none. Asked form by form:
     every layer's first form at once, then the next form of the layers still unfound, so a
-    store holding the usual form answers in one call per layer. Each digest is asked once."""
+    store holding the usual form answers in one call per layer. A digest found is not asked
+    about again on this connection."""
     found: list[oci.Descriptor | None] = [None] * len(layers)
-    sizes: dict[str, int | None] = {}
+    sizes: dict[str, int | None] = dict(_found_sizes.setdefault(containerd, {}))
     for rank in range(max((len(forms) for forms in layers), default=0)):
         wanted = {
             index: forms[rank]
             for index, forms in enumerate(layers)
             if found[index] is None and rank < len(forms)
         }
-        sizes.update(containerd.blob_sizes(d for d, _, _ in wanted.values() if d not in sizes))
+        asked = containerd.blob_sizes(d for d, _, _ in wanted.values() if d not in sizes)
+        sizes.update(asked)
+        _found_sizes[containerd].update((d, n) for d, n in asked.items() if n is not None)
         for index, (digest, size, media_type) in wanted.items():
             held_size = sizes[digest]
             if held_size is not None and size in (None, held_size):
@@ -103,27 +110,32 @@ def _shown_chunks(layer: Layer, progress: Progress) -> Iterator[bytes]:
 
 def write_layers(
     containerd: Containerd, plan: list[LoadLayer], lease: str, progress: Progress = NO_PROGRESS
-) -> int:
-    """Every layer blob of `plan` in the content store and held by `lease`: the ones the plan
-    found there are checked again (they could have gone since), the rest written from the
-    cache, each shown as it goes. Returns the bytes written."""
-    written = 0
-    containerd.lease_blobs(lease, [item.digest for item in plan])  # GC may not take them now
-    sizes = containerd.blob_sizes(item.digest for item in plan if item.layer is None)
+) -> set[str]:
+    """The layer blobs of `plan` the content store lacks, written from the cache under
+    `lease`, each shown as it goes. Returns the digests written."""
+    written: set[str] = set()
     for item in plan:
         if item.layer is None:
-            if sizes[item.digest] != item.size:
-                raise PackcacheError(
-                    f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
-                    "during the load; run the command again"
-                )
             continue
         labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
         layer = item.layer
         chunks = _shown_chunks(layer, progress)
         if containerd.write_blob(layer.digest, layer.size, chunks, lease, labels):
-            written += layer.size
+            written.add(layer.digest)
     return written
+
+
+def check_still_held(containerd: Containerd, plan: list[LoadLayer], written: set[str]) -> None:
+    """The layer blobs not written now (the content store had them) are there still. Asked
+    once the manifest, held by the lease, names them in its labels: from then on containerd's
+    GC keeps them, and one it took before is found here, before the image is named."""
+    sizes = containerd.blob_sizes(item.digest for item in plan if item.digest not in written)
+    for item in plan:
+        if item.digest not in written and sizes[item.digest] != item.size:
+            raise PackcacheError(
+                f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
+                "during the load; run the command again"
+            )
 
 
 def write_image(
@@ -134,18 +146,21 @@ def write_image(
     lease: str,
     progress: Progress = NO_PROGRESS,
 ) -> tuple[Descriptor, int]:
-    """Layers, config and manifest written under `lease`; the manifest's descriptor and the
+    """Layers, config and manifest written under `lease` where the store lacks them, and the
+    layers it had checked once the manifest holds them; the manifest's descriptor and the
     bytes written."""
     written = write_layers(containerd, plan, lease, progress)
+    sent = sum(item.size for item in plan if item.digest in written)
     config_digest = oci.digest_of(config)
     if containerd.write_blob(config_digest, len(config), [config], lease):
-        written += len(config)
+        sent += len(config)
     manifest_digest = oci.digest_of(manifest)
     # The labels make the manifest keep its config and layers once the lease is gone.
     labels = gc_ref_labels(config_digest, [item.digest for item in plan])
     if containerd.write_blob(manifest_digest, len(manifest), [manifest], lease, labels):
-        written += len(manifest)
-    return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), written
+        sent += len(manifest)
+    check_still_held(containerd, plan, written)
+    return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), sent
 
 
 def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
