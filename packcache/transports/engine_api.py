@@ -213,23 +213,24 @@ class EngineApi:
         url: str,
         *,
         json_body: Any = None,
-        limit: int = MAX_JSON,
+        limit: int | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
         """A request whose answer is read whole (up to `limit` bytes) and parsed as JSON
         (None for an empty body), with the answer's headers; EngineApiError on an error
-        status."""
+        status. `limit` defaults to MAX_JSON."""
         body = None if json_body is None else json.dumps(json_body).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
         response = self.request(method, url, body=body, headers=headers)
         if response.status >= 400:
             raise response.error()
-        data = response.read_bounded(limit)
+        data = response.read_bounded(MAX_JSON if limit is None else limit)
         return (json.loads(data) if data.strip() else None), response.headers
 
 
-def json_stream(response: Response, limit: int = MAX_JSON) -> Iterator[Any]:
+def json_stream(response: Response, limit: int | None = None) -> Iterator[Any]:
     """The JSON objects of a streamed answer (a load's or a pull's progress), one by one,
-    whether separated by newlines or not; no more than `limit` bytes in all."""
+    whether separated by newlines or not; no more than `limit` (MAX_JSON) bytes in all."""
+    limit = MAX_JSON if limit is None else limit
     decoder, text = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")("replace")
     buffer, total = "", 0
     try:
