@@ -6,6 +6,7 @@ takes and these read as the rules pack applies (internal/builder, pkg/client/cre
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -244,3 +245,29 @@ def _healthcheck(healthcheck: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of a healthcheck imgutil keeps, those set."""
     keys = ("Test", "Interval", "Timeout", "StartPeriod", "Retries")
     return {key: healthcheck[key] for key in keys if healthcheck.get(key)}
+
+
+def json_label(labels: Mapping[str, str], name: str, image: str) -> Any:
+    """A label holding JSON, decoded; None when absent or empty, a clear error when not JSON."""
+    if not labels.get(name):
+        return None
+    try:
+        return json.loads(labels[name])
+    except ValueError as exc:
+        raise BuilderError(f"image {image}: label {name} is not valid JSON: {exc}") from exc
+
+
+def build_user_and_group(build: InspectedImage, ref: str) -> tuple[int, int]:
+    """CNB_USER_ID / CNB_GROUP_ID of the build image, required as pack requires them."""
+    env = build.config.env_map()
+    ids = []
+    for name in ("CNB_USER_ID", "CNB_GROUP_ID"):
+        if not env.get(name):
+            raise BuilderError(f"build image {ref} is missing required env var {name}")
+        try:
+            ids.append(int(env[name]))
+        except ValueError:
+            raise BuilderError(
+                f"build image {ref}: {name}={env[name]} should be an integer"
+            ) from None
+    return ids[0], ids[1]

@@ -7,7 +7,9 @@ layer split per module. Layers are written into the store (hashed only in a dry 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,12 @@ from packcache.builder.flatten import ModuleSplitter, SplitError, flattened_entr
 from packcache.builder.inputs import InputCache
 from packcache.builder.layers import buildpack_layer, module_parent, whiteout_layer
 from packcache.builder.rules import BuilderError
-from packcache.builder.sources import archive_members, directory_members, tar_members
+from packcache.builder.sources import (
+    SourceError,
+    archive_members,
+    directory_members,
+    tar_members,
+)
 from packcache.builder.tarwriter import TarEntry, tar_chunks, tar_reader
 from packcache.builder.uris import ARCHIVE, BUILDPACKAGE_FILE, DIRECTORY, IMAGE
 from packcache.store.store import Lease, Store
@@ -230,3 +237,14 @@ def _split_layer(
         for _ in entries:
             pass  # read to the end: the tar's end blocks are checked there
     return split
+
+
+def layer_from_archive(
+    path: Path, entries: Callable[[], Iterable[TarEntry]], layers: LayerWriter
+) -> str:
+    """Write a layer made from an archive's members; a damaged archive is a clear error (the
+    tar reader raises while member bytes stream, outside the member generator)."""
+    try:
+        return layers.add(entries())
+    except (tarfile.TarError, zlib.error, EOFError) as exc:
+        raise SourceError(f"cannot read archive {path}: {exc}") from exc

@@ -15,12 +15,9 @@ cache as it was; the load is the same code with pack's send policy.
 
 from __future__ import annotations
 
-import json
-import tarfile
 import tempfile
 import time
-import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +30,6 @@ from packcache.builder.descriptors import (
     BUILDPACK,
     EXTENSION,
     LifecycleDescriptor,
-    descriptor_from_layers_label,
 )
 from packcache.builder.flags import BuilderOptions
 from packcache.builder.inputs import InputCache
@@ -44,7 +40,6 @@ from packcache.builder.layers import (
     RUN_PATH,
     STACK_PATH,
     SYSTEM_PATH,
-    buildpack_layer,
     default_dirs,
     env_layer,
     lifecycle_layer,
@@ -52,7 +47,9 @@ from packcache.builder.layers import (
 )
 from packcache.builder.rules import (
     BuilderError,
+    build_user_and_group,
     image_config,
+    json_label,
     resolve_order,
     resolve_order_extensions,
     resolve_system,
@@ -60,26 +57,12 @@ from packcache.builder.rules import (
     validate_extensions,
 )
 from packcache.builder.sources import (
-    SourceError,
-    archive_descriptor,
     archive_members,
-    directory_descriptor,
-    directory_fingerprint,
-    directory_members,
     file_digest,
-    open_oci_buildpackage,
     read_lifecycle,
 )
 from packcache.builder.targets import check_build_image, daemon_target, parse_target
-from packcache.builder.tarwriter import TarEntry
 from packcache.builder.uris import (
-    ARCHIVE,
-    BUILDPACKAGE_FILE,
-    DIRECTORY,
-    IMAGE,
-    LOCAL_KINDS,
-    BuildpackSource,
-    classify_buildpack,
     daemon_ref,
     local_path,
 )
@@ -87,18 +70,20 @@ from packcache.digest import sha256_digest
 from packcache.errors import NotFoundError, UsageError
 from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
-from packcache.operations.builder_fetch import DAEMON, BuilderFetcher, FetchedImage, PulledImage
+from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
+from packcache.operations.builder_fetch import DAEMON, BuilderFetcher, PulledImage
 from packcache.operations.builder_lifecycle import (
     DEFAULT_LIFECYCLE_VERSION,
     lifecycle_images,
     write_release_archive,
 )
-from packcache.operations.builder_modules import LayerWriter as _Layers
-from packcache.operations.builder_modules import Module as _Module
 from packcache.operations.builder_modules import (
+    LayerWriter,
+    Module,
     add_exploded,
     add_flattened,
     flatten_group,
+    layer_from_archive,
     split_flattened_packages,
 )
 from packcache.operations.builder_publish import (
@@ -139,6 +124,13 @@ class BuildpackReport:
     reused: bool  # taken from the cache without reading the source
     module: str = BUILDPACK  # or extension
 
+    @classmethod
+    def of(cls, module: Module) -> BuildpackReport:
+        d = module.descriptor
+        return cls(
+            d.id, d.version, module.source, module.kind, module.diff_id, module.reused, d.kind
+        )
+
 
 @dataclass
 class CreateBuilderReport:
@@ -158,34 +150,6 @@ class CreateBuilderReport:
     pull_policy: str = ""
     pulled: list[PulledImage] = field(default_factory=list)  # images read from registries
     published: BuilderPublishReport | None = None
-
-
-# -- small helpers ---------------------------------------------------------------------------
-
-
-def _json_label(labels: Mapping[str, str], name: str, image: str) -> Any:
-    if not labels.get(name):
-        return None
-    try:
-        return json.loads(labels[name])
-    except ValueError as exc:
-        raise BuilderError(f"image {image}: label {name} is not valid JSON: {exc}") from exc
-
-
-def _user_and_group(build: InspectedImage, ref: str) -> tuple[int, int]:
-    """CNB_USER_ID / CNB_GROUP_ID of the build image, required as pack requires them."""
-    env = build.config.env_map()
-    ids = []
-    for name in ("CNB_USER_ID", "CNB_GROUP_ID"):
-        if not env.get(name):
-            raise BuilderError(f"build image {ref} is missing required env var {name}")
-        try:
-            ids.append(int(env[name]))
-        except ValueError:
-            raise BuilderError(
-                f"build image {ref}: {name}={env[name]} should be an integer"
-            ) from None
-    return ids[0], ids[1]
 
 
 # -- the operation ---------------------------------------------------------------------------
@@ -303,7 +267,7 @@ def _create(
     by_digest: bool = False,
 ) -> CreateBuilderReport:
     inputs = InputCache(store)
-    layers = _Layers(store, lease, dry_run)
+    layers = LayerWriter(store, lease, dry_run)
     steps.describe(STEPS[0])
     if fetcher.daemon is not None:
         daemon = fetcher.daemon
@@ -324,11 +288,11 @@ def _create(
         config, inputs, layers, base.image.platform, fetcher, registry.lifecycle_image
     )
     _next(steps, STEPS[2])
-    modules = _collect_buildpacks(config, fetcher, layers)
-    extensions = _collect_buildpacks(config, fetcher, layers, EXTENSION)
+    modules = collect_buildpacks(config, fetcher, layers)
+    extensions = collect_buildpacks(config, fetcher, layers, EXTENSION)
     resolved = _check_buildpacks(config, modules, extensions, lifecycle, base)
     _next(steps, STEPS[3])
-    imported = _materialize_layers(
+    imported = materialize_layers(
         store, fetcher.daemon, config, [*modules, *extensions], inputs, layers, no_cache
     )
     split_flattened_packages([*modules, *extensions], store, inputs, layers)
@@ -348,18 +312,7 @@ def _create(
         image_id=None,
         config_digest=sha256_digest(builder_config),
         diff_ids=diff_ids,
-        buildpacks=[
-            BuildpackReport(
-                m.descriptor.id,
-                m.descriptor.version,
-                m.source,
-                m.kind,
-                m.diff_id,
-                m.reused,
-                m.descriptor.kind,
-            )
-            for m in [*modules, *extensions]
-        ],
+        buildpacks=[BuildpackReport.of(m) for m in [*modules, *extensions]],
         imported=imported,
         layers_written=layers.written,
         load=None,
@@ -436,14 +389,14 @@ def _check_images(fetcher: BuilderFetcher, config: BuilderConfig) -> _BuildImage
     build = fetched.image
     if (build.os or "linux") != "linux":
         raise BuilderError(f"build image {config.build_image}: only linux builders are supported")
-    uid, gid = _user_and_group(build, config.build_image)
+    uid, gid = build_user_and_group(build, config.build_image)
     stack_id = build.labels.get(cnb.STACK_ID, "")
     if config.stack_id and stack_id != config.stack_id:
         raise BuilderError(
             f"stack '{config.stack_id}' from builder config is incompatible with stack "
             f"'{stack_id}' from build image {config.build_image}"
         )
-    mixins = _json_label(build.labels, cnb.STACK_MIXINS, config.build_image)
+    mixins = json_label(build.labels, cnb.STACK_MIXINS, config.build_image)
     base = _BuildImage(build, uid, gid, stack_id, mixins, source=fetched.source)
     for run_image in config.run_images:
         for ref in [run_image.image, *(run_image.mirrors or [])]:
@@ -462,30 +415,6 @@ def _check_images(fetcher: BuilderFetcher, config: BuilderConfig) -> _BuildImage
     return base
 
 
-def _collect_buildpacks(
-    config: BuilderConfig, fetcher: BuilderFetcher, layers: _Layers, kind=BUILDPACK
-) -> list[_Module]:
-    """Every buildpack the [[buildpacks]] entries provide (or extension the [[extensions]]
-    entries do), with what each source says about it (labels, buildpack.toml or
-    extension.toml); an entry's id and version must match its main module."""
-    modules: list[_Module] = []
-    for entry in config.extensions if kind == EXTENSION else config.buildpacks:
-        source = classify_buildpack(entry.uri, config.base_dir)
-        found = _buildpacks_from(source, fetcher, layers, kind)
-        main = found[0]
-        for expected, actual, what in (
-            (entry.id, main.descriptor.id, "ID"),
-            (entry.version, main.descriptor.version, "version"),
-        ):
-            if expected and expected != actual:
-                raise BuilderError(
-                    f"{config.path}:{entry.line}: {kind} from {entry.uri} has {what} "
-                    f"{actual}, which does not match {what} {expected} in {entry.key}"
-                )
-        modules.extend(found)
-    return modules
-
-
 @dataclass
 class _Resolved:
     """What the builder.toml refs resolve to, with the info of every module added."""
@@ -500,14 +429,14 @@ class _Resolved:
 
 def _check_buildpacks(
     config: BuilderConfig,
-    modules: list[_Module],
-    extensions: list[_Module],
+    modules: list[Module],
+    extensions: list[Module],
     lifecycle: LifecycleDescriptor,
     base: _BuildImage,
 ) -> _Resolved:
     """Checks that need no layer (APIs, stacks, targets, orders, system buildpacks), before
     anything is written."""
-    first_by_name: dict[str, _Module] = {}
+    first_by_name: dict[str, Module] = {}
     for module in modules:
         first_by_name.setdefault(module.descriptor.full_name, module)
     infos = [module.descriptor.info for module in modules]
@@ -529,44 +458,12 @@ def _check_buildpacks(
     )
 
 
-def _materialize_layers(
-    store: Store,
-    daemon: Daemon,
-    config: BuilderConfig,
-    modules: list[_Module],
-    inputs: InputCache,
-    layers: _Layers,
-    no_cache: bool,
-) -> list[str]:
-    """Every buildpack's layer in the store: buildpackage images the cache lacks imported with
-    one `docker save` (pack's method: one each); directories and archives tarred unless their
-    content key is known. Returns the buildpackage images imported."""
-    misses: dict[str, list[str]] = {}  # buildpackage image -> diffIDs the cache lacks
-    for module in modules:
-        if module.image_ref and not module.reused:
-            misses.setdefault(module.image_ref, []).append(module.diff_id)
-    if misses and not layers.dry_run:
-        for refs in [[ref] for ref in misses] if no_cache else [list(misses)]:
-            import_images(store, daemon, refs, lease=layers.lease)
-        for ref, diff_ids in misses.items():
-            for diff_id in diff_ids:
-                if not layers.cached(diff_id):
-                    raise BuilderError(
-                        f"buildpackage {ref}: its io.buildpacks.buildpack.layers label names "
-                        f"layer {diff_id}, which the image does not have"
-                    )
-    for module in modules:
-        if module.kind in LOCAL_KINDS:
-            _materialize(module, config.base_dir, inputs, store, layers)
-    return list(misses) if not layers.dry_run else []
-
-
 def _builder_layers(
     config: BuilderConfig,
     base: _BuildImage,
-    layers: _Layers,
-    modules: list[_Module],
-    extensions: list[_Module],
+    layers: LayerWriter,
+    modules: list[Module],
+    extensions: list[Module],
     lifecycle_diff_id: str,
     resolved: _Resolved,
     options: BuilderOptions,
@@ -583,7 +480,7 @@ def _builder_layers(
         (BUILDPACK, cnb.BUILDPACK_LAYERS, modules),
         (EXTENSION, cnb.EXTENSION_LAYERS, extensions),
     ):
-        label_map = _json_label(base.image.labels, label, config.build_image) or {}
+        label_map = json_label(base.image.labels, label, config.build_image) or {}
         groups = options.flatten
         flat = [m for m in added if flatten_group(m, groups) is not None]
         diff_ids += add_flattened(flat, groups, label_map, layers, inputs, kind == BUILDPACK)
@@ -618,7 +515,7 @@ def _builder_labels(
     lifecycle: LifecycleDescriptor,
 ) -> dict[str, str]:
     """`labels` (the build image's and the user's) with pack's builder labels set."""
-    base_metadata = _json_label(base.image.labels, cnb.BUILDER_METADATA, config.build_image) or {}
+    base_metadata = json_label(base.image.labels, cnb.BUILDER_METADATA, config.build_image) or {}
     labels[cnb.BUILDPACK_LAYERS] = L.buildpack_layers_label(module_layers[BUILDPACK])
     labels[cnb.EXTENSION_LAYERS] = L.buildpack_layers_label(module_layers[EXTENSION])
     labels[cnb.BUILDPACK_ORDER] = L.order_json(
@@ -676,7 +573,7 @@ def _record_and_load(
 def _lifecycle(
     config: BuilderConfig,
     inputs: InputCache,
-    layers: _Layers,
+    layers: LayerWriter,
     platform: str,
     fetcher: BuilderFetcher,
     lifecycle_image: str | None,
@@ -720,7 +617,7 @@ def _lifecycle(
 
 
 def _lifecycle_from_image(
-    ref: str, inputs: InputCache, layers: _Layers, platform: str, fetcher: BuilderFetcher
+    ref: str, inputs: InputCache, layers: LayerWriter, platform: str, fetcher: BuilderFetcher
 ) -> tuple[LifecycleDescriptor, Callable[[], str]]:
     """A lifecycle image's last layer, made back into a release archive as pack does, then
     taken as a local archive (cached by that layer's diffID: rewritten once)."""
@@ -740,7 +637,7 @@ def _lifecycle_from_image(
 
 
 def _lifecycle_from_archive(
-    path: Path | None, key: str, inputs: InputCache, layers: _Layers, platform: str
+    path: Path | None, key: str, inputs: InputCache, layers: LayerWriter, platform: str
 ) -> tuple[LifecycleDescriptor, Callable[[], str]]:
     """A lifecycle release archive at `path` (None: known under `key`, cached)."""
     known = inputs.get(key)
@@ -756,7 +653,9 @@ def _lifecycle_from_archive(
             diff_id = known["diff_id"]
         else:
             assert path is not None
-            diff_id = _from_archive(path, lambda: lifecycle_layer(archive_members(path)), layers)
+            diff_id = layer_from_archive(
+                path, lambda: lifecycle_layer(archive_members(path)), layers
+            )
         if not layers.dry_run:
             value = {"diff_id": diff_id, "descriptor": descriptor.to_json()}
             inputs.put(key, value)
@@ -764,145 +663,6 @@ def _lifecycle_from_archive(
         return diff_id
 
     return descriptor, layer
-
-
-def _from_archive(path: Path, entries: Callable[[], Iterable[TarEntry]], layers: _Layers) -> str:
-    """Write a layer made from an archive's members; a damaged archive is a clear error (the
-    tar reader raises while member bytes stream, outside the member generator)."""
-    try:
-        return layers.add(entries())
-    except (tarfile.TarError, zlib.error, EOFError) as exc:
-        raise SourceError(f"cannot read archive {path}: {exc}") from exc
-
-
-def _buildpacks_from(
-    source: BuildpackSource, fetcher: BuilderFetcher, layers: _Layers, module: str
-) -> list[_Module]:
-    """The buildpacks one [[buildpacks]] entry provides, the main one first (for an
-    [[extensions]] entry, its one extension: pack's extensions are never composite)."""
-    uri = source.uri
-    if source.kind == DIRECTORY:
-        descriptor = directory_descriptor(source.path, module)
-        return [_Module(descriptor, uri, DIRECTORY, path=source.path)]
-    if source.kind == BUILDPACKAGE_FILE:
-        package = open_oci_buildpackage(source.path)
-        try:
-            found = _package_modules(
-                package.labels, str(source.path), uri, source.kind, layers, module
-            )
-        finally:
-            package.close()
-    elif source.kind == ARCHIVE:
-        return [_Module(archive_descriptor(source.path, module), uri, ARCHIVE, path=source.path)]
-    else:
-        what = "extension package" if module == EXTENSION else "buildpackage"
-        fetched = fetcher.image(source.ref, what)
-        found = _package_modules(fetched.image.labels, source.ref, uri, IMAGE, layers, module)
-        if fetched.source != DAEMON:
-            _check_package_layers(fetched, found)
-    return found[:1] if module == EXTENSION else found
-
-
-def _check_package_layers(fetched: FetchedImage, modules: list[_Module]) -> None:
-    """A package read from a registry or the cache holds the layers its label names; its
-    layers are there already (pulled, cached) or are read at publish, never `docker save`d."""
-    held = set(fetched.image.diff_ids)
-    for module in modules:
-        if module.diff_id not in held:
-            raise BuilderError(
-                f"buildpackage {fetched.ref}: its io.buildpacks.buildpack.layers label names "
-                f"layer {module.diff_id}, which the image does not have"
-            )
-        module.image_ref = None
-
-
-def _package_modules(
-    labels: Mapping[str, str], where: str, uri: str, kind: str, layers: _Layers, module: str
-) -> list[_Module]:
-    """A package's modules from its labels: main first, then the rest by id, version."""
-    layers_label = cnb.EXTENSION_LAYERS if module == EXTENSION else cnb.BUILDPACK_LAYERS
-    metadata = _json_label(labels, cnb.BUILDPACKAGE_METADATA, where)
-    layer_map = _json_label(labels, layers_label, where)
-    if not metadata or not layer_map:
-        missing = cnb.BUILDPACKAGE_METADATA if not metadata else layers_label
-        raise BuilderError(f"{where} is not a {module} package: it has no label {missing}")
-    modules = []
-    for buildpack_id, versions in layer_map.items():
-        for version, entry in versions.items():
-            descriptor = descriptor_from_layers_label(buildpack_id, version, entry, module)
-            diff_id = entry.get("layerDiffID", "")
-            modules.append(
-                _Module(
-                    descriptor,
-                    uri,
-                    kind,
-                    diff_id=diff_id,
-                    reused=layers.cached(diff_id),
-                    image_ref=where if kind == IMAGE else None,
-                )
-            )
-    main = [
-        m
-        for m in modules
-        if (m.descriptor.id, m.descriptor.version) == (metadata.get("id"), metadata.get("version"))
-    ]
-    if not main:
-        raise BuilderError(
-            f"buildpackage {where}: its main buildpack {metadata.get('id')}@"
-            f"{metadata.get('version')} is not in its {cnb.BUILDPACK_LAYERS} label"
-        )
-    rest = sorted(
-        (m for m in modules if m is not main[0]),
-        key=lambda m: (m.descriptor.id, m.descriptor.version),
-    )
-    return [main[0], *rest]
-
-
-def _materialize(
-    module: _Module, base_dir: Path, inputs: InputCache, store: Store, layers: _Layers
-) -> None:
-    """The layer of a directory or archive buildpack: from the cache when its content key is
-    unchanged, else tarred (as pack's toDistTar) and written into the store. A `.cnb` file's
-    layers are ingested by digest unless the cache has them."""
-    path = local_path(module.source, base_dir)
-    assert path is not None
-    descriptor = module.descriptor
-    if module.kind == BUILDPACKAGE_FILE:
-        if module.reused or layers.dry_run:
-            return
-        package = open_oci_buildpackage(path)
-        try:
-            for layer in package.layers:
-                if layer.diff_id == module.diff_id and not layers.cached(layer.diff_id):
-                    with package.open_blob(layer.digest) as blob:
-                        store.ingest_layer(
-                            blob,
-                            expected_digest=layer.digest,
-                            expected_diff_id=layer.diff_id,
-                            lease=layers.lease,
-                        )
-        finally:
-            package.close()
-        if not layers.cached(module.diff_id):
-            raise BuilderError(f"buildpackage {path} has no layer {module.diff_id}")
-        return
-    kind = descriptor.kind  # the same directory tarred as an extension is another layer
-    if module.kind == DIRECTORY:
-        key = f"{kind}-dir:{directory_fingerprint(path)}"
-    else:
-        key = f"{kind}-archive:{file_digest(path)}"
-    known = inputs.get(key)
-    if known and layers.cached(known["diff_id"]):
-        module.diff_id, module.reused = known["diff_id"], True
-        return
-    if module.kind == DIRECTORY:
-        module.diff_id = layers.add(buildpack_layer(descriptor, directory_members(path)))
-    else:
-        module.diff_id = _from_archive(
-            path, lambda: buildpack_layer(descriptor, archive_members(path)), layers
-        )
-    if not layers.dry_run:
-        inputs.put(key, {"diff_id": module.diff_id})
 
 
 def _ref_json(ref: ModuleRef) -> dict[str, Any]:

@@ -42,23 +42,27 @@ from packcache.builder.layers import (
     env_layer,
     single_file_layer,
 )
-from packcache.builder.rules import BuilderError, image_config, resolve_order, validate_buildpacks
+from packcache.builder.rules import (
+    BuilderError,
+    build_user_and_group,
+    image_config,
+    json_label,
+    resolve_order,
+    validate_buildpacks,
+)
 from packcache.builder.tarwriter import TarEntry, tar_chunks
 from packcache.builder.uris import daemon_ref, local_path
 from packcache.digest import sha256_digest
 from packcache.errors import UsageError
 from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
+from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
 from packcache.operations.builder_fetch import BuilderFetcher, FetchedImage
 from packcache.operations.builder_modules import LayerWriter, Module, _hash_chunks, add_exploded
 from packcache.operations.create_builder import (
     CREATOR,
     BuildpackReport,
     CreateBuilderReport,
-    _collect_buildpacks,
-    _json_label,
-    _materialize_layers,
-    _user_and_group,
     check_pull_policy,
 )
 from packcache.operations.engine_configs import record_from_engine
@@ -181,7 +185,7 @@ def _builder_in_daemon(fetcher: BuilderFetcher, ref: str) -> InspectedImage:
 def _read_base(fetcher: BuilderFetcher, ref: str) -> _Base:
     """The builder's labels, checked as pack's builder.FromImage checks them."""
     image = _builder_in_daemon(fetcher, ref)
-    metadata = _json_label(image.labels, cnb.BUILDER_METADATA, ref)
+    metadata = json_label(image.labels, cnb.BUILDER_METADATA, ref)
     if not isinstance(metadata, dict):
         raise BuilderError(
             f"builder {ref} missing label {cnb.BUILDER_METADATA} -- try recreating builder"
@@ -190,10 +194,10 @@ def _read_base(fetcher: BuilderFetcher, ref: str) -> _Base:
         lifecycle = LifecycleDescriptor.from_json(metadata["lifecycle"])
     except (KeyError, TypeError) as exc:
         raise BuilderError(f"builder {ref}: {cnb.BUILDER_METADATA} has no lifecycle") from exc
-    uid, gid = _user_and_group(image, ref)
+    uid, gid = build_user_and_group(image, ref)
     order = [
         [ModuleRef(_module_info(r), bool(r.get("optional"))) for r in entry.get("group") or []]
-        for entry in _json_label(image.labels, cnb.BUILDPACK_ORDER, ref) or []
+        for entry in json_label(image.labels, cnb.BUILDPACK_ORDER, ref) or []
     ]
     return _Base(
         ref=ref,
@@ -201,10 +205,10 @@ def _read_base(fetcher: BuilderFetcher, ref: str) -> _Base:
         uid=uid,
         gid=gid,
         stack_id=image.labels.get(cnb.STACK_ID, ""),
-        mixins=_json_label(image.labels, cnb.STACK_MIXINS, ref),
+        mixins=json_label(image.labels, cnb.STACK_MIXINS, ref),
         metadata=metadata,
         lifecycle=lifecycle,
-        layers=_json_label(image.labels, cnb.BUILDPACK_LAYERS, ref) or {},
+        layers=json_label(image.labels, cnb.BUILDPACK_LAYERS, ref) or {},
         order=order,
     )
 
@@ -319,11 +323,11 @@ def derive_builder(
             buildpacks=plan.sources,
             build_image=request.from_builder,
         )
-        modules = _collect_buildpacks(config, fetcher, layers)
+        modules = collect_buildpacks(config, fetcher, layers)
         infos = [*base.infos, *(m.descriptor.info for m in modules)]
         order, resolved = _order(plan, modules, infos)
         _validate(base, modules)
-        imported = _materialize_layers(
+        imported = materialize_layers(
             store, daemon, config, modules, InputCache(store), layers, no_cache
         )
         diff_ids, buildpack_layers = _derived_layers(
@@ -341,12 +345,7 @@ def derive_builder(
             image_id=None,
             config_digest=sha256_digest(builder_config),
             diff_ids=diff_ids,
-            buildpacks=[
-                BuildpackReport(
-                    m.descriptor.id, m.descriptor.version, m.source, m.kind, m.diff_id, m.reused
-                )
-                for m in modules
-            ],
+            buildpacks=[BuildpackReport.of(m) for m in modules],
             imported=imported,
             layers_written=layers.written,
             load=None,
@@ -410,7 +409,7 @@ def _derived_layers(
         # pack writes the builder's extension order back beside the new order
         extension_order = [
             [_module_info(ref) for ref in entry.get("group") or []]
-            for entry in _json_label(base.image.labels, cnb.ORDER_EXTENSIONS, base.ref) or []
+            for entry in json_label(base.image.labels, cnb.ORDER_EXTENSIONS, base.ref) or []
         ]
         order_toml = L.order_toml(resolved_order, extension_order)
         diff_ids.append(_add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
@@ -449,7 +448,7 @@ def _derived_labels(
     """The builder's labels with what pack's Save sets on them."""
     stack, run_images = _run_images(base, run_image)
     labels[cnb.BUILDPACK_LAYERS] = L.buildpack_layers_label(buildpack_layers)
-    extension_layers = _json_label(base.image.labels, cnb.EXTENSION_LAYERS, base.ref) or {}
+    extension_layers = json_label(base.image.labels, cnb.EXTENSION_LAYERS, base.ref) or {}
     labels[cnb.EXTENSION_LAYERS] = L.buildpack_layers_label(extension_layers)
     if order is not None:
         labels[cnb.BUILDPACK_ORDER] = L.order_json(order)
