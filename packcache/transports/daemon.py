@@ -256,8 +256,10 @@ class Daemon:
         try:
             client = docker.DockerClient(base_url=self.host, version=self.info.api_version)
             client.api.timeout = self._timeout
-            with client:
+            try:
                 client.images.pull(ref)
+            finally:
+                client.close()
         except docker.errors.ImageNotFound as exc:
             raise not_in_daemon(f"the pull of {ref}", self.host) from exc
         except docker.errors.APIError as exc:
