@@ -150,7 +150,7 @@ def write_image(
     layers it had checked once the manifest holds them; the manifest's descriptor and the
     bytes written."""
     written = write_layers(containerd, plan, lease, progress)
-    sent = sum(item.size for item in plan if item.digest in written)
+    sent = sum({item.digest: item.size for item in plan if item.digest in written}.values())
     config_digest = oci.digest_of(config)
     if containerd.write_blob(config_digest, len(config), [config], lease):
         sent += len(config)
