@@ -186,26 +186,26 @@ class EngineApi:
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         """Send a request, its body streamed in chunks where it is an iterator; the answer's
-        body is left to be read. A kept-alive connection the daemon closed meanwhile is
-        replaced once, for requests whose body can be sent again."""
+        body is left to be read. A GET or HEAD on a kept-alive connection the daemon closed
+        meanwhile is sent again once, on a fresh one (never a request that changes something:
+        the daemon may have done it)."""
         sent_headers = {"Accept-Encoding": "identity", **(headers or {})}
         chunked = body is not None and not isinstance(body, bytes)
-        for attempt in (0, 1):
+        retry = method in ("GET", "HEAD")
+        while True:
             conn = self._connection()
             reused = conn.sock is not None
             try:
                 conn.request(method, url, body=body, headers=sent_headers, encode_chunked=chunked)
-                raw = conn.getresponse()
+                return Response(self, conn, conn.getresponse())
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
-                if reused and not chunked and attempt == 0:
-                    continue  # the daemon closed an idle connection: a fresh one is asked
-                raise
+                if not (retry and reused):
+                    raise
+                retry = False
             except BaseException:
                 conn.close()
                 raise
-            return Response(self, conn, raw)
-        raise AssertionError("unreachable")
 
     def call(
         self,
