@@ -109,3 +109,16 @@ def test_a_daemon_answer_that_is_not_json_is_one_clear_error(tmp_path) -> None:
     _serve_once(path, garbage)
     with pytest.raises(DaemonError, match="unreadable answer to its info"):
         Daemon(f"unix://{path}")
+
+
+def test_docker_hosts_are_read_as_the_docker_cli_reads_them() -> None:
+    from packcache.transports.engine_api import Address, parse_host
+
+    assert parse_host("unix:///var/run/docker.sock") == Address("unix", path="/var/run/docker.sock")
+    assert parse_host("unix://run/d.sock") == Address("unix", path="run/d.sock")  # relative
+    assert parse_host("tcp://127.0.0.1:2376") == Address("http", host="127.0.0.1", port=2376)
+    assert parse_host("tcp://docker") == Address("http", host="docker", port=2375)
+    assert parse_host("https://docker") == Address("https", host="docker", port=443)
+    for host in ("ssh://docker", "unix://", "tcp://", "docker.sock"):
+        with pytest.raises(ValueError):
+            parse_host(host)

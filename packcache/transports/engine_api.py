@@ -72,7 +72,7 @@ def parse_host(host: str) -> Address:
     parts = urllib.parse.urlsplit(host)  # raises ValueError on a malformed URL
     scheme = parts.scheme.lower()
     if scheme == "unix":
-        path = parts.path or parts.netloc
+        path = host.split(":", 1)[1].removeprefix("//")  # unix:///abs, unix://rel, unix:/abs
         if not path:
             raise ValueError("no socket path")
         return Address("unix", path=path)
