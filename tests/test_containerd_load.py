@@ -175,6 +175,33 @@ def test_rebase_result_is_a_whole_image(
     assert our_leases_and_ingests(engine) == ([], [])
 
 
+def test_a_rebase_through_containerd_is_announced_in_docker_events(
+    cli, via_containerd: Engine, stack
+) -> None:
+    engine, (_, run2, app) = via_containerd, stack
+    second = f"{app.tag.rsplit(':', 1)[0]}:second"
+    engine.docker("tag", app.tag, second)
+    since = str(int(time.time()) - 1)  # whole seconds: the daemon's clock is this host's
+    report = rebase_json(cli, engine, app.tag, "--run-image", run2.tag)
+    assert report["load_method"] == "containerd"
+    new_id = report["new_image_id"]
+    inspected = docker_json(engine, "image", "inspect", app.tag)
+    until = str(int(time.time()) + 1)
+    listed = engine.docker(
+        "events", "--since", since, "--until", until, "--filter", "type=image",
+        "--format", "{{json .}}",
+    ).stdout.decode()  # fmt: skip
+    events = [json.loads(line) for line in listed.splitlines() if line.strip()]
+    tagged = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"]["name"]) for e in events]
+    assert ("tag", new_id, app.tag) in tagged
+    # The announcement changed nothing of the image written: its ID, created time, labels
+    # and names are what the rebase made, and the old image keeps its other name.
+    assert inspected["Id"] == new_id and inspected["RepoTags"] == [app.tag]
+    assert inspected["Created"] == "1980-01-01T00:00:01Z"
+    assert "io.buildpacks.lifecycle.metadata" in inspected["Config"]["Labels"]
+    assert docker_json(engine, "image", "inspect", second)["Id"] == report["old_image_id"]
+
+
 def test_load_writes_what_the_content_store_lacks(cli, via_containerd: Engine, tmp_path) -> None:
     engine = via_containerd
     tag = unique("loaded")

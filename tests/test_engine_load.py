@@ -194,8 +194,8 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
     load_image(engine, tmp_path, present)
     daemon = Daemon(engine.host)
     asked: list[str] = []
-    real_inspect = daemon.client.api.inspect_image
-    daemon.client.api.inspect_image = lambda ref: asked.append(ref) or real_inspect(ref)
+    real_inspect = daemon._inspect_request
+    daemon._inspect_request = lambda ref: asked.append(ref) or real_inspect(ref)
 
     daemon.prefetch([present, absent, present])
     assert sorted(asked) == sorted([present, absent])  # concurrently, each once

@@ -47,6 +47,10 @@ OFF = "off"
 # One connection (or the finding that there is none) per daemon client: planners are made
 # several times in one operation, and the fallback is said once.
 _connections: WeakKeyDictionary[Daemon, Containerd | None] = WeakKeyDictionary()
+# The blobs a plan found in each connection's content store, and their sizes: an operation
+# plans several loads on the same layers (the base image first). Only for planning: what a
+# load relies on is asked again once its manifest holds it (check_still_held).
+_found_sizes: WeakKeyDictionary[Containerd, dict[str, int]] = WeakKeyDictionary()
 # The blobs a ContentMirror of this connection wrote, while it is open: a load names them as
 # it names blobs it writes itself, so its image is the one it would be without the mirror.
 _mirrored: WeakKeyDictionary[Containerd, set[str]] = WeakKeyDictionary()
@@ -80,18 +84,25 @@ def held_blobs(
     containerd: Containerd, layers: list[list[tuple[str, int | None, str]]]
 ) -> list[oci.Descriptor | None]:
     """Per layer, the first of its blob forms (digest, size or None, media type) the content
-    store holds, as the manifest must name it; None where it holds none. Each form is asked
-    about once, however many layers share it."""
-    sizes = containerd.blob_sizes(digest for forms in layers for digest, _, _ in forms)
-    found: list[oci.Descriptor | None] = []
-    for forms in layers:
-        held = None
-        for digest, size, media_type in forms:
+    store holds, as the manifest must name it; None where it holds none. Asked form by form:
+    every layer's first form at once, then the next form of the layers still unfound, so a
+    store holding the usual form answers in one call per layer. A digest found is not asked
+    about again on this connection."""
+    found: list[oci.Descriptor | None] = [None] * len(layers)
+    sizes: dict[str, int | None] = dict(_found_sizes.setdefault(containerd, {}))
+    for rank in range(max((len(forms) for forms in layers), default=0)):
+        wanted = {
+            index: forms[rank]
+            for index, forms in enumerate(layers)
+            if found[index] is None and rank < len(forms)
+        }
+        asked = containerd.blob_sizes(d for d, _, _ in wanted.values() if d not in sizes)
+        sizes.update(asked)
+        _found_sizes[containerd].update((d, n) for d, n in asked.items() if n is not None)
+        for index, (digest, size, media_type) in wanted.items():
             held_size = sizes[digest]
             if held_size is not None and size in (None, held_size):
-                held = oci.Descriptor(media_type, digest, held_size)
-                break
-        found.append(held)
+                found[index] = oci.Descriptor(media_type, digest, held_size)
     return found
 
 
@@ -111,37 +122,41 @@ def _shown_chunks(layer: Layer, progress: Progress) -> Iterator[bytes]:
 
 def write_layers(
     containerd: Containerd, plan: list[LoadLayer], lease: str, progress: Progress = NO_PROGRESS
-) -> int:
-    """Every layer blob of `plan` in the content store and held by `lease`: the ones the plan
-    found there are checked again (they could have gone since), the rest written from the
-    cache, each shown as it goes, several at once. Returns the bytes written."""
-    containerd.lease_blobs(lease, [item.digest for item in plan])  # GC may not take them now
-    sizes = containerd.blob_sizes(item.digest for item in plan if item.layer is None)
+) -> set[str]:
+    """The layer blobs of `plan` the content store lacks, written from the cache under
+    `lease`, each shown as it goes, several at once. Returns the digests written."""
     to_write: dict[str, LoadLayer] = {}
     for item in plan:
         if item.layer is not None:
             to_write.setdefault(item.digest, item)
-        elif sizes[item.digest] != item.size:
-            raise PackcacheError(
-                f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
-                "during the load; run the command again"
-            )
 
-    def write(item: LoadLayer) -> int:
+    def write(item: LoadLayer) -> str | None:
         layer = item.layer
         assert layer is not None
         labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
         chunks = _shown_chunks(layer, progress)
-        return (
-            layer.size
-            if containerd.write_blob(layer.digest, layer.size, chunks, lease, labels)
-            else 0
-        )
+        written = containerd.write_blob(layer.digest, layer.size, chunks, lease, labels)
+        return layer.digest if written else None
 
     if len(to_write) < 2:
-        return sum(write(item) for item in to_write.values())
-    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
-        return sum(pool.map(write, to_write.values()))
+        done = [write(item) for item in to_write.values()]
+    else:
+        with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+            done = list(pool.map(write, to_write.values()))
+    return {digest for digest in done if digest is not None}
+
+
+def check_still_held(containerd: Containerd, plan: list[LoadLayer], written: set[str]) -> None:
+    """The layer blobs not written now (the content store had them) are there still. Asked
+    once the manifest, held by the lease, names them in its labels: from then on containerd's
+    GC keeps them, and one it took before is found here, before the image is named."""
+    sizes = containerd.blob_sizes(item.digest for item in plan if item.digest not in written)
+    for item in plan:
+        if item.digest not in written and sizes[item.digest] != item.size:
+            raise PackcacheError(
+                f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
+                "during the load; run the command again"
+            )
 
 
 def write_image(
@@ -152,18 +167,21 @@ def write_image(
     lease: str,
     progress: Progress = NO_PROGRESS,
 ) -> tuple[Descriptor, int]:
-    """Layers, config and manifest written under `lease`; the manifest's descriptor and the
+    """Layers, config and manifest written under `lease` where the store lacks them, and the
+    layers it had checked once the manifest holds them; the manifest's descriptor and the
     bytes written."""
     written = write_layers(containerd, plan, lease, progress)
+    sent = sum({item.digest: item.size for item in plan if item.digest in written}.values())
     config_digest = oci.digest_of(config)
     if containerd.write_blob(config_digest, len(config), [config], lease):
-        written += len(config)
+        sent += len(config)
     manifest_digest = oci.digest_of(manifest)
     # The labels make the manifest keep its config and layers once the lease is gone.
     labels = gc_ref_labels(config_digest, [item.digest for item in plan])
     if containerd.write_blob(manifest_digest, len(manifest), [manifest], lease, labels):
-        written += len(manifest)
-    return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), written
+        sent += len(manifest)
+    check_still_held(containerd, plan, written)
+    return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), sent
 
 
 def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
@@ -295,3 +313,14 @@ class MirrorWrite:
         self._thread.join()
         with suppress(queue.Full):  # wakes grpc's reader of the requests, if it still waits
             self._queue.put_nowait(_ABORT)
+
+
+def announce(daemon: Daemon, image_id: str, tags: list[str]) -> None:
+    """Have the daemon say (`docker events`) that `tags` name `image_id`: it learns nothing of a
+    record written into its containerd, but tagging an image with the name it already has
+    makes it log a `tag` event and changes nothing (ID, created time, labels, other tags)."""
+    for tag in tags:
+        try:
+            daemon.tag(image_id, tag)
+        except PackcacheError as exc:  # the image is there; only the event is missing
+            log.warning("the Docker daemon did not announce %s: %s", tag, exc)

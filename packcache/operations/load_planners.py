@@ -301,6 +301,7 @@ class ContainerdApiPlanner(ContainerdPlanner):
             )
             for tag in tags:
                 containerd_load.name_image(self.containerd, normalize(tag), target)
+        containerd_load.announce(self.daemon, loaded.image_id, tags)
         return loaded, written
 
     def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:

@@ -240,25 +240,6 @@ class Containerd:
             raise
         self._unary("deleting a lease", LEASES + "Delete", delete)
 
-    def lease_blob(self, lease: str, digest: str) -> None:
-        """Hold a blob by `lease` too: one only found (not written) could otherwise be
-        collected before the manifest that references it is there."""
-        self.lease_blobs(lease, [digest])
-
-    def lease_blobs(self, lease: str, digests: Iterable[str]) -> None:
-        """`lease_blob` for each digest."""
-        requests = {
-            digest: wire.text(1, lease)
-            + wire.data(2, wire.text(1, digest) + wire.text(2, "content"))
-            for digest in digests
-        }
-        answers = self._unary_all("leasing", LEASES + "AddResource", requests)
-        for digest, answer in answers.items():
-            if answer is None:
-                raise ContainerdError(
-                    f"containerd at {self.endpoint.address} has no lease {lease} to hold {digest}"
-                )
-
     def lease_ids(self) -> list[str]:
         listed = self._unary("listing leases", LEASES + "List", b"")
         return [wire.get_text(lease, 1) for lease in wire.get_messages(listed, 1)]
@@ -321,9 +302,11 @@ class Containerd:
         """Stream a blob into the content store; False where it was there already.
 
         containerd hashes what it receives and commits only bytes matching ``digest`` and
-        ``size``; a refused or broken write is aborted, so nothing of it stays.
+        ``size``; a refused or broken write is aborted, so nothing of it stays. A blob the
+        store holds is refused at the first message (ALREADY_EXISTS), so one that fits in a
+        message is written without asking first.
         """
-        if self.blob_size(digest) is not None:
+        if size > WRITE_CHUNK and self.blob_size(digest) is not None:
             return False
         ref = f"packcache-{digest}-{secrets.token_hex(4)}"
         # grpc reads the requests in its own thread: the reader's own error is kept here to be

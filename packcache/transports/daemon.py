@@ -1,4 +1,6 @@
-"""The Docker daemon, through the docker SDK: what it is, what it holds, save and load streams.
+"""The Docker daemon, through its Engine API (transports/engine_api.py): what it is, what it
+holds, save and load streams. The docker SDK is imported only for a pull, which needs its
+registry credentials handling.
 
 Errors become one clear PackcacheError naming the socket, so a user knows what to fix.
 """
@@ -7,27 +9,41 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import stat as stat_mode
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
-
-import docker
-import docker.errors
-import requests
+from typing import Any, BinaryIO, TypeVar
 
 from packcache.errors import NotFoundError, PackcacheError, not_in_daemon
 from packcache.image.inspected import InspectedImage
 from packcache.progress import NO_PROGRESS, CountingReader, Progress, counted
+from packcache.transports.engine_api import (
+    API_VERSION_HEADER,
+    AnswerTooLarge,
+    EngineApi,
+    EngineApiError,
+    Params,
+    Response,
+    json_stream,
+)
 
 MIN_API_VERSION = "1.41"  # Engine 20.10, the oldest engine in the test matrix
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Inspects overlap: an operation asks about a dozen images at once, each a short daemon round trip.
 INSPECT_THREADS = 8
 MAX_CONFIG = 16 << 20  # an image config larger than this is not one
+# A 404 whose message says one of these is about an image (as the docker SDK tells them apart).
+IMAGE_NOT_FOUND = (
+    "no such image",
+    "not found: does not exist or no pull access",
+    "repository does not exist",
+    "was found but does not match the specified platform",
+)
+T = TypeVar("T")
 
 
 class DaemonError(PackcacheError):
@@ -67,13 +83,15 @@ def explain(host: str, exc: BaseException) -> DaemonError:
         return DaemonError(
             f"permission denied on the Docker socket {host}: run as root or join the docker group"
         )
-    if any(s in text for s in ("No such file", "Connection refused", "Connection aborted")):
+    if isinstance(exc, TimeoutError) or "timed out" in text:
+        return DaemonError(f"the Docker daemon at {host} does not answer (timed out)")
+    if isinstance(exc, FileNotFoundError | ConnectionError | http.client.HTTPException) or any(
+        s in text for s in ("No such file", "Connection refused", "Connection aborted")
+    ):
         return DaemonError(
             f"cannot reach the Docker daemon at {host}: is it running? "
             "(set DOCKER_HOST or --host to use another)"
         )
-    if isinstance(exc, requests.Timeout) or "timed out" in text:
-        return DaemonError(f"the Docker daemon at {host} does not answer (timed out)")
     return DaemonError(f"Docker daemon at {host}: {text}")
 
 
@@ -98,23 +116,25 @@ class Daemon:
         # Where to find the daemon's containerd where its info does not say (see
         # transports/containerd.py: find_endpoint); None: the environment.
         self.containerd_settings = containerd_settings
+        self._timeout = timeout
         self._image_ids: list[str] | None = None
         # What `inspect_image` returned per ref and per image ID (None: not found), until this
         # client changes the daemon (load, pull): one operation asks about the same images
         # several times, by tag and by ID.
         self._inspected: dict[str, InspectedImage | None] = {}
         try:
-            self.client = docker.DockerClient(
-                base_url=self.host, version="auto", timeout=HANDSHAKE_TIMEOUT_S
-            )
-            raw_info = self.client.api.info()
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise explain(self.host, exc) from exc
+            self.api = EngineApi(self.host, HANDSHAKE_TIMEOUT_S)
         except ValueError as exc:  # a malformed URL, e.g. tcp://[::1
             raise DaemonError(f"invalid Docker host {self.host!r}: {exc}") from exc
-        self.client.api.timeout = timeout
+        # Unversioned, the info comes at the daemon's own API version, which every answer
+        # names: one round trip where asking for the version first would take two.
+        raw_info, headers = self._call("its info", lambda: self.api.call("GET", "/info"))
+        api_version = headers.get(API_VERSION_HEADER) or self._server_api_version()
+        self.api.version = api_version
+        self.api.timeout = timeout
+        if not isinstance(raw_info, dict):
+            raise DaemonError(f"the Docker daemon at {self.host} sent an unreadable info")
         self.raw_info: dict = raw_info  # `docker info` as the daemon sent it
-        api_version = self.client.api.api_version
         check_api_version(api_version, self.host)
         driver_status = dict(tuple(pair) for pair in raw_info.get("DriverStatus") or [])
         self.info = EngineInfo(
@@ -130,15 +150,57 @@ class Daemon:
             containerd=raw_info.get("Containerd") or {},
         )
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _server_api_version(self) -> str:
+        """The API version from /version, for a daemon whose answers do not name it."""
+        version, _ = self._call("its version", lambda: self.api.call("GET", "/version"))
+        found = version.get("ApiVersion") if isinstance(version, dict) else None
+        if not isinstance(found, str):
+            raise DaemonError(f"the Docker daemon at {self.host} does not say its API version")
+        return found
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
-            return fn(*args, **kwargs)
-        except docker.errors.ImageNotFound as exc:
-            raise not_in_daemon(what, self.host) from exc
-        except docker.errors.APIError as exc:
-            raise DaemonError(f"the Docker daemon refused {what}: {exc.explanation}") from exc
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise explain(self.host, exc) from exc
+            return fn()
+        except (
+            EngineApiError,
+            AnswerTooLarge,
+            ValueError,
+            OSError,
+            http.client.HTTPException,
+        ) as exc:
+            raise self._failure(what, exc) from exc
+
+    def _failure(self, what: str, exc: Exception) -> PackcacheError:
+        """The error a failed call about `what` is reported as."""
+        if isinstance(exc, EngineApiError):
+            if exc.status == 404 and any(m in exc.message.lower() for m in IMAGE_NOT_FOUND):
+                return not_in_daemon(what, self.host)
+            return DaemonError(f"the Docker daemon refused {what}: {exc.message}")
+        if isinstance(exc, AnswerTooLarge):
+            return DaemonError(f"the Docker daemon sent too much for {what}: {exc}")
+        if isinstance(exc, ValueError):  # JSON that does not parse
+            return DaemonError(f"the Docker daemon sent an unreadable answer to {what}")
+        return explain(self.host, exc)
+
+    def _json(
+        self, what: str, method: str, endpoint: str, *args: str, params: Params | None = None
+    ) -> Any:
+        """One call whose JSON answer is read whole."""
+        url = self.api.url(endpoint, *args, params=params)
+        return self._call(what, lambda: self.api.call(method, url)[0])
+
+    def _open(
+        self, what: str, endpoint: str, *args: str, params: Params | None = None
+    ) -> Response | None:
+        """A GET whose answer is streamed; None where the daemon answers 404."""
+        url = self.api.url(endpoint, *args, params=params)
+        response = self._call(what, lambda: self.api.request("GET", url))
+        if response.status == 404:
+            response.close(reuse=False)
+            return None
+        if response.status >= 400:
+            raise self._failure(what, response.error())
+        return response
 
     def inspect_image(self, ref: str) -> InspectedImage:
         """`docker image inspect`: raises NotFoundError when the daemon has no such image."""
@@ -159,9 +221,16 @@ class Daemon:
             for future in [pool.submit(self._inspect, ref) for ref in wanted]:
                 future.exception()  # wait; not remembered, so raised again when asked for
 
+    def _inspect_request(self, ref: str) -> dict:
+        """GET /images/{ref}/json: the daemon's inspect of one image."""
+        inspected = self._json(ref, "GET", "/images/{0}/json", ref)
+        if not isinstance(inspected, dict):
+            raise DaemonError(f"the Docker daemon sent an unreadable inspect of {ref}")
+        return inspected
+
     def _inspect(self, ref: str) -> None:
         try:
-            info = InspectedImage.from_inspect(self._call(ref, self.client.api.inspect_image, ref))
+            info = InspectedImage.from_inspect(self._inspect_request(ref))
         except NotFoundError:
             self._inspected[ref] = None
             return
@@ -177,20 +246,45 @@ class Daemon:
         self._forget()
 
     def pull(self, ref: str) -> None:
-        """`docker pull` (the daemon fetches from its registry)."""
+        """`docker pull` (the daemon fetches from its registry), through the docker SDK: it
+        sends the credentials of the user's docker config as the docker CLI does."""
+        import docker
+        import docker.errors
+        import requests
+
         self._forget()
-        self._call(f"the pull of {ref}", self.client.images.pull, ref)
+        try:
+            client = docker.DockerClient(base_url=self.host, version=self.info.api_version)
+            client.api.timeout = self._timeout
+            try:
+                client.images.pull(ref)
+            finally:
+                client.close()
+        except docker.errors.ImageNotFound as exc:
+            raise not_in_daemon(f"the pull of {ref}", self.host) from exc
+        except docker.errors.APIError as exc:
+            raise DaemonError(
+                f"the Docker daemon refused the pull of {ref}: {exc.explanation}"
+            ) from exc
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise explain(self.host, exc) from exc
 
     def tag(self, image: str, ref: str) -> None:
         """`docker tag IMAGE REF` (REF with its tag)."""
         repository, _, tag = ref.rpartition(":")
         self._forget()
-        self._call(f"tagging {ref}", self.client.api.tag, image, repository, tag)
+        self._json(
+            f"tagging {ref}",
+            "POST",
+            "/images/{0}/tag",
+            image,
+            params={"repo": repository, "tag": tag},
+        )
 
     def untag(self, ref: str) -> None:
         """`docker rmi -f REF`: the name goes, and the image with it if it was its last."""
         self._forget()
-        self._call(f"removing {ref}", self.client.api.remove_image, ref, force=True)
+        self._json(f"removing {ref}", "DELETE", "/images/{0}", ref, params={"force": True})
 
     def has_image(self, ref: str) -> bool:
         try:
@@ -199,19 +293,25 @@ class Daemon:
             return False
         return True
 
+    def _image_list(self) -> list[dict]:
+        summaries = self._json("the image list", "GET", "/images/json")
+        if not isinstance(summaries, list):
+            raise DaemonError("the Docker daemon sent an unreadable image list")
+        return [summary for summary in summaries if isinstance(summary, dict)]
+
     def image_ids(self) -> list[str]:
         """The IDs of every image the daemon holds: one list call, remembered until this
         client loads something."""
         if self._image_ids is None:
-            summaries = self._call("the image list", self.client.api.images)
-            self._image_ids = [summary["Id"] for summary in summaries]
+            self._image_ids = [summary["Id"] for summary in self._image_list()]
         return self._image_ids
 
     def image_tags(self) -> dict[str, str]:
         """Every tag the daemon has -> the ID of the image it names."""
-        summaries = self._call("the image list", self.client.api.images)
         return {
-            tag: summary["Id"] for summary in summaries for tag in summary.get("RepoTags") or []
+            tag: summary["Id"]
+            for summary in self._image_list()
+            for tag in summary.get("RepoTags") or []
         }
 
     def image_diff_ids(self, image_id: str) -> list[str] | None:
@@ -227,15 +327,10 @@ class Daemon:
 
         Older APIs cannot say; loads on them only reference blobs of images the daemon holds.
         """
-        if _version_tuple(self.info.api_version) < (1, 48):
-            return True
-        api = self.client.api
-        response = self._call(
-            ref, api._get, api._url("/images/{0}/json", ref), params={"manifests": 1}
-        )
-        if response.status_code != 200:
-            return False
-        for entry in response.json().get("Manifests") or []:
+        manifests = self.image_manifests(ref)
+        if manifests is None:
+            return _version_tuple(self.info.api_version) < (1, 48)
+        for entry in manifests:
             if (entry.get("Descriptor") or {}).get("digest") == manifest_digest:
                 size = (entry.get("Size") or {}).get("Content")
                 return bool(entry.get("Available")) and (size is None or size >= content_size)
@@ -244,19 +339,11 @@ class Daemon:
     def save(self, refs: Iterable[str]) -> BinaryIO:
         """One `docker save` stream for all `refs`, read as it arrives (never held whole)."""
         names = list(refs)
-        api = self.client.api
-        response = self._call(
-            ", ".join(names),
-            api._get,  # the SDK's get_image takes one name; /images/get takes several
-            api._url("/images/get"),
-            params={"names": names},
-            stream=True,
-        )
-        if response.status_code == 404:
-            raise not_in_daemon(", ".join(names), self.host)
-        self._call(", ".join(names), api._raise_for_status, response)
-        response.raw.decode_content = True
-        task = self.progress.task(f"Saving {', '.join(names)} from the daemon")
+        what = ", ".join(names)
+        response = self._open(what, "/images/get", params={"names": names})
+        if response is None:
+            raise not_in_daemon(what, self.host)
+        task = self.progress.task(f"Saving {what} from the daemon")
         return CountingReader(response.raw, task)  # type: ignore[return-value]
 
     def load(self, chunks: Iterator[bytes]) -> list[str]:
@@ -264,16 +351,23 @@ class Daemon:
         messages: list[str] = []
         self._forget()
         task = self.progress.task("Loading into the daemon")
-        events = self._call(
-            "the load",
-            lambda: list(self.client.api.load_image(counted(chunks, task), quiet=True)),
-        )
-        for event in events:
+        url = self.api.url("/images/load", params={"quiet": True})
+        headers = {"Content-Type": "application/x-tar"}
+
+        def send() -> list[Any]:
+            response = self.api.request("POST", url, body=counted(chunks, task), headers=headers)
+            if response.status >= 400:
+                raise response.error()
+            return list(json_stream(response))
+
+        for event in self._call("the load", send):
+            if not isinstance(event, dict):
+                continue
             if "error" in event or "errorDetail" in event:
-                detail = event.get("errorDetail", {}).get("message") or event.get("error")
+                detail = (event.get("errorDetail") or {}).get("message") or event.get("error")
                 raise DaemonError(f"the Docker daemon rejected the load: {detail}")
             if event.get("stream"):
-                messages.append(event["stream"].strip())
+                messages.append(str(event["stream"]).strip())
         return messages
 
     def is_local(self) -> bool:
@@ -288,57 +382,66 @@ class Daemon:
         with its descriptor and whether its content is available; None on older APIs."""
         if not self.api_at_least((1, 48)):
             return None
-        api = self.client.api
-        response = self._call(
-            ref, api._get, api._url("/images/{0}/json", ref), params={"manifests": 1}
-        )
-        if response.status_code != 200:
+        url = self.api.url("/images/{0}/json", ref, params={"manifests": 1})
+        try:
+            inspected, _ = self.api.call("GET", url)
+        except EngineApiError:
             return None
-        return list(response.json().get("Manifests") or [])
+        except (AnswerTooLarge, ValueError, OSError, http.client.HTTPException) as exc:
+            raise self._failure(ref, exc) from exc
+        if not isinstance(inspected, dict):
+            return None
+        return [entry for entry in inspected.get("Manifests") or [] if isinstance(entry, dict)]
 
     # -- volumes and idle containers: reading a volume without running anything -------------
 
     def volumes(self) -> list[dict]:
         """Every volume: Name, Driver, Mountpoint."""
-        listed = self._call("the volume list", self.client.api.volumes)
+        listed = self._json("the volume list", "GET", "/volumes")
         return list((listed or {}).get("Volumes") or [])
 
     def create_idle_container(self, image: str, volume: str, target: str) -> str:
         """A container created (never started) from `image`, which the daemon holds, with
         `volume` mounted read-only at `target`: its files can then be read through the
         archive endpoint. The daemon does not pull a missing image on create."""
-        api = self.client.api
-        mount = docker.types.Mount(target, volume, type="volume", read_only=True, no_copy=True)
+        mount = {
+            "Target": target,
+            "Source": volume,
+            "Type": "volume",
+            "ReadOnly": True,
+            "VolumeOptions": {"NoCopy": True},
+        }
+        spec = {
+            "Image": image,
+            "Cmd": ["packcache-never-started"],
+            "Entrypoint": ["packcache-never-started"],
+            "NetworkDisabled": True,
+            "Labels": {"io.packcache.reader": volume},
+            "HostConfig": {"Mounts": [mount], "NetworkMode": "none"},
+        }
+        url = self.api.url("/containers/create")
         created = self._call(
             f"creating a container to read volume {volume}",
-            api.create_container,
-            image,
-            command=["packcache-never-started"],
-            entrypoint=["packcache-never-started"],
-            network_disabled=True,
-            labels={"io.packcache.reader": volume},
-            host_config=api.create_host_config(mounts=[mount], network_mode="none"),
+            lambda: self.api.call("POST", url, json_body=spec)[0],
         )
         return str(created["Id"])
 
     def remove_container(self, container: str) -> None:
         """`docker rm -f` (its anonymous volumes kept: `volume` mounts are never removed)."""
-        self._call(
-            f"removing container {container[:12]}",
-            self.client.api.remove_container,
-            container,
-            force=True,
-        )
+        what = f"removing container {container[:12]}"
+        self._json(what, "DELETE", "/containers/{0}", container, params={"force": True})
 
     def path_stat(self, container: str, path: str) -> dict | None:
         """What the archive endpoint says of a path in a container (name, size, mode,
         linkTarget), or None where there is nothing."""
-        api = self.client.api
-        url = api._url("/containers/{0}/archive", container)
-        response = self._call(f"the stat of {path}", api.head, url, params={"path": path})
-        if response.status_code == 404:
+        url = self.api.url("/containers/{0}/archive", container, params={"path": path})
+        response = self._call(f"the stat of {path}", lambda: self.api.request("HEAD", url))
+        if response.status == 404:
+            response.close()
             return None
-        self._call(f"the stat of {path}", api._raise_for_status, response)
+        if response.status >= 400:
+            raise self._failure(f"the stat of {path}", response.error())
+        response.close()
         header = response.headers.get("X-Docker-Container-Path-Stat") or ""
         try:
             stat = json.loads(base64.b64decode(header, validate=True)[: 1 << 16])
@@ -348,22 +451,14 @@ class Daemon:
 
     def archive(self, container: str, path: str) -> BinaryIO:
         """A tar stream of a path in a container, read as it arrives."""
-        api = self.client.api
-        url = api._url("/containers/{0}/archive", container)
-        # Not gzip: the daemon compresses this stream for a client that accepts it, which
-        # costs it far more than sending the bytes over a local socket.
-        response = self._call(
-            f"reading {path}",
-            api._get,
-            url,
-            params={"path": path},
-            stream=True,
-            headers={"Accept-Encoding": "identity"},
+        # Not gzip (the client asks for identity): the daemon compresses this stream for a
+        # client that accepts it, which costs it far more than sending the bytes over a local
+        # socket.
+        response = self._open(
+            f"reading {path}", "/containers/{0}/archive", container, params={"path": path}
         )
-        if response.status_code == 404:
+        if response is None:
             raise NotFoundError(f"no {path} in container {container[:12]}")
-        self._call(f"reading {path}", api._raise_for_status, response)
-        response.raw.decode_content = True
         return response.raw  # type: ignore[no-any-return]
 
     def local_image_config(self, image_id: str) -> bytes | None:

@@ -13,6 +13,7 @@ those that match the diffID their name claims.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import stat
@@ -23,8 +24,6 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
-
-import urllib3.exceptions
 
 from packcache.archive.save_reader import (
     ArchiveError,
@@ -133,7 +132,7 @@ def bind_cache(path: Path) -> LaunchCache | None:
 
 
 # What reading a layer's bytes can raise, from a file or the daemon's tar stream.
-READ_ERRORS = (OSError, tarfile.TarError, ArchiveError, urllib3.exceptions.HTTPError)
+READ_ERRORS = (OSError, tarfile.TarError, ArchiveError, http.client.HTTPException)
 
 
 class _Bounded:

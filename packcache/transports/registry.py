@@ -18,18 +18,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.jsondoc import check_index, check_manifest, is_sha256_digest, strict_loads
 from packcache.progress import NO_PROGRESS, NO_TASK, Progress, Task
 from packcache.refs import normalize
 from packcache.transports.registry_credentials import Credentials, find_credentials
+
+if TYPE_CHECKING:  # imported where a client is made: commands that never talk to a
+    import requests  # registry (a rebase from the daemon) do not pay for importing them
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -156,16 +155,16 @@ def parse_challenge(header: str) -> _Challenge | None:
     return _Challenge(scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest)))
 
 
-class _ContextAdapter(HTTPAdapter):
+def _context_adapter(context: ssl.SSLContext) -> Any:
     """An HTTPAdapter whose connections use our SSLContext (system CAs + certs.d)."""
+    from requests.adapters import HTTPAdapter
 
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self._context = context
-        super().__init__(pool_connections=1, pool_maxsize=16, max_retries=0)
+    class _ContextAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["ssl_context"] = context
+            super().init_poolmanager(*args, **kwargs)
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
+    return _ContextAdapter(pool_connections=1, pool_maxsize=16, max_retries=0)
 
 
 def ssl_context(host: str, certs_dir: Path, insecure: bool) -> ssl.SSLContext:
@@ -203,6 +202,8 @@ def _error_detail(response: requests.Response) -> str:
 
 def read_bounded(response: requests.Response, limit: int, what: str) -> bytes:
     """A document's body, refusing one larger than `limit` without reading it all."""
+    import urllib3
+
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limit:
         response.close()
@@ -247,6 +248,9 @@ def _digest_of(data: bytes) -> str:
 
 def _session(host: str, options: RegistryOptions) -> requests.Session:
     """A session whose HTTPS to `host` is verified as docker verifies it (see ssl_context)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
     insecure = host in options.insecure
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
@@ -254,7 +258,7 @@ def _session(host: str, options: RegistryOptions) -> requests.Session:
     # Not the environment's CA bundle (REQUESTS_CA_BUNDLE would override verify) nor
     # ~/.netrc credentials: TLS and auth are docker's, from certs.d and the Docker config.
     session.trust_env = False
-    session.mount("https://", _ContextAdapter(ssl_context(host, options.certs_dir, insecure)))
+    session.mount("https://", _context_adapter(ssl_context(host, options.certs_dir, insecure)))
     session.mount("http://", HTTPAdapter(pool_maxsize=16, max_retries=0))
     return session
 
@@ -277,6 +281,8 @@ class RegistryClient:
         self.actions = ",".join(actions)
         self.insecure = host in self.options.insecure
         if self.insecure:  # asked for by name: urllib3's warning on every request is noise
+            import urllib3
+
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._credentials = credentials
         self._credentials_read = credentials is not None
@@ -308,6 +314,8 @@ class RegistryClient:
         """Find the scheme that answers `/v2/` and the auth it asks for."""
         if self._base is not None:
             return
+        import requests
+
         schemes = ("https", "http") if self.insecure else ("https",)
         last: Exception | None = None
         for scheme in schemes:
@@ -333,6 +341,8 @@ class RegistryClient:
         raise self._unreachable(last)
 
     def _unreachable(self, exc: Exception | None) -> PackcacheError:
+        import requests
+
         if isinstance(exc, requests.exceptions.SSLError):
             return PackcacheError(
                 f"TLS to registry {self.host} failed ({network_reason(exc)}): trust its CA "
@@ -427,6 +437,8 @@ class RegistryClient:
 
     def _with_retries(self, send: Any, what: str) -> requests.Response:
         """send() again after resets, 5xx and 429, backing off; the last answer otherwise."""
+        import requests
+
         last: Exception | None = None
         for attempt in range(self.options.attempts):
             if attempt:
@@ -625,6 +637,8 @@ class RegistryClient:
 
 def _skip(response: requests.Response, count: int) -> None:
     """Discard the first `count` bytes (a registry that ignored Range sends all of them)."""
+    import urllib3
+
     while count:
         data = response.raw.read(min(count, CHUNK), decode_content=False)
         if not data:
@@ -667,6 +681,9 @@ class BlobReader:
         return self._drops
 
     def read(self, n: int = CHUNK) -> bytes:
+        import requests
+        import urllib3
+
         n = CHUNK if n is None or n < 0 else n
         while True:
             if self._response is None:

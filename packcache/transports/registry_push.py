@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlencode, urljoin
-
-import requests
 
 from packcache.errors import PackcacheError
 from packcache.progress import CountingReader
 from packcache.transports.registry import RETRY_STATUSES, RegistryClient, network_reason
+
+if TYPE_CHECKING:  # imported where a request is sent (see registry.py)
+    import requests
 
 PARALLEL_BLOBS = 4
 CHUNK_BYTES = 64 << 20  # blobs larger than this go up in chunks of this size
@@ -266,6 +267,8 @@ class BlobPusher:
         mount_from: str | None = None,
     ) -> requests.Response:
         """One request; resets and 5xx/429 become _RetryableUpload (see the module doc)."""
+        import requests
+
         try:
             response = self.client.request(
                 method, self.repository, path, headers,
