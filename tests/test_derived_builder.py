@@ -279,6 +279,76 @@ def test_order_and_run_image_options(cli, via_containerd: Engine, tmp_path) -> N
     assert labels[key] == base_labels[key]
 
 
+def test_extensions_equal_a_full_create_builder(cli, via_containerd: Engine, tmp_path) -> None:
+    """pack build's --extension: each extension added (an extension package image, a
+    directory), the extension order replaced by one group with the last given first (pack's
+    prependBuildpackToOrder), the builder's order written again: label for label what a full
+    create-builder with those [[extensions]] and [[order-extensions]] gives."""
+    from tests.test_builder_pack_flags import (
+        EXTENSIONS_LIFECYCLE,
+        extension_root,
+        load_extension_package,
+        make_extension,
+    )
+
+    engine = via_containerd
+    inputs = make_inputs(engine, tmp_path)
+    fx.write_lifecycle(tmp_path / "lifecycle.tgz", toml=EXTENSIONS_LIFECYCLE)
+    base = fx.unique("base-builder")
+    create(cli, engine, base, inputs.toml)
+    from_image, from_dir = make_extension("test/ext-a"), make_extension("test/ext-b", "2.0.0")
+    ext_ref = fx.unique("ext-package")
+    ext_diff_id = load_extension_package(engine, tmp_path, ext_ref, from_image)
+    folder = fx.write_directory(from_dir, tmp_path / "ext-b")
+    name = fx.unique("derived-ext")
+    report = derive(
+        cli, engine, name, base, "--extension", f"docker://{ext_ref}", "--extension", str(folder)
+    )  # fmt: skip
+    assert report["order_replaced"] is False
+    assert [(b["id"], b["module"]) for b in report["buildpacks"]] == [
+        ("test/ext-a", "extension"), ("test/ext-b", "extension"),
+    ]  # fmt: skip
+
+    def info(ext: fx.Buildpack) -> dict:
+        """Its ModuleInfo as pack reads it: the package image's label has no name."""
+        name = {} if ext is from_image else {"name": f"Ext {ext.id}"}
+        return {"id": ext.id, **name, "version": ext.version}
+
+    text = inputs.toml.read_text()
+    head, _, tail = text.partition("\n[build]")
+    head += f'\n[[extensions]]\n  uri = "docker://{ext_ref}"\n'
+    head += f'\n[[extensions]]\n  uri = "{folder}"\n'
+    head += _group_toml([info(from_dir), info(from_image)]).replace("order", "order-extensions")
+    full_path = tmp_path / "full-with-extensions.toml"
+    full_path.write_text(head + "\n[build]" + tail)
+    full_name = fx.unique("full-ext")
+    create(cli, engine, full_name, full_path)
+    derived, full = inspect(engine, name), inspect(engine, full_name)
+    assert derived["Config"]["Labels"] == full["Config"]["Labels"]
+    labels = derived["Config"]["Labels"]
+    assert json.loads(labels["io.buildpacks.buildpack.order-extensions"]) == [
+        {"group": [info(from_dir), info(from_image)]}
+    ]
+    ext_layers = json.loads(labels["io.buildpacks.extension.layers"])
+    assert ext_layers["test/ext-a"]["1.0.0"]["layerDiffID"] == ext_diff_id
+    # Layers: the base builder's, then dirs, the two extensions, order, stack, run, env: the
+    # full builder's layers for them (the build-config env layer is the base builder's).
+    base_layers = inspect(engine, base)["RootFS"]["Layers"]
+    layers, full_layers = derived["RootFS"]["Layers"], full["RootFS"]["Layers"]
+    assert layers[: len(base_layers)] == base_layers
+    dirs = full_layers[len(inputs.build["RootFS"]["Layers"])]
+    assert layers[len(base_layers) :] == [dirs, *full_layers[-7:-2], full_layers[-1]]
+    assert layers[len(base_layers) + 1] == ext_diff_id
+    assert report["saved_builder"] is False and report["imported"] == [ext_ref]
+    assert cat(engine, name, "/cnb/order.toml") == cat(engine, full_name, "/cnb/order.toml")
+    order_toml = tomllib.loads(cat(engine, name, "/cnb/order.toml").decode())
+    assert order_toml["order-extensions"] == [{"group": [info(from_dir), info(from_image)]}]
+    assert len(order_toml["order"]) == 2  # the builder's order, written again
+    for ext in (from_image, from_dir):
+        path = f"{extension_root(ext)}/extension.toml"
+        assert cat(engine, name, path) == ext.files["extension.toml"]
+
+
 # -- the cache and the daemon ------------------------------------------------------------------
 
 
@@ -366,6 +436,19 @@ def test_bad_inputs_are_one_message(cli, engine: Engine, tmp_path) -> None:
         cli, engine, 2, "only be given once", "--from-builder", d.base,
         "--buildpack", "from=builder", "--buildpack", "from=builder",
     )  # fmt: skip
+    _fails(
+        cli, engine, 2, "from builder is not supported for extensions", "--from-builder",
+        d.base, "--extension", "from=builder",
+    )  # fmt: skip
+    _fails(
+        cli, engine, 1, "not valid for extensions", "--from-builder", d.base,
+        "--extension", "urn:cnb:registry:test/x",
+    )  # fmt: skip
+    _fails(
+        cli, engine, 1, "no extension test/nobody is on builder", "--from-builder", d.base,
+        "--extension", "urn:cnb:builder:test/nobody",
+    )  # fmt: skip
+    _fails(cli, engine, 2, "need --from-builder", "-c", toml, "--extension", "x")
 
 
 @pytest.mark.parametrize("kind", CONTAINERD_KINDS)

@@ -97,6 +97,10 @@ class BuilderFetcher:
         self.fetched.append(fetched)
         return fetched
 
+    def cached(self, ref: str) -> FetchedImage | None:
+        """The image the cache recorded under this name with every layer (leased), if any."""
+        return self._cached(ref)
+
     def prefetch(self, refs: Iterable[str], what: str) -> None:
         """Fetch these images at once, for image() to answer from. A failure is left for
         image() to meet again, in the builder's order, with its own message."""

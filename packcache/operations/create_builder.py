@@ -195,6 +195,8 @@ def create_builder(
     policy = check_pull_policy(pull_policy)
     if registry.publish:
         check_publish_name(name)
+        for tag in (options or BuilderOptions()).tags:
+            check_publish_name(tag, "--tag")
         if no_cache:
             raise UsageError("--publish and --no-cache cannot be used together")
     with ExitStack() as cleanup:
@@ -237,7 +239,9 @@ def create_builder(
         report = reports[0]
         if len(reports) > 1 and not dry_run:
             builders = [r.published for r in reports if r.published is not None]
-            report.published = publish_index(name, builders, registries=registries)
+            report.published = publish_index(
+                name, builders, registries=registries, tags=(options or BuilderOptions()).tags
+            )
             report.pulled = [pulled for r in reports for pulled in r.pulled]
     report.seconds = time.perf_counter() - start
     return report
@@ -327,7 +331,8 @@ def _create(
     if registry.publish:
         report.published = publish_builder(
             store, name, builder_config, fetcher.fetched, registries=fetcher.registries,
-            platform=fetcher.platform, lease=fetcher.lease, by_digest=by_digest,
+            platform=fetcher.platform, lease=fetcher.lease, tags=options.tags,
+            by_digest=by_digest, suffixed=options.append_image_name_suffix,
         )  # fmt: skip
         return report
     assert fetcher.daemon is not None
