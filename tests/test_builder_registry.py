@@ -556,6 +556,25 @@ def test_append_image_name_suffix_tags_each_platform_as_pack_names_it(
     assert manifest_digest(host, f"{repo}-plain:1-linux-{native}") is None
 
 
+def test_publish_to_an_unreachable_registry_fails_first(
+    cli, engine: Engine, remote: Remote, tmp_path: Path
+) -> None:
+    """NAME's registry (or a --tag's) not answering: one message before anything is read,
+    the cache as it was."""
+    from tests.registries.harness import free_port
+
+    gone = f"127.0.0.1:{free_port()}"
+    before = cli("ls", "--format", "json").json()
+    for name, tags in ((f"{gone}/t/b:1", ()), (f"{remote.host}/t/b:1", ("--tag", f"{gone}/t/b:2"))):
+        result = create(cli, engine, name, remote.toml, remote.host, "--publish",
+                        "--insecure-registry", gone, *tags)  # fmt: skip
+        assert result.exit_code == 1, result.stderr
+        assert result.stderr.startswith("packcache: error:") and gone in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert cli("ls", "--format", "json").json() == before
+    assert manifest_digest(remote.host, "t/b:1") is None
+
+
 def test_dry_run_reads_manifests_and_configs_only(cli, engine: Engine, remote: Remote) -> None:
     before = cli("ls", "--format", "json").json()
     name = fx.unique("dry")

@@ -349,6 +349,133 @@ def test_extensions_equal_a_full_create_builder(cli, via_containerd: Engine, tmp
         assert cat(engine, name, path) == ext.files["extension.toml"]
 
 
+# -- publish -----------------------------------------------------------------------------------
+
+
+def _publish(cli, engine: Engine, host: str, name: str, base: str, *args: str):
+    return cli(
+        "--host", engine.host, "create-builder", name, "--from-builder", base, "--publish",
+        "--insecure-registry", host, "--format", "json", *args,
+    )  # fmt: skip
+
+
+def test_publish_from_a_registry_builder_sends_only_the_new_layers(
+    cli, engine: Engine, registries, tmp_path
+) -> None:
+    """The base builder and the extra buildpackage in the registry: the derived builder is
+    pushed with their blobs mounted (none downloaded), only pack's new layers and the config
+    uploaded; pulled back, it is the builder the same inputs give in the daemon."""
+    import uuid
+
+    from tests.test_builder_registry import manifest_digest
+    from tests.test_rebase_pull_policy import push
+
+    d = make_base(cli, engine, tmp_path)
+    host = registries.plain.host
+    repo = f"t/derived-{uuid.uuid4().hex[:8]}"
+    base, extra = f"{host}/{repo}/base:1", f"{host}/{repo}/extra:1"
+    push(engine, d.base, base)
+    push(engine, d.extra.ref, extra)
+    target, tag = f"{host}/{repo}/result:1", f"{host}/{repo}/result:also"
+    log_before = len(registries.plain.log_text().splitlines())
+    args = ("--buildpack", f"docker://{extra}", "--env", "PUBLISHED=1")
+    result = _publish(cli, engine, host, target, base, *args, "--pull-policy", "always",
+                      "--tag", tag)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    published = report["published"]
+    base_layers = inspect(engine, d.base)["RootFS"]["Layers"]
+    assert report["saved_builder"] is False and report["imported"] == []
+    assert report["load"] is None and absent(engine, target)
+    # Mounted: the base builder's layers and the extra buildpack's; uploaded: those of pack's
+    # new layers (dirs, order, stack, run, env) the base builder does not hold already, and
+    # the config, once (the tag's repository is NAME's).
+    extra_layer = d.extra.diff_ids[f"test/extra@{d.extra.main.version}"]
+    assert len(set(published["mounted"])) == len(set(base_layers)) + 1
+    added = set(report["diff_ids"][len(base_layers) :]) - set(base_layers) - {extra_layer}
+    assert len(added) >= 2  # order and env at least
+    assert len(published["uploaded"]) == len(added) + 1
+    new_lines = registries.plain.log_text().splitlines()[log_before:]
+    blob_gets = [line for line in new_lines if '"GET ' in line and "/blobs/" in line]
+    assert len(blob_gets) <= len(report["pulled"])  # the configs
+    assert manifest_digest(host, f"{repo}/result:also") == published["digest"]
+    assert published["tags"] == {tag: published["digest"]}
+    # The same derived builder made in the daemon: the same config, the same layers.
+    local = derive(cli, engine, fx.unique("local"), d.base, "--buildpack",
+                   f"docker://{d.extra.ref}", "--env", "PUBLISHED=1")  # fmt: skip
+    assert report["config_digest"] == local["config_digest"]
+    engine.docker("pull", target)
+    try:
+        pulled = inspect(engine, target)
+        assert pulled["RootFS"]["Layers"] == local["diff_ids"]
+        assert pulled["Config"]["Labels"] == inspect(engine, local["name"])["Config"]["Labels"]
+        assert cat(engine, target, "/platform/env/PUBLISHED") == b"1"
+    finally:
+        engine.docker("rmi", target)
+
+
+def test_publish_from_a_daemon_builder_reads_it_once(
+    cli, engine: Engine, registries, tmp_path
+) -> None:
+    """The base builder only in the daemon (if-not-present): its layers are read once into the
+    cache and uploaded; again, the registry has every blob and nothing is read."""
+    import uuid
+
+    from tests.test_rebase_pull_policy import push
+
+    d = make_base(cli, engine, tmp_path)
+    host = registries.plain.host
+    repo = f"t/derived-{uuid.uuid4().hex[:8]}"
+    extra = f"{host}/{repo}/extra:1"
+    push(engine, d.extra.ref, extra)
+    target = f"{host}/{repo}/result:1"
+    args = ("--buildpack", f"docker://{extra}", "--pull-policy", "if-not-present")
+    first = _publish(cli, engine, host, target, d.base, *args)
+    assert first.exit_code == 0, first.stderr
+    published = first.json()["published"]
+    assert len(published["mounted"]) == 1  # the extra buildpack's blob, from its repository
+    assert len(published["uploaded"]) == len(set(first.json()["diff_ids"]))  # config included
+    again = _publish(cli, engine, host, target, d.base, *args)
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["saved_builder"] is False
+    assert again.json()["published"]["uploaded"] == []
+    assert again.json()["published"]["digest"] == published["digest"]
+    engine.docker("pull", target)
+    try:
+        assert inspect(engine, target)["RootFS"]["Layers"] == first.json()["diff_ids"]
+    finally:
+        engine.docker("rmi", target)
+
+
+def test_publish_failures_are_one_message(cli, engine: Engine, registries, tmp_path) -> None:
+    from tests.registries.harness import free_port
+
+    d = make_base(cli, engine, tmp_path)
+    gone = f"127.0.0.1:{free_port()}"
+    before = cli("ls", "--format", "json").json()
+    result = _publish(cli, engine, gone, f"{gone}/t/x:1", d.base, "--env", "A=1",
+                      "--pull-policy", "if-not-present")  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.startswith("packcache: error:") and gone in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert cli("verify").exit_code == 0
+    # Usage: a digest to push to, --no-cache, a --tag without --publish.
+    host = registries.plain.host
+    for args, needle in (
+        ((), "needs a tag to push to"),
+        (("--no-cache",), "--publish and --no-cache cannot be used together"),
+    ):
+        name = f"{host}/t/x@sha256:{'0' * 64}" if not args else f"{host}/t/x:1"
+        bad = _publish(cli, engine, host, name, d.base, "--env", "A=1", *args)
+        assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr
+        assert bad.stderr.count("\n") == 1
+    assert cli("ls", "--format", "json").json() == before
+
+
+def absent(engine: Engine, ref: str) -> bool:
+    return engine.docker("image", "inspect", ref, check=False).returncode != 0
+
+
 # -- the cache and the daemon ------------------------------------------------------------------
 
 

@@ -93,6 +93,13 @@ def check_publish_name(name: str, what: str = "--publish") -> ImageName:
     return target
 
 
+def reach_destinations(name: str, tags: list[str], registries: RegistryClients) -> None:
+    """Ask each registry pushed to for its API before anything is read or written: one that
+    cannot be reached fails the publish first, with the cache as it was."""
+    for host in dict.fromkeys(d.api_host for d in _destinations(check_publish_name(name), tags)):
+        registries.for_host(host).ping()
+
+
 def append_suffix(name: ImageName, platform: Platform) -> ImageName:
     """pack's name.AppendSuffix: `latest` becomes the platform's values joined by '-',
     another tag gets them appended after a '-'."""
@@ -227,7 +234,7 @@ def publish_builder(
         body, media_type = _manifest(config, blobs)
         counts, digest = _push(destination, reference, config, blobs, body, media_type,
                                registries, by_digest and reference == destination.reference,
-                               progress)  # fmt: skip
+                               on_host, progress)  # fmt: skip
         pushed.setdefault(destination.host, []).append(destination.repository)
         report.present += counts.present
         report.mounted += counts.mounted
@@ -281,15 +288,17 @@ def _push(
     media_type: str,
     registries: RegistryClients,
     by_digest: bool,
+    pushed: tuple[str, ...],
     progress: Progress,
 ) -> tuple[PushCounts, str]:
     """The config and layer blobs, then the manifest under `reference` (its digest when
-    `by_digest`): the counts and the manifest's digest."""
+    `by_digest`): the counts and the manifest's digest. `pushed`: repositories of the
+    registry that hold the config already."""
     with RegistryClient(
         destination.api_host, registries.options, actions=PUSH_ACTIONS, progress=progress
     ) as client:
         pusher = BlobPusher(client, destination.repository)
-        config_blob = BlobToPush(digest_of(config), len(config), lambda: io.BytesIO(config))
+        config_blob = BlobToPush(digest_of(config), len(config), lambda: io.BytesIO(config), pushed)
         counts = pusher.push_blobs([config_blob, *(blob.push for blob in blobs)])
         digest = pusher.put_manifest(digest_of(body) if by_digest else reference, body, media_type)
     return counts, digest

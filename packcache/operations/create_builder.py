@@ -91,6 +91,7 @@ from packcache.operations.builder_publish import (
     check_publish_name,
     publish_builder,
     publish_index,
+    reach_destinations,
 )
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
@@ -210,6 +211,8 @@ def create_builder(
             lease = cleanup.enter_context(store.lease("create-builder"))
         registries = RegistryClients(registry.options)
         cleanup.callback(registries.close)
+        if registry.publish and not dry_run:
+            reach_destinations(name, (options or BuilderOptions()).tags, registries)
         if registry.publish or daemon is None:
             daemon = None
             platforms = list(registry.platforms) or _publish_platforms(

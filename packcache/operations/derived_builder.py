@@ -65,7 +65,11 @@ from packcache.image.inspected import InspectedImage
 from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
 from packcache.operations.builder_fetch import BuilderFetcher, FetchedImage
 from packcache.operations.builder_modules import LayerWriter, Module, _hash_chunks, add_exploded
-from packcache.operations.builder_publish import check_publish_name, publish_builder
+from packcache.operations.builder_publish import (
+    check_publish_name,
+    publish_builder,
+    reach_destinations,
+)
 from packcache.operations.create_builder import (
     CREATOR,
     BuildpackReport,
@@ -380,6 +384,8 @@ def derive_builder(
             lease, remote_only=dry_run or registry.publish, pack_method=no_cache,
         )  # fmt: skip
         if registry.publish:
+            if not dry_run:
+                reach_destinations(name, tags, registries)
             source = builder_to_publish(fetcher, daemon, request.from_builder)
             image = source.image
         else:
