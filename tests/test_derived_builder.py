@@ -448,7 +448,10 @@ def test_publish_from_a_daemon_builder_reads_it_once(
 
 
 def test_publish_failures_are_one_message(cli, engine: Engine, registries, tmp_path) -> None:
+    import uuid
+
     from tests.registries.harness import free_port
+    from tests.test_rebase_pull_policy import push
 
     d = make_base(cli, engine, tmp_path)
     gone = f"127.0.0.1:{free_port()}"
@@ -470,6 +473,47 @@ def test_publish_failures_are_one_message(cli, engine: Engine, registries, tmp_p
         assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr
         assert bad.stderr.count("\n") == 1
     assert cli("ls", "--format", "json").json() == before
+    # A base builder that is nowhere; a buildpackage whose label names a layer it lacks, in
+    # the registry (publish) and in the daemon.
+    missing = f"{host}/t/no-builder-{uuid.uuid4().hex[:8]}:1"
+    nowhere = _publish(cli, engine, host, f"{host}/t/x:1", missing, "--env", "A=1",
+                       "--pull-policy", "always")  # fmt: skip
+    assert nowhere.exit_code == 1 and nowhere.stderr.count("\n") == 1, nowhere.stderr
+    assert f"builder {missing} is neither in its registry" in nowhere.stderr
+    hollow = _hollow_package(engine, tmp_path)
+    remote_hollow = f"{host}/t/hollow-{uuid.uuid4().hex[:8]}:1"
+    push(engine, hollow, remote_hollow)
+    for run in (
+        lambda: _publish(cli, engine, host, f"{host}/t/x:1", d.base, "--buildpack",
+                         f"docker://{remote_hollow}", "--pull-policy", "if-not-present"),
+        lambda: cli("--host", engine.host, "create-builder", fx.unique("bad"), "--from-builder",
+                    d.base, "--buildpack", f"docker://{hollow}"),
+    ):  # fmt: skip
+        failed = run()
+        assert failed.exit_code == 1 and failed.stderr.count("\n") == 1, failed.stderr
+        assert "names layer sha256:000" in failed.stderr
+    assert cli("verify").exit_code == 0
+
+
+def _hollow_package(engine: Engine, tmp_path: Path) -> str:
+    """A buildpackage image whose layers label names a layer the image does not have."""
+    from tests.engines import images
+
+    bp = fx.make_buildpack("test/hollow")
+    labels = {
+        "io.buildpacks.buildpackage.metadata": json.dumps(
+            {"id": bp.id, "version": bp.version, "stacks": [{"id": fx.STACK}]}
+        ),
+        "io.buildpacks.buildpack.layers": json.dumps(
+            {bp.id: {bp.version: fx.layers_label_entry(bp, "sha256:" + "0" * 64)}}
+        ),
+    }
+    ref = fx.unique("hollow")
+    built = images.build_legacy_archive(
+        tmp_path / "hollow.tar", [{"x.txt": b"x"}], {"config": {"Labels": labels}}, ref
+    )
+    engine.docker("load", "-i", str(built.path))
+    return ref
 
 
 def absent(engine: Engine, ref: str) -> bool:
