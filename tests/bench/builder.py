@@ -3,6 +3,8 @@
 For each engine kind benched (started with tests/engines/harness.py, stopped afterwards):
 ten buildpackage images of ~40 MiB each (one random 40 MiB file per buildpack), a CNB build
 image (busybox), a run image and a lifecycle .tgz; builder.toml names the ten by docker://.
+Every create-builder runs with --pull-policy never: the images are the daemon's, and no
+registry is asked (pack's default, always, would ask Docker Hub for bench/ names).
 
 (a) First builder on a daemon that holds no builder chain (the builder removed before each run):
     cold (empty cache: one `docker save` of all ten; once), then interleaved: pack's method
@@ -94,7 +96,7 @@ def create(engine: Engine, cache: Path, toml: Path, *args: str) -> tuple[float, 
     start = time.perf_counter()
     result = subprocess.run(
         [*PACKCACHE, "--cache-dir", str(cache), "--host", engine.host, "create-builder",
-         BUILDER, "--config", str(toml), "--format", "json", *args],
+         BUILDER, "--config", str(toml), "--format", "json", "--pull-policy", "never", *args],
         capture_output=True, text=True, check=False, env={**os.environ, **containerd_env(engine)},
     )  # fmt: skip
     seconds = time.perf_counter() - start

@@ -4,7 +4,8 @@ ephemeral-builder method and the floor.
 For each engine kind benched (started with tests/engines/harness.py, stopped afterwards): the
 builder of the create-builder bench (ten buildpackage images of ~40 MiB each on a busybox build
 image, made once with `create-builder`), and what `pack build --buildpack ./bp --env K=V` adds
-to it: one directory buildpack (~4 MiB) and one env var.
+to it: one directory buildpack (~4 MiB) and one env var. With --pull-policy never: the
+builder is the daemon's, no registry is asked.
 
 (a) The derived builder made while the daemon does not hold it (removed before each run),
     interleaved: pack's method (`--no-cache`: `docker save` of the builder into a throwaway
@@ -74,7 +75,7 @@ def derive(engine: Engine, cache: Path, buildpack: Path, *args: str) -> tuple[fl
     result = subprocess.run(
         [*PACKCACHE, "--cache-dir", str(cache), "--host", engine.host, "create-builder", DERIVED,
          "--from-builder", BASE, "--buildpack", str(buildpack), "--env", "BP_BENCH=yes",
-         "--format", "json", *args],
+         "--format", "json", "--pull-policy", "never", *args],
         capture_output=True, text=True, check=False, env={**os.environ, **containerd_env(engine)},
     )  # fmt: skip
     seconds = time.perf_counter() - start
