@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from packcache.transports.registry import DOCKER_MANIFEST, OCI_INDEX, ImageName
+from packcache.transports.registry import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, ImageName
 from tests import builder_fixtures as fx
 from tests.engines import images
 from tests.engines.harness import Engine
@@ -468,8 +468,9 @@ def test_publish_for_two_platforms_pushes_an_index(
 def manifest_digest(host: str, ref_path: str, accept: str = DOCKER_MANIFEST) -> str | None:
     """The digest the registry serves for repository:reference (None if it has none)."""
     repository, _, reference = ref_path.rpartition(":")
+    accepted = f"{accept}, {DOCKER_MANIFEST}, {OCI_MANIFEST}, {OCI_INDEX}"
     got = requests.head(f"http://{host}/v2/{repository}/manifests/{reference}",
-                        headers={"Accept": f"{accept}, {OCI_INDEX}"}, timeout=30)  # fmt: skip
+                        headers={"Accept": accepted}, timeout=30)  # fmt: skip
     return got.headers["Docker-Content-Digest"] if got.status_code == 200 else None
 
 

@@ -158,9 +158,10 @@ def _blobs(
             digest, size, media_type = layer["digest"], int(layer["size"]), layer["mediaType"]
             assert source.name is not None
             same_host = source.name.host == target.host
-            if not same_host and not pushed and cached is not None and cached.digest != digest:
-                # nothing to mount it from there: the cache's own blob of the layer goes up
-                blobs.append(_cached_blob(cached))
+            if not same_host and cached is not None and cached.digest != digest:
+                # not mountable from its source: the cache's own blob of the layer goes up
+                # (the same on every destination of this registry, so mountable between them)
+                blobs.append(_cached_blob(cached, pushed))
                 continue
             mount = (*pushed, source.name.repository) if same_host else pushed
             opener = cached.compressed if cached is not None and cached.digest == digest else None

@@ -195,10 +195,16 @@ def _module_info(raw: dict[str, Any]) -> dict[str, Any]:
     return {key: raw[key] for key in MODULE_INFO_KEYS if raw.get(key)}
 
 
-def _builder_in_daemon(fetcher: BuilderFetcher, ref: str) -> InspectedImage:
+def _builder_in_daemon(fetcher: BuilderFetcher, request: DerivedBuilderRequest) -> InspectedImage:
     """The existing builder, in the daemon: a derived builder keeps its layers there and sends
     only what pack adds. Fetched as the policy says; one pulled into the cache is loaded (only
-    the layers the daemon lacks) and then read back from the daemon."""
+    the layers the daemon lacks) and then read back from the daemon. The images named as
+    buildpacks are asked of the daemon with it, at once."""
+    ref = request.from_builder
+    assert fetcher.daemon is not None
+    locators = [*request.buildpacks, *request.extensions]
+    images = (daemon_ref(uri, request.base_dir) for uri in locators)
+    fetcher.daemon.prefetch([ref, *filter(None, images)])
     fetched: FetchedImage = fetcher.image(ref, "builder")
     if fetched.source == "daemon" or fetcher.remote_only:
         return fetched.image
@@ -360,13 +366,7 @@ def derive_builder(
     registry = registry or Registry()
     policy = check_pull_policy(pull_policy)
     if registry.publish:
-        check_publish_name(name)
-        for tag in tags:
-            check_publish_name(tag, "--tag")
-        if no_cache:
-            raise UsageError("--publish and --no-cache cannot be used together")
-        if policy is PullPolicy.NEVER:  # pack's config: a publish reads registries anyway
-            policy = PullPolicy.IF_NOT_PRESENT
+        policy = _check_publish(name, tags, no_cache, policy)
     with ExitStack() as cleanup:
         cleanup.enter_context(progress.task(f"{name} from {request.from_builder}", unit="steps"))
         if no_cache:
@@ -387,13 +387,9 @@ def derive_builder(
             if not dry_run:
                 reach_destinations(name, tags, registries)
             source = builder_to_publish(fetcher, daemon, request.from_builder)
-            image = source.image
+            base = _read_base(source.image, request.from_builder)
         else:
-            locators = [*request.buildpacks, *request.extensions]
-            images = (daemon_ref(uri, request.base_dir) for uri in locators)
-            daemon.prefetch([request.from_builder, *filter(None, images)])
-            image = _builder_in_daemon(fetcher, request.from_builder)
-        base = _read_base(image, request.from_builder)
+            base = _read_base(_builder_in_daemon(fetcher, request), request.from_builder)
         derived = _derive(store, fetcher, base, request, extra_labels or {}, layers, no_cache)
         report = DerivedBuilderReport(
             name=name,
@@ -427,6 +423,17 @@ def derive_builder(
             report.image_id = report.load.image_id
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_publish(name: str, tags: list[str], no_cache: bool, policy: PullPolicy) -> PullPolicy:
+    """A publish's names and options checked before anything is read; the policy it uses."""
+    check_publish_name(name)
+    for tag in tags:
+        check_publish_name(tag, "--tag")
+    if no_cache:
+        raise UsageError("--publish and --no-cache cannot be used together")
+    # pack's config `never`: a publish reads registries anyway
+    return PullPolicy.IF_NOT_PRESENT if policy is PullPolicy.NEVER else policy
 
 
 @dataclass
