@@ -74,6 +74,7 @@ REBASE = {
     "saved",
     "layer_sources",
     "launch_cache_problems",
+    "config_from_save",
     "load_method",
     "timings",
 }

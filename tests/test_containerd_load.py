@@ -22,16 +22,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 
-from packcache.operations.containerd_load import DANGLING_PREFIX
+from packcache.operations.containerd_load import (
+    DANGLING_PREFIX,
+    UNCOMPRESSED_LABEL,
+    ContentMirror,
+)
 from packcache.refs import normalize
 from packcache.transports.containerd import Containerd
+from packcache.transports.registry import MANIFEST_TYPES, ImageName
 from tests import builder_fixtures as fx
 from tests.cnb_images import build_app_image, build_run_image, unique
 from tests.engines import images
 from tests.engines.harness import Engine
 from tests.engines.pytest_plugin import EnginePool
-from tests.test_builder_engine import make_inputs
+from tests.test_builder_engine import inspect, listing, make_inputs
+from tests.test_builder_registry import absent, create, ok, to_registry
 from tests.test_containerd_transport import CONTAINERD_KINDS, collect_garbage, endpoint_of
 from tests.test_rebase import check_result
 
@@ -217,6 +224,126 @@ def test_create_builder_through_containerd(cli, via_containerd: Engine, tmp_path
     assert (again["load"]["layers_sent"], again["load"]["bytes_sent"]) == (0, 0)
     engine.docker("rmi", name)
     assert our_leases_and_ingests(engine) == ([], [])
+
+
+def test_a_builder_from_a_registry_is_written_into_containerd_as_it_downloads(
+    cli, via_containerd: Engine, registries, tmp_path: Path, engine_pool: EnginePool
+) -> None:
+    """Build image and buildpackages only in a registry: their layers reach the content store
+    while they download (the load writes only the builder's own layers), and the builder is
+    the image the cache alone loads: listed, inspected, run, saved whole, pushed, removed."""
+    engine = via_containerd
+    remote = to_registry(engine, registries, tmp_path)
+    name = fx.unique("builder")
+    cold = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
+    assert cold["load"]["load_method"] == "containerd"
+    pulled = {ref: layer_sizes(ref) for ref in [remote.build, *remote.packages]}
+    assert all(absent(engine, ref) for ref in pulled)
+    layers = json.loads(inspect(engine, name)["Config"]["Labels"]["io.buildpacks.buildpack.layers"])
+    with Containerd(endpoint_of(engine)) as ctd:
+        # Each downloaded blob is there, a compressed one labelled with its diffID as
+        # containerd's unpacker labels it.
+        for package in remote.inputs.packages:
+            for buildpack in package.buildpacks:
+                diff_id = layers[buildpack.id][buildpack.version]["layerDiffID"]
+                digests = [d for d in ctd_layers(ctd, name) if d[1] == diff_id]
+                assert digests, f"{buildpack.id}: no blob of {diff_id} in the builder's manifest"
+                digest = digests[0][0]
+                assert ctd.blob_size(digest) is not None
+                if digest != diff_id:
+                    assert ctd.blob_labels(digest).get(UNCOMPRESSED_LABEL) == diff_id
+    listed = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout
+    assert f"{name} {cold['image_id'][7:19]}" in listed.decode().splitlines()
+    assert docker_json(engine, "image", "inspect", name)["Id"] == cold["image_id"]
+    files = listing(engine, name, "/cnb/buildpacks")
+    assert any(path.endswith("/bin/build") for path in files)
+    saved_blobs_complete(engine, name, tmp_path)
+
+    # The same image as the cache alone loads, which writes every layer the store lacks: the
+    # downloaded blobs other images do not hold, which cold's load found written already.
+    engine.docker("rmi", name)
+    with Containerd(endpoint_of(engine)) as ctd:
+        collect_garbage(ctd)
+        mirrored = sum(
+            size
+            for sizes in pulled.values()
+            for digest, size in sizes.items()
+            if ctd.blob_size(digest) is None
+        )
+    assert mirrored > 0
+    warm = ok(
+        create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "if-not-present")
+    )
+    assert warm["pulled"] == [] or all(p["layers_downloaded"] == 0 for p in warm["pulled"])
+    assert warm["image_id"] == cold["image_id"]
+    assert warm["load"]["bytes_sent"] == cold["load"]["bytes_sent"] + mirrored
+
+    # Pushed, pulled back on a graphdriver engine, run there; removed with its content.
+    target = f"{registries.plain.host}/t/{fx.unique('pushed')}"
+    engine.docker("tag", name, target)
+    engine.docker("push", target)
+    engine.docker("rmi", target)
+    other = engine_pool.get("26.1-graphdriver")
+    other.docker("pull", target)
+    assert any(path.endswith("/bin/build") for path in listing(other, target, "/cnb/buildpacks"))
+    other.docker("rmi", target)
+    engine.docker("rmi", name)
+    with Containerd(endpoint_of(engine)) as ctd:
+        collect_garbage(ctd)
+        assert ctd.blob_size(cold["image_id"]) is None
+    assert our_leases_and_ingests(engine) == ([], [])
+
+
+def layer_sizes(ref: str) -> dict[str, int]:
+    """The layer blobs (digest -> size) the registry's manifest of `ref` names."""
+    name = ImageName.parse(ref)
+    got = requests.get(
+        f"http://{name.host}/v2/{name.repository}/manifests/{name.reference}",
+        headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        timeout=30,
+    )
+    got.raise_for_status()
+    return {layer["digest"]: layer["size"] for layer in got.json()["layers"]}
+
+
+def ctd_layers(ctd: Containerd, ref: str) -> list[tuple[str, str]]:
+    """(blob digest, diffID) of each layer of the image the content store names `ref`."""
+    record = ctd.get_image(normalize(ref))
+    assert record is not None
+    manifest = json.loads(ctd.read_small_blob(record.target.digest, 1 << 20) or b"{}")
+    config = json.loads(ctd.read_small_blob(manifest["config"]["digest"], 1 << 20) or b"{}")
+    return [
+        (layer["digest"], diff_id)
+        for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)
+    ]
+
+
+def test_a_mirrored_blob_refused_by_its_reader_leaves_nothing(via_containerd: Engine) -> None:
+    """A blob streamed into containerd while it downloads is committed only once verified:
+    one aborted (the reader found it wrong) leaves no blob and no ingest, one finished is
+    there, labelled; the lease takes the rest with it."""
+    payload = os.urandom(3 << 20)
+    digest = images.sha256_digest(payload)
+    with Containerd(endpoint_of(via_containerd)) as ctd, ctd.lease() as lease:
+        mirror = ContentMirror(ctd, lease)
+        copy = mirror.open(digest, len(payload), digest)
+        assert copy is not None
+        copy.write(payload[: 1 << 20])
+        copy.abort()
+        assert ctd.blob_size(digest) is None
+        assert not [ref for ref in ctd.ingest_refs() if digest in ref]
+        copy = mirror.open(digest, len(payload), digest)
+        assert copy is not None
+        for start in range(0, len(payload), 1 << 19):
+            copy.write(payload[start : start + (1 << 19)])
+        assert copy.finish() and digest in mirror.written
+        assert ctd.blob_size(digest) == len(payload)
+        assert mirror.open(digest, len(payload), digest) is None  # held: nothing to write
+        mirror.close()
+    with Containerd(endpoint_of(via_containerd)) as ctd:
+        collect_garbage(ctd)
+        assert ctd.blob_size(digest) is None
+    assert our_leases_and_ingests(via_containerd) == ([], [])
 
 
 def test_the_replaced_image_stays_while_a_container_runs(

@@ -3,10 +3,14 @@ a `docker save`, and a launch cache's bad files are skipped, reported and never 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
+import socket
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,6 +112,36 @@ def save_events(engine: Engine, since: str) -> list[str]:
     return events.split()
 
 
+def warm_rebase_id(cli, engine: Engine, app: AppImage, run2) -> str:
+    """The image a warm rebase (on the daemon's own socket) makes of the app as it was."""
+    engine.docker("rmi", app.tag)
+    engine.docker("load", "-i", str(app.built.path))
+    warm = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
+    assert warm["saved"] == [] and warm["config_from_save"] == {}
+    assert warm["layer_sources"] == dict.fromkeys(app.app_diff_ids, "cache")
+    return str(warm["new_image_id"])
+
+
+def test_cold_rebase_takes_the_app_layers_from_a_bind_launch_cache(
+    cli, engine: Engine, tmp_path: Path, stack, content_env
+) -> None:
+    """pack's `--cache 'type=launch;format=bind;source=DIR'`: DIR/launch-cache, named."""
+    _run1, run2, app = stack
+    write_launch_cache(tmp_path / "bind" / "launch-cache", committed(app_layer_tars(app)))
+    since = daemon_time(engine)
+    cold = rebase(
+        cli, engine, app.tag, "--run-image", run2.tag, "--launch-cache", str(tmp_path / "bind")
+    )
+    assert cold.exit_code == 0, cold.stderr
+    report = cold.json()
+    assert report["saved"] == [] and report["config_from_save"] == {}
+    assert report["layer_sources"] == dict.fromkeys(app.app_diff_ids, "launch-cache")
+    assert report["launch_cache_problems"] == []
+    assert save_events(engine, since) == []
+    check_result(engine, tmp_path, app.tag, app, run2)
+    assert warm_rebase_id(cli, engine, app, run2) == report["new_image_id"]
+
+
 def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
     cli, engine: Engine, tmp_path: Path, stack, content_env
 ) -> None:
@@ -126,20 +160,16 @@ def test_cold_rebase_takes_the_app_layers_from_a_launch_volume(
         check_result(engine, tmp_path, app.tag, app, run2)
         containers = engine.docker("ps", "-aq", "--filter", "label=io.packcache.reader")
         assert containers.stdout.strip() == b""
-        # The warm rebase of the same app gives the same image.
-        engine.docker("rmi", app.tag)
-        engine.docker("load", "-i", str(app.built.path))
-        warm = rebase(cli, engine, app.tag, "--run-image", run2.tag).json()
-        assert warm["saved"] == []
-        assert warm["layer_sources"] == dict.fromkeys(app.app_diff_ids, "cache")
-        assert warm["new_image_id"] == report["new_image_id"]
+        assert warm_rebase_id(cli, engine, app, run2) == report["new_image_id"]
     finally:
         engine.docker("volume", "rm", "-f", volume)
 
 
 def test_bad_entries_are_skipped_and_the_rest_saved(
-    cli, engine: Engine, tmp_path: Path, stack, content_env
+    cli, engine: Engine, tmp_path: Path, stack, content_env, cache_dir: Path
 ) -> None:
+    """On a graphdriver the good layer verifies on its way into the load and the tampered one
+    cuts that load short; the app is then saved and loaded from the cache."""
     _run1, run2, app = stack
     tars = app_layer_tars(app)
     good, tampered, truncated = app.app_diff_ids
@@ -173,6 +203,7 @@ def test_bad_entries_are_skipped_and_the_rest_saved(
     assert verify["ok"] is True
     listed = cached_layers(cli)
     assert set(app.app_diff_ids) <= listed
+    assert list((cache_dir / "ingest").iterdir()) == []  # no temp file of a layer left
 
 
 def test_import_reads_a_volume_in_use_through_the_engine(
@@ -249,5 +280,107 @@ def test_import_of_an_app_takes_its_layers_from_a_launch_volume(
             "--host", engine.host, "import", app.tag, "--no-launch-cache", "--format", "json"
         )
         assert again.json()["already_cached"] == [app.tag]
+    finally:
+        engine.docker("volume", "rm", "-f", volume)
+
+
+class RemoteDaemon:
+    """The engine's unix socket forwarded to a TCP port on 127.0.0.1: to packcache, a daemon on
+    another host, whose paths (volume mount points, its root dir) are not read in place."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.socket_path)
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (target, source):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def remote(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteDaemon]:
+    """The engine as a daemon on another host: no containerd address either."""
+    monkeypatch.delenv("PACKCACHE_CONTAINERD_ADDRESS", raising=False)
+    forwarder = RemoteDaemon(engine.host.removeprefix("unix://"))
+    yield forwarder
+    forwarder.close()
+
+
+def config_end_in_save(engine: Engine, image_id: str, tmp_path: Path) -> tuple[int, int]:
+    """Where the config (and on a containerd store the manifests, the image ID's and those it
+    lists) ends in the image's save stream, and the stream's length."""
+    archive = tmp_path / "whole-save.tar"
+    engine.docker("save", "-o", str(archive), image_id)
+    ends, blobs = {}, {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            ends[name] = member.offset_data + member.size
+            if member.isfile() and member.size < 1 << 20:
+                blobs[name] = tar.extractfile(member).read()
+    hex_id = image_id.removeprefix("sha256:")
+    if not engine.containerd_store:
+        return ends.get(f"{hex_id}.json") or ends[f"blobs/sha256/{hex_id}"], archive.stat().st_size
+    wanted = [json.loads(blobs["manifest.json"])[0]["Config"], f"blobs/sha256/{hex_id}"]
+    listed = json.loads(blobs[wanted[1]]).get("manifests") or []  # an index: its manifests
+    wanted += [f"blobs/sha256/{entry['digest'][7:]}" for entry in listed]
+    return max(ends[path] for path in wanted if path in ends), archive.stat().st_size
+
+
+def test_cold_rebase_through_a_daemon_on_another_host(
+    cli, engine: Engine, tmp_path: Path, stack, remote: RemoteDaemon
+) -> None:
+    """Its volume is read through an idle container, and its app config from the head of a
+    save, closed once the config has passed: no layer after it is received."""
+    run1, run2, app = stack
+    source = write_launch_cache(tmp_path / "launch", committed(app_layer_tars(app)))
+    volume = launch_volume(engine, app.tag, source, run1.tag)
+    try:
+        app_id = json.loads(engine.docker("image", "inspect", app.tag).stdout)[0]["Id"]
+        end, whole = config_end_in_save(engine, app_id, tmp_path)
+        since = daemon_time(engine)
+        cold = cli("--host", remote.host, "rebase", app.tag, "--run-image", run2.tag,
+                   "--format", "json")  # fmt: skip
+        assert cold.exit_code == 0, cold.stderr
+        report = cold.json()
+        assert report["saved"] == []
+        assert report["layer_sources"] == dict.fromkeys(app.app_diff_ids, "launch-cache")
+        assert report["launch_cache_problems"] == []
+        read = report["config_from_save"][app.tag]
+        assert 0 < read <= end < whole
+        if engine.containerd_store:  # the run image's manifest came the same way
+            assert run2.tag in report["config_from_save"]
+        else:
+            assert list(report["config_from_save"]) == [app.tag]
+        run_id = json.loads(engine.docker("image", "inspect", run2.tag).stdout)[0]["Id"]
+        assert set(save_events(engine, since)) <= {app_id, run_id}  # read only to the config
+        check_result(engine, tmp_path, app.tag, app, run2)
+        containers = engine.docker("ps", "-aq", "--filter", "label=io.packcache.reader")
+        assert containers.stdout.strip() == b""
+        assert warm_rebase_id(cli, engine, app, run2) == report["new_image_id"]
     finally:
         engine.docker("volume", "rm", "-f", volume)

@@ -15,6 +15,9 @@ in turn. pack's method (--no-cache) pulls them one by one, as pack does.
 
 Remote reads (a publish, which pack does with remote images whatever the policy, and a dry run,
 which changes nothing) read manifests and configs only, never a layer.
+
+On a containerd store packcache writes into, the layers pulled are written into the content
+store as they download (`mirror`), so the builder's load writes only its own new layers.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
 from packcache.jsondoc import check_image_config, strict_loads
 from packcache.operations.importing import import_images
-from packcache.operations.pulling import pull_image
+from packcache.operations.pulling import BlobMirror, pull_remote_images
 from packcache.operations.run_image_fetch import PullPolicy
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
@@ -39,6 +43,7 @@ from packcache.transports.registry import (
     Platform,
     RegistryClients,
 )
+from packcache.transports.registry_pull import RemoteImage, read_image
 
 DAEMON, CACHE, REGISTRY = "daemon", "cache", "registry"
 PARALLEL_IMAGES = 4  # images fetched at once (each fetches up to 4 blobs at once)
@@ -78,6 +83,8 @@ class BuilderFetcher:
     lease: Lease
     remote_only: bool = False  # read manifests and configs, never layers (publish, dry run)
     pack_method: bool = False  # pack's way (--no-cache): docker pull, the cache left alone
+    # Where the layers pulled also go as they arrive: the daemon's containerd, for the load.
+    mirror: BlobMirror | None = None
     pulled: list[PulledImage] = field(default_factory=list)
     fetched: list[FetchedImage] = field(default_factory=list)  # every image() answer
     _prefetched: dict[str, FetchedImage] = field(default_factory=dict, repr=False)
@@ -102,18 +109,47 @@ class BuilderFetcher:
         return self._cached(ref)
 
     def prefetch(self, refs: Iterable[str], what: str) -> None:
-        """Fetch these images at once, for image() to answer from. A failure is left for
-        image() to meet again, in the builder's order, with its own message."""
+        """Fetch these images at once, for image() to answer from: manifests and configs read
+        several at a time, then the layers of every image to pull in one pull (one pool of
+        downloads, one commit). A failure is left for image() to meet again, in the builder's
+        order, with its own message."""
         wanted = [ref for ref in dict.fromkeys(refs) if ref not in self._prefetched]
         if len(wanted) < 2 or self.pack_method or self.policy is PullPolicy.NEVER:
             return
+        first = self._image if self.remote_only else self._unless_pulled
+        for ref in wanted:
+            # Each registry's client made once, here, not by several threads at once.
+            with suppress(UsageError):
+                self.registries.for_name(ImageName.parse(ref))
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
-            futures = {ref: pool.submit(self._image, ref, what) for ref in wanted}
+            futures = {ref: pool.submit(first, ref, what) for ref in wanted}
+        to_pull: dict[str, RemoteImage] = {}
         for ref, future in futures.items():
             if future.exception() is None:
-                self._prefetched[ref] = future.result()
+                found = future.result()
+                if isinstance(found, RemoteImage):
+                    to_pull[ref] = found
+                else:
+                    self._prefetched[ref] = found
             elif not isinstance(future.exception(), PackcacheError):
                 raise future.exception()  # type: ignore[misc]
+        if to_pull:
+            # On a failure each is pulled again by image(), whose error names it.
+            with suppress(PackcacheError):
+                self._prefetched.update(self._pull_images(to_pull, mirrored=True))
+
+    def _unless_pulled(self, ref: str, what: str) -> FetchedImage | RemoteImage:
+        """The image as the policy takes it without a pull, else its manifest and config read
+        for one (a registry's refusal raised as the pull would raise it)."""
+        policy = self.policy
+        if policy is PullPolicy.IF_NOT_PRESENT:
+            if self._has(ref):
+                return self._from_daemon(ref, what)
+            cached = self._cached(ref)
+            if cached is not None:
+                return cached
+        name = ImageName.parse(ref)
+        return read_image(self.registries.for_name(name), name, self.platform)
 
     def _image(self, ref: str, what: str) -> FetchedImage:
         policy = self.policy
@@ -150,7 +186,7 @@ class BuilderFetcher:
             return list(cached.image.diff_ids)
         if policy is not PullPolicy.NEVER:
             try:
-                return list(self._pull(ref).image.diff_ids)
+                return list(self._pull(ref, mirrored=False).image.diff_ids)
             except (NotFoundError, AccessDeniedError) as exc:
                 if not self._has(ref):
                     raise NotFoundError(f"{what} {ref} is not in its registry ({exc})") from exc
@@ -206,24 +242,33 @@ class BuilderFetcher:
                 return FetchedImage(ref, image, CACHE)
         return None
 
-    def _pull(self, ref: str) -> FetchedImage:
+    def _pull(self, ref: str, mirrored: bool = True) -> FetchedImage:
+        """`ref` pulled into the cache (and, `mirrored`, into the mirror: an image whose layers
+        the builder has; a lifecycle image's are re-tarred)."""
         name = ImageName.parse(ref)
-        pulled = pull_image(
-            self.store, self.registries.for_name(name), name, lease=self.lease,
-            platform=self.platform,
+        remote = read_image(self.registries.for_name(name), name, self.platform)
+        return self._pull_images({ref: remote}, mirrored)[ref]
+
+    def _pull_images(
+        self, images: dict[str, RemoteImage], mirrored: bool
+    ) -> dict[str, FetchedImage]:
+        """Pull these images (their manifests and configs read) together, each recorded in
+        the cache."""
+        reports = pull_remote_images(
+            self.store, list(images.values()), lease=self.lease,
+            mirror=self.mirror if mirrored else None,
         )  # fmt: skip
-        self.pulled.append(
-            PulledImage(
-                ref, pulled.manifest_digest, len(pulled.downloaded), pulled.bytes_downloaded
+        fetched = {}
+        for (ref, remote), pulled in zip(images.items(), reports, strict=True):
+            self.pulled.append(
+                PulledImage(
+                    ref, pulled.manifest_digest, len(pulled.downloaded), pulled.bytes_downloaded
+                )
             )
-        )
-        config = self.store.image_config(pulled.config_digest)
-        body = self.store.manifest(pulled.manifest_digest)
-        assert body is not None  # pull_image recorded it
-        document = json.loads(body)
-        manifest = Manifest(pulled.manifest_digest, document.get("mediaType", ""), body, document)
-        image = InspectedImage.from_config(json.loads(config), pulled.config_digest)
-        return FetchedImage(ref, image, REGISTRY, name, manifest)
+            config = json.loads(remote.config)
+            image = InspectedImage.from_config(config, pulled.config_digest)
+            fetched[ref] = FetchedImage(ref, image, REGISTRY, remote.name, remote.manifest)
+        return fetched
 
     def _remote(self, ref: str, what: str) -> FetchedImage:
         """Manifest and config from the registry (never a layer), checked."""

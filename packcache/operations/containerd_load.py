@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from weakref import WeakKeyDictionary
 
 from packcache.archive.load_writer import LoadLayer
@@ -36,12 +40,20 @@ DANGLING_PREFIX = "moby-dangling@"
 # The diffID of a compressed layer blob, as containerd's unpacker labels it after unpacking:
 # set on what we write, so the daemon's builder need not unpack to learn it.
 UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
+PARALLEL_WRITES = 4  # blobs written into containerd at once by a load
 # The value of the address setting that keeps packcache on `docker load`.
 OFF = "off"
 
 # One connection (or the finding that there is none) per daemon client: planners are made
 # several times in one operation, and the fallback is said once.
 _connections: WeakKeyDictionary[Daemon, Containerd | None] = WeakKeyDictionary()
+# The blobs a ContentMirror of this connection wrote, while it is open: a load names them as
+# it names blobs it writes itself, so its image is the one it would be without the mirror.
+_mirrored: WeakKeyDictionary[Containerd, set[str]] = WeakKeyDictionary()
+
+
+def mirrored_blobs(containerd: Containerd) -> set[str]:
+    return _mirrored.get(containerd, set())
 
 
 def daemon_containerd(daemon: Daemon) -> Containerd | None:
@@ -102,24 +114,34 @@ def write_layers(
 ) -> int:
     """Every layer blob of `plan` in the content store and held by `lease`: the ones the plan
     found there are checked again (they could have gone since), the rest written from the
-    cache, each shown as it goes. Returns the bytes written."""
-    written = 0
+    cache, each shown as it goes, several at once. Returns the bytes written."""
     containerd.lease_blobs(lease, [item.digest for item in plan])  # GC may not take them now
     sizes = containerd.blob_sizes(item.digest for item in plan if item.layer is None)
+    to_write: dict[str, LoadLayer] = {}
     for item in plan:
-        if item.layer is None:
-            if sizes[item.digest] != item.size:
-                raise PackcacheError(
-                    f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
-                    "during the load; run the command again"
-                )
-            continue
-        labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
+        if item.layer is not None:
+            to_write.setdefault(item.digest, item)
+        elif sizes[item.digest] != item.size:
+            raise PackcacheError(
+                f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
+                "during the load; run the command again"
+            )
+
+    def write(item: LoadLayer) -> int:
         layer = item.layer
+        assert layer is not None
+        labels = {UNCOMPRESSED_LABEL: item.diff_id} if item.digest != item.diff_id else {}
         chunks = _shown_chunks(layer, progress)
-        if containerd.write_blob(layer.digest, layer.size, chunks, lease, labels):
-            written += layer.size
-    return written
+        return (
+            layer.size
+            if containerd.write_blob(layer.digest, layer.size, chunks, lease, labels)
+            else 0
+        )
+
+    if len(to_write) < 2:
+        return sum(write(item) for item in to_write.values())
+    with ThreadPoolExecutor(max_workers=PARALLEL_WRITES) as pool:
+        return sum(pool.map(write, to_write.values()))
 
 
 def write_image(
@@ -160,3 +182,116 @@ def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
         containerd.put_image(DANGLING_PREFIX + old.target.digest, old.target, labels)
     containerd.put_image(name, target)
     containerd.delete_image(DANGLING_PREFIX + target.digest)  # it has a name now
+
+
+class ContentMirror:
+    """Layer blobs written into the daemon's content store as a pull downloads them, so a
+    load that follows finds them there: each downloaded blob is read once, into the cache and
+    containerd together. `lease` holds them until the image that references them is named
+    (what no image references is then collected when the lease ends)."""
+
+    def __init__(self, containerd: Containerd, lease: str) -> None:
+        self.containerd = containerd
+        self.lease = lease
+        self.written = _mirrored.setdefault(containerd, set())
+
+    def close(self) -> None:
+        _mirrored.pop(self.containerd, None)
+
+    def open(self, digest: str, size: int | None, diff_id: str) -> MirrorWrite | None:
+        """A write of this blob, or None where it needs none (held already, size unknown)."""
+        if size is None:
+            return None
+        try:
+            if self.containerd.blob_size(digest) is not None:
+                return None
+        except ContainerdError as exc:
+            log.info("not copying %s into containerd while it downloads: %s", digest, exc)
+            return None
+        labels = {UNCOMPRESSED_LABEL: diff_id} if digest != diff_id else {}
+        return MirrorWrite(self.containerd, digest, size, self.lease, labels, self.written)
+
+
+class _Aborted(Exception):
+    """The blob's bytes were refused where they were read: containerd must not commit them."""
+
+
+_END, _ABORT = object(), object()
+MIRROR_QUEUE = 8  # chunks waiting for containerd, at most, per blob
+
+
+class MirrorWrite:
+    """One blob streamed into containerd by a thread of its own while its reader goes on. It
+    is committed only by `finish`, once the reader verified the bytes; `abort` drops it. A
+    failed write costs only the shortcut: the load writes the blob from the cache later."""
+
+    def __init__(
+        self,
+        containerd: Containerd,
+        digest: str,
+        size: int,
+        lease: str,
+        labels: dict[str, str],
+        written: set[str],
+    ) -> None:
+        self.digest = digest
+        self._written_into = written
+        self._queue: queue.Queue[object] = queue.Queue(MIRROR_QUEUE)
+        self._done = threading.Event()  # the write has ended, one way or another
+        self._error: BaseException | None = None
+        self._written = False
+        self._thread = threading.Thread(
+            target=self._run, args=(containerd, digest, size, lease, labels), daemon=True
+        )
+        self._thread.start()
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if item is _ABORT:
+                raise _Aborted()
+            yield item  # type: ignore[misc]
+
+    def _run(
+        self, containerd: Containerd, digest: str, size: int, lease: str, labels: dict[str, str]
+    ) -> None:
+        try:
+            self._written = containerd.write_blob(digest, size, self._chunks(), lease, labels)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def _put(self, item: object) -> None:
+        # Never blocks for good: a write that has ended takes nothing more.
+        while not self._done.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, chunk: bytes) -> None:
+        self._put(chunk)
+
+    def finish(self) -> bool:
+        """Commit (containerd checks the digest and size): was it written?"""
+        self._put(_END)
+        self._end()
+        if self._error is not None:
+            log.info("copying %s into containerd failed: %s", self.digest, self._error)
+            return False
+        if self._written:
+            self._written_into.add(self.digest)
+        return self._written
+
+    def abort(self) -> None:
+        self._put(_ABORT)
+        self._end()
+
+    def _end(self) -> None:
+        self._thread.join()
+        with suppress(queue.Full):  # wakes grpc's reader of the requests, if it still waits
+            self._queue.put_nowait(_ABORT)

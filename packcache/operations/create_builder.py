@@ -94,7 +94,7 @@ from packcache.operations.builder_publish import (
     reach_destinations,
 )
 from packcache.operations.importing import import_images
-from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
+from packcache.operations.load_planners import REUSE, SendPolicy, content_mirror, pack_method
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import (
     PullPolicy,
@@ -222,6 +222,9 @@ def create_builder(
                 policy = PullPolicy.IF_NOT_PRESENT
         else:
             platforms = [daemon_platform(daemon.info)]
+        mirror = None
+        if daemon is not None and not (no_cache or dry_run) and policy is not PullPolicy.NEVER:
+            mirror = cleanup.enter_context(content_mirror(daemon))  # held until it is loaded
         reports = []
         for platform in platforms:
             fetcher = BuilderFetcher(
@@ -233,6 +236,7 @@ def create_builder(
                 lease,
                 remote_only=registry.publish or dry_run,
                 pack_method=no_cache,
+                mirror=mirror,
             )
             report = _create(
                 store, fetcher, registry, name, config, extra_labels or {}, no_cache, dry_run,

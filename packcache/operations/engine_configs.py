@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from packcache.archive.save_head import read_config, read_manifest_and_config
 from packcache.digest import sha256_digest
 from packcache.errors import PackcacheError
 from packcache.image.inspected import InspectedImage
@@ -123,6 +124,13 @@ def record_from_engine(store: Store, daemon: Daemon, info: InspectedImage) -> st
         config = daemon.local_image_config(info.id)
         if config is None:
             return None
+    return _record_checked(store, daemon, info, config, manifest)
+
+
+def _record_checked(
+    store: Store, daemon: Daemon, info: InspectedImage, config: bytes, manifest: bytes | None
+) -> str | None:
+    """Record a config (and manifest) read from the engine, if it is the config of `info`."""
     try:
         document = check_image_config(strict_loads(config, "an image config"))
     except DocumentError:
@@ -139,3 +147,26 @@ def record_from_engine(store: Store, daemon: Daemon, info: InspectedImage) -> st
             refs=list(info.repo_tags),
         )
     )
+
+
+def record_from_save_head(
+    store: Store, daemon: Daemon, info: InspectedImage
+) -> tuple[str | None, int]:
+    """Record the daemon image `info` from the head of its `docker save` stream, closed once its
+    config (and manifest) has passed: for a daemon whose storage cannot be read in place. The
+    layers after it in the stream are never received. Returns its config digest (None: not
+    found) and the bytes of the stream read."""
+    try:
+        with daemon.save([info.id]) as stream:
+            if daemon.info.containerd_store:
+                head = read_manifest_and_config(
+                    stream, info.id, lambda index: _platform_manifest(daemon, info, index)
+                )
+            else:
+                head = read_config(stream, info.id)
+    except PackcacheError as exc:
+        log.info("the head of the save of %s gave no config: %s", info.id, exc)
+        return None, 0
+    if head.config is None:
+        return None, head.bytes_read
+    return _record_checked(store, daemon, info, head.config, head.manifest), head.bytes_read

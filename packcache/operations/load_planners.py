@@ -12,14 +12,14 @@ import logging
 import os
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive
 from packcache.errors import NotFoundError, PackcacheError
 from packcache.image import manifest as oci
-from packcache.image.layer import MEDIA_TYPES, chain_ids
+from packcache.image.layer import MEDIA_TYPES, Layer, chain_ids
 from packcache.operations import containerd_load
 from packcache.refs import normalize
 from packcache.store.store import Store
@@ -93,8 +93,14 @@ class LoadPlanner(ABC):
             for index, diff_id in enumerate(diff_ids)
         ]
 
-    def plan(self, diff_ids: list[str], policy: SendPolicy = REUSE) -> list[LoadLayer]:
-        """What to send for each layer: nothing where the daemon holds it, else the cached blob."""
+    def plan(
+        self,
+        diff_ids: list[str],
+        policy: SendPolicy = REUSE,
+        supplied: Mapping[str, Layer] | None = None,
+    ) -> list[LoadLayer]:
+        """What to send for each layer: nothing where the daemon holds it, else the cached blob
+        (or, for a layer the cache lacks, the one `supplied`)."""
         plan = []
         for diff_id, held in zip(diff_ids, self.held(diff_ids, policy), strict=True):
             if held is not None:
@@ -102,7 +108,9 @@ class LoadPlanner(ABC):
                     LoadLayer(diff_id, None, held.digest or diff_id, held.size, held.media_type)
                 )
                 continue
-            layer = self.store.layer(diff_id)
+            layer: Layer | None = self.store.layer(diff_id)
+            if layer is None and supplied is not None:
+                layer = supplied.get(diff_id)
             if layer is None:
                 raise PackcacheError(
                     f"layer {diff_id} is neither in the Docker daemon nor in the cache; "
@@ -252,8 +260,13 @@ class ContainerdApiPlanner(ContainerdPlanner):
     def _held(self, diff_ids: list[str]) -> list[Held | None]:
         recorded = self.store.held_descriptors(self.store.manifests_with_layers(diff_ids))
         forms = [self._blob_forms(diff_id, recorded.get(diff_id)) for diff_id in diff_ids]
+        # A blob a pull of this operation put there is planned as a write (which finds it
+        # there): named as the cache names it, as it is without the mirror.
+        mirrored = containerd_load.mirrored_blobs(self.containerd)
         return [
-            None if found is None else Held(found.digest, found.size, found.media_type)
+            None
+            if found is None or found.digest in mirrored
+            else Held(found.digest, found.size, found.media_type)
             for found in containerd_load.held_blobs(self.containerd, forms)
         ]
 
@@ -309,3 +322,20 @@ def planner_for(store: Store, daemon: Daemon, policy: SendPolicy = REUSE) -> Loa
         if containerd is not None:
             return ContainerdApiPlanner(store, daemon, containerd)
     return ContainerdPlanner(store, daemon)
+
+
+@contextmanager
+def content_mirror(daemon: Daemon) -> Iterator[containerd_load.ContentMirror | None]:
+    """Where a later load would write into the daemon's containerd: a mirror that writes the
+    layer blobs a pull downloads there at once (see containerd_load.ContentMirror), held until
+    this context ends; else None (a graphdriver, or `docker load` on a containerd store)."""
+    containerd = containerd_load.daemon_containerd(daemon) if daemon.info.containerd_store else None
+    if containerd is None:
+        yield None
+        return
+    with containerd.lease() as lease:
+        mirror = containerd_load.ContentMirror(containerd, lease)
+        try:
+            yield mirror
+        finally:
+            mirror.close()

@@ -9,11 +9,13 @@ every layer included. --no-cache runs the same path with pack's send policy.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from packcache.archive.load_writer import LoadLayer
 from packcache.errors import UsageError
 from packcache.image.config import config_diff_ids
+from packcache.image.layer import Layer
 from packcache.operations.load_planners import (
     EVERYTHING,
     REUSE,
@@ -82,10 +84,11 @@ def load_config(
     *,
     lease: Lease | None = None,
     policy: SendPolicy = REUSE,
+    supplied: Mapping[str, Layer] | None = None,
 ) -> LoadReport:
     """Load the image `config` describes: layers the daemon holds are left out as `policy`
-    allows, the rest come from the cache. Recorded in the cache once the daemon holds it
-    complete."""
+    allows, the rest come from the cache (or, those it lacks, from `supplied`: layers read as
+    they are sent). Recorded in the cache once the daemon holds it complete."""
     start = time.perf_counter()
     tags = [familiar(normalize(tag)) for tag in tags]  # docker load wants name:tag
     diff_ids = config_diff_ids(config)
@@ -93,7 +96,7 @@ def load_config(
         lease.add(diff_ids)
     planner = planner_for(store, daemon, policy)
     with planner.replaced_images_kept(tags):
-        loaded = _load_until_complete(planner, config, diff_ids, tags, policy)
+        loaded = _load_until_complete(planner, config, diff_ids, tags, policy, supplied)
     manifest = loaded.archive.manifest
     store.record_image(
         ImageRecord(
@@ -120,12 +123,17 @@ def load_config(
 
 
 def _load_until_complete(
-    planner: LoadPlanner, config: bytes, diff_ids: list[str], tags: list[str], policy: SendPolicy
+    planner: LoadPlanner,
+    config: bytes,
+    diff_ids: list[str],
+    tags: list[str],
+    policy: SendPolicy,
+    supplied: Mapping[str, Layer] | None = None,
 ) -> _Loaded:
     """Load as `policy` says; if the daemon then does not hold the image complete and some
     layer was left out, load again with every layer included."""
     for attempt in (policy, EVERYTHING):
-        plan = planner.plan(diff_ids, attempt)
+        plan = planner.plan(diff_ids, attempt, supplied)
         archive, sent = planner.load(config, plan, tags)
         if all(planner.verify(tag, archive, diff_ids) for tag in tags):
             return _Loaded(archive, plan, sent, full_reload=attempt is not policy)

@@ -6,12 +6,17 @@ many images share it); stream them into the store several at a time, each blob's
 its diffID (from the config) verified in the same pass; commit them together, then record
 each image. Nothing is recorded unless every layer arrived whole: a failure leaves the cache
 as it was.
+
+Given a `BlobMirror` (the daemon's containerd content store, for a load that follows), each
+blob downloaded is also streamed there as it is read, and committed there only once the store
+verified it: one read of each blob fills both.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
 
 from packcache.errors import PackcacheError
 from packcache.progress import NO_PROGRESS, Progress
@@ -28,6 +33,32 @@ from packcache.transports.registry import (
 from packcache.transports.registry_pull import RemoteImage, read_image
 
 PARALLEL_BLOBS = 4
+
+
+class MirrorWrite(Protocol):
+    def write(self, chunk: bytes) -> None: ...
+    def finish(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
+class BlobMirror(Protocol):
+    """Somewhere else each downloaded blob goes (containerd_load.ContentMirror)."""
+
+    def open(self, digest: str, size: int | None, diff_id: str) -> MirrorWrite | None: ...
+
+
+class _Copied:
+    """A blob reader that hands every chunk read to `copy` too."""
+
+    def __init__(self, source: BinaryIO, copy: MirrorWrite) -> None:
+        self._source = source
+        self._copy = copy
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._source.read(n)
+        if chunk:
+            self._copy.write(chunk)
+        return chunk
 
 
 @dataclass
@@ -75,14 +106,28 @@ def _plan(images: list[RemoteImage], lease: Lease) -> tuple[list[PullReport], li
     return reports, fetches
 
 
-def _download(store: Store, fetches: list[_Fetch], parallel: int) -> list[StagedBlob]:
+def _download(
+    store: Store, fetches: list[_Fetch], parallel: int, mirror: BlobMirror | None = None
+) -> list[StagedBlob]:
     """Stage every layer, `parallel` at once; on a failure the rest not begun are dropped,
     what was staged is discarded and the first error raised."""
 
     def fetch(job: _Fetch) -> StagedBlob:
         repository, digest = job.image.name.repository, job.layer["digest"]
-        with job.image.client.open_blob(repository, digest, job.layer.get("size")) as blob:
-            return store.stage(blob, expected_digest=digest, expected_diff_id=job.diff_id)
+        size = job.layer.get("size")
+        with job.image.client.open_blob(repository, digest, size) as blob:
+            copy = None if mirror is None else mirror.open(digest, size, job.diff_id)
+            if copy is None:
+                return store.stage(blob, expected_digest=digest, expected_diff_id=job.diff_id)
+            try:
+                staged = store.stage(
+                    _Copied(blob, copy), expected_digest=digest, expected_diff_id=job.diff_id
+                )  # type: ignore[arg-type]
+            except BaseException:
+                copy.abort()
+                raise
+            copy.finish()
+            return staged
 
     staged: list[StagedBlob] = []
     errors: list[BaseException] = []
@@ -103,11 +148,16 @@ def _download(store: Store, fetches: list[_Fetch], parallel: int) -> list[Staged
 
 
 def pull_remote_images(
-    store: Store, images: list[RemoteImage], *, lease: Lease, parallel: int = PARALLEL_BLOBS
+    store: Store,
+    images: list[RemoteImage],
+    *,
+    lease: Lease,
+    parallel: int = PARALLEL_BLOBS,
+    mirror: BlobMirror | None = None,
 ) -> list[PullReport]:
     """Fetch the layers of `images` the cache lacks and record the images (module doc)."""
     reports, fetches = _plan(images, lease)
-    staged = _download(store, fetches, parallel)
+    staged = _download(store, fetches, parallel, mirror)
     try:
         if staged:
             store.commit_staged_many(staged, lease=lease)
@@ -141,10 +191,11 @@ def pull_image(
     lease: Lease,
     platform: Platform = DEFAULT_PLATFORM,
     parallel: int = PARALLEL_BLOBS,
+    mirror: BlobMirror | None = None,
 ) -> PullReport:
     """Fetch `name` (on `client`'s registry) into `store` and record it."""
     image = read_image(client, name, platform)
-    return pull_remote_images(store, [image], lease=lease, parallel=parallel)[0]
+    return pull_remote_images(store, [image], lease=lease, parallel=parallel, mirror=mirror)[0]
 
 
 def pull_images(

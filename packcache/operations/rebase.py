@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,17 +20,18 @@ from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image import cnb
 from packcache.image.cnb import LifecycleMetadata
 from packcache.image.inspected import InspectedImage
-from packcache.operations.engine_configs import record_from_engine
+from packcache.operations.engine_configs import record_from_engine, record_from_save_head
 from packcache.operations.importing import cached_config, import_images
 from packcache.operations.launch_layers import (
     CACHE,
     EVERY_LAUNCH_CACHE,
     SAVE,
+    DeferredLaunch,
     LaunchChoice,
     fill_from_host,
 )
 from packcache.operations.load_planners import REUSE, SendPolicy, pack_method, planner_for
-from packcache.operations.loading import base_image_needed, load_config
+from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import (
     ImageFetch,
     RebaseFetch,
@@ -67,6 +68,9 @@ class RebaseReport:
     # Where each app layer came from: cache, launch-cache or docker save.
     layer_sources: dict[str, str] = field(default_factory=dict)
     launch_cache_problems: list[str] = field(default_factory=list)  # entries skipped
+    # Images whose save stream was read only until their config passed (the daemon's storage
+    # is not readable from here), with the bytes read.
+    config_from_save: dict[str, int] = field(default_factory=dict)
     load_method: str = ""  # "containerd" (written into its content store) or "docker load"
     run_image_fetch: ImageFetch | None = None  # how --pull-policy got the run image
     app_image_fetch: ImageFetch | None = None  # and the app image
@@ -299,18 +303,24 @@ def _cache_images(
     policy: SendPolicy,
     lease: Lease | None,
     launch: LaunchChoice,
-) -> str | None:
+) -> tuple[str | None, DeferredLaunch | None]:
     """Make sure `source` can give the app's config and layers and the run image's layers
     as the load needs them: from the daemon's storage and the launch caches where they can,
     else one `docker save` of each image still lacking (in a dry run, only noted). Returns
-    the app's config digest (None in a dry run that would save the app)."""
+    the app's config digest (None in a dry run that would save the app), and the launch-cache
+    layers to read as the load sends them."""
     app_config_digest = cached_config(source, images.app, images.app_layers, lease)
     sources = dict.fromkeys(images.app_layers, CACHE) if app_config_digest else {}
+    deferred = None
     if app_config_digest is None and not report.dry_run and policy is REUSE:
-        found = fill_from_host(source, daemon, images.app, images.app_layers, launch, lease=lease)
-        sources = found.sources
+        found = fill_from_host(
+            source, daemon, images.app, images.app_layers, launch, lease=lease, defer=True
+        )
+        sources, deferred = found.sources, found.deferred
         report.launch_cache_problems = found.launch.notes()
         app_config_digest = found.config_digest
+        if found.save_head_bytes is not None:
+            report.config_from_save[report.image] = found.save_head_bytes
     if app_config_digest is None:
         if not report.dry_run:
             import_images(source, daemon, [report.image], lease=lease)
@@ -318,19 +328,79 @@ def _cache_images(
         report.saved.append(report.image)
     if not report.dry_run:
         report.layer_sources = {d: sources.get(d, SAVE) for d in images.app_layers}
+    try:
+        _cache_run_image(source, daemon, images, report, policy=policy, lease=lease)
+    except BaseException:
+        if deferred is not None:
+            deferred.finish(lease)
+        raise
+    return app_config_digest, deferred
+
+
+def _cache_run_image(
+    source: Store,
+    daemon: Daemon,
+    images: _Images,
+    report: RebaseReport,
+    *,
+    policy: SendPolicy,
+    lease: Lease | None,
+) -> None:
+    """Make sure the load can name or send the run image's layers: from the daemon's storage
+    (or the head of a save), else a `docker save` of it."""
     run_layers = list(images.run.diff_ids)
     # A run image read from the cache is there whole: its layers are sent from it.
     needed = not images.run_in_cache and base_image_needed(source, daemon, run_layers, policy)
     # On a containerd store the run image's manifest, read from the daemon's content store,
     # names the blobs to reference: no save needed for that.
     reusing = policy is REUSE and not report.dry_run
-    if needed and reusing and record_from_engine(source, daemon, images.run) is not None:
-        needed = base_image_needed(source, daemon, run_layers, policy)
+    if needed and reusing:
+        recorded = record_from_engine(source, daemon, images.run)
+        if recorded is None:  # the daemon's storage is not readable from here
+            recorded, head_bytes = record_from_save_head(source, daemon, images.run)
+            report.config_from_save[images.run_ref] = head_bytes
+        needed = recorded is None or base_image_needed(source, daemon, run_layers, policy)
     if needed:
         if not report.dry_run:
             import_images(source, daemon, [images.run_ref], lease=lease)
         report.saved.append(images.run_ref)
-    return app_config_digest
+
+
+def _load_rebased(
+    source: Store,
+    daemon: Daemon,
+    config: bytes,
+    report: RebaseReport,
+    deferred: DeferredLaunch | None,
+    *,
+    lease: Lease | None,
+    policy: SendPolicy,
+) -> LoadReport:
+    """Load the new image. Launch-cache layers the cache lacks are read as they are sent, into
+    the daemon and the cache at once; should one not be what its name claims, that load stops
+    before its archive is complete, the app image is saved as before and loaded again. (A
+    layer the daemon holds is not sent: it is read into the cache afterwards, and a bad one
+    also leads to the save.)"""
+    if deferred is None:
+        return load_config(source, daemon, config, [report.tag], lease=lease, policy=policy)
+    loaded = None
+    try:
+        loaded = load_config(
+            source, daemon, config, [report.tag], lease=lease, policy=policy,
+            supplied=deferred.layers(),
+        )  # fmt: skip
+    except PackcacheError:
+        if not deferred.bad:
+            raise
+    finally:
+        report.launch_cache_problems += deferred.finish(lease).notes()
+    if deferred.bad:  # what they should have given comes from a save, as without them
+        report.layer_sources.update(dict.fromkeys(deferred.bad, SAVE))
+        import_images(source, daemon, [report.image], lease=lease)
+        report.saved.append(report.image)
+    if loaded is None:
+        loaded = load_config(source, daemon, config, [report.tag], lease=lease, policy=policy)
+    return loaded
 
 
 def _plan_only(source: Store, daemon: Daemon, images: _Images, report: RebaseReport) -> None:
@@ -400,10 +470,12 @@ def rebase(
     # and sends everything but the run image's layers, where the daemon's store allows.
     policy = pack_method(len(images.run.diff_ids)) if no_cache else REUSE
     lease = None if no_cache else lease
-    with _pack_method_store() if no_cache else nullcontext(store) as source:
-        app_config_digest = _cache_images(
+    with _pack_method_store() if no_cache else nullcontext(store) as source, ExitStack() as stack:
+        app_config_digest, deferred = _cache_images(
             source, daemon, images, report, policy=policy, lease=lease, launch=launch
         )
+        if deferred is not None:  # let go of the launch caches whatever happens
+            stack.callback(deferred.finish, lease)
         clock.lap("save+import")
         if dry_run or app_config_digest is None:
             _plan_only(source, daemon, images, report)
@@ -418,7 +490,9 @@ def rebase(
             force,
         )
         clock.lap("config")
-        loaded = load_config(source, daemon, new_config, [report.tag], lease=lease, policy=policy)
+        loaded = _load_rebased(
+            source, daemon, new_config, report, deferred, lease=lease, policy=policy
+        )
         clock.lap("load")
     report.new_image_id = loaded.image_id
     report.layers_sent = loaded.layers_sent

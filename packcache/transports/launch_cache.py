@@ -19,7 +19,7 @@ import stat
 import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -49,6 +49,9 @@ MAX_ENTRIES = 10_000  # files in committed/: a build has tens of layers
 MAX_LAYER = 1 << 40  # bytes one layer file may claim
 # Where the reading container mounts the volume: a path no image has, so nothing is copied up.
 MOUNT_TARGET = "/packcache-launch-cache"
+# Go's os.ModeType (dir, symlink, device, named pipe, socket, char device, irregular): the
+# archive endpoint's stat reports a file's mode as Go's os.FileMode.
+_GO_TYPE_BITS = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
 
 
 class LaunchCacheError(PackcacheError):
@@ -175,6 +178,16 @@ class Reader(ABC):
         """Each committed layer (of those `wanted`, if given) with a stream of its bytes,
         readable until the next one is asked for. Bad files are noted in `listing`."""
 
+    @abstractmethod
+    def locate(self, wanted: set[str]) -> dict[str, Entry]:
+        """The committed layers of those `wanted` that this cache has, found without reading
+        them (bad files noted in `listing`)."""
+
+    @abstractmethod
+    def open_layer(self, entry: Entry) -> AbstractContextManager[BinaryIO]:
+        """The bytes of one located layer (at most the size it had when located); raises
+        LaunchCacheError when it is gone or no longer a regular file."""
+
     def _entry(self, name: str, size: int, regular: bool) -> Entry | None:
         """The entry a committed file's name and kind make, or None (noted) if it is not one."""
         match = ENTRY_NAME.match(name)
@@ -241,16 +254,59 @@ class DirectoryReader(Reader):
                 names.append(item.name)
         return sorted(names)
 
-    def _files(self, committed: int, wanted: set[str] | None) -> Iterator[tuple[Entry, BinaryIO]]:
-        # Every name is looked at (a stray file is reported), only the wanted ones are read.
+    def locate(self, wanted: set[str]) -> dict[str, Entry]:
+        with self._committed(note_in_use=True) as committed:
+            return {entry.diff_id: entry for entry in self._entries(committed, wanted)}
+
+    @contextmanager
+    def open_layer(self, entry: Entry) -> Iterator[BinaryIO]:
+        with self._committed() as committed:
+            name = f"{entry.diff_id}.tar"
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=committed)
+            except OSError as exc:
+                raise LaunchCacheError(f"{COMMITTED}/{name} cannot be opened: {exc}") from exc
+            with os.fdopen(fd, "rb", buffering=0) as file:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise LaunchCacheError(f"{COMMITTED}/{name} is no longer a regular file")
+                yield _Bounded(file, entry.size, name)  # type: ignore[misc]
+
+    @contextmanager
+    def _committed(self, *, note_in_use: bool = False) -> Iterator[int]:
+        """committed/ as a descriptor, reached without following a link."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        try:
+            root = os.open(self.path, flags)
+        except OSError as exc:
+            raise LaunchCacheError(f"cannot read launch cache {self.cache.name}: {exc}") from exc
+        try:
+            if note_in_use:
+                self._note_in_use(root)
+            try:
+                committed = os.open(COMMITTED, flags, dir_fd=root)
+            except OSError as exc:
+                raise LaunchCacheError(f"{self.cache.name}: no {COMMITTED} directory") from exc
+            try:
+                yield committed
+            finally:
+                os.close(committed)
+        finally:
+            os.close(root)
+
+    def _entries(self, committed: int, wanted: set[str] | None) -> Iterator[Entry]:
+        """Every name is looked at (a stray file is reported), only the wanted are given."""
         for name in self._names(committed):
             try:
                 info = os.stat(name, dir_fd=committed, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # gone meanwhile
             entry = self._entry(name, info.st_size, stat.S_ISREG(info.st_mode))
-            if entry is None or (wanted is not None and entry.diff_id not in wanted):
-                continue
+            if entry is not None and (wanted is None or entry.diff_id in wanted):
+                yield entry
+
+    def _files(self, committed: int, wanted: set[str] | None) -> Iterator[tuple[Entry, BinaryIO]]:
+        for entry in self._entries(committed, wanted):
+            name = f"{entry.diff_id}.tar"
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=committed)
             except OSError as exc:
@@ -295,6 +351,35 @@ class VolumeReader(Reader):
             if found is None:
                 continue
             yield from self._stream(f"{root}/{COMMITTED}/{diff_id}.tar", whole_dir=False)
+
+    def locate(self, wanted: set[str]) -> dict[str, Entry]:
+        self._note_in_use(MOUNT_TARGET)
+        found = {}
+        for diff_id in sorted(wanted):
+            name = f"{diff_id}.tar"
+            path = f"{MOUNT_TARGET}/{COMMITTED}/{name}"
+            stat_ = self.daemon.path_stat(self.container or "", path)
+            if stat_ is None:
+                continue
+            mode, size = stat_.get("mode"), stat_.get("size")
+            # Go's os.FileMode: any of the type bits set means not a regular file.
+            regular = isinstance(mode, int) and mode & _GO_TYPE_BITS == 0
+            entry = self._entry(name, size if isinstance(size, int) else -1, regular)
+            if entry is not None and entry.size >= 0:
+                found[diff_id] = entry
+        return found
+
+    @contextmanager
+    def open_layer(self, entry: Entry) -> Iterator[BinaryIO]:
+        path = f"{MOUNT_TARGET}/{COMMITTED}/{entry.diff_id}.tar"
+        layers = self._stream(path, whole_dir=False)
+        try:
+            found = next(layers, None)
+            if found is None or found[0] != entry:
+                raise LaunchCacheError(f"{path} changed since it was located")
+            yield found[1]
+        finally:
+            layers.close()
 
     def _note_in_use(self, root: str) -> None:
         """Is anything in staging/ or committed-backup/? Only the first headers are read."""

@@ -12,7 +12,9 @@ in the daemon:
   `create-builder --no-cache --pull-policy never` (a `docker save` per buildpackage, the
   builder loaded with every layer but the build image's, as pack does);
 - packcache, empty cache: `create-builder --pull-policy always` (blobs straight from the
-  registry into the cache, the daemon sent only the layers it lacks);
+  registry into the cache, all images' layers in one pull, the daemon sent only the layers it
+  lacks; on a containerd store the blobs are written into its content store as they download,
+  so the load writes only the builder's own layers);
 - packcache, the cache of the previous run (manifests read again, no layer downloaded).
 
 Every command is a fresh process, start-up included. Printed, never asserted.
