@@ -1126,6 +1126,14 @@ def create_builder_command(
             help="With --from-builder: as pack build's --buildpack (sets the order's group).",
         ),
     ] = None,
+    extensions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--extension",
+            metavar="URI",
+            help="With --from-builder: as pack build's --extension (sets the extension order).",
+        ),
+    ] = None,
     env: Annotated[
         list[str] | None,
         typer.Option(
@@ -1179,11 +1187,20 @@ def create_builder_command(
     ] = None,
     targets: Annotated[
         list[str] | None,
-        typer.Option("--target", "-t", metavar="OS/ARCH", help="The daemon's platform only."),
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="OS/ARCH",
+            help="The daemon's platform; with --publish, several make an index.",
+        ),
     ] = None,
     append_image_name_suffix: Annotated[
         bool,
-        typer.Option("--append-image-name-suffix", help="With --publish only (ignored here)."),
+        typer.Option(
+            "--append-image-name-suffix",
+            help="With --publish and several targets: each platform's builder is also pushed "
+            "under NAME's tag with -OS-ARCH appended (pack's naming).",
+        ),
     ] = False,
     dry_run: DryRunOption = False,
     report_file: ReportOption = None,
@@ -1214,13 +1231,16 @@ def create_builder_command(
             publish,
             pack_config.lifecycle_image,
         )
-        derived = _derived_request(config, from_builder, buildpacks, env, order, run_image)
-        if derived is not None and (tags or flatten or targets or append_image_name_suffix):
+        derived = _derived_request(
+            config, from_builder, buildpacks, env, order, run_image, extensions
+        )
+        if derived is not None and (flatten or targets or append_image_name_suffix):
+            raise UsageError("--flatten, --target and --append-image-name-suffix go with --config")
+        if derived is not None and tags and not publish:
             raise UsageError(
-                "--tag, --flatten, --target and --append-image-name-suffix go with --config"
+                "--tag with --from-builder needs --publish (--tag, --flatten, --target and "
+                "--append-image-name-suffix go with --config)"
             )
-        if derived is not None and publish:
-            raise UsageError("--publish goes with --config")
         options = builder_options(
             tags or [], flatten or [], targets or [], append_image_name_suffix
         )
@@ -1240,7 +1260,10 @@ def create_builder_command(
                 progress=shown,
             )
             if derived is not None:
-                report = derive_builder(store, ctx.obj.daemon(shown), name, derived, **common)
+                report = derive_builder(
+                    store, ctx.obj.daemon(shown), name, derived, registry=registry,
+                    tags=options.tags, **common,
+                )  # fmt: skip
             else:
                 daemon = None if publish else ctx.obj.daemon(shown)
                 report = create_builder(
@@ -1295,6 +1318,7 @@ def _derived_request(
     env: list[str] | None,
     order: list[str] | None,
     run_image: str | None,
+    extensions: list[str] | None = None,
 ) -> "DerivedBuilderRequest | None":
     """What --from-builder and its options ask for (None for a builder.toml), checked."""
     from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
@@ -1305,14 +1329,17 @@ def _derived_request(
     if config is not None and from_builder is not None:
         raise UsageError("--config and --from-builder do not go together")
     if from_builder is None:
-        if buildpacks or env or order or run_image:
-            raise UsageError("--buildpack, --env, --order and --run-image need --from-builder")
+        if buildpacks or env or order or run_image or extensions:
+            raise UsageError(
+                "--buildpack, --extension, --env, --order and --run-image need --from-builder"
+            )
         return None
     if order:
         parse_order(order)
     return DerivedBuilderRequest(
         from_builder=from_builder,
         buildpacks=list(buildpacks or []),
+        extensions=list(extensions or []),
         env=parse_env(env or []),
         order=list(order) if order else None,
         run_image=run_image,

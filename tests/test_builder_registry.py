@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from packcache.transports.registry import DOCKER_MANIFEST, OCI_INDEX, ImageName
+from packcache.transports.registry import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, ImageName
 from tests import builder_fixtures as fx
 from tests.engines import images
 from tests.engines.harness import Engine
@@ -394,16 +394,9 @@ def push_index(host: str, repository: str, tags: list[str], index_tag: str) -> N
     put.raise_for_status()
 
 
-def test_publish_for_two_platforms_pushes_an_index(
-    cli, engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path
-) -> None:
-    """pack's multi-arch builder: one builder per platform, pushed by digest, and an OCI index
-    naming them under the tag; each builder is made of its platform's build image."""
-    from packcache.builder.config import read_config
-    from packcache.operations.create_builder import Registry, create_builder
-    from packcache.store.store import Store
-    from packcache.transports.registry import Platform, RegistryOptions
-
+def two_platforms(engine: Engine, remote: Remote, tmp_path: Path):
+    """builder.toml naming a build image index of two platforms (the native one and another)
+    in the registry: (toml, native, other, the other build image)."""
     native = images.docker_arch()
     other = "arm64" if native != "arm64" else "amd64"
     host = remote.host
@@ -420,6 +413,21 @@ def test_publish_for_two_platforms_pushes_an_index(
     push_index(host, build_repo, ["1", "other"], "multi")
     toml = tmp_path / "multi.toml"
     toml.write_text(remote.toml.read_text().replace(remote.build, f"{host}/{build_repo}:multi"))
+    return toml, native, other, built
+
+
+def test_publish_for_two_platforms_pushes_an_index(
+    cli, engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path
+) -> None:
+    """pack's multi-arch builder: one builder per platform, pushed by digest, and an OCI index
+    naming them under the tag; each builder is made of its platform's build image."""
+    from packcache.builder.config import read_config
+    from packcache.operations.create_builder import Registry, create_builder
+    from packcache.store.store import Store
+    from packcache.transports.registry import Platform, RegistryOptions
+
+    toml, native, other, built = two_platforms(engine, remote, tmp_path)
+    host = remote.host
     target = f"{host}/t/multi-{uuid.uuid4().hex[:8]}:1"
     platforms = (Platform("linux", native), Platform("linux", other))
     report = create_builder(
@@ -455,6 +463,117 @@ def test_publish_for_two_platforms_pushes_an_index(
     assert again["published"]["media_type"] == OCI_INDEX
     assert again["published"]["platforms"] == published.platforms
     assert again["published"]["digest"] == published.digest
+
+
+def manifest_digest(host: str, ref_path: str, accept: str = DOCKER_MANIFEST) -> str | None:
+    """The digest the registry serves for repository:reference (None if it has none)."""
+    repository, _, reference = ref_path.rpartition(":")
+    accepted = f"{accept}, {DOCKER_MANIFEST}, {OCI_MANIFEST}, {OCI_INDEX}"
+    got = requests.head(f"http://{host}/v2/{repository}/manifests/{reference}",
+                        headers={"Accept": accepted}, timeout=30)  # fmt: skip
+    return got.headers["Docker-Content-Digest"] if got.status_code == 200 else None
+
+
+def test_publish_with_tags_pushes_the_same_builder_to_each(
+    cli, engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path
+) -> None:
+    """pack's --tag with --publish: the builder's manifest under NAME and every tag, blobs
+    mounted from NAME's repository for a tag in another repository of the registry."""
+    repo = f"t/builder-{uuid.uuid4().hex[:8]}"
+    target = f"{remote.host}/{repo}:1"
+    same_repo, other_repo = f"{remote.host}/{repo}:stable", f"{remote.host}/{repo}-b/x:2"
+    report = ok(create(cli, engine, target, remote.toml, remote.host, "--publish",
+                       "--tag", same_repo, "--tag", other_repo))  # fmt: skip
+    published = report["published"]
+    digest = published["digest"]
+    assert published["tags"] == {same_repo: digest, other_repo: digest}
+    for ref in (target, same_repo, other_repo):
+        assert manifest_digest(remote.host, ref.removeprefix(f"{remote.host}/")) == digest
+    # The other repository's blobs came by mount (every one of them, config included), so
+    # nothing was uploaded twice.
+    layers = len(report["diff_ids"])
+    assert len(published["uploaded"]) == len(set(published["uploaded"]))
+    assert len(published["mounted"]) >= layers + 1
+    # Pulled back under the tag in the other repository: the builder NAME names.
+    engine.docker("pull", other_repo)
+    try:
+        assert inspect(engine, other_repo)["RootFS"]["Layers"] == report["diff_ids"]
+    finally:
+        engine.docker("rmi", other_repo)
+    # A digest is no tag to push to: refused before anything is read or pushed.
+    refused = create(cli, engine, target, remote.toml, remote.host, "--publish",
+                     "--tag", f"{remote.host}/{repo}@sha256:{'0' * 64}")  # fmt: skip
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert "--tag needs a tag to push to" in refused.stderr
+
+
+def test_append_image_name_suffix_tags_each_platform_as_pack_names_it(
+    cli, engine: Engine, registries: RegistrySet, remote: Remote, tmp_path: Path
+) -> None:
+    """With several targets: each platform's builder under NAME's tag with -os-arch appended
+    (pack's name.AppendSuffix), the index under NAME and each --tag."""
+    from packcache.operations.builder_publish import append_suffix
+    from packcache.transports.registry import Platform
+
+    assert str(append_suffix(ImageName.parse("r.test/b"), Platform("linux", "arm", "v7"))) == (
+        "r.test/b:linux-arm-v7"
+    )  # `latest` is replaced, another tag is kept
+    toml, native, other, _ = two_platforms(engine, remote, tmp_path)
+    host = remote.host
+    repo = f"t/suffixed-{uuid.uuid4().hex[:8]}"
+    tag = f"{host}/{repo}-more:edge"
+    report = ok(create(cli, engine, f"{host}/{repo}:1", toml, host, "--publish",
+                       "--target", f"linux/{native}", "--target", f"linux/{other}",
+                       "--append-image-name-suffix", "--tag", tag))  # fmt: skip
+    published = report["published"]
+    assert published["media_type"] == OCI_INDEX
+    for architecture in (native, other):
+        digest = published["platforms"][f"linux/{architecture}"]
+        assert manifest_digest(host, f"{repo}:1-linux-{architecture}") == digest
+        # the tag's repository holds each platform's manifest too, by digest
+        got = requests.get(f"http://{host}/v2/{repo}-more/manifests/{digest}",
+                           headers={"Accept": DOCKER_MANIFEST}, timeout=30)  # fmt: skip
+        assert got.status_code == 200
+    index_digest = published["digest"]
+    assert manifest_digest(host, f"{repo}:1", OCI_INDEX) == index_digest
+    assert published["tags"] == {tag: index_digest}
+    assert manifest_digest(host, f"{repo}-more:edge", OCI_INDEX) == index_digest
+    # Pulled on this engine, the tag gives the native builder.
+    engine.docker("pull", tag)
+    try:
+        pulled = inspect(engine, tag)
+        assert pulled["Architecture"] == native
+        native_config = requests.get(
+            f"http://{host}/v2/{repo}/manifests/{published['platforms'][f'linux/{native}']}",
+            headers={"Accept": DOCKER_MANIFEST}, timeout=30,
+        ).json()["config"]["digest"]  # fmt: skip
+        assert pulled["Id"] == native_config or engine.containerd_store
+    finally:
+        engine.docker("rmi", tag)
+    # Without --append-image-name-suffix no platform tag is made.
+    plain = f"{host}/{repo}-plain:1"
+    ok(create(cli, engine, plain, toml, host, "--publish", "--target",
+              f"linux/{native},linux/{other}"))  # fmt: skip
+    assert manifest_digest(host, f"{repo}-plain:1-linux-{native}") is None
+
+
+def test_publish_to_an_unreachable_registry_fails_first(
+    cli, engine: Engine, remote: Remote, tmp_path: Path
+) -> None:
+    """NAME's registry (or a --tag's) not answering: one message before anything is read,
+    the cache as it was."""
+    from tests.registries.harness import free_port
+
+    gone = f"127.0.0.1:{free_port()}"
+    before = cli("ls", "--format", "json").json()
+    for name, tags in ((f"{gone}/t/b:1", ()), (f"{remote.host}/t/b:1", ("--tag", f"{gone}/t/b:2"))):
+        result = create(cli, engine, name, remote.toml, remote.host, "--publish",
+                        "--insecure-registry", gone, *tags)  # fmt: skip
+        assert result.exit_code == 1, result.stderr
+        assert result.stderr.startswith("packcache: error:") and gone in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert cli("ls", "--format", "json").json() == before
+    assert manifest_digest(remote.host, "t/b:1") is None
 
 
 def test_dry_run_reads_manifests_and_configs_only(cli, engine: Engine, remote: Remote) -> None:

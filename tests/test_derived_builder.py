@@ -279,6 +279,247 @@ def test_order_and_run_image_options(cli, via_containerd: Engine, tmp_path) -> N
     assert labels[key] == base_labels[key]
 
 
+def test_extensions_equal_a_full_create_builder(cli, via_containerd: Engine, tmp_path) -> None:
+    """pack build's --extension: each extension added (an extension package image, a
+    directory), the extension order replaced by one group with the last given first (pack's
+    prependBuildpackToOrder), the builder's order written again: label for label what a full
+    create-builder with those [[extensions]] and [[order-extensions]] gives."""
+    from tests.test_builder_pack_flags import (
+        EXTENSIONS_LIFECYCLE,
+        extension_root,
+        load_extension_package,
+        make_extension,
+    )
+
+    engine = via_containerd
+    inputs = make_inputs(engine, tmp_path)
+    fx.write_lifecycle(tmp_path / "lifecycle.tgz", toml=EXTENSIONS_LIFECYCLE)
+    base = fx.unique("base-builder")
+    create(cli, engine, base, inputs.toml)
+    from_image, from_dir = make_extension("test/ext-a"), make_extension("test/ext-b", "2.0.0")
+    ext_ref = fx.unique("ext-package")
+    ext_diff_id = load_extension_package(engine, tmp_path, ext_ref, from_image)
+    folder = fx.write_directory(from_dir, tmp_path / "ext-b")
+    name = fx.unique("derived-ext")
+    report = derive(
+        cli, engine, name, base, "--extension", f"docker://{ext_ref}", "--extension", str(folder)
+    )  # fmt: skip
+    assert report["order_replaced"] is False
+    assert [(b["id"], b["module"]) for b in report["buildpacks"]] == [
+        ("test/ext-a", "extension"), ("test/ext-b", "extension"),
+    ]  # fmt: skip
+
+    def info(ext: fx.Buildpack) -> dict:
+        """Its ModuleInfo as pack reads it: the package image's label has no name."""
+        name = {} if ext is from_image else {"name": f"Ext {ext.id}"}
+        return {"id": ext.id, **name, "version": ext.version}
+
+    text = inputs.toml.read_text()
+    head, _, tail = text.partition("\n[build]")
+    head += f'\n[[extensions]]\n  uri = "docker://{ext_ref}"\n'
+    head += f'\n[[extensions]]\n  uri = "{folder}"\n'
+    head += _group_toml([info(from_dir), info(from_image)]).replace("order", "order-extensions")
+    full_path = tmp_path / "full-with-extensions.toml"
+    full_path.write_text(head + "\n[build]" + tail)
+    full_name = fx.unique("full-ext")
+    create(cli, engine, full_name, full_path)
+    derived, full = inspect(engine, name), inspect(engine, full_name)
+    assert derived["Config"]["Labels"] == full["Config"]["Labels"]
+    labels = derived["Config"]["Labels"]
+    assert json.loads(labels["io.buildpacks.buildpack.order-extensions"]) == [
+        {"group": [info(from_dir), info(from_image)]}
+    ]
+    ext_layers = json.loads(labels["io.buildpacks.extension.layers"])
+    assert ext_layers["test/ext-a"]["1.0.0"]["layerDiffID"] == ext_diff_id
+    # Layers: the base builder's, then dirs, the two extensions, order, stack, run, env: the
+    # full builder's layers for them (the build-config env layer is the base builder's).
+    base_layers = inspect(engine, base)["RootFS"]["Layers"]
+    layers, full_layers = derived["RootFS"]["Layers"], full["RootFS"]["Layers"]
+    assert layers[: len(base_layers)] == base_layers
+    dirs = full_layers[len(inputs.build["RootFS"]["Layers"])]
+    assert layers[len(base_layers) :] == [dirs, *full_layers[-7:-2], full_layers[-1]]
+    assert layers[len(base_layers) + 1] == ext_diff_id
+    assert report["saved_builder"] is False and report["imported"] == [ext_ref]
+    assert cat(engine, name, "/cnb/order.toml") == cat(engine, full_name, "/cnb/order.toml")
+    order_toml = tomllib.loads(cat(engine, name, "/cnb/order.toml").decode())
+    assert order_toml["order-extensions"] == [{"group": [info(from_dir), info(from_image)]}]
+    assert len(order_toml["order"]) == 2  # the builder's order, written again
+    for ext in (from_image, from_dir):
+        path = f"{extension_root(ext)}/extension.toml"
+        assert cat(engine, name, path) == ext.files["extension.toml"]
+
+
+# -- publish -----------------------------------------------------------------------------------
+
+
+def _publish(cli, engine: Engine, host: str, name: str, base: str, *args: str):
+    return cli(
+        "--host", engine.host, "create-builder", name, "--from-builder", base, "--publish",
+        "--insecure-registry", host, "--format", "json", *args,
+    )  # fmt: skip
+
+
+def test_publish_from_a_registry_builder_sends_only_the_new_layers(
+    cli, engine: Engine, registries, tmp_path
+) -> None:
+    """The base builder and the extra buildpackage in the registry: the derived builder is
+    pushed with their blobs mounted (none downloaded), only pack's new layers and the config
+    uploaded; pulled back, it is the builder the same inputs give in the daemon."""
+    import uuid
+
+    from tests.test_builder_registry import manifest_digest
+    from tests.test_rebase_pull_policy import push
+
+    d = make_base(cli, engine, tmp_path)
+    host = registries.plain.host
+    repo = f"t/derived-{uuid.uuid4().hex[:8]}"
+    base, extra = f"{host}/{repo}/base:1", f"{host}/{repo}/extra:1"
+    push(engine, d.base, base)
+    push(engine, d.extra.ref, extra)
+    target, tag = f"{host}/{repo}/result:1", f"{host}/{repo}/result:also"
+    log_before = len(registries.plain.log_text().splitlines())
+    args = ("--buildpack", f"docker://{extra}", "--env", "PUBLISHED=1")
+    result = _publish(cli, engine, host, target, base, *args, "--pull-policy", "always",
+                      "--tag", tag)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    published = report["published"]
+    base_layers = inspect(engine, d.base)["RootFS"]["Layers"]
+    assert report["saved_builder"] is False and report["imported"] == []
+    assert report["load"] is None and absent(engine, target)
+    # Mounted: the base builder's layers and the extra buildpack's; uploaded: those of pack's
+    # new layers (dirs, order, stack, run, env) the base builder does not hold already, and
+    # the config, once (the tag's repository is NAME's).
+    extra_layer = d.extra.diff_ids[f"test/extra@{d.extra.main.version}"]
+    assert len(set(published["mounted"])) == len(set(base_layers)) + 1
+    added = set(report["diff_ids"][len(base_layers) :]) - set(base_layers) - {extra_layer}
+    assert len(added) >= 2  # order and env at least
+    assert len(published["uploaded"]) == len(added) + 1
+    new_lines = registries.plain.log_text().splitlines()[log_before:]
+    blob_gets = [line for line in new_lines if '"GET ' in line and "/blobs/" in line]
+    assert len(blob_gets) <= len(report["pulled"])  # the configs
+    assert manifest_digest(host, f"{repo}/result:also") == published["digest"]
+    assert published["tags"] == {tag: published["digest"]}
+    # The same derived builder made in the daemon: the same config, the same layers.
+    local = derive(cli, engine, fx.unique("local"), d.base, "--buildpack",
+                   f"docker://{d.extra.ref}", "--env", "PUBLISHED=1")  # fmt: skip
+    assert report["config_digest"] == local["config_digest"]
+    engine.docker("pull", target)
+    try:
+        pulled = inspect(engine, target)
+        assert pulled["RootFS"]["Layers"] == local["diff_ids"]
+        assert pulled["Config"]["Labels"] == inspect(engine, local["name"])["Config"]["Labels"]
+        assert cat(engine, target, "/platform/env/PUBLISHED") == b"1"
+    finally:
+        engine.docker("rmi", target)
+
+
+def test_publish_from_a_daemon_builder_reads_it_once(
+    cli, engine: Engine, registries, tmp_path
+) -> None:
+    """The base builder only in the daemon (if-not-present): its layers are read once into the
+    cache and uploaded; again, the registry has every blob and nothing is read."""
+    import uuid
+
+    from tests.test_rebase_pull_policy import push
+
+    d = make_base(cli, engine, tmp_path)
+    host = registries.plain.host
+    repo = f"t/derived-{uuid.uuid4().hex[:8]}"
+    extra = f"{host}/{repo}/extra:1"
+    push(engine, d.extra.ref, extra)
+    target = f"{host}/{repo}/result:1"
+    args = ("--buildpack", f"docker://{extra}", "--pull-policy", "if-not-present")
+    first = _publish(cli, engine, host, target, d.base, *args)
+    assert first.exit_code == 0, first.stderr
+    published = first.json()["published"]
+    assert len(published["mounted"]) == 1  # the extra buildpack's blob, from its repository
+    assert len(published["uploaded"]) == len(set(first.json()["diff_ids"]))  # config included
+    again = _publish(cli, engine, host, target, d.base, *args)
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["saved_builder"] is False
+    assert again.json()["published"]["uploaded"] == []
+    assert again.json()["published"]["digest"] == published["digest"]
+    engine.docker("pull", target)
+    try:
+        assert inspect(engine, target)["RootFS"]["Layers"] == first.json()["diff_ids"]
+    finally:
+        engine.docker("rmi", target)
+
+
+def test_publish_failures_are_one_message(cli, engine: Engine, registries, tmp_path) -> None:
+    import uuid
+
+    from tests.registries.harness import free_port
+    from tests.test_rebase_pull_policy import push
+
+    d = make_base(cli, engine, tmp_path)
+    gone = f"127.0.0.1:{free_port()}"
+    before = cli("ls", "--format", "json").json()
+    result = _publish(cli, engine, gone, f"{gone}/t/x:1", d.base, "--env", "A=1",
+                      "--pull-policy", "if-not-present")  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.startswith("packcache: error:") and gone in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert cli("verify").exit_code == 0
+    # Usage: a digest to push to, --no-cache, a --tag without --publish.
+    host = registries.plain.host
+    for args, needle in (
+        ((), "needs a tag to push to"),
+        (("--no-cache",), "--publish and --no-cache cannot be used together"),
+    ):
+        name = f"{host}/t/x@sha256:{'0' * 64}" if not args else f"{host}/t/x:1"
+        bad = _publish(cli, engine, host, name, d.base, "--env", "A=1", *args)
+        assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr
+        assert bad.stderr.count("\n") == 1
+    assert cli("ls", "--format", "json").json() == before
+    # A base builder that is nowhere; a buildpackage whose label names a layer it lacks, in
+    # the registry (publish) and in the daemon.
+    missing = f"{host}/t/no-builder-{uuid.uuid4().hex[:8]}:1"
+    nowhere = _publish(cli, engine, host, f"{host}/t/x:1", missing, "--env", "A=1",
+                       "--pull-policy", "always")  # fmt: skip
+    assert nowhere.exit_code == 1 and nowhere.stderr.count("\n") == 1, nowhere.stderr
+    assert f"builder {missing} is neither in its registry" in nowhere.stderr
+    hollow = _hollow_package(engine, tmp_path)
+    remote_hollow = f"{host}/t/hollow-{uuid.uuid4().hex[:8]}:1"
+    push(engine, hollow, remote_hollow)
+    for run in (
+        lambda: _publish(cli, engine, host, f"{host}/t/x:1", d.base, "--buildpack",
+                         f"docker://{remote_hollow}", "--pull-policy", "if-not-present"),
+        lambda: cli("--host", engine.host, "create-builder", fx.unique("bad"), "--from-builder",
+                    d.base, "--buildpack", f"docker://{hollow}"),
+    ):  # fmt: skip
+        failed = run()
+        assert failed.exit_code == 1 and failed.stderr.count("\n") == 1, failed.stderr
+        assert "names layer sha256:000" in failed.stderr
+    assert cli("verify").exit_code == 0
+
+
+def _hollow_package(engine: Engine, tmp_path: Path) -> str:
+    """A buildpackage image whose layers label names a layer the image does not have."""
+    from tests.engines import images
+
+    bp = fx.make_buildpack("test/hollow")
+    labels = {
+        "io.buildpacks.buildpackage.metadata": json.dumps(
+            {"id": bp.id, "version": bp.version, "stacks": [{"id": fx.STACK}]}
+        ),
+        "io.buildpacks.buildpack.layers": json.dumps(
+            {bp.id: {bp.version: fx.layers_label_entry(bp, "sha256:" + "0" * 64)}}
+        ),
+    }
+    ref = fx.unique("hollow")
+    built = images.build_legacy_archive(
+        tmp_path / "hollow.tar", [{"x.txt": b"x"}], {"config": {"Labels": labels}}, ref
+    )
+    engine.docker("load", "-i", str(built.path))
+    return ref
+
+
+def absent(engine: Engine, ref: str) -> bool:
+    return engine.docker("image", "inspect", ref, check=False).returncode != 0
+
+
 # -- the cache and the daemon ------------------------------------------------------------------
 
 
@@ -366,6 +607,19 @@ def test_bad_inputs_are_one_message(cli, engine: Engine, tmp_path) -> None:
         cli, engine, 2, "only be given once", "--from-builder", d.base,
         "--buildpack", "from=builder", "--buildpack", "from=builder",
     )  # fmt: skip
+    _fails(
+        cli, engine, 2, "from builder is not supported for extensions", "--from-builder",
+        d.base, "--extension", "from=builder",
+    )  # fmt: skip
+    _fails(
+        cli, engine, 1, "not valid for extensions", "--from-builder", d.base,
+        "--extension", "urn:cnb:registry:test/x",
+    )  # fmt: skip
+    _fails(
+        cli, engine, 1, "no extension test/nobody is on builder", "--from-builder", d.base,
+        "--extension", "urn:cnb:builder:test/nobody",
+    )  # fmt: skip
+    _fails(cli, engine, 2, "need --from-builder", "-c", toml, "--extension", "x")
 
 
 @pytest.mark.parametrize("kind", CONTAINERD_KINDS)

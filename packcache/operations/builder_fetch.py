@@ -104,6 +104,10 @@ class BuilderFetcher:
         self.fetched.append(fetched)
         return fetched
 
+    def cached(self, ref: str) -> FetchedImage | None:
+        """The image the cache recorded under this name with every layer (leased), if any."""
+        return self._cached(ref)
+
     def prefetch(self, refs: Iterable[str], what: str) -> None:
         """Fetch these images at once, for image() to answer from: manifests and configs read
         several at a time, then the layers of every image to pull in one pull (one pool of

@@ -9,9 +9,13 @@ Blobs the target has are skipped by HEAD (registry_push.BlobPusher). Then the co
 manifest under NAME's tag: Docker schema 2 unless a source blob is OCI-typed or zstd. The
 result is recorded in the cache under NAME with its manifest, so `packcache load NAME` works.
 
-For several platforms (pack's multi-arch builder) each platform's builder is pushed by its
-digest, then an OCI image index naming them with their platforms under NAME's tag, as pack's
-CreateManifest does.
+--tag names more destinations (pack's additional tags, "each will contain contents identical
+to Image"): the same push is made to each, in turn, blobs mounted from the repositories already
+pushed to on the same registry. For several platforms (pack's multi-arch builder) each
+platform's builder is pushed by its digest (with --append-image-name-suffix under NAME's tag
+with the platform appended, as pack's name.AppendSuffix makes it), then an OCI image index
+naming them with their platforms under NAME's tag and each --tag, as pack's CreateManifest
+does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from packcache.operations.pushing import (
     descriptor,
 )
 from packcache.progress import NO_PROGRESS, Progress
+from packcache.store.layer import CachedLayer
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.registry import (
     DOCKER_MANIFEST,
@@ -45,7 +50,7 @@ from packcache.transports.registry import (
     RegistryClient,
     RegistryClients,
 )
-from packcache.transports.registry_push import BlobPusher, BlobToPush
+from packcache.transports.registry_push import BlobPusher, BlobToPush, PushCounts
 
 _COMPRESSION = {
     **{media_type: kind for kind, media_type in DOCKER_LAYER_TYPES.items()},
@@ -66,6 +71,10 @@ class BuilderPublishReport:
     pulled_for_upload: list[str] = field(default_factory=list)  # sources on other registries
     platform: str = ""  # os/arch[/variant] of the builder pushed
     platforms: dict[str, str] = field(default_factory=dict)  # of an index: platform -> digest
+    tags: dict[str, str] = field(default_factory=dict)  # each --tag pushed -> its digest
+    suffixed: str = ""  # with --append-image-name-suffix: the platform's own tag
+    # Per destination repository (host/repository): the manifest pushed there, for an index.
+    manifests: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,27 +86,46 @@ class _Blob:
     push: BlobToPush
 
 
-def check_publish_name(name: str) -> ImageName:
+def check_publish_name(name: str, what: str = "--publish") -> ImageName:
     target = ImageName.parse(name)
     if target.reference.startswith("sha256:"):
-        raise UsageError(f"--publish needs a tag to push to, not a digest: {name}")
+        raise UsageError(f"{what} needs a tag to push to, not a digest: {name}")
     return target
+
+
+def reach_destinations(name: str, tags: list[str], registries: RegistryClients) -> None:
+    """Ask each registry pushed to for its API before anything is read or written: one that
+    cannot be reached fails the publish first, with the cache as it was."""
+    for host in dict.fromkeys(d.api_host for d in _destinations(check_publish_name(name), tags)):
+        registries.for_host(host).ping()
+
+
+def append_suffix(name: ImageName, platform: Platform) -> ImageName:
+    """pack's name.AppendSuffix: `latest` becomes the platform's values joined by '-',
+    another tag gets them appended after a '-'."""
+    suffix = "-".join(filter(None, (platform.os, platform.architecture, platform.variant)))
+    tag = suffix if name.reference == "latest" else f"{name.reference}-{suffix}"
+    return ImageName(name.host, name.repository, tag)
+
+
+def _repository(name: ImageName) -> str:
+    return f"{name.host}/{name.repository}"
 
 
 def _ensure_cached(
     store: Store,
     sources: list[FetchedImage],
     wanted: set[str],
-    target: ImageName,
+    hosts: set[str],
     registries: RegistryClients,
     platform: Platform,
     lease: Lease,
 ) -> list[str]:
-    """Pull the sources on other registries whose wanted layers the cache lacks: the target
-    cannot mount across registries, so those bytes must be uploaded from here."""
+    """Pull the sources on registries other than a destination's whose wanted layers the
+    cache lacks: nothing mounts across registries, so those bytes must be uploaded from here."""
     pulled = []
     for source in sources:
-        if source.name is None or source.name.host == target.host:
+        if source.name is None or hosts <= {source.name.host}:
             continue
         needed = wanted & set(source.image.diff_ids)
         if needed and lease.hold(needed) != needed:
@@ -108,9 +136,14 @@ def _ensure_cached(
 
 
 def _blobs(
-    store: Store, diff_ids: list[str], sources: list[FetchedImage], target: ImageName
+    store: Store,
+    diff_ids: list[str],
+    sources: list[FetchedImage],
+    target: ImageName,
+    pushed: tuple[str, ...] = (),
 ) -> list[_Blob]:
-    """Per builder layer, the blob pushed for it (see the module doc)."""
+    """Per builder layer, the blob pushed for it (see the module doc); `pushed`: repositories
+    of target's registry this builder was pushed to already, which hold every blob."""
     from_registry: dict[str, tuple[dict[str, Any], FetchedImage]] = {}
     for source in sources:
         if source.manifest is None:
@@ -125,19 +158,29 @@ def _blobs(
             digest, size, media_type = layer["digest"], int(layer["size"]), layer["mediaType"]
             assert source.name is not None
             same_host = source.name.host == target.host
-            mount = (source.name.repository,) if same_host else ()
+            if not same_host and cached is not None and cached.digest != digest:
+                # not mountable from its source: the cache's own blob of the layer goes up
+                # (the same on every destination of this registry, so mountable between them)
+                blobs.append(_cached_blob(cached, pushed))
+                continue
+            mount = (*pushed, source.name.repository) if same_host else pushed
             opener = cached.compressed if cached is not None and cached.digest == digest else None
             compression = _COMPRESSION.get(media_type)
             if compression is None:
                 raise PackcacheError(f"{source.ref}: layer type {media_type!r} cannot be pushed")
             oci = media_type.startswith("application/vnd.oci.")
         elif cached is not None:
-            digest, size, compression, oci = cached.digest, cached.size, cached.compression, False
-            opener, mount = cached.compressed, ()
+            blobs.append(_cached_blob(cached, pushed))
+            continue
         else:
             raise PackcacheError(f"layer {diff_id} of the builder is not in the cache")
         blobs.append(_Blob(digest, size, compression, oci, BlobToPush(digest, size, opener, mount)))
     return blobs
+
+
+def _cached_blob(cached: CachedLayer, pushed: tuple[str, ...] = ()) -> _Blob:
+    push = BlobToPush(cached.digest, cached.size, cached.compressed, pushed)
+    return _Blob(cached.digest, cached.size, cached.compression, False, push)
 
 
 def _manifest(config: bytes, blobs: list[_Blob]) -> tuple[bytes, str]:
@@ -163,50 +206,103 @@ def publish_builder(
     registries: RegistryClients,
     platform: Platform,
     lease: Lease,
+    tags: list[str] = (),  # type: ignore[assignment]
     by_digest: bool = False,
+    suffixed: bool = False,
     progress: Progress = NO_PROGRESS,
 ) -> BuilderPublishReport:
-    """Push the builder `config` describes to `name` (to its repository under its digest
-    only, `by_digest`, for an index); see the module doc."""
+    """Push the builder `config` describes to `name` and each of `tags` (for an index: by its
+    digest only, to `name`'s repository under the platform's suffixed tag when `suffixed`, and
+    to each tag's repository); see the module doc."""
     target = check_publish_name(name)
+    destinations = _destinations(target, tags)
     document = json.loads(config)
     diff_ids = config_diff_ids(document)
-    pulled = _ensure_cached(store, sources, set(diff_ids), target, registries, platform, lease)
+    hosts = {destination.host for destination in destinations}
+    pulled = _ensure_cached(store, sources, set(diff_ids), hosts, registries, platform, lease)
     lease.hold(diff_ids)
-    blobs = _blobs(store, diff_ids, sources, target)
-    body, media_type = _manifest(config, blobs)
-    with RegistryClient(
-        target.api_host, registries.options, actions=PUSH_ACTIONS, progress=progress
-    ) as client:
-        pusher = BlobPusher(client, target.repository)
-        config_digest = digest_of(config)
-        config_blob = BlobToPush(config_digest, len(config), lambda: io.BytesIO(config))
-        counts = pusher.push_blobs([config_blob, *(blob.push for blob in blobs)])
-        reference = digest_of(body) if by_digest else target.reference
-        digest = pusher.put_manifest(reference, body, media_type)
+    own_platform = _platform_of(document)
+    report = BuilderPublishReport(str(target), "", "", 0, pulled_for_upload=pulled)
+    report.platform = str(own_platform)
+    pushed: dict[str, list[str]] = {}  # host -> repositories pushed to
+    for index, destination in enumerate(destinations):
+        reference = destination.reference
+        if by_digest and suffixed and index == 0:
+            reference = append_suffix(destination, own_platform).reference
+            report.suffixed = str(ImageName(destination.host, destination.repository, reference))
+        on_host = tuple(pushed.get(destination.host, ()))
+        blobs = _blobs(store, diff_ids, sources, destination, on_host)
+        body, media_type = _manifest(config, blobs)
+        counts, digest = _push(destination, reference, config, blobs, body, media_type,
+                               registries, by_digest and reference == destination.reference,
+                               on_host, progress)  # fmt: skip
+        pushed.setdefault(destination.host, []).append(destination.repository)
+        report.present += counts.present
+        report.mounted += counts.mounted
+        report.uploaded += counts.uploaded
+        report.bytes_uploaded += counts.bytes_uploaded
+        report.manifests[_repository(destination)] = (digest, len(body))
+        if index == 0:
+            report.digest, report.media_type, report.manifest_size = digest, media_type, len(body)
+            record_body = body
+        elif not by_digest:
+            report.tags[str(destination)] = digest
+    refs = [] if by_digest else [
+        str(d) for d in destinations if report.manifests[_repository(d)][0] == report.digest
+    ]  # fmt: skip
     store.record_image(
         ImageRecord(
             config=config,
-            image_id=config_digest,
-            manifest_digest=digest,
-            manifest=body,
-            refs=[] if by_digest else [str(target)],
+            image_id=digest_of(config),
+            manifest_digest=report.digest,
+            manifest=record_body,
+            refs=refs,
         )
     )
-    return BuilderPublishReport(
-        ref=str(target),
-        digest=digest,
-        media_type=media_type,
-        manifest_size=len(body),
-        present=counts.present,
-        mounted=counts.mounted,
-        uploaded=counts.uploaded,
-        bytes_uploaded=counts.bytes_uploaded,
-        pulled_for_upload=pulled,
-        platform="/".join(
-            filter(None, (document.get(key) for key in ("os", "architecture", "variant")))
-        ),
+    return report
+
+
+def _destinations(target: ImageName, tags: list[str]) -> list[ImageName]:
+    """NAME, then each --tag not naming it, once each."""
+    destinations = [target]
+    for tag in tags:
+        name = check_publish_name(tag, "--tag")
+        if name not in destinations:
+            destinations.append(name)
+    return destinations
+
+
+def _platform_of(document: dict[str, Any]) -> Platform:
+    return Platform(
+        document.get("os") or "linux",
+        document.get("architecture") or "amd64",
+        document.get("variant") or None,
     )
+
+
+def _push(
+    destination: ImageName,
+    reference: str,
+    config: bytes,
+    blobs: list[_Blob],
+    body: bytes,
+    media_type: str,
+    registries: RegistryClients,
+    by_digest: bool,
+    pushed: tuple[str, ...],
+    progress: Progress,
+) -> tuple[PushCounts, str]:
+    """The config and layer blobs, then the manifest under `reference` (its digest when
+    `by_digest`): the counts and the manifest's digest. `pushed`: repositories of the
+    registry that hold the config already."""
+    with RegistryClient(
+        destination.api_host, registries.options, actions=PUSH_ACTIONS, progress=progress
+    ) as client:
+        pusher = BlobPusher(client, destination.repository)
+        config_blob = BlobToPush(digest_of(config), len(config), lambda: io.BytesIO(config), pushed)
+        counts = pusher.push_blobs([config_blob, *(blob.push for blob in blobs)])
+        digest = pusher.put_manifest(digest_of(body) if by_digest else reference, body, media_type)
+    return counts, digest
 
 
 def publish_index(
@@ -214,28 +310,13 @@ def publish_index(
     builders: list[BuilderPublishReport],
     *,
     registries: RegistryClients,
+    tags: list[str] = (),  # type: ignore[assignment]
     progress: Progress = NO_PROGRESS,
 ) -> BuilderPublishReport:
-    """Push an OCI image index naming each platform's builder under `name`'s tag."""
+    """Push an OCI image index naming each platform's builder under `name`'s tag and under
+    each of `tags` (each index naming the manifests pushed to its repository)."""
     target = check_publish_name(name)
-    manifests = []
-    for builder in builders:
-        os_name, architecture, *variant = builder.platform.split("/")
-        platform = {"architecture": architecture, "os": os_name}
-        if variant:
-            platform["variant"] = variant[0]
-        entry = descriptor(builder.media_type, builder.manifest_size, builder.digest)
-        manifests.append({**entry, "platform": platform})
-    body = json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=3
-    ).encode()
-    with RegistryClient(
-        target.api_host, registries.options, actions=PUSH_ACTIONS, progress=progress
-    ) as client:
-        digest = BlobPusher(client, target.repository).put_manifest(
-            target.reference, body, OCI_INDEX
-        )
-    report = BuilderPublishReport(str(target), digest, OCI_INDEX, len(body))
+    report = BuilderPublishReport(str(target), "", OCI_INDEX, 0)
     for builder in builders:
         report.present += builder.present
         report.mounted += builder.mounted
@@ -243,4 +324,31 @@ def publish_index(
         report.bytes_uploaded += builder.bytes_uploaded
         report.pulled_for_upload += builder.pulled_for_upload
         report.platforms[builder.platform] = builder.digest
+    for index, destination in enumerate(_destinations(target, tags)):
+        body = _index(builders, _repository(destination))
+        with RegistryClient(
+            destination.api_host, registries.options, actions=PUSH_ACTIONS, progress=progress
+        ) as client:
+            digest = BlobPusher(client, destination.repository).put_manifest(
+                destination.reference, body, OCI_INDEX
+            )
+        if index == 0:
+            report.digest, report.manifest_size = digest, len(body)
+        else:
+            report.tags[str(destination)] = digest
     return report
+
+
+def _index(builders: list[BuilderPublishReport], repository: str) -> bytes:
+    manifests = []
+    for builder in builders:
+        os_name, architecture, *variant = builder.platform.split("/")
+        platform = {"architecture": architecture, "os": os_name}
+        if variant:
+            platform["variant"] = variant[0]
+        digest, size = builder.manifests[repository]
+        entry = descriptor(builder.media_type, size, digest)
+        manifests.append({**entry, "platform": platform})
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, indent=3
+    ).encode()

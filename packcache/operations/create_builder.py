@@ -91,6 +91,7 @@ from packcache.operations.builder_publish import (
     check_publish_name,
     publish_builder,
     publish_index,
+    reach_destinations,
 )
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import REUSE, SendPolicy, content_mirror, pack_method
@@ -195,6 +196,8 @@ def create_builder(
     policy = check_pull_policy(pull_policy)
     if registry.publish:
         check_publish_name(name)
+        for tag in (options or BuilderOptions()).tags:
+            check_publish_name(tag, "--tag")
         if no_cache:
             raise UsageError("--publish and --no-cache cannot be used together")
     with ExitStack() as cleanup:
@@ -208,6 +211,8 @@ def create_builder(
             lease = cleanup.enter_context(store.lease("create-builder"))
         registries = RegistryClients(registry.options)
         cleanup.callback(registries.close)
+        if registry.publish and not dry_run:
+            reach_destinations(name, (options or BuilderOptions()).tags, registries)
         if registry.publish or daemon is None:
             daemon = None
             platforms = list(registry.platforms) or _publish_platforms(
@@ -241,7 +246,9 @@ def create_builder(
         report = reports[0]
         if len(reports) > 1 and not dry_run:
             builders = [r.published for r in reports if r.published is not None]
-            report.published = publish_index(name, builders, registries=registries)
+            report.published = publish_index(
+                name, builders, registries=registries, tags=(options or BuilderOptions()).tags
+            )
             report.pulled = [pulled for r in reports for pulled in r.pulled]
     report.seconds = time.perf_counter() - start
     return report
@@ -331,7 +338,8 @@ def _create(
     if registry.publish:
         report.published = publish_builder(
             store, name, builder_config, fetcher.fetched, registries=fetcher.registries,
-            platform=fetcher.platform, lease=fetcher.lease, by_digest=by_digest,
+            platform=fetcher.platform, lease=fetcher.lease, tags=options.tags,
+            by_digest=by_digest, suffixed=options.append_image_name_suffix,
         )  # fmt: skip
         return report
     assert fetcher.daemon is not None

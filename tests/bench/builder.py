@@ -3,6 +3,8 @@
 For each engine kind benched (started with tests/engines/harness.py, stopped afterwards):
 ten buildpackage images of ~40 MiB each (one random 40 MiB file per buildpack), a CNB build
 image (busybox), a run image and a lifecycle .tgz; builder.toml names the ten by docker://.
+Every create-builder runs with --pull-policy never: the images are the daemon's, and no
+registry is asked (pack's default, always, would ask Docker Hub for bench/ names).
 
 (a) First builder on a daemon that holds no builder chain (the builder removed before each run):
     cold (empty cache: one `docker save` of all ten; once), then interleaved: pack's method
@@ -36,10 +38,13 @@ from tests.bench.common import (
     PACKCACHE,
     containerd_env,
     engine_kinds,
+    floor_archive,
+    interleaved,
     note,
     print_table,
     scaled,
     start_engine,
+    timed_docker_load,
 )
 from tests.engines.harness import DOCKER_CLI, Engine
 
@@ -50,10 +55,6 @@ BUILDER = "bench/builder:1"
 TARGET_FLOOR = 1.15
 TARGET_FIRST = 2.0
 TARGET_RECREATE = 5.0
-
-
-def _docker(engine: Engine, *args: str) -> None:
-    subprocess.run([DOCKER_CLI, *args], env=engine.cli_env(), check=True, stdout=subprocess.DEVNULL)
 
 
 def _remove_builder(engine: Engine) -> None:
@@ -95,7 +96,7 @@ def create(engine: Engine, cache: Path, toml: Path, *args: str) -> tuple[float, 
     start = time.perf_counter()
     result = subprocess.run(
         [*PACKCACHE, "--cache-dir", str(cache), "--host", engine.host, "create-builder",
-         BUILDER, "--config", str(toml), "--format", "json", *args],
+         BUILDER, "--config", str(toml), "--format", "json", "--pull-policy", "never", *args],
         capture_output=True, text=True, check=False, env={**os.environ, **containerd_env(engine)},
     )  # fmt: skip
     seconds = time.perf_counter() - start
@@ -113,40 +114,6 @@ def median(run: Callable[[], tuple[float, dict]], before: Callable[[], None]) ->
     return seconds, results[-1][1]
 
 
-FLOOR_ARCHIVE = """
-import sys
-from pathlib import Path
-from packcache.image.config import config_diff_ids
-from packcache.operations.load_planners import planner_for
-from packcache.store.store import Store
-from packcache.transports.daemon import Daemon
-store = Store.open(Path(sys.argv[1]))
-daemon = Daemon(sys.argv[2])
-config = store.image_config(store.resolve_image(sys.argv[3]))
-planner = planner_for(store, daemon)
-plan = planner.plan(config_diff_ids(config))
-with open(sys.argv[4], "wb") as out:
-    for chunk in planner.archive(config, plan, [sys.argv[3]]).chunks:
-        out.write(chunk)
-"""
-
-
-def floor_archive(engine: Engine, cache: Path, path: Path) -> int:
-    """The builder's new layers only (the build image's as placeholders or references): what
-    a bare `docker load` must at least receive. Written while the daemon has no builder."""
-    python = str(Path(PACKCACHE[0]).with_name("python"))
-    subprocess.run(
-        [python, "-c", FLOOR_ARCHIVE, str(cache), engine.host, BUILDER, str(path)], check=True
-    )
-    return path.stat().st_size
-
-
-def timed_load(engine: Engine, path: Path) -> tuple[float, dict]:
-    start = time.perf_counter()
-    _docker(engine, "load", "-i", str(path))
-    return time.perf_counter() - start, {}
-
-
 def bench_engine(kind: str) -> None:
     engine = start_engine(kind)
     work = Path(tempfile.mkdtemp(prefix="packcache-bench-builder-", dir=Path.home()))
@@ -161,22 +128,20 @@ def bench_engine(kind: str) -> None:
         cold, cold_report = create(engine, cache, toml)
         _remove_builder(engine)
         archive = work / "floor.tar"
-        floor_bytes = floor_archive(engine, cache, archive)
-        runs: dict[str, list[tuple[float, dict]]] = {"pack": [], "warm": [], "floor": []}
-        for _ in range(REPEAT):
-            for method, results in runs.items():
-                _remove_builder(engine)
-                os.sync()
-                if method == "floor":
-                    results.append(timed_load(engine, archive))
-                elif method == "pack":
-                    results.append(create(engine, pack_cache, toml, "--no-cache"))
-                else:
-                    results.append(create(engine, cache, toml))
-        archive.unlink()
-        (pack_a, pack_a_report), (warm, warm_report), (floor, _) = (
-            (statistics.median(r[0] for r in results), results[-1][1]) for results in runs.values()
+        # The builder's new layers only (the build image's as placeholders or references),
+        # written while the daemon has no builder.
+        floor_bytes = floor_archive(engine, cache, BUILDER, archive)
+        runs = interleaved(
+            {
+                "pack": lambda: create(engine, pack_cache, toml, "--no-cache"),
+                "warm": lambda: create(engine, cache, toml),
+                "floor": lambda: timed_docker_load(engine, archive),
+            },
+            lambda: _remove_builder(engine),
+            REPEAT,
         )
+        archive.unlink()
+        (pack_a, pack_a_report), (warm, warm_report), (floor, _) = runs.values()
 
         # (b) re-create while the previous builder is in the daemon
         create(engine, cache, toml)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.engines.harness import Engine
+from tests.engines.harness import DOCKER_CLI, Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKCACHE = [str(Path(sys.executable).with_name("packcache"))]
@@ -146,3 +146,66 @@ def work_dir() -> Path:
     """A temp dir on the roomiest of $HOME and /tmp (the images take several GB)."""
     home, tmp = Path.home(), Path(tempfile.gettempdir())
     return home if shutil.disk_usage(home).free >= shutil.disk_usage(tmp).free else tmp
+
+
+def interleaved(
+    methods: dict[str, Callable[[], tuple[float, dict]]],
+    before: Callable[[], None],
+    repeat: int,
+) -> dict[str, tuple[float, dict]]:
+    """Run each method `repeat` times, the methods taking turns in the order given, each run
+    after `before` and a sync (so one run's disk writeback does not land in another's time,
+    and a slow spell of the machine falls on every method): per method, the median seconds
+    and the last run's report."""
+    runs: dict[str, list[tuple[float, dict]]] = {name: [] for name in methods}
+    for _ in range(repeat):
+        for name, method in methods.items():
+            before()
+            os.sync()
+            runs[name].append(method())
+    return {
+        name: (statistics.median(r[0] for r in results), results[-1][1])
+        for name, results in runs.items()
+    }
+
+
+def timed_docker_load(engine: Engine, path: Path) -> tuple[float, dict]:
+    """A bare `docker load -i path`: the floor of the builder benches."""
+    start = time.perf_counter()
+    subprocess.run(
+        [DOCKER_CLI, "load", "-i", str(path)],
+        env=engine.cli_env(), check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - start, {}
+
+
+# Writes the archive a bare `docker load` of IMAGE would need at least: the layers the daemon
+# lacks and the config, as the load planner makes it (argv: cache dir, host, image, output).
+FLOOR_ARCHIVE = """
+import sys
+from pathlib import Path
+from packcache.image.config import config_diff_ids
+from packcache.operations.load_planners import planner_for
+from packcache.store.store import Store
+from packcache.transports.daemon import Daemon
+store = Store.open(Path(sys.argv[1]))
+daemon = Daemon(sys.argv[2])
+config = store.image_config(store.resolve_image(sys.argv[3]))
+planner = planner_for(store, daemon)
+plan = planner.plan(config_diff_ids(config))
+with open(sys.argv[4], "wb") as out:
+    for chunk in planner.archive(config, plan, [sys.argv[3]]).chunks:
+        out.write(chunk)
+"""
+
+
+def floor_archive(
+    engine: Engine, cache: Path, image: str, path: Path, env: dict[str, str] | None = None
+) -> int:
+    """Write FLOOR_ARCHIVE's archive of `image` (recorded in `cache`) to `path`; its size."""
+    python = str(Path(PACKCACHE[0]).with_name("python"))
+    subprocess.run(
+        [python, "-c", FLOOR_ARCHIVE, str(cache), engine.host, image, str(path)],
+        check=True, env=env,
+    )  # fmt: skip
+    return path.stat().st_size

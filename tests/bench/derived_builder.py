@@ -4,7 +4,8 @@ ephemeral-builder method and the floor.
 For each engine kind benched (started with tests/engines/harness.py, stopped afterwards): the
 builder of the create-builder bench (ten buildpackage images of ~40 MiB each on a busybox build
 image, made once with `create-builder`), and what `pack build --buildpack ./bp --env K=V` adds
-to it: one directory buildpack (~4 MiB) and one env var.
+to it: one directory buildpack (~4 MiB) and one env var. With --pull-policy never: the
+builder is the daemon's, no registry is asked.
 
 (a) The derived builder made while the daemon does not hold it (removed before each run),
     interleaved: pack's method (`--no-cache`: `docker save` of the builder into a throwaway
@@ -33,7 +34,6 @@ import time
 from pathlib import Path
 
 from tests import builder_fixtures as fx
-from tests.bench.builder import FLOOR_ARCHIVE
 from tests.bench.builder import create as create_base
 from tests.bench.builder import make_inputs as make_base_inputs
 from tests.bench.common import (
@@ -41,10 +41,13 @@ from tests.bench.common import (
     PACKCACHE,
     containerd_env,
     engine_kinds,
+    floor_archive,
+    interleaved,
     note,
     print_table,
     scaled,
     start_engine,
+    timed_docker_load,
 )
 from tests.engines.harness import DOCKER_CLI, Engine
 
@@ -72,33 +75,13 @@ def derive(engine: Engine, cache: Path, buildpack: Path, *args: str) -> tuple[fl
     result = subprocess.run(
         [*PACKCACHE, "--cache-dir", str(cache), "--host", engine.host, "create-builder", DERIVED,
          "--from-builder", BASE, "--buildpack", str(buildpack), "--env", "BP_BENCH=yes",
-         "--format", "json", *args],
+         "--format", "json", "--pull-policy", "never", *args],
         capture_output=True, text=True, check=False, env={**os.environ, **containerd_env(engine)},
     )  # fmt: skip
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"create-builder --from-builder failed: {result.stderr}")
     return seconds, json.loads(result.stdout)
-
-
-def floor_archive(engine: Engine, cache: Path, path: Path) -> int:
-    """The derived builder's new layers and config only (the base builder's as placeholders
-    or references), written while the daemon holds the base builder but not the derived."""
-    python = str(Path(PACKCACHE[0]).with_name("python"))
-    subprocess.run(
-        [python, "-c", FLOOR_ARCHIVE, str(cache), engine.host, DERIVED, str(path)],
-        check=True, env={**os.environ, **containerd_env(engine)},
-    )  # fmt: skip
-    return path.stat().st_size
-
-
-def timed_load(engine: Engine, path: Path) -> tuple[float, dict]:
-    start = time.perf_counter()
-    subprocess.run(
-        [DOCKER_CLI, "load", "-i", str(path)],
-        env=engine.cli_env(), check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    return time.perf_counter() - start, {}
 
 
 def _row(label: str, seconds: float, report: dict, base: float, floor_bytes: int) -> list[str]:
@@ -128,22 +111,23 @@ def bench_engine(kind: str) -> None:
         cold, cold_report = derive(engine, cache, buildpack)
         _remove(engine, DERIVED)
         archive = work / "floor.tar"
-        floor_bytes = floor_archive(engine, cache, archive)
-        runs: dict[str, list[tuple[float, dict]]] = {"pack": [], "warm": [], "floor": []}
-        for _ in range(REPEAT):
-            for method, results in runs.items():
-                _remove(engine, DERIVED)
-                os.sync()
-                if method == "floor":
-                    results.append(timed_load(engine, archive))
-                elif method == "pack":
-                    results.append(derive(engine, pack_cache, buildpack, "--no-cache"))
-                else:
-                    results.append(derive(engine, cache, buildpack))
-        archive.unlink()
-        (pack, pack_report), (warm, warm_report), (floor, _) = (
-            (statistics.median(r[0] for r in results), results[-1][1]) for results in runs.values()
+        # The derived builder's new layers and config only (the base builder's as
+        # placeholders or references), written while the daemon holds the base builder but
+        # not the derived.
+        floor_bytes = floor_archive(
+            engine, cache, DERIVED, archive, {**os.environ, **containerd_env(engine)}
         )
+        runs = interleaved(
+            {
+                "pack": lambda: derive(engine, pack_cache, buildpack, "--no-cache"),
+                "warm": lambda: derive(engine, cache, buildpack),
+                "floor": lambda: timed_docker_load(engine, archive),
+            },
+            lambda: _remove(engine, DERIVED),
+            REPEAT,
+        )
+        archive.unlink()
+        (pack, pack_report), (warm, warm_report), (floor, _) = runs.values()
 
         derive(engine, cache, buildpack)
         again, again_report = (
