@@ -15,7 +15,9 @@ in the daemon:
   registry into the cache, all images' layers in one pull, the daemon sent only the layers it
   lacks; on a containerd store the blobs are written into its content store as they download,
   so the load writes only the builder's own layers);
-- packcache, the cache of the previous run (manifests read again, no layer downloaded).
+- packcache, the cache of the previous run (manifests read again, no layer downloaded);
+- floor: a bare `docker load -i` of the builder saved whole (what a graphdriver must be sent
+  when it holds none of the layers, with no download at all).
 
 Every command is a fresh process, start-up included. Printed, never asserted.
 """
@@ -38,6 +40,7 @@ from tests.bench.common import (
     note,
     print_table,
     start_engine,
+    timed_docker_load,
     timed_process,
     work_dir,
 )
@@ -72,7 +75,7 @@ def to_registry(engine: Engine, toml: Path, refs: list[str], host: str) -> list[
 def bench_engine(kind: str, host: str) -> dict[str, list[float]]:
     engine = start_engine(kind)
     work = Path(tempfile.mkdtemp(prefix="packcache-bench-builder-pull-", dir=work_dir()))
-    seconds: dict[str, list[float]] = {"pack": [], "cold": [], "warm": []}
+    seconds: dict[str, list[float]] = {"pack": [], "cold": [], "warm": [], "floor": []}
     try:
         toml, refs = make_inputs(engine, work)
         images = to_registry(engine, toml, refs, host)
@@ -90,6 +93,8 @@ def bench_engine(kind: str, host: str) -> dict[str, list[float]]:
 
         warm = work / "warm-cache"
         create(warm, "--pull-policy", "always")  # fills the warm cache
+        whole = work / "builder.tar"  # the floor's input: the builder, every layer
+        engine.docker("save", "-o", str(whole), BUILDER)
         for _ in range(REPEAT):
             clean()
             pulls = sum(timed_process([DOCKER_CLI, "pull", ref], env=engine.cli_env())[0]
@@ -103,6 +108,8 @@ def bench_engine(kind: str, host: str) -> dict[str, list[float]]:
             seconds["cold"].append(create(cold, "--pull-policy", "always"))
             clean()
             seconds["warm"].append(create(warm, "--pull-policy", "always"))
+            clean()
+            seconds["floor"].append(timed_docker_load(engine, whole)[0])
     finally:
         engine.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -135,13 +142,15 @@ def main() -> None:
                     ("pack", "pack's method: docker pull each, save each, load all"),
                     ("cold", "create-builder --pull-policy always, empty cache"),
                     ("warm", "create-builder --pull-policy always, cache of a previous run"),
+                    ("floor", "floor: docker load of the whole builder, nothing downloaded"),
                 )
             ],
         )  # fmt: skip
         target = TARGET_CONTAINERD if "containerd" in kind else TARGET_GRAPHDRIVER
         note(
             f"{kind}: pack's method / cold = {median['pack'] / median['cold']:.2f} "
-            f"(target >= {target}), / warm = {median['pack'] / median['warm']:.2f}"
+            f"(target >= {target}), / warm = {median['pack'] / median['warm']:.2f}, "
+            f"/ floor = {median['pack'] / median['floor']:.2f}"
         )
 
 
