@@ -24,11 +24,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from packcache.operations import containerd_load
 from packcache.operations.containerd_load import (
     DANGLING_PREFIX,
     UNCOMPRESSED_LABEL,
     ContentMirror,
 )
+from packcache.progress import NO_PROGRESS
 from packcache.refs import normalize
 from packcache.transports.containerd import Containerd
 from packcache.transports.registry import MANIFEST_TYPES, ImageName
@@ -229,6 +231,43 @@ def test_load_writes_what_the_content_store_lacks(cli, via_containerd: Engine, t
     assert (again["layers_sent"], again["bytes_sent"]) == (0, 0)
     assert again["image_id"] == report["image_id"]
     engine.docker("rmi", tag)
+    assert our_leases_and_ingests(engine) == ([], [])
+
+
+def test_a_blob_collected_during_the_load_is_written_again_from_the_cache(
+    cli, via_containerd: Engine, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob the plan found in the content store but containerd's GC took before the manifest
+    held it (as it takes what a failed command left): written again from the cache, not a
+    failure asking to run the command again."""
+    engine = via_containerd
+    tag, other = unique("found"), unique("again")
+    payload = os.urandom(1 << 20)
+    built = images.build_busybox_archive(tmp_path / "l.tar", tag, [{"payload.bin": payload}])
+    engine.docker("load", "-i", str(built.path))
+    assert cli("--host", engine.host, "import", tag).exit_code == 0
+    lost = built.diff_ids[-1]  # the payload layer, held by the content store as its tar
+    real_write = containerd_load.write_layers
+
+    def write_then_lose(containerd, plan, lease, progress=NO_PROGRESS):
+        written = real_write(containerd, plan, lease, progress)
+        for item in plan:
+            if item.diff_id == lost and item.digest not in written:
+                assert containerd.delete_blob(item.digest)  # as the GC would, meanwhile
+        return written
+
+    monkeypatch.setattr(containerd_load, "write_layers", write_then_lose)
+    result = cli("--host", engine.host, "load", tag, "--tag", other, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    assert report["load_method"] == "containerd" and report["bytes_sent"] > 1 << 20
+    with Containerd(endpoint_of(engine)) as ctd:
+        assert ctd.blob_size(lost) is not None
+    saved_blobs_complete(engine, other, tmp_path)
+    command = ["run", "--pull", "never", "--rm", "--network", "none", other, "sha256sum"]
+    out = engine.docker(*command, "/payload.bin").stdout.decode()
+    assert out.split()[0] == images.sha256_digest(payload)[7:]
+    engine.docker("rmi", tag, other)
     assert our_leases_and_ingests(engine) == ([], [])
 
 

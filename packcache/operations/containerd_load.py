@@ -13,9 +13,10 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from dataclasses import replace
 from weakref import WeakKeyDictionary
 
 from packcache.archive.load_writer import LoadLayer
@@ -49,7 +50,7 @@ OFF = "off"
 _connections: WeakKeyDictionary[Daemon, Containerd | None] = WeakKeyDictionary()
 # The blobs a plan found in each connection's content store, and their sizes: an operation
 # plans several loads on the same layers (the base image first). Only for planning: what a
-# load relies on is asked again once its manifest holds it (check_still_held).
+# load relies on is asked again once its manifest holds it (restore_missing).
 _found_sizes: WeakKeyDictionary[Containerd, dict[str, int]] = WeakKeyDictionary()
 # The blobs a ContentMirror of this connection wrote, while it is open: a load names them as
 # it names blobs it writes itself, so its image is the one it would be without the mirror.
@@ -146,17 +147,38 @@ def write_layers(
     return {digest for digest in done if digest is not None}
 
 
-def check_still_held(containerd: Containerd, plan: list[LoadLayer], written: set[str]) -> None:
-    """The layer blobs not written now (the content store had them) are there still. Asked
-    once the manifest, held by the lease, names them in its labels: from then on containerd's
-    GC keeps them, and one it took before is found here, before the image is named."""
+def restore_missing(
+    containerd: Containerd,
+    plan: list[LoadLayer],
+    written: set[str],
+    lease: str,
+    cached: Callable[[str], Layer | None],
+    progress: Progress = NO_PROGRESS,
+) -> int:
+    """The layer blobs not written now (the content store had them) are there still, or are
+    written again from the cache. Asked once the manifest, held by the lease, names them in its
+    labels: from then on containerd's GC keeps them. One it took before (a blob a failed
+    command left unreferenced, collected while this load ran) is written here from the cache
+    where the cache holds that very blob, else the load fails, before the image is named.
+    Returns the bytes written."""
     sizes = containerd.blob_sizes(item.digest for item in plan if item.digest not in written)
+    missing: dict[str, LoadLayer] = {}
     for item in plan:
-        if item.digest not in written and sizes[item.digest] != item.size:
+        if item.digest in written or sizes[item.digest] == item.size:
+            continue
+        layer = cached(item.diff_id)
+        if layer is None or (layer.digest, layer.size) != (item.digest, item.size):
             raise PackcacheError(
                 f"layer {item.diff_id}: blob {item.digest} left containerd's content store "
-                "during the load; run the command again"
+                "during the load, and the cache holds the layer in no such blob; run the "
+                "command again"
             )
+        missing.setdefault(item.digest, replace(item, layer=layer))
+    if not missing:
+        return 0
+    log.info("writing again %d blobs containerd collected during the load", len(missing))
+    rewritten = write_layers(containerd, list(missing.values()), lease, progress)
+    return sum(missing[digest].size for digest in rewritten)
 
 
 def write_image(
@@ -166,9 +188,11 @@ def write_image(
     plan: list[LoadLayer],
     lease: str,
     progress: Progress = NO_PROGRESS,
+    cached: Callable[[str], Layer | None] = lambda diff_id: None,
 ) -> tuple[Descriptor, int]:
     """Layers, config and manifest written under `lease` where the store lacks them, and the
-    layers it had checked once the manifest holds them; the manifest's descriptor and the
+    layers it had checked once the manifest holds them (written again from `cached`, the cache's
+    layer by diffID, where containerd lost them meanwhile); the manifest's descriptor and the
     bytes written."""
     written = write_layers(containerd, plan, lease, progress)
     sent = sum({item.digest: item.size for item in plan if item.digest in written}.values())
@@ -180,7 +204,7 @@ def write_image(
     labels = gc_ref_labels(config_digest, [item.digest for item in plan])
     if containerd.write_blob(manifest_digest, len(manifest), [manifest], lease, labels):
         sent += len(manifest)
-    check_still_held(containerd, plan, written)
+    sent += restore_missing(containerd, plan, written, lease, cached, progress)
     return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), sent
 
 

@@ -297,8 +297,9 @@ class ContainerdApiPlanner(ContainerdPlanner):
         self.daemon.images_changed()
         with self.containerd.lease() as lease:
             target, written = containerd_load.write_image(
-                self.containerd, config, manifest, plan, lease, self.daemon.progress
-            )
+                self.containerd, config, manifest, plan, lease, self.daemon.progress,
+                cached=self.store.layer,
+            )  # fmt: skip
             for tag in tags:
                 containerd_load.name_image(self.containerd, normalize(tag), target)
         containerd_load.announce(self.daemon, loaded.image_id, tags)
