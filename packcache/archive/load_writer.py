@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
@@ -64,14 +65,39 @@ def _stream(name: str, size: int, reader) -> Iterator[bytes]:
     yield b"\0" * (-size % BLOCK)
 
 
+class Arrivals(Protocol):
+    """Where layers still on their way come from (a pull downloading them)."""
+
+    def arrivals(self, diff_ids: Iterable[str]) -> Iterator[str]:
+        """These diffIDs, each once its bytes can be read, in the order they become so."""
+        ...
+
+
+def _in_arrival_order(layers: list[LoadLayer]) -> Iterator[int]:
+    """The indexes of `layers` in the order to write them: those at hand first, then those
+    still arriving (whose layer has `arriving_from`), each once it has arrived. The loaders
+    read the whole archive before its manifest, so the order is free."""
+    sources: dict[int, Arrivals] = {}
+    waiting: dict[int, dict[str, list[int]]] = {}
+    for index, item in enumerate(layers):
+        source = getattr(item.layer, "arriving_from", None)
+        if source is None:
+            yield index
+            continue
+        sources[id(source)] = source
+        waiting.setdefault(id(source), {}).setdefault(item.diff_id, []).append(index)
+    for key, indexes in waiting.items():
+        for diff_id in sources[key].arrivals(indexes):
+            yield from indexes[diff_id]
+
+
 def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> Iterator[bytes]:
     """A docker-archive (manifest.json layout) for graphdriver engines."""
     config_name = sha256_digest(config)[7:] + ".json"
-    paths = []
+    paths = [f"{index:03d}{item.diff_id[7:19]}/layer.tar" for index, item in enumerate(layers)]
     yield from _file(config_name, config)
-    for index, item in enumerate(layers):
-        path = f"{index:03d}{item.diff_id[7:19]}/layer.tar"
-        paths.append(path)
+    for index in _in_arrival_order(layers):
+        item, path = layers[index], paths[index]
         if item.layer is None:
             yield from _file(path, b"")  # placeholder: the daemon holds this chain
         elif item.media_type.endswith("+zstd"):
@@ -93,7 +119,8 @@ def oci_archive(
     yield from _file(f"blobs/sha256/{sha256_digest(config)[7:]}", config)
     yield from _file(f"blobs/sha256/{sha256_digest(manifest)[7:]}", manifest)
     written: set[str] = set()
-    for item in layers:
+    for index in _in_arrival_order(layers):
+        item = layers[index]
         if item.layer is None or item.digest in written:
             continue
         written.add(item.digest)

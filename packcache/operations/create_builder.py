@@ -63,6 +63,8 @@ from packcache.builder.sources import (
 )
 from packcache.builder.targets import check_build_image, daemon_target, parse_target
 from packcache.builder.uris import (
+    BUILDPACKAGE_FILE,
+    IMAGE,
     daemon_ref,
     local_path,
 )
@@ -151,6 +153,8 @@ class CreateBuilderReport:
     pull_policy: str = ""
     pulled: list[PulledImage] = field(default_factory=list)  # images read from registries
     published: BuilderPublishReport | None = None
+    # Layers still downloading when the load began: sent as they arrived (builder_fetch).
+    layers_streamed: int = 0
 
 
 # -- the operation ---------------------------------------------------------------------------
@@ -237,7 +241,9 @@ def create_builder(
                 remote_only=registry.publish or dry_run,
                 pack_method=no_cache,
                 mirror=mirror,
+                stream=not dry_run,
             )
+            cleanup.callback(fetcher.close)
             report = _create(
                 store, fetcher, registry, name, config, extra_labels or {}, no_cache, dry_run,
                 lease, steps, options or BuilderOptions(), by_digest=len(platforms) > 1,
@@ -306,6 +312,8 @@ def _create(
     imported = materialize_layers(
         store, fetcher.daemon, config, [*modules, *extensions], inputs, layers, no_cache
     )
+    if _shares_a_layer([*modules, *extensions]):
+        fetcher.settle()  # the shared layer is read to be split
     split_flattened_packages([*modules, *extensions], store, inputs, layers)
     lifecycle_diff_id = lifecycle_layer_id()
     _next(steps, STEPS[4])
@@ -344,8 +352,8 @@ def _create(
         return report
     assert fetcher.daemon is not None
     policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
-    report.load = _record_and_load(
-        store, fetcher.daemon, config, name, builder_config, base, policy, lease, options.tags
+    report.load, report.layers_streamed = _record_and_load(
+        store, fetcher, config, name, builder_config, base, policy, lease, options.tags
     )
     report.image_id = report.load.image_id
     return report
@@ -558,9 +566,15 @@ def _builder_labels(
     return labels
 
 
+def _shares_a_layer(modules: list[Module]) -> bool:
+    """Do two modules of one package share a layer (which is then split)?"""
+    sources = [(m.source, m.diff_id) for m in modules if m.kind in (IMAGE, BUILDPACKAGE_FILE)]
+    return len(set(sources)) < len(sources)
+
+
 def _record_and_load(
     store: Store,
-    daemon: Daemon,
+    fetcher: BuilderFetcher,
     config: BuilderConfig,
     name: str,
     builder_config: bytes,
@@ -568,18 +582,30 @@ def _record_and_load(
     policy: SendPolicy,
     lease: Lease | None,
     tags: list[str] = (),
-) -> LoadReport:
+) -> tuple[LoadReport, int]:
     """Record the builder and load it: the build image's layers are never sent (where the
     daemon's store allows, with pack's policy), nor anything else the daemon has. `tags`
     name the same image too (pack's additional tags). A build image the daemon holds is read
-    into the cache first where the load needs it."""
+    into the cache first where the load needs it. Layers still downloading are sent as they
+    arrive (builder_fetch `supplied`: how many, returned); the builder is recorded once they
+    are in the cache."""
+    daemon = fetcher.daemon
+    assert daemon is not None
     refs = [name, *(tag for tag in tags if tag != name)]
-    store.record_image(ImageRecord(config=builder_config, refs=refs))
+    supplied = fetcher.supplied()
+    if not supplied:
+        store.record_image(ImageRecord(config=builder_config, refs=refs))
     if base.source == DAEMON and base_image_needed(
         store, daemon, list(base.image.diff_ids), policy
     ):
         import_images(store, daemon, [config.build_image], lease=lease)
-    return load_config(store, daemon, builder_config, refs, lease=lease, policy=policy)
+    loaded = load_config(
+        store, daemon, builder_config, refs, lease=lease, policy=policy, supplied=supplied
+    )
+    if supplied:
+        fetcher.settle()
+        store.record_image(ImageRecord(config=builder_config, refs=refs))
+    return loaded, len(supplied)
 
 
 def _lifecycle(

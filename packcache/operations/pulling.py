@@ -72,7 +72,7 @@ class PullReport:
 
 
 @dataclass(frozen=True)
-class _Fetch:
+class PlannedFetch:
     """One layer to download, for the first image (in the order asked) that needs it."""
 
     image: RemoteImage
@@ -81,7 +81,9 @@ class _Fetch:
     report: PullReport
 
 
-def _plan(images: list[RemoteImage], lease: Lease) -> tuple[list[PullReport], list[_Fetch]]:
+def plan_pull(
+    images: list[RemoteImage], lease: Lease
+) -> tuple[list[PullReport], list[PlannedFetch]]:
     """Each image's report, and the layers the cache lacks, each once."""
     reports, fetches, planned = [], [], set()
     for image in images:
@@ -102,17 +104,17 @@ def _plan(images: list[RemoteImage], lease: Lease) -> tuple[list[PullReport], li
                 report.already_cached.append(diff_id)  # as a pull of one image after another
             else:
                 planned.add(diff_id)
-                fetches.append(_Fetch(image, layer, diff_id, report))
+                fetches.append(PlannedFetch(image, layer, diff_id, report))
     return reports, fetches
 
 
 def _download(
-    store: Store, fetches: list[_Fetch], parallel: int, mirror: BlobMirror | None = None
+    store: Store, fetches: list[PlannedFetch], parallel: int, mirror: BlobMirror | None = None
 ) -> list[StagedBlob]:
     """Stage every layer, `parallel` at once; on a failure the rest not begun are dropped,
     what was staged is discarded and the first error raised."""
 
-    def fetch(job: _Fetch) -> StagedBlob:
+    def fetch(job: PlannedFetch) -> StagedBlob:
         repository, digest = job.image.name.repository, job.layer["digest"]
         size = job.layer.get("size")
         with job.image.client.open_blob(repository, digest, size) as blob:
@@ -156,8 +158,21 @@ def pull_remote_images(
     mirror: BlobMirror | None = None,
 ) -> list[PullReport]:
     """Fetch the layers of `images` the cache lacks and record the images (module doc)."""
-    reports, fetches = _plan(images, lease)
+    reports, fetches = plan_pull(images, lease)
     staged = _download(store, fetches, parallel, mirror)
+    commit_pulled(store, images, fetches, staged, lease)
+    return reports
+
+
+def commit_pulled(
+    store: Store,
+    images: list[RemoteImage],
+    fetches: list[PlannedFetch],
+    staged: list[StagedBlob],
+    lease: Lease,
+) -> None:
+    """Commit the layers downloaded (`staged`, one per fetch, in order) and record each image;
+    the staged files are discarded either way."""
     try:
         if staged:
             store.commit_staged_many(staged, lease=lease)
@@ -180,7 +195,6 @@ def pull_remote_images(
     finally:
         for blob in staged:
             store.discard(blob)
-    return reports
 
 
 def pull_image(

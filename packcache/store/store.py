@@ -178,6 +178,10 @@ class Store:
             source, expected_digest=expected_digest, expected_diff_id=expected_diff_id, write=write
         )
 
+    def open_staged(self, staged: StagedBlob) -> VerifyingReader:
+        """A staged (verified, not yet committed) blob read back: see BlobFiles.open_staged."""
+        return self.blobs.open_staged(staged)
+
     def discard(self, staged: StagedBlob) -> None:
         """Remove a staged blob's temp file (a no-op once it is committed)."""
         self.blobs.discard(staged)
