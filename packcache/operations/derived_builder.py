@@ -80,7 +80,7 @@ from packcache.operations.create_builder import (
 from packcache.operations.derived_publish import builder_to_publish, cache_builder_layers
 from packcache.operations.engine_configs import record_from_engine
 from packcache.operations.importing import import_images
-from packcache.operations.load_planners import REUSE, SendPolicy, pack_method
+from packcache.operations.load_planners import REUSE, SendPolicy, content_mirror, pack_method
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import PullPolicy, daemon_platform
 from packcache.progress import NO_PROGRESS, Progress
@@ -378,10 +378,15 @@ def derive_builder(
             lease = cleanup.enter_context(store.lease("create-builder"))
         layers = LayerWriter(store, lease, dry_run)
         registries = cleanup.enter_context(RegistryClients(registry.options))
+        mirror = None
+        if not (registry.publish or no_cache or dry_run) and policy is not PullPolicy.NEVER:
+            # The base builder and buildpackages a pull downloads go into a containerd store
+            # as they arrive (create-builder's way), held until the derived builder is loaded.
+            mirror = cleanup.enter_context(content_mirror(daemon))
         fetcher = BuilderFetcher(
             store, None if registry.publish else daemon, policy,
             DEFAULT_PLATFORM if registry.publish else daemon_platform(daemon.info), registries,
-            lease, remote_only=dry_run or registry.publish, pack_method=no_cache,
+            lease, remote_only=dry_run or registry.publish, pack_method=no_cache, mirror=mirror,
         )  # fmt: skip
         if registry.publish:
             if not dry_run:
@@ -646,6 +651,10 @@ def _record_and_load(
     store.record_image(ImageRecord(config=builder_config, refs=[name]))
     base_layers = list(base.image.diff_ids)
     needed = base_image_needed(store, daemon, base_layers, policy)
+    if needed and policy is REUSE and store.cached_diff_ids(base_layers, lease) >= set(base_layers):
+        # Pulled into the cache (and, on a containerd store, written there as it downloaded):
+        # the load sends from the cache, or finds written, what the daemon does not name.
+        needed = False
     if needed and policy is REUSE and record_from_engine(store, daemon, base.image) is not None:
         needed = base_image_needed(store, daemon, base_layers, policy)
     if needed or policy is not REUSE:
