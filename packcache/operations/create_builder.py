@@ -62,6 +62,7 @@ from packcache.builder.sources import (
     read_lifecycle,
 )
 from packcache.builder.targets import check_build_image, daemon_target, parse_target
+from packcache.builder.tarwriter import TarEntry, tar_chunks
 from packcache.builder.uris import (
     BUILDPACKAGE_FILE,
     IMAGE,
@@ -82,6 +83,7 @@ from packcache.operations.builder_lifecycle import (
 from packcache.operations.builder_modules import (
     LayerWriter,
     Module,
+    _hash_chunks,
     add_exploded,
     add_flattened,
     flatten_group,
@@ -478,6 +480,16 @@ def _check_buildpacks(
     )
 
 
+def add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
+    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
+    on every run with the same inputs, so hashed first and written only when the cache lacks
+    it."""
+    diff_id = _hash_chunks(tar_chunks(entries))
+    if layers.dry_run or layers.cached(diff_id):
+        return diff_id
+    return layers.add(entries)
+
+
 def _builder_layers(
     config: BuilderConfig,
     base: _BuildImage,
@@ -493,7 +505,7 @@ def _builder_layers(
     the io.buildpacks.buildpack.layers and io.buildpacks.extension.layers maps (the build
     image's, with the modules added)."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(layers.add(default_dirs(base.uid, base.gid)))
+    diff_ids.append(add_small(layers, default_dirs(base.uid, base.gid)))
     diff_ids.append(lifecycle_diff_id)
     module_layers = {}
     for kind, label, added in (
@@ -508,17 +520,17 @@ def _builder_layers(
         diff_ids += add_exploded(exploded, label_map, layers)
         module_layers[kind] = label_map
     order = L.order_toml(resolved.order, resolved.order_extensions)
-    diff_ids.append(layers.add(single_file_layer(ORDER_PATH, order)))
+    diff_ids.append(add_small(layers, single_file_layer(ORDER_PATH, order)))
     if config.system_pre or config.system_post:
         system = L.system_toml(resolved.system_pre, resolved.system_post)
-        diff_ids.append(layers.add(single_file_layer(SYSTEM_PATH, system)))
+        diff_ids.append(add_small(layers, single_file_layer(SYSTEM_PATH, system)))
     stack = L.stack_toml(config.stack_run_image, config.stack_run_image_mirrors)
-    diff_ids.append(layers.add(single_file_layer(STACK_PATH, stack)))
-    diff_ids.append(layers.add(single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
+    diff_ids.append(add_small(layers, single_file_layer(STACK_PATH, stack)))
+    diff_ids.append(add_small(layers, single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
     build_config_env = config.build_config_env()
     if build_config_env:
-        diff_ids.append(layers.add(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
-    diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
+        diff_ids.append(add_small(layers, env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
+    diff_ids.append(add_small(layers, env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
     return diff_ids, module_layers
 
 
@@ -602,8 +614,8 @@ def _record_and_load(
     loaded = load_config(
         store, daemon, builder_config, refs, lease=lease, policy=policy, supplied=supplied
     )
+    fetcher.settle()  # what prefetch pulled is committed and recorded
     if supplied:
-        fetcher.settle()
         store.record_image(ImageRecord(config=builder_config, refs=refs))
     return loaded, len(supplied)
 

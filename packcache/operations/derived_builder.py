@@ -56,7 +56,6 @@ from packcache.builder.rules import (
     validate_buildpacks,
     validate_extensions,
 )
-from packcache.builder.tarwriter import TarEntry, tar_chunks
 from packcache.builder.uris import daemon_ref, local_path
 from packcache.digest import sha256_digest
 from packcache.errors import UsageError
@@ -64,7 +63,7 @@ from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
 from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
 from packcache.operations.builder_fetch import BuilderFetcher, FetchedImage
-from packcache.operations.builder_modules import LayerWriter, Module, _hash_chunks, add_exploded
+from packcache.operations.builder_modules import LayerWriter, Module, add_exploded
 from packcache.operations.builder_publish import (
     check_publish_name,
     publish_builder,
@@ -75,6 +74,7 @@ from packcache.operations.create_builder import (
     BuildpackReport,
     CreateBuilderReport,
     Registry,
+    add_small,
     check_pull_policy,
 )
 from packcache.operations.derived_publish import builder_to_publish, cache_builder_layers
@@ -141,16 +141,6 @@ def parse_order(groups: list[str]) -> list[list[ModuleRef]]:
             refs.append(ModuleRef(info, optional, line))
         order.append(refs)
     return order
-
-
-def _add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
-    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
-    on every run with the same inputs, so hashed first and written only when the cache lacks
-    it."""
-    diff_id = _hash_chunks(tar_chunks(entries))
-    if layers.dry_run or layers.cached(diff_id):
-        return diff_id
-    return layers.add(entries)
 
 
 # -- the builder derived from -----------------------------------------------------------------
@@ -570,7 +560,7 @@ def _derived_layers(
     keeps the builder's), each written into the store, and the new buildpack and extension
     layers labels."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(_add_small(layers, default_dirs(base.uid, base.gid)))
+    diff_ids.append(add_small(layers, default_dirs(base.uid, base.gid)))
     module_layers = {}
     for kind, label, added in (
         (BUILDPACK, cnb.BUILDPACK_LAYERS, modules),
@@ -581,13 +571,13 @@ def _derived_layers(
         module_layers[kind] = label_map
     if orders is not None:
         order_toml = L.order_toml(orders.resolved, orders.resolved_extensions)
-        diff_ids.append(_add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
+        diff_ids.append(add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
     stack, run_images = _run_images(base, run_image)
     first = stack if stack["image"] else (run_images[0] if run_images else None)
     stack_toml = L.stack_toml(first["image"], first["mirrors"]) if first else ""
-    diff_ids.append(_add_small(layers, single_file_layer(STACK_PATH, stack_toml)))
-    diff_ids.append(_add_small(layers, single_file_layer(RUN_PATH, L.run_toml(run_images))))
-    diff_ids.append(_add_small(layers, env_layer(f"{PLATFORM_DIR}/env", env)))
+    diff_ids.append(add_small(layers, single_file_layer(STACK_PATH, stack_toml)))
+    diff_ids.append(add_small(layers, single_file_layer(RUN_PATH, L.run_toml(run_images))))
+    diff_ids.append(add_small(layers, env_layer(f"{PLATFORM_DIR}/env", env)))
     return diff_ids, module_layers
 
 

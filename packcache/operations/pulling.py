@@ -179,19 +179,20 @@ def commit_pulled(
         for job, blob in zip(fetches, staged, strict=True):
             job.report.downloaded.append(blob.digest)
             job.report.bytes_downloaded += blob.size
-        for image in images:
-            # Refs are tags (what `load` names the image in a daemon); the repo digest is the
-            # repository and the manifest digest recorded beside them.
-            tagged = not image.name.reference.startswith("sha256:")
-            store.record_image(
+        # Refs are tags (what `load` names the image in a daemon); the repo digest is the
+        # repository and the manifest digest recorded beside them. One transaction for all.
+        store.record_images(
+            [
                 ImageRecord(
                     config=image.config,
                     image_id=image.manifest.config["digest"],
                     manifest_digest=image.manifest.digest,
                     manifest=image.manifest.body,
-                    refs=[str(image.name)] if tagged else [],
+                    refs=[] if image.name.reference.startswith("sha256:") else [str(image.name)],
                 )
-            )
+                for image in images
+            ]
+        )
     finally:
         for blob in staged:
             store.discard(blob)
