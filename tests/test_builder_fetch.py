@@ -123,3 +123,22 @@ def test_a_layer_that_never_downloads_whole_leaves_no_builder_and_nothing_pulled
     assert [p.name for p in (cache / "ingest").iterdir()] == []
     if engine.containerd_store:
         assert our_leases_and_ingests(engine) == ([], [])
+
+
+def test_flattening_buildpacks_still_downloading_waits_for_their_layers(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path
+) -> None:
+    """--flatten reads the layers it joins: those being pulled are waited for first (a group
+    of one buildpack: its layer made again as a flattened one)."""
+    remote = to_registry(engine, registries, tmp_path)
+    first = remote.inputs.packages[0].main
+    name = fx.unique("flat")
+    args = ("--pull-policy", "always", "--flatten", f"{first.id}@{first.version}")
+    cold = ok(create(cli, engine, name, remote.toml, remote.host, *args))
+    assert cold["layers_streamed"] == 0  # every download was waited for
+    flat = buildpack_layers(engine, name)[first.id][first.version]["layerDiffID"]
+    assert flat in inspect(engine, name)["RootFS"]["Layers"]
+    engine.docker("rmi", name)
+    warm = ok(create(cli, engine, name, remote.toml, remote.host, *args))
+    assert warm["config_digest"] == cold["config_digest"]
+    engine.docker("rmi", name)

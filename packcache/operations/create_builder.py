@@ -314,8 +314,9 @@ def _create(
     imported = materialize_layers(
         store, fetcher.daemon, config, [*modules, *extensions], inputs, layers, no_cache
     )
-    if _shares_a_layer([*modules, *extensions]):
-        fetcher.settle()  # the shared layer is read to be split
+    flattened = any(flatten_group(m, options.flatten) is not None for m in [*modules, *extensions])
+    if flattened or _shares_a_layer([*modules, *extensions]):
+        fetcher.settle()  # their layers are read: to be split, or joined in one
     split_flattened_packages([*modules, *extensions], store, inputs, layers)
     lifecycle_diff_id = lifecycle_layer_id()
     _next(steps, STEPS[4])
