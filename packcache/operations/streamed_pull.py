@@ -191,9 +191,16 @@ class ArrivingLayer:
 
     @property
     def size_known(self) -> bool:
-        """Can an archive name it before it arrives (its manifest gives size and type)?"""
+        """Can an archive name it before it arrives: its manifest gives size and type, and it
+        is sent as it is (a zstd layer is sent to a graphdriver as its tar, of a size known
+        only once it is staged)?"""
         layer = self.job.layer
-        return isinstance(layer.get("size"), int) and isinstance(layer.get("mediaType"), str)
+        media_type = layer.get("mediaType")
+        return (
+            isinstance(layer.get("size"), int)
+            and isinstance(media_type, str)
+            and not media_type.endswith("+zstd")
+        )
 
     @property
     def diff_id(self) -> str:
