@@ -706,6 +706,21 @@ def _print_import(daemon_report: "DaemonImportReport", fmt: Format) -> None:
     )
 
 
+# load and rebase: where layers the cache lacks (never imported, or pruned) may come from.
+LaunchCacheOption = Annotated[
+    str | None,
+    typer.Option(
+        "--launch-cache",
+        metavar="VOLUME|DIR",
+        help="Take layers the cache lacks from this launch cache only.",
+        show_default="every launch cache volume of the daemon",
+    ),
+]
+NoLaunchCacheOption = Annotated[
+    bool, typer.Option("--no-launch-cache", help="Never read pack's launch caches.")
+]
+
+
 @app.command("load", epilog=examples("load"))
 def load_command(
     ctx: typer.Context,
@@ -715,18 +730,8 @@ def load_command(
     tags: Annotated[
         list[str] | None, typer.Option("--tag", "-t", help="Name it this in the daemon.")
     ] = None,
-    launch_cache: Annotated[
-        str | None,
-        typer.Option(
-            "--launch-cache",
-            metavar="VOLUME|DIR",
-            help="Take layers the cache lacks (pruned) from this launch cache only.",
-            show_default="every launch cache volume of the daemon",
-        ),
-    ] = None,
-    no_launch_cache: Annotated[
-        bool, typer.Option("--no-launch-cache", help="Never read pack's launch caches.")
-    ] = False,
+    launch_cache: LaunchCacheOption = None,
+    no_launch_cache: NoLaunchCacheOption = False,
     quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -876,18 +881,8 @@ def rebase_command(
             help="pack's method: docker pull, save the whole app image, load it all.",
         ),
     ] = False,
-    launch_cache: Annotated[
-        str | None,
-        typer.Option(
-            "--launch-cache",
-            metavar="VOLUME|DIR",
-            help="Take missing app layers from this launch cache only.",
-            show_default="every launch cache volume of the daemon",
-        ),
-    ] = None,
-    no_launch_cache: Annotated[
-        bool, typer.Option("--no-launch-cache", help="Never read pack's launch caches.")
-    ] = False,
+    launch_cache: LaunchCacheOption = None,
+    no_launch_cache: NoLaunchCacheOption = False,
     dry_run: DryRunOption = False,
     publish: Annotated[
         bool,

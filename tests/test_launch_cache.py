@@ -20,6 +20,7 @@ from packcache.transports.containerd import Containerd
 from tests import test_rebase
 from tests.cnb_images import AppImage
 from tests.engines.harness import Engine
+from tests.launch_caches import fill_volume
 from tests.test_containerd_transport import collect_garbage, endpoint_of
 from tests.test_rebase import check_result, rebase
 
@@ -72,17 +73,8 @@ def launch_volume(engine: Engine, tmp_path: Path) -> Iterator[Callable[..., str]
         name = volume_name(app.tag)
         source = tmp_path / f"launch-volume-{len(made)}"
         write_launch_cache(source, committed(app_layer_tars(app)) if files is None else files)
-        engine.docker("volume", "create", name)
-        made.append(name)
-        filler = (
-            engine.docker("create", "--pull", "never", "-v", f"{name}:/launch", with_image, "true")
-            .stdout.decode()
-            .strip()
-        )
-        try:
-            engine.docker("cp", f"{source}/.", f"{filler}:/launch/")
-        finally:
-            engine.docker("rm", "-f", filler)
+        made.append(name)  # removed after the test even if filling it fails
+        fill_volume(engine, name, source, with_image)
         return name
 
     yield make

@@ -58,6 +58,7 @@ from tests.bench.common import (
 from tests.bench.images import MIB, BuiltLayer, file_chunks, write_gzip_layer, write_load_archive
 from tests.engines import images
 from tests.engines.harness import DOCKER_CLI, Engine
+from tests.launch_caches import fill_volume
 
 RUN_LAYERS_MIB = [scaled(270, 68)] * 3
 APP_LAYERS_MIB = [scaled(n, n // 4) for n in (110, 80, 50, 30)]
@@ -192,18 +193,7 @@ def _launch_volume(engine: Engine, built: Built, work: Path) -> None:
             with gzip.open(member) as blob, open(target, "wb") as out:
                 shutil.copyfileobj(blob, out, MIB)
     volume = "pack-cache-bench_app_latest-000000000000.launch"
-    engine.docker("volume", "create", volume)
-    filler = (
-        engine.docker(
-            "create", "--pull", "never", "-v", f"{volume}:/launch", f"{RUN_REPO}:v1", "true"
-        )
-        .stdout.decode()
-        .strip()
-    )
-    try:
-        engine.docker("cp", f"{source}/.", f"{filler}:/launch/")
-    finally:
-        engine.docker("rm", "-f", filler)
+    fill_volume(engine, volume, source, f"{RUN_REPO}:v1")
     shutil.rmtree(source)
 
 
