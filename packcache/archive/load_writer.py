@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
@@ -34,6 +34,19 @@ class LoadLayer:
     digest: str  # the blob digest the manifest names (containerd store)
     size: int
     media_type: str
+
+
+@dataclass(frozen=True)
+class SizedArchive:
+    """An archive being written, and its exact length in bytes, known before its first byte:
+    it is sent with a Content-Length, so no chunked framing copies every chunk on its way."""
+
+    size: int
+    chunks: Iterator[bytes]
+
+
+# A member of an archive: its name, its size, and its bytes (small files) or how to open them.
+_Member = tuple[str, int, bytes | Callable[[], BinaryIO]]
 
 
 def _header(name: str, size: int) -> bytes:
@@ -73,58 +86,87 @@ class Arrivals(Protocol):
         ...
 
 
-def _in_arrival_order(layers: list[LoadLayer]) -> Iterator[int]:
-    """The indexes of `layers` in the order to write them: those at hand first, then those
-    still arriving (whose layer has `arriving_from`), each once it has arrived. The loaders
-    read the whole archive before its manifest, so the order is free."""
+def _in_arrival_order(count: int, layers: dict[int, Layer]) -> Iterator[int]:
+    """The indexes of `count` members in the order to write them: those at hand first, then
+    the layers still arriving (those in `layers` that have `arriving_from`), each once it has
+    arrived. The loaders read the whole archive before its manifest, so the order is free."""
     sources: dict[int, Arrivals] = {}
     waiting: dict[int, dict[str, list[int]]] = {}
-    for index, item in enumerate(layers):
-        source = getattr(item.layer, "arriving_from", None)
+    for index in range(count):
+        source = getattr(layers.get(index), "arriving_from", None)
         if source is None:
             yield index
             continue
         sources[id(source)] = source
-        waiting.setdefault(id(source), {}).setdefault(item.diff_id, []).append(index)
+        waiting.setdefault(id(source), {}).setdefault(layers[index].diff_id, []).append(index)
     for key, indexes in waiting.items():
         for diff_id in sources[key].arrivals(indexes):
             yield from indexes[diff_id]
 
 
-def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> Iterator[bytes]:
+def _sized(members: list[_Member], layers: dict[int, Layer] | None = None) -> SizedArchive:
+    """The tar of these members; each stream is opened only when the writing reaches it, the
+    layers (by member index) still arriving written as they arrive, before the last member."""
+    size = sum(BLOCK + n + (-n % BLOCK) for _name, n, _source in members) + 2 * BLOCK
+
+    def chunks() -> Iterator[bytes]:
+        for index in _in_arrival_order(len(members) - 1, layers or {}):
+            name, n, source = members[index]
+            if isinstance(source, bytes):
+                yield from _file(name, source)
+            else:
+                yield from _stream(name, n, source())
+        name, n, source = members[-1]  # the manifest or index: last, once every layer is in
+        assert isinstance(source, bytes)
+        yield from _file(name, source)
+        yield b"\0" * (2 * BLOCK)
+
+    return SizedArchive(size, chunks())
+
+
+def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> SizedArchive:
     """A docker-archive (manifest.json layout) for graphdriver engines."""
     config_name = sha256_digest(config)[7:] + ".json"
-    paths = [f"{index:03d}{item.diff_id[7:19]}/layer.tar" for index, item in enumerate(layers)]
-    yield from _file(config_name, config)
-    for index in _in_arrival_order(layers):
-        item, path = layers[index], paths[index]
-        if item.layer is None:
-            yield from _file(path, b"")  # placeholder: the daemon holds this chain
+    members: list[_Member] = [(config_name, len(config), config)]
+    sent: dict[int, Layer] = {}
+    paths = []
+    for index, item in enumerate(layers):
+        path = f"{index:03d}{item.diff_id[7:19]}/layer.tar"
+        paths.append(path)
+        layer = item.layer
+        if layer is not None:
+            sent[len(members)] = layer
+        if layer is None:
+            members.append((path, 0, b""))  # placeholder: the daemon holds this chain
         elif item.media_type.endswith("+zstd"):
             # Older graphdriver loaders may not read zstd: send the tar itself.
-            yield from _stream(path, item.layer.uncompressed_size, item.layer.uncompressed())
+            members.append((path, layer.uncompressed_size, layer.uncompressed))
         else:
-            yield from _stream(path, item.layer.size, item.layer.compressed())
-    manifest = [{"Config": config_name, "RepoTags": tags, "Layers": paths}]
-    yield from _file("manifest.json", json.dumps(manifest).encode())
-    yield b"\0" * (2 * BLOCK)
+            members.append((path, layer.size, layer.compressed))
+    manifest = json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": paths}]).encode()
+    members.append(("manifest.json", len(manifest), manifest))
+    return _sized(members, sent)
 
 
 def oci_archive(
     config: bytes, manifest: bytes, layers: list[LoadLayer], tags: list[str]
-) -> Iterator[bytes]:
+) -> SizedArchive:
     """An OCI layout for the containerd store (`manifest` names `config` and the layers);
     held blobs are referenced, not included."""
-    yield from _file("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    yield from _file(f"blobs/sha256/{sha256_digest(config)[7:]}", config)
-    yield from _file(f"blobs/sha256/{sha256_digest(manifest)[7:]}", manifest)
+    layout = b'{"imageLayoutVersion":"1.0.0"}'
+    members: list[_Member] = [
+        ("oci-layout", len(layout), layout),
+        (f"blobs/sha256/{sha256_digest(config)[7:]}", len(config), config),
+        (f"blobs/sha256/{sha256_digest(manifest)[7:]}", len(manifest), manifest),
+    ]
     written: set[str] = set()
-    for index in _in_arrival_order(layers):
-        item = layers[index]
+    sent: dict[int, Layer] = {}
+    for item in layers:
         if item.layer is None or item.digest in written:
             continue
         written.add(item.digest)
-        yield from _stream(f"blobs/sha256/{item.digest[7:]}", item.size, item.layer.compressed())
+        sent[len(members)] = item.layer
+        members.append((f"blobs/sha256/{item.digest[7:]}", item.size, item.layer.compressed))
     descriptors = [
         Descriptor(
             OCI_MANIFEST,
@@ -137,5 +179,6 @@ def oci_archive(
         )
         for tag in tags
     ]
-    yield from _file("index.json", image_index(descriptors))
-    yield b"\0" * (2 * BLOCK)
+    index = image_index(descriptors)
+    members.append(("index.json", len(index), index))
+    return _sized(members, sent)
