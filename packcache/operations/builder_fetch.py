@@ -18,6 +18,8 @@ which changes nothing) read manifests and configs only, never a layer.
 
 On a containerd store packcache writes into, the layers pulled are written into the content
 store as they download (`mirror`), so the builder's load writes only its own new layers.
+Elsewhere (`stream`) prefetch leaves them downloading: the builder's `docker load` sends each
+as it arrives (`supplied`, streamed_pull.py), and `settle` commits them after the load.
 """
 
 from __future__ import annotations
