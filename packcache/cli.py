@@ -893,7 +893,7 @@ def rebase_command(
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
     from packcache.operations.housekeeping import size_capped
-    from packcache.operations.launch_layers import LaunchChoice
+    from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
     from packcache.operations.report_toml import write_report_toml
