@@ -1213,7 +1213,6 @@ def create_builder_command(
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.create_builder import Registry, check_pull_policy, create_builder
-    from packcache.operations.derived_builder import derive_builder
     from packcache.operations.housekeeping import size_capped
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.run_image_fetch import resolve_pull_policy
@@ -1260,6 +1259,8 @@ def create_builder_command(
                 progress=shown,
             )
             if derived is not None:
+                from packcache.operations.derived_builder import derive_builder
+
                 report = derive_builder(
                     store, ctx.obj.daemon(shown), name, derived, registry=registry,
                     tags=options.tags, **common,
@@ -1321,8 +1322,6 @@ def _derived_request(
     extensions: list[str] | None = None,
 ) -> "DerivedBuilderRequest | None":
     """What --from-builder and its options ask for (None for a builder.toml), checked."""
-    from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
-
     if config is None and from_builder is None:
         # click's own words for a missing option, as before --from-builder existed
         raise UsageError("Missing option '--config' (or --from-builder BUILDER)")
@@ -1334,6 +1333,8 @@ def _derived_request(
                 "--buildpack, --extension, --env, --order and --run-image need --from-builder"
             )
         return None
+    from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
+
     if order:
         parse_order(order)
     return DerivedBuilderRequest(
