@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NamedTuple, NoReturn
 
 import typer
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from packcache.operations.derived_builder import DerivedBuilderRequest
     from packcache.operations.importing import DaemonImportReport
     from packcache.operations.rebase_publish import PublishReport
-    from packcache.store.store import EvictedLayer
+    from packcache.store.store import EvictedLayer, Lease, Store
 
 # Help strings are rich markup: a [word] in one is taken for a style and vanishes, so defaults
 # go in show_default= (tests/test_cli_help.py checks every help text is printed whole).
@@ -206,6 +206,12 @@ def expand_home(text: str, source: str) -> Path:
     return Path(expanded)
 
 
+class Writing(NamedTuple):
+    store: "Store"
+    lease: "Lease"
+    shown: Progress
+
+
 @dataclass
 class Context:
     cache_dir: Path
@@ -242,6 +248,22 @@ class Context:
     def open_index(self):
         """The cache read-only, for read-only commands: no SQLAlchemy import (see database.py)."""
         return self.open_store(writable=False)
+
+    @contextmanager
+    def writing(
+        self, command: str, quiet: bool = True, fmt: Format | Template = Format.table
+    ) -> Iterator[Writing]:
+        """What a command that adds to the cache runs in: the store, held by a lease named after
+        the command, its progress display, and the size cap (read before, enforced after)."""
+        from packcache.operations.housekeeping import size_capped
+
+        store = self.open_store()
+        with (
+            size_capped(store),
+            store.lease(command) as lease,
+            progress_display(quiet, fmt) as shown,
+        ):
+            yield Writing(store, lease, shown)
 
 
 def emit(text: str) -> None:
@@ -578,7 +600,6 @@ def import_command(
 ) -> None:
     """Add images to the cache: new layers only, from one `docker save` read once."""
     from packcache.archive.save_reader import import_archive
-    from packcache.operations.housekeeping import size_capped
     from packcache.operations.importing import DaemonImportReport, import_images
     from packcache.operations.launch_layers import LaunchChoice
 
@@ -588,28 +609,22 @@ def import_command(
     if bool(images) == bool(archive):
         typer.echo("packcache: error: name images in the daemon, or --archive FILE", err=True)
         raise typer.Exit(EXIT_USAGE)
-    with reported():
-        store = ctx.obj.open_store()
-        with (
-            size_capped(store),
-            store.lease("import") as lease,
-            progress_display(quiet, fmt) as shown,
-        ):
-            if images:
-                report = import_images(
-                    store,
-                    ctx.obj.daemon(shown),
-                    images,
-                    lease=lease,
-                    launch=LaunchChoice(use=not no_launch_cache),
-                )
-            else:
-                try:
-                    source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
-                except OSError as exc:
-                    raise PackcacheError(f"cannot read {archive}: {exc.strerror}") from exc
-                with reading(source, archive, shown) as counted_source:
-                    report = DaemonImportReport(import_archive(store, counted_source, lease=lease))
+    with reported(), ctx.obj.writing("import", quiet, fmt) as (store, lease, shown):
+        if images:
+            report = import_images(
+                store,
+                ctx.obj.daemon(shown),
+                images,
+                lease=lease,
+                launch=LaunchChoice(use=not no_launch_cache),
+            )
+        else:
+            try:
+                source = sys.stdin.buffer if archive == "-" else open(archive, "rb")  # noqa: SIM115
+            except OSError as exc:
+                raise PackcacheError(f"cannot read {archive}: {exc.strerror}") from exc
+            with reading(source, archive, shown) as counted_source:
+                report = DaemonImportReport(import_archive(store, counted_source, lease=lease))
     _print_import(report, fmt)
 
 
@@ -621,7 +636,6 @@ def _import_launch_cache(
     image: str | None,
     fmt: Format | Template,
 ) -> None:
-    from packcache.operations.housekeeping import size_capped
     from packcache.operations.launch_layers import import_launch_cache
 
     if not launch_cache or archive is not None or len(sources) > 1:
@@ -632,12 +646,10 @@ def _import_launch_cache(
         )
         raise typer.Exit(EXIT_USAGE)
     source = sources[0] if sources else None
-    with reported():
-        store = ctx.obj.open_store()
+    with reported(), ctx.obj.writing("import") as (store, lease, _):
         local_dir = source is not None and "/" in source
         daemon = None if local_dir and image is None else ctx.obj.daemon()
-        with size_capped(store), store.lease("import") as lease:
-            report = import_launch_cache(store, daemon, source, image=image, lease=lease)
+        report = import_launch_cache(store, daemon, source, image=image, lease=lease)
     for problem in report.problems:
         typer.echo(f"packcache: skipped {problem}", err=True)
     for name in report.in_use:
@@ -719,18 +731,11 @@ def load_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
-    from packcache.operations.housekeeping import size_capped
     from packcache.operations.loading import load_image
 
-    with reported():
-        store = ctx.obj.open_store()
-        with (
-            size_capped(store),
-            store.lease("load") as lease,
-            progress_display(quiet, fmt) as shown,
-        ):
-            daemon = ctx.obj.daemon(shown)
-            report = load_image(store, daemon, image, tags, lease=lease)
+    with reported(), ctx.obj.writing("load", quiet, fmt) as (store, lease, shown):
+        daemon = ctx.obj.daemon(shown)
+        report = load_image(store, daemon, image, tags, lease=lease)
     if fmt is not Format.table:
         print_formatted(fmt, render.report_json(report))
         return
@@ -776,19 +781,13 @@ def pull_command(
     """Add images to the cache straight from their registries: only the layers it lacks."""
     import dataclasses
 
-    from packcache.operations.housekeeping import size_capped
     from packcache.operations.pulling import pull_images
     from packcache.transports.registry import DEFAULT_PLATFORM, Platform, RegistryOptions
 
     with reported():
         chosen = Platform.parse(platform) if platform else DEFAULT_PLATFORM
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
-        store = ctx.obj.open_store()
-        with (
-            size_capped(store),
-            store.lease("pull") as lease,
-            progress_display(quiet, fmt) as shown,
-        ):
+        with ctx.obj.writing("pull", quiet, fmt) as (store, lease, shown):
             reports = pull_images(
                 store, images, lease=lease, options=options, platform=chosen, progress=shown
             )
@@ -892,7 +891,6 @@ def rebase_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
-    from packcache.operations.housekeeping import size_capped
     from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
@@ -927,12 +925,7 @@ def rebase_command(
             config,
             RegistryOptions(insecure=frozenset(insecure_registries or ())),
         )
-        store = ctx.obj.open_store()
-        with (
-            size_capped(store),
-            store.lease("rebase") as lease,
-            progress_display(quiet, fmt) as shown,
-        ):
+        with ctx.obj.writing("rebase", quiet, fmt) as (store, lease, shown):
             daemon = ctx.obj.daemon(shown)
             report = rebase(
                 store,
@@ -1042,18 +1035,12 @@ def push_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Push an image to a registry: only the blobs it lacks (others mounted or skipped)."""
-    from packcache.operations.housekeeping import size_capped
     from packcache.operations.pushing import push_image
     from packcache.transports.registry import RegistryOptions
 
     with reported():
         options = RegistryOptions(insecure=frozenset(insecure_registries or ()))
-        store = ctx.obj.open_store()
-        with (
-            size_capped(store),
-            store.lease("push") as lease,
-            progress_display(quiet, fmt) as shown,
-        ):
+        with ctx.obj.writing("push", quiet, fmt) as (store, lease, shown):
             report = push_image(
                 store,
                 image,
@@ -1213,7 +1200,6 @@ def create_builder_command(
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.create_builder import Registry, check_pull_policy, create_builder
-    from packcache.operations.housekeeping import size_capped
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.run_image_fetch import resolve_pull_policy
     from packcache.transports.registry import RegistryOptions
@@ -1244,12 +1230,7 @@ def create_builder_command(
             tags or [], flatten or [], targets or [], append_image_name_suffix
         )
         builder_config = read_config(config) if derived is None else None
-        store = ctx.obj.open_store()
-        with (
-            size_capped(store),
-            store.lease("create-builder") as lease,
-            progress_display(quiet, fmt) as shown,
-        ):
+        with ctx.obj.writing("create-builder", quiet, fmt) as (store, lease, shown):
             common = dict(
                 pull_policy=policy,
                 extra_labels=extra_labels,
