@@ -718,6 +718,21 @@ def _print_import(daemon_report: "DaemonImportReport", fmt: Format) -> None:
     )
 
 
+# load and rebase: where layers the cache lacks (never imported, or pruned) may come from.
+LaunchCacheOption = Annotated[
+    str | None,
+    typer.Option(
+        "--launch-cache",
+        metavar="VOLUME|DIR",
+        help="Take layers the cache lacks from this launch cache only.",
+        show_default="every launch cache volume of the daemon",
+    ),
+]
+NoLaunchCacheOption = Annotated[
+    bool, typer.Option("--no-launch-cache", help="Never read pack's launch caches.")
+]
+
+
 @app.command("load", epilog=examples("load"))
 def load_command(
     ctx: typer.Context,
@@ -727,15 +742,19 @@ def load_command(
     tags: Annotated[
         list[str] | None, typer.Option("--tag", "-t", help="Name it this in the daemon.")
     ] = None,
+    launch_cache: LaunchCacheOption = None,
+    no_launch_cache: NoLaunchCacheOption = False,
     quiet: QuietOption = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
+    from packcache.operations.launch_layers import LaunchChoice
     from packcache.operations.loading import load_image
 
     with reported(), ctx.obj.writing("load", quiet, fmt) as (store, lease, shown):
         daemon = ctx.obj.daemon(shown)
-        report = load_image(store, daemon, image, tags, lease=lease)
+        launch = LaunchChoice(use=not no_launch_cache, source=launch_cache)
+        report = load_image(store, daemon, image, tags, lease=lease, launch=launch)
     if fmt is not Format.table:
         print_formatted(fmt, render.report_json(report))
         return
@@ -746,6 +765,11 @@ def load_command(
         f"{render.size(report.bytes_sent)} sent in {report.seconds:.2f} s "
         f"(by {report.load_method})"
     )
+    counts = Counter(report.layer_sources.values())
+    if set(counts) - {"cache"}:  # some layer was not in the cache: say where it was
+        typer.echo("  layers      " + ", ".join(f"{n} from {k}" for k, n in counts.items()))
+    for problem in report.launch_cache_problems:
+        typer.echo(f"  skipped     {problem}")
 
 
 InsecureRegistriesOption = Annotated[
@@ -856,18 +880,8 @@ def rebase_command(
             help="pack's method: docker pull, save the whole app image, load it all.",
         ),
     ] = False,
-    launch_cache: Annotated[
-        str | None,
-        typer.Option(
-            "--launch-cache",
-            metavar="VOLUME|DIR",
-            help="Take missing app layers from this launch cache only.",
-            show_default="every launch cache volume of the daemon",
-        ),
-    ] = None,
-    no_launch_cache: Annotated[
-        bool, typer.Option("--no-launch-cache", help="Never read pack's launch caches.")
-    ] = False,
+    launch_cache: LaunchCacheOption = None,
+    no_launch_cache: NoLaunchCacheOption = False,
     dry_run: DryRunOption = False,
     publish: Annotated[
         bool,

@@ -54,6 +54,8 @@ LOAD = {
     "seconds",
     "load_method",
     "manifest_size",
+    "layer_sources",
+    "launch_cache_problems",
 }
 REBASE = {
     "image",

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
@@ -33,6 +34,19 @@ class LoadLayer:
     digest: str  # the blob digest the manifest names (containerd store)
     size: int
     media_type: str
+
+
+@dataclass(frozen=True)
+class SizedArchive:
+    """An archive being written, and its exact length in bytes, known before its first byte:
+    it is sent with a Content-Length, so no chunked framing copies every chunk on its way."""
+
+    size: int
+    chunks: Iterator[bytes]
+
+
+# A member of an archive: its name, its size, and its bytes (small files) or how to open them.
+_Member = tuple[str, int, bytes | Callable[[], BinaryIO]]
 
 
 def _header(name: str, size: int) -> bytes:
@@ -64,40 +78,59 @@ def _stream(name: str, size: int, reader) -> Iterator[bytes]:
     yield b"\0" * (-size % BLOCK)
 
 
-def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> Iterator[bytes]:
+def _sized(members: list[_Member]) -> SizedArchive:
+    """The tar of these members; each stream is opened only when the writing reaches it."""
+    size = sum(BLOCK + n + (-n % BLOCK) for _name, n, _source in members) + 2 * BLOCK
+
+    def chunks() -> Iterator[bytes]:
+        for name, n, source in members:
+            if isinstance(source, bytes):
+                yield from _file(name, source)
+            else:
+                yield from _stream(name, n, source())
+        yield b"\0" * (2 * BLOCK)
+
+    return SizedArchive(size, chunks())
+
+
+def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> SizedArchive:
     """A docker-archive (manifest.json layout) for graphdriver engines."""
     config_name = sha256_digest(config)[7:] + ".json"
+    members: list[_Member] = [(config_name, len(config), config)]
     paths = []
-    yield from _file(config_name, config)
     for index, item in enumerate(layers):
         path = f"{index:03d}{item.diff_id[7:19]}/layer.tar"
         paths.append(path)
-        if item.layer is None:
-            yield from _file(path, b"")  # placeholder: the daemon holds this chain
+        layer = item.layer
+        if layer is None:
+            members.append((path, 0, b""))  # placeholder: the daemon holds this chain
         elif item.media_type.endswith("+zstd"):
             # Older graphdriver loaders may not read zstd: send the tar itself.
-            yield from _stream(path, item.layer.uncompressed_size, item.layer.uncompressed())
+            members.append((path, layer.uncompressed_size, layer.uncompressed))
         else:
-            yield from _stream(path, item.layer.size, item.layer.compressed())
-    manifest = [{"Config": config_name, "RepoTags": tags, "Layers": paths}]
-    yield from _file("manifest.json", json.dumps(manifest).encode())
-    yield b"\0" * (2 * BLOCK)
+            members.append((path, layer.size, layer.compressed))
+    manifest = json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": paths}]).encode()
+    members.append(("manifest.json", len(manifest), manifest))
+    return _sized(members)
 
 
 def oci_archive(
     config: bytes, manifest: bytes, layers: list[LoadLayer], tags: list[str]
-) -> Iterator[bytes]:
+) -> SizedArchive:
     """An OCI layout for the containerd store (`manifest` names `config` and the layers);
     held blobs are referenced, not included."""
-    yield from _file("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-    yield from _file(f"blobs/sha256/{sha256_digest(config)[7:]}", config)
-    yield from _file(f"blobs/sha256/{sha256_digest(manifest)[7:]}", manifest)
+    layout = b'{"imageLayoutVersion":"1.0.0"}'
+    members: list[_Member] = [
+        ("oci-layout", len(layout), layout),
+        (f"blobs/sha256/{sha256_digest(config)[7:]}", len(config), config),
+        (f"blobs/sha256/{sha256_digest(manifest)[7:]}", len(manifest), manifest),
+    ]
     written: set[str] = set()
     for item in layers:
         if item.layer is None or item.digest in written:
             continue
         written.add(item.digest)
-        yield from _stream(f"blobs/sha256/{item.digest[7:]}", item.size, item.layer.compressed())
+        members.append((f"blobs/sha256/{item.digest[7:]}", item.size, item.layer.compressed))
     descriptors = [
         Descriptor(
             OCI_MANIFEST,
@@ -110,5 +143,6 @@ def oci_archive(
         )
         for tag in tags
     ]
-    yield from _file("index.json", image_index(descriptors))
-    yield b"\0" * (2 * BLOCK)
+    index = image_index(descriptors)
+    members.append(("index.json", len(index), index))
+    return _sized(members)

@@ -21,10 +21,10 @@ from typing import BinaryIO
 from packcache.archive.save_reader import (
     SMALL_BLOB,
     ArchiveError,
+    CheckedTarInfo,
     ForwardReader,
-    _CheckedTarInfo,
-    _MemberBytes,
-    _next_member,
+    MemberBytes,
+    next_member,
 )
 from packcache.digest import CHUNK, sha256_digest
 from packcache.jsondoc import DocumentError, check_manifest, strict_loads
@@ -56,7 +56,7 @@ def _digest_of(name: str) -> str | None:
     return "sha256:" + (match.group(1) or match.group(2))
 
 
-def _skip(source: _MemberBytes) -> None:
+def _skip(source: MemberBytes) -> None:
     while source.read(CHUNK):
         pass
 
@@ -123,12 +123,12 @@ def _read(
     forward = ForwardReader(stream)
     held_bytes = 0
     try:
-        with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:  # type: ignore[call-overload]
-            while (member := _next_member(tar)) is not None:
+        with tarfile.open(fileobj=forward, mode="r:", tarinfo=CheckedTarInfo) as tar:  # type: ignore[call-overload]
+            while (member := next_member(tar)) is not None:
                 if not member.isfile():
                     continue
                 digest = _digest_of(member.name)
-                source = _MemberBytes(forward, member)
+                source = MemberBytes(forward, member)
                 keep = digest is not None and (
                     digest in wanted or (small_only and member.size <= SMALL_BLOB)
                 )

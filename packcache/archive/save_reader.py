@@ -176,8 +176,8 @@ def _read_stream(
         # tarfile parses the headers; member bytes are read straight from the stream (see
         # ForwardReader), not through tarfile's stream-mode buffer or its file objects.
         forward = ForwardReader(stream)
-        with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
-            while (member := _next_member(tar)) is not None:
+        with tarfile.open(fileobj=forward, mode="r:", tarinfo=CheckedTarInfo) as tar:
+            while (member := next_member(tar)) is not None:
                 _read_member(store, forward, member, entries, report, lease)
         if isinstance(stream, GunzipReader):
             stream.drain()  # the gzip stream must end cleanly too, after the tar's last block
@@ -193,7 +193,7 @@ def _read_stream(
         raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc
 
 
-def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     """The next member's header, which tarfile then forgets: it keeps every header it parsed
     (with its PAX headers) for the archive's lifetime, and an archive may have millions."""
     try:
@@ -232,7 +232,7 @@ def _read_member(
             entries.hold(name, 0)
             entries.known[name] = _Known(digest, known.diff_id)
             return
-    source = _MemberBytes(forward, member)
+    source = MemberBytes(forward, member)
     if name.endswith("/layer.tar") or member.size > SMALL_BLOB:
         if digest is None and not name.endswith("/layer.tar"):
             if member.size > MAX_METADATA:
@@ -390,7 +390,7 @@ def _header_size(block: bytes) -> int | None:
         return None
 
 
-class _CheckedTarInfo(tarfile.TarInfo):
+class CheckedTarInfo(tarfile.TarInfo):
     """tarfile's header parser, with each header (also each of a chain of extended headers)
     checked by the ForwardReader before tarfile reads it."""
 
@@ -400,7 +400,7 @@ class _CheckedTarInfo(tarfile.TarInfo):
         return super().fromtarfile(archive)
 
 
-class _MemberBytes:
+class MemberBytes:
     """The bytes of the tar member just parsed, read straight from the forward stream."""
 
     def __init__(self, forward: ForwardReader, member: tarfile.TarInfo) -> None:

@@ -384,6 +384,12 @@ class DeferredLaunch:
             for diff_id, (_reader, entry) in self.located.items()
         }
 
+    def close(self) -> None:
+        """Let go of the caches, reading nothing more: for a load that will not be made."""
+        if not self.finished:
+            self.finished = True
+            self.stack.close()
+
     def finish(self, lease: Lease | None) -> LaunchReport:
         """Record the layers that verified on their way into the load, ingest those the load
         did not read, note the bad ones; the caches are closed either way. Once only."""

@@ -67,6 +67,7 @@ class LoadArchive:
     manifest: bytes | None  # the manifest it carries, on a containerd store
     chunks: Iterator[bytes]
     content_size: int  # bytes of config, manifest and every layer blob, held or sent
+    size: int | None = None  # of the archive itself, where one is sent
 
 
 def _counted(chunks: Iterable[bytes], counter: list[int]) -> Iterator[bytes]:
@@ -136,7 +137,7 @@ class LoadPlanner(ABC):
         """Put the image into the daemon: the archive it was, and the bytes sent."""
         archive = self.archive(config, plan, tags)
         counter = [0]
-        self.daemon.load(_counted(read_ahead(archive.chunks), counter))
+        self.daemon.load(_counted(read_ahead(archive.chunks), counter), size=archive.size)
         return archive, counter[0]
 
     def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:
@@ -185,11 +186,13 @@ class GraphdriverPlanner(LoadPlanner):
         return self._PLACEHOLDER  # imgutil's local image writes blank entries for its base
 
     def archive(self, config: bytes, plan: list[LoadLayer], tags: list[str]) -> LoadArchive:
+        archive = legacy_archive(config, plan, tags)
         return LoadArchive(
             image_id=oci.digest_of(config),
             manifest=None,
-            chunks=legacy_archive(config, plan, tags),
+            chunks=archive.chunks,
             content_size=len(config) + sum(item.size for item in plan),
+            size=archive.size,
         )
 
 
@@ -216,11 +219,13 @@ class ContainerdPlanner(LoadPlanner):
     def archive(self, config: bytes, plan: list[LoadLayer], tags: list[str]) -> LoadArchive:
         layers = [oci.Descriptor(item.media_type, item.digest, item.size) for item in plan]
         manifest = oci.image_manifest(config, layers)
+        archive = oci_archive(config, manifest, plan, tags)
         return LoadArchive(
             image_id=oci.digest_of(manifest),
             manifest=manifest,
-            chunks=oci_archive(config, manifest, plan, tags),
+            chunks=archive.chunks,
             content_size=len(config) + len(manifest) + sum(item.size for item in plan),
+            size=archive.size,
         )
 
     def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:

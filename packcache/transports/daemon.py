@@ -355,13 +355,16 @@ class Daemon:
         task = self.progress.task(f"Saving {what} from the daemon")
         return CountingReader(response.raw, task)  # type: ignore[return-value]
 
-    def load(self, chunks: Iterator[bytes]) -> list[str]:
-        """`docker load` of a stream of archive chunks; returns the daemon's status lines."""
+    def load(self, chunks: Iterator[bytes], size: int | None = None) -> list[str]:
+        """`docker load` of a stream of archive chunks (`size` bytes in all, if known: sent
+        with that length instead of chunked); returns the daemon's status lines."""
         messages: list[str] = []
         self._forget()
         task = self.progress.task("Loading into the daemon")
         url = self.api.url("/images/load", params={"quiet": True})
         headers = {"Content-Type": "application/x-tar"}
+        if size is not None:  # each chunk is sent as it is, not copied into a chunk frame
+            headers["Content-Length"] = str(size)
 
         def send() -> list[Any]:
             response = self.api.request("POST", url, body=counted(chunks, task), headers=headers)

@@ -190,7 +190,8 @@ class EngineApi:
         meanwhile is sent again once, on a fresh one (never a request that changes something:
         the daemon may have done it)."""
         sent_headers = {"Accept-Encoding": "identity", **(headers or {})}
-        chunked = body is not None and not isinstance(body, bytes)
+        given_length = any(name.lower() == "content-length" for name in sent_headers)
+        chunked = body is not None and not isinstance(body, bytes) and not given_length
         retry = method in ("GET", "HEAD")
         while True:
             conn = self._connection()

@@ -27,10 +27,10 @@ from typing import BinaryIO
 
 from packcache.archive.save_reader import (
     ArchiveError,
+    CheckedTarInfo,
     ForwardReader,
-    _CheckedTarInfo,
-    _MemberBytes,
-    _next_member,
+    MemberBytes,
+    next_member,
 )
 from packcache.digest import CHUNK
 from packcache.errors import PackcacheError
@@ -388,9 +388,9 @@ class VolumeReader(Reader):
             try:
                 with self.daemon.archive(self.container or "", f"{root}/{name}") as stream:
                     forward = ForwardReader(stream)
-                    with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
-                        _next_member(tar)  # the directory itself
-                        if _next_member(tar) is not None:
+                    with tarfile.open(fileobj=forward, mode="r:", tarinfo=CheckedTarInfo) as tar:
+                        next_member(tar)  # the directory itself
+                        if next_member(tar) is not None:
                             self.listing.in_use = True
             except (EOFError, *READ_ERRORS) as exc:
                 self.problem(name, f"the daemon's archive of it is unreadable ({exc})")
@@ -401,8 +401,8 @@ class VolumeReader(Reader):
         with self.daemon.archive(self.container or "", path) as stream:
             forward = ForwardReader(stream)
             try:
-                with tarfile.open(fileobj=forward, mode="r:", tarinfo=_CheckedTarInfo) as tar:
-                    while (member := _next_member(tar)) is not None:
+                with tarfile.open(fileobj=forward, mode="r:", tarinfo=CheckedTarInfo) as tar:
+                    while (member := next_member(tar)) is not None:
                         parts = member.name.split("/")
                         if whole_dir and len(parts) == 1 and member.isdir():
                             continue  # committed/ itself
@@ -413,7 +413,7 @@ class VolumeReader(Reader):
                         name = parts[-1] if len(parts) == 1 + whole_dir else member.name
                         entry = self._entry(name, member.size, member.isfile())
                         if entry is not None:
-                            member_bytes = _MemberBytes(forward, member)
+                            member_bytes = MemberBytes(forward, member)
                             yield entry, _Bounded(member_bytes, member.size, name)  # type: ignore[arg-type]
             except (EOFError, *READ_ERRORS) as exc:
                 self.problem(path, f"the daemon's archive of it is unreadable ({exc})")

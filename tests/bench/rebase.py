@@ -3,8 +3,9 @@
 Images built once from real files on this machine: a run image v1 and v2 of ~800 MiB in three
 layers each (from /usr/lib, different files) and an app of ~270 MiB in four layers (from
 /usr/share) on v1, as one gzip docker-load archive. Per engine (PACKCACHE_BENCH_REBASE_ENGINES,
-default 20.10-graphdriver and 26.1-containerd), interleaved, REPEAT times, each from the app on
-v1 and with the previous result removed from the daemon:
+default 20.10-graphdriver, 26.1-containerd and 28-containerd: API 1.48+, where a cold rebase
+needs no save at all), interleaved, REPEAT times, each from the app on v1 and with the previous
+result removed from the daemon:
 
 - pack's method: `packcache rebase --no-cache` (save the app image, and on the containerd
   store the run image, into a throw-away store; load all pack would send);
@@ -20,7 +21,9 @@ v1 and with the previous result removed from the daemon:
 After each, the first `docker create` of the result (where a containerd store unpacks an
 image it was never asked to unpack) is timed too. For packcache's runs, the time spent in the
 command itself (its report's total) is shown beside the process's: the rest is start-up
-(Python, imports, parsing) and exit.
+(Python, imports, parsing) and exit. "docker save of" names the images the report says were
+saved (whole, or "head": read only up to their config), and how many image saves the daemon's
+events logged during the run, so a save the report missed would show.
 
 Every packcache run is a fresh process, start-up included. Printed, never asserted.
 PACKCACHE_BENCH_SIZE=quick: a quarter of the sizes.
@@ -55,6 +58,7 @@ from tests.bench.common import (
 from tests.bench.images import MIB, BuiltLayer, file_chunks, write_gzip_layer, write_load_archive
 from tests.engines import images
 from tests.engines.harness import DOCKER_CLI, Engine
+from tests.launch_caches import fill_volume
 
 RUN_LAYERS_MIB = [scaled(270, 68)] * 3
 APP_LAYERS_MIB = [scaled(n, n // 4) for n in (110, 80, 50, 30)]
@@ -63,7 +67,9 @@ METHODS = ("pack", "cold", "cold+launch-cache", "warm", "warm-docker-load", "flo
 # PACKCACHE_BENCH_REBASE_METHODS=warm,warm-docker-load,floor: a subset, for a quick look at one
 # path (pack's method and the floor are the baselines the verdicts need).
 CHOSEN = engine_kinds("PACKCACHE_BENCH_REBASE_METHODS", list(METHODS))
-ENGINES = engine_kinds("PACKCACHE_BENCH_REBASE_ENGINES", ["20.10-graphdriver", "26.1-containerd"])
+ENGINES = engine_kinds(
+    "PACKCACHE_BENCH_REBASE_ENGINES", ["20.10-graphdriver", "26.1-containerd", "28-containerd"]
+)
 RUN_REPO = "bench/run"
 APP, APP_ORIGINAL = "bench/app:latest", "bench/app:original"
 STACK = "io.packcache.bench"
@@ -138,10 +144,12 @@ def build_images(work: Path) -> Built:
 class EngineRuns:
     kind: str
     containerd: bool
+    api: tuple[int, int]
     methods: dict[str, Runs] = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)
     first_runs: dict[str, list[float]] = field(default_factory=dict)
     in_command: dict[str, list[float]] = field(default_factory=dict)  # the report's total
+    save_events: dict[str, int] = field(default_factory=dict)  # the daemon's, in the last run
 
 
 def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
@@ -185,29 +193,31 @@ def _launch_volume(engine: Engine, built: Built, work: Path) -> None:
             with gzip.open(member) as blob, open(target, "wb") as out:
                 shutil.copyfileobj(blob, out, MIB)
     volume = "pack-cache-bench_app_latest-000000000000.launch"
-    engine.docker("volume", "create", volume)
-    filler = (
-        engine.docker(
-            "create", "--pull", "never", "-v", f"{volume}:/launch", f"{RUN_REPO}:v1", "true"
-        )
-        .stdout.decode()
-        .strip()
-    )
-    try:
-        engine.docker("cp", f"{source}/.", f"{filler}:/launch/")
-    finally:
-        engine.docker("rm", "-f", filler)
+    fill_volume(engine, volume, source, f"{RUN_REPO}:v1")
     shutil.rmtree(source)
 
 
 def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
     engine = start_engine(kind)
-    result = EngineRuns(kind, engine.containerd_store)
+    api = tuple(int(part) for part in engine.api_version.split(".")[:2])
+    result = EngineRuns(kind, engine.containerd_store, (api[0], api[1]))
     try:
         env, pc_env = engine.cli_env(), {**packcache_env(), **containerd_env(engine)}
 
         def docker(*args: str) -> float:
             return timed_process([DOCKER_CLI, *args], env=env)[0]
+
+        def daemon_time() -> str:
+            info = engine.docker("info", "--format", "{{.SystemTime}}")
+            return info.stdout.decode().strip()
+
+        def saves_since(since: str) -> int:
+            """Image saves the daemon's events logged since then."""
+            events = engine.docker(
+                "events", "--since", since, "--until", daemon_time(), "--filter", "type=image",
+                "--filter", "event=save", "--format", "{{.Actor.ID}}",
+            )  # fmt: skip
+            return len(events.stdout.split())
 
         def first_run(method: str, image: str) -> None:
             create = ["create", "--pull", "never", "--network", "none", image, "/none"]
@@ -264,9 +274,11 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                 if not warm:
                     shutil.rmtree(cache, ignore_errors=True)  # cold starts empty
                 extra = {"pack": ["--no-cache"], "cold": ["--no-launch-cache"]}.get(method, [])
+                since = daemon_time()
                 seconds, report = packcache(
                     cache, APP, "--run-image", f"{RUN_REPO}:v2", *extra, method=method
                 )
+                result.save_events[method] = saves_since(since)
                 runs.seconds.append(seconds)
                 result.reports[method] = report
                 result.in_command.setdefault(method, []).append(report["timings"]["total"])
@@ -296,6 +308,9 @@ def _verdicts(result: EngineRuns, median: dict[str, float], first: dict[str, flo
         out.append(
             f"cold with a launch cache {launch / floor:.2f}x the floor (target <= {target}x)"
         )
+    if "cold+launch-cache" in result.save_events and result.containerd and result.api >= (1, 48):
+        saves = result.save_events["cold+launch-cache"]
+        out.append(f"cold with a launch cache: {saves} docker save(s) (target: none on API 1.48+)")
     if warm and "warm-docker-load" in median:
         # What a user waits for until the result runs: the containerd path unpacks then.
         ours = warm + first["warm"]
@@ -305,6 +320,18 @@ def _verdicts(result: EngineRuns, median: dict[str, float], first: dict[str, flo
             f"warm + first create {ours / theirs:.2f}x the docker load path's (target <= {target}x)"
         )
     return out
+
+
+def _saves(report: dict, events: int | None) -> str:
+    """The images a run saved (whole, or only up to the config), and the daemon's count."""
+    if not report:
+        return "-"
+    saved = list(report.get("saved", []))
+    saved += [f"{image} (head)" for image in report.get("config_from_save", {})]
+    if events is None:
+        return ", ".join(saved) or "none"
+    logged = f"{events} save event(s)" if events else "no save event"
+    return f"{', '.join(saved) or 'none'}; {logged}"
 
 
 def main() -> None:
@@ -345,7 +372,7 @@ def main() -> None:
                     f"{median[method] / floor:.2f}x" if floor else "-",
                     str(report.get("layers_sent", "-")),
                     f"{report['bytes_sent'] / MIB:.1f}" if report else "-",
-                    ", ".join(report.get("saved", [])) or "-",
+                    _saves(report, result.save_events.get(method)),
                     report.get("load_method", "docker load"),
                     f"{first[method]:.2f}",
                 ]
