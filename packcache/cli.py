@@ -748,7 +748,7 @@ def load_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
-    from packcache.operations.launch_layers import LaunchChoice
+    from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.loading import load_image
 
     with reported(), ctx.obj.writing("load", quiet, fmt) as (store, lease, shown):
