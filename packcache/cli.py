@@ -748,7 +748,7 @@ def load_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
-    from packcache.operations.launch_layers import LaunchChoice
+    from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.loading import load_image
 
     with reported(), ctx.obj.writing("load", quiet, fmt) as (store, lease, shown):
@@ -905,7 +905,7 @@ def rebase_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
-    from packcache.operations.launch_layers import LaunchChoice
+    from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
     from packcache.operations.report_toml import write_report_toml
@@ -1214,7 +1214,6 @@ def create_builder_command(
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.create_builder import Registry, check_pull_policy, create_builder
-    from packcache.operations.derived_builder import derive_builder
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.run_image_fetch import resolve_pull_policy
     from packcache.transports.registry import RegistryOptions
@@ -1255,6 +1254,8 @@ def create_builder_command(
                 progress=shown,
             )
             if derived is not None:
+                from packcache.operations.derived_builder import derive_builder
+
                 report = derive_builder(
                     store, ctx.obj.daemon(shown), name, derived, registry=registry,
                     tags=options.tags, **common,
@@ -1316,8 +1317,6 @@ def _derived_request(
     extensions: list[str] | None = None,
 ) -> "DerivedBuilderRequest | None":
     """What --from-builder and its options ask for (None for a builder.toml), checked."""
-    from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
-
     if config is None and from_builder is None:
         # click's own words for a missing option, as before --from-builder existed
         raise UsageError("Missing option '--config' (or --from-builder BUILDER)")
@@ -1329,6 +1328,8 @@ def _derived_request(
                 "--buildpack, --extension, --env, --order and --run-image need --from-builder"
             )
         return None
+    from packcache.operations.derived_builder import DerivedBuilderRequest, parse_env, parse_order
+
     if order:
         parse_order(order)
     return DerivedBuilderRequest(

@@ -358,7 +358,7 @@ def test_an_index_failure_is_one_error_not_a_traceback(
     Store.open(cache_dir)
     before = snapshot(cache_dir)
 
-    def failing_write(self):
+    def failing_write(self, **options):
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(Database, "write_plain", failing_write)

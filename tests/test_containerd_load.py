@@ -610,6 +610,36 @@ def test_settings_that_cannot_work_fall_back(
     assert our_leases_and_ingests(engine) == ([], [])
 
 
+def test_a_rebase_whose_containerd_cannot_be_used_falls_back_once(
+    engine_pool: EnginePool, tmp_path: Path
+) -> None:
+    # A rebase connects to containerd while it inspects the images: the fallback is the same.
+    engine = engine_pool.get(next(kind for kind in CONTAINERD_KINDS if kind.startswith("26.1")))
+    repo = unique("run").rsplit(":", 1)[0]
+    run1 = build_run_image(engine, tmp_path, "v1", f"{repo}:v1")
+    run2 = build_run_image(engine, tmp_path, "v2", f"{repo}:v2")
+    app = build_app_image(engine, tmp_path, run1, unique("app"), run_name=repo)
+    wanted = {**settings(engine), "PACKCACHE_CONTAINERD_NAMESPACE": "not-the-daemons"}
+    args = ["-v", "rebase", app.tag, "--run-image", run2.tag, "--pull-policy", "never"]
+    result = packcache(engine, tmp_path / "cache", *args, "--format", "json", env=wanted)
+    check_fallback(result, "has no namespace 'not-the-daemons'")
+    check_result(engine, tmp_path, app.tag, app, run2)
+    assert our_leases_and_ingests(engine) == ([], [])
+
+
+def test_a_connection_begun_early_is_the_one_used(via_containerd: Engine) -> None:
+    from packcache.transports.daemon import Daemon
+
+    daemon = Daemon(via_containerd.host)
+    containerd_load.connect_soon(daemon)
+    containerd_load.connect_soon(daemon)  # already under way: nothing more
+    connection = containerd_load.daemon_containerd(daemon)
+    assert connection is not None
+    assert connection.endpoint.namespace == f"pc-{via_containerd.root.name}"
+    assert containerd_load.daemon_containerd(daemon) is connection
+    assert connection.blob_size("sha256:" + "0" * 64) is None  # it answers
+
+
 def test_address_off_keeps_docker_load(via_containerd: Engine, tmp_path) -> None:
     engine = via_containerd
     tag, _ = small_image(engine, tmp_path)

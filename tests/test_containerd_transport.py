@@ -174,6 +174,23 @@ def test_update_repoints_an_existing_record(engine: Engine) -> None:
         assert not ctd.delete_image(name)
 
 
+def test_a_record_said_to_exist_is_updated_or_else_created(engine: Engine) -> None:
+    name = f"docker.io/packcache-cd/known-{engine.root.name}:1"
+    with Containerd(endpoint_of(engine)) as ctd:
+        first = Descriptor(OCI_MANIFEST, "sha256:" + "3" * 64, 30)
+        second = Descriptor(OCI_MANIFEST, "sha256:" + "4" * 64, 40)
+        # Said to exist but gone meanwhile (another process removed it): created all the same.
+        ctd.put_image(name, first, {"old": "label"}, exists=True)
+        record = ctd.get_image(name)
+        assert record is not None
+        assert (record.target.digest, record.labels) == (first.digest, {"old": "label"})
+        ctd.put_image(name, second, exists=True)  # there: repointed, its labels replaced
+        record = ctd.get_image(name)
+        assert record is not None
+        assert (record.target.digest, record.labels) == (second.digest, {})
+        assert ctd.delete_image(name)
+
+
 def test_a_blob_with_the_wrong_digest_is_refused_and_leaves_nothing(engine: Engine) -> None:
     data = os.urandom(2 * WRITE_CHUNK + 5)
     claimed = images.sha256_digest(data + b"x")

@@ -32,6 +32,14 @@ CONTAINERD = {"grpc"}
 PROTOBUF = {"google.protobuf", "packcache.transports.containerd_api"}
 MAINTENANCE = {"sqlalchemy", "alembic"}
 HELP = {"rich", "typer.rich_utils"}
+# What only a cold rebase (or a pull) reads with: launch caches, the daemon's storage, saves.
+COLD_REBASE = {
+    "packcache.operations.launch_layers",
+    "packcache.transports.launch_cache",
+    "packcache.operations.engine_configs",
+    "packcache.archive.save_reader",
+    "packcache.operations.pulling",
+}
 
 
 def imported(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
@@ -106,3 +114,6 @@ def test_a_rebase_imports_only_what_its_engine_needs(engine_pool, tmp_path: Path
     warm = imported(tmp_path, *args, env=env)
     assert loaded(warm, CONTAINERD) == (CONTAINERD if engine.containerd_store else set())
     assert loaded(warm, SDK | PROTOBUF | MAINTENANCE | HELP) == set()
+    # The cache holds the app: no launch cache, daemon storage or save is read, nothing pulled.
+    assert "packcache.operations.rebase" in warm
+    assert loaded(warm, COLD_REBASE) == set()

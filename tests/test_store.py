@@ -243,6 +243,21 @@ def test_leased_layers_survive_prune(store: Store) -> None:
     assert [layer.diff_id for layer in prune(store, everything=True).removed] == [kept]
 
 
+def test_only_lease_rows_are_committed_without_a_sync(store: Store, cache_dir) -> None:
+    full, normal = 2, 1  # PRAGMA synchronous: FULL syncs every commit, NORMAL (WAL) does not
+    with store.db.write_plain() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    with store.db.write_plain(durable=False) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == normal
+    kept = store.ingest_layer(io.BytesIO(random_tar(10_000))).diff_id
+    with store.lease("test") as lease:
+        lease.add([kept])
+        # Committed all the same: another process's prune sees the lease.
+        assert prune(Store.open(cache_dir), everything=True).in_use == [kept]
+    with store.db.write_plain() as conn:  # a connection's own setting: the next one syncs
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == full
+
+
 def test_hold_leases_and_reports_what_is_cached(store: Store) -> None:
     kept = store.ingest_layer(io.BytesIO(random_tar(10_000)))
     absent = "sha256:" + "0" * 64

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import replace
 from weakref import WeakKeyDictionary
@@ -22,6 +22,7 @@ from weakref import WeakKeyDictionary
 from packcache.archive.load_writer import LoadLayer
 from packcache.errors import PackcacheError
 from packcache.image import manifest as oci
+from packcache.image.inspected import InspectedImage
 from packcache.image.layer import Layer
 from packcache.progress import NO_PROGRESS, Progress
 from packcache.transports.containerd import (
@@ -48,6 +49,8 @@ OFF = "off"
 # One connection (or the finding that there is none) per daemon client: planners are made
 # several times in one operation, and the fallback is said once.
 _connections: WeakKeyDictionary[Daemon, Containerd | None] = WeakKeyDictionary()
+_pending: WeakKeyDictionary[Daemon, Future[Containerd | None]] = WeakKeyDictionary()
+_lock = threading.Lock()
 # The blobs a plan found in each connection's content store, and their sizes: an operation
 # plans several loads on the same layers (the base image first). Only for planning: what a
 # load relies on is asked again once its manifest holds it (restore_missing).
@@ -61,10 +64,41 @@ def mirrored_blobs(containerd: Containerd) -> set[str]:
     return _mirrored.get(containerd, set())
 
 
+def connect_soon(daemon: Daemon) -> None:
+    """Start connecting to the daemon's containerd in a thread of its own: importing grpc and
+    the first call then overlap with what the caller asks the daemon meanwhile, and
+    `daemon_containerd` waits for it."""
+    with _lock:
+        if daemon in _connections or daemon in _pending:
+            return
+        pending: Future[Containerd | None] = Future()
+        _pending[daemon] = pending
+
+    def connect() -> None:
+        try:
+            pending.set_result(_connect(daemon))
+        except BaseException as exc:  # raised where the connection is asked for
+            pending.set_exception(exc)
+
+    threading.Thread(target=connect, name="containerd-connect").start()
+
+
 def daemon_containerd(daemon: Daemon) -> Containerd | None:
     """The daemon's containerd, connected, or None where it cannot be used."""
-    if daemon in _connections:
-        return _connections[daemon]
+    with _lock:
+        if daemon in _connections:
+            return _connections[daemon]
+        pending = _pending.get(daemon)
+    connection = _connect(daemon) if pending is None else pending.result()
+    with _lock:
+        _pending.pop(daemon, None)
+        kept = _connections.setdefault(daemon, connection)
+    if kept is not connection and connection is not None:
+        connection.close()  # another thread connected first
+    return kept
+
+
+def _connect(daemon: Daemon) -> Containerd | None:
     settings = daemon.containerd_settings
     if settings is None:
         settings = os.environ
@@ -77,7 +111,6 @@ def daemon_containerd(daemon: Daemon) -> Containerd | None:
             connection = Containerd(endpoint)
         except ContainerdError as exc:
             log.info("%s; loading with docker load instead", exc)
-    _connections[daemon] = connection
     return connection
 
 
@@ -197,13 +230,19 @@ def write_image(
     written = write_layers(containerd, plan, lease, progress)
     sent = sum({item.digest: item.size for item in plan if item.digest in written}.values())
     config_digest = oci.digest_of(config)
-    if containerd.write_blob(config_digest, len(config), [config], lease):
-        sent += len(config)
     manifest_digest = oci.digest_of(manifest)
     # The labels make the manifest keep its config and layers once the lease is gone.
     labels = gc_ref_labels(config_digest, [item.digest for item in plan])
-    if containerd.write_blob(manifest_digest, len(manifest), [manifest], lease, labels):
-        sent += len(manifest)
+    # Written at once: neither needs the other in the store, and each is a commit containerd
+    # makes durable before it answers.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        config_written = pool.submit(
+            containerd.write_blob, config_digest, len(config), [config], lease
+        )
+        if containerd.write_blob(manifest_digest, len(manifest), [manifest], lease, labels):
+            sent += len(manifest)
+        if config_written.result():
+            sent += len(config)
     sent += restore_missing(containerd, plan, written, lease, cached, progress)
     return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), sent
 
@@ -222,7 +261,7 @@ def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
             if key not in ("io.containerd.image.name", "org.opencontainers.image.ref.name")
         }
         containerd.put_image(DANGLING_PREFIX + old.target.digest, old.target, labels)
-    containerd.put_image(name, target)
+    containerd.put_image(name, target, exists=old is not None)
     containerd.delete_image(DANGLING_PREFIX + target.digest)  # it has a name now
 
 
@@ -339,12 +378,28 @@ class MirrorWrite:
             self._queue.put_nowait(_ABORT)
 
 
-def announce(daemon: Daemon, image_id: str, tags: list[str]) -> None:
+def announce(daemon: Daemon, image_id: str, tags: list[str]) -> dict[str, InspectedImage | None]:
     """Have the daemon say (`docker events`) that `tags` name `image_id`: it learns nothing of a
     record written into its containerd, but tagging an image with the name it already has
-    makes it log a `tag` event and changes nothing (ID, created time, labels, other tags)."""
-    for tag in tags:
-        try:
-            daemon.tag(image_id, tag)
-        except PackcacheError as exc:  # the image is there; only the event is missing
-            log.warning("the Docker daemon did not announce %s: %s", tag, exc)
+    makes it log a `tag` event and changes nothing (ID, created time, labels, other tags).
+    Returns how the daemon inspects each tag (None: it shows no such image, or cannot say),
+    asked meanwhile: the daemon reads the records from its containerd, so the answer does
+    not wait for the tagging."""
+
+    def tag_all() -> None:
+        for tag in tags:
+            try:
+                daemon.tag(image_id, tag)
+            except PackcacheError as exc:  # the image is there; only the event is missing
+                log.warning("the Docker daemon did not announce %s: %s", tag, exc)
+
+    seen: dict[str, InspectedImage | None] = {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tagged = pool.submit(tag_all)
+        for tag in tags:
+            try:
+                seen[tag] = daemon.inspect_image_now(tag)
+            except PackcacheError:
+                seen[tag] = None
+        tagged.result()
+    return seen

@@ -98,7 +98,13 @@ from packcache.operations.builder_publish import (
     reach_destinations,
 )
 from packcache.operations.importing import import_images
-from packcache.operations.load_planners import REUSE, SendPolicy, content_mirror, pack_method
+from packcache.operations.load_planners import (
+    REUSE,
+    SendPolicy,
+    content_mirror,
+    pack_method,
+    prepare,
+)
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import (
     PullPolicy,
@@ -293,6 +299,8 @@ def _create(
         target = daemon_target(
             options.targets, config.targets, daemon.info.os, daemon.info.architecture
         )
+        if not (no_cache or dry_run):
+            prepare(daemon)  # containerd is connected to while the images are inspected
     base = _check_images(fetcher, config)
     if fetcher.daemon is not None:
         check_build_image(

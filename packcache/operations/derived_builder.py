@@ -80,7 +80,13 @@ from packcache.operations.create_builder import (
 from packcache.operations.derived_publish import builder_to_publish, cache_builder_layers
 from packcache.operations.engine_configs import record_from_engine
 from packcache.operations.importing import import_images
-from packcache.operations.load_planners import REUSE, SendPolicy, content_mirror, pack_method
+from packcache.operations.load_planners import (
+    REUSE,
+    SendPolicy,
+    content_mirror,
+    pack_method,
+    prepare,
+)
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import PullPolicy, daemon_platform
 from packcache.progress import NO_PROGRESS, Progress
@@ -384,6 +390,8 @@ def derive_builder(
             source = builder_to_publish(fetcher, daemon, request.from_builder)
             base = _read_base(source.image, request.from_builder)
         else:
+            if not (no_cache or dry_run):
+                prepare(daemon)  # containerd is connected to while the builder is read
             base = _read_base(_builder_in_daemon(fetcher, request), request.from_builder)
         derived = _derive(store, fetcher, base, request, extra_labels or {}, layers, no_cache)
         report = DerivedBuilderReport(

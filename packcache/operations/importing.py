@@ -7,14 +7,17 @@ only their tags are recorded. The rest come from one `docker save` stream for al
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from packcache.archive.save_reader import ImportReport, import_archive
 from packcache.errors import NotFoundError
 from packcache.image.inspected import InspectedImage
-from packcache.operations.launch_layers import LaunchChoice, fill_from_host
+from packcache.operations.launch_choice import LaunchChoice
 from packcache.operations.load_planners import planner_for
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon
+
+if TYPE_CHECKING:
+    from packcache.archive.save_reader import ImportReport
 
 
 @dataclass
@@ -53,6 +56,10 @@ def import_images(
     lease: Lease | None = None,
     launch: LaunchChoice | None = None,
 ) -> DaemonImportReport:
+    # Imported here: a warm rebase needs only cached_config of this module.
+    from packcache.archive.save_reader import ImportReport, import_archive
+    from packcache.operations.launch_layers import fill_from_host
+
     inspected = {ref: daemon.inspect_image(ref) for ref in refs}  # every name checked first
     report = DaemonImportReport(archive=ImportReport())
     references_blobs = planner_for(store, daemon).references_blobs

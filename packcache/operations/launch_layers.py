@@ -18,6 +18,7 @@ from packcache.errors import CorruptBlobError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
 from packcache.image.layer import MEDIA_TYPES, Layer
 from packcache.operations.engine_configs import record_from_engine, record_from_save_head
+from packcache.operations.launch_choice import CACHE, LAUNCH_CACHE, LaunchChoice
 from packcache.store.blobs import StagedBlob
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon, DaemonError
@@ -32,19 +33,6 @@ from packcache.transports.launch_cache import (
     pack_image_part,
     reader,
 )
-
-CACHE, LAUNCH_CACHE, SAVE = "cache", "launch-cache", "docker save"
-
-
-@dataclass(frozen=True)
-class LaunchChoice:
-    """Which launch caches an operation may read: the daemon's (default), one named, none."""
-
-    use: bool = True
-    source: str | None = None  # a volume name or a directory
-
-
-EVERY_LAUNCH_CACHE = LaunchChoice()
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive
 from packcache.errors import NotFoundError, PackcacheError
 from packcache.image import manifest as oci
+from packcache.image.inspected import InspectedImage
 from packcache.image.layer import MEDIA_TYPES, Layer, chain_ids
 from packcache.operations import containerd_load
 from packcache.refs import normalize
@@ -73,6 +74,11 @@ def _counted(chunks: Iterable[bytes], counter: list[int]) -> Iterator[bytes]:
     for chunk in chunks:
         counter[0] += len(chunk)
         yield chunk
+
+
+def _shows(info: InspectedImage, loaded: LoadArchive, diff_ids: list[str]) -> bool:
+    """Is the image the daemon inspects a name as the one just loaded, with every layer?"""
+    return info.id == loaded.image_id and list(info.diff_ids) == diff_ids
 
 
 class LoadPlanner(ABC):
@@ -140,7 +146,7 @@ class LoadPlanner(ABC):
             info = self.daemon.inspect_image(tag)
         except PackcacheError:
             return False
-        return info.id == loaded.image_id and list(info.diff_ids) == diff_ids
+        return _shows(info, loaded, diff_ids)
 
     @contextmanager
     def replaced_images_kept(self, tags: list[str]) -> Iterator[None]:
@@ -261,6 +267,8 @@ class ContainerdApiPlanner(ContainerdPlanner):
     def __init__(self, store: Store, daemon: Daemon, containerd: Containerd) -> None:
         super().__init__(store, daemon)
         self.containerd = containerd
+        # How the daemon inspected each tag as the last load announced it: what verify reads.
+        self._seen: dict[str, InspectedImage | None] = {}
 
     def _held(self, diff_ids: list[str]) -> list[Held | None]:
         recorded = self.store.held_descriptors(self.store.manifests_with_layers(diff_ids))
@@ -307,12 +315,15 @@ class ContainerdApiPlanner(ContainerdPlanner):
             )  # fmt: skip
             for tag in tags:
                 containerd_load.name_image(self.containerd, normalize(tag), target)
-        containerd_load.announce(self.daemon, loaded.image_id, tags)
+        self._seen = containerd_load.announce(self.daemon, loaded.image_id, tags)
         return loaded, written
 
     def verify(self, tag: str, loaded: LoadArchive, diff_ids: list[str]) -> bool:
         # Every blob was found or written under the lease: the daemon's view is what is left.
-        return LoadPlanner.verify(self, tag, loaded, diff_ids)
+        if tag not in self._seen:
+            return LoadPlanner.verify(self, tag, loaded, diff_ids)
+        info = self._seen.pop(tag)
+        return info is not None and _shows(info, loaded, diff_ids)
 
     @contextmanager
     def replaced_images_kept(self, tags: list[str]) -> Iterator[None]:
@@ -329,6 +340,13 @@ def planner_for(store: Store, daemon: Daemon, policy: SendPolicy = REUSE) -> Loa
         if containerd is not None:
             return ContainerdApiPlanner(store, daemon, containerd)
     return ContainerdPlanner(store, daemon)
+
+
+def prepare(daemon: Daemon, policy: SendPolicy = REUSE) -> None:
+    """Start, in the background, what `planner_for` will need and is slow to get: the
+    connection to the daemon's containerd, where a load would write there."""
+    if daemon.info.containerd_store and policy.reuse_held:
+        containerd_load.connect_soon(daemon)
 
 
 @contextmanager

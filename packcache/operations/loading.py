@@ -14,20 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from packcache.archive.load_writer import LoadLayer
 from packcache.errors import PackcacheError, UsageError
 from packcache.image.config import config_diff_ids
 from packcache.image.layer import Layer
-from packcache.operations.launch_layers import (
-    CACHE,
-    EVERY_LAUNCH_CACHE,
-    LAUNCH_CACHE,
-    DeferredLaunch,
-    LaunchChoice,
-    launch_caches,
-    locate_launch_layers,
-)
+from packcache.operations.launch_choice import CACHE, EVERY_LAUNCH_CACHE, LAUNCH_CACHE, LaunchChoice
 from packcache.operations.load_planners import (
     EVERYTHING,
     REUSE,
@@ -39,6 +32,9 @@ from packcache.operations.load_planners import (
 from packcache.refs import familiar, normalize
 from packcache.store.store import ImageRecord, Lease, Store
 from packcache.transports.daemon import Daemon, DaemonError
+
+if TYPE_CHECKING:
+    from packcache.operations.launch_layers import DeferredLaunch
 
 
 @dataclass
@@ -125,6 +121,9 @@ def _load_with_launch_layers(
     the layers that verified are recorded)."""
     if not launch.use:
         raise _missing(tags[0], lacking, "launch caches not read: --no-launch-cache")
+    # Imported here: a load the cache and the daemon can make (a warm rebase's) reads none.
+    from packcache.operations.launch_layers import launch_caches, locate_launch_layers
+
     deferred = locate_launch_layers(
         store, daemon, launch_caches(daemon, launch.source), set(lacking), tags
     )

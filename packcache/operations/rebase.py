@@ -15,22 +15,21 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image import cnb
 from packcache.image.cnb import LifecycleMetadata
 from packcache.image.inspected import InspectedImage
-from packcache.operations.engine_configs import record_from_engine, record_from_save_head
 from packcache.operations.importing import cached_config, import_images
-from packcache.operations.launch_layers import (
-    CACHE,
-    EVERY_LAUNCH_CACHE,
-    SAVE,
-    DeferredLaunch,
-    LaunchChoice,
-    fill_from_host,
+from packcache.operations.launch_choice import CACHE, EVERY_LAUNCH_CACHE, SAVE, LaunchChoice
+from packcache.operations.load_planners import (
+    REUSE,
+    SendPolicy,
+    pack_method,
+    planner_for,
+    prepare,
 )
-from packcache.operations.load_planners import REUSE, SendPolicy, pack_method, planner_for
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import (
     ImageFetch,
@@ -43,6 +42,11 @@ from packcache.operations.run_image_fetch import (
 from packcache.refs import looks_like_id, normalize
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
+
+# Reading the daemon's storage and the launch caches is imported where a cold rebase needs it:
+# a warm one (the cache holds the app) never does.
+if TYPE_CHECKING:
+    from packcache.operations.launch_layers import DeferredLaunch
 
 
 class RebaseError(PackcacheError):
@@ -313,6 +317,8 @@ def _cache_images(
     sources = dict.fromkeys(images.app_layers, CACHE) if app_config_digest else {}
     deferred = None
     if app_config_digest is None and not report.dry_run and policy is REUSE:
+        from packcache.operations.launch_layers import fill_from_host
+
         found = fill_from_host(
             source, daemon, images.app, images.app_layers, launch, lease=lease, defer=True
         )
@@ -355,6 +361,8 @@ def _cache_run_image(
     # names the blobs to reference: no save needed for that.
     reusing = policy is REUSE and not report.dry_run
     if needed and reusing:
+        from packcache.operations.engine_configs import record_from_engine, record_from_save_head
+
         recorded = record_from_engine(source, daemon, images.run)
         if recorded is None:  # the daemon's storage is not readable from here
             recorded, head_bytes = record_from_save_head(source, daemon, images.run)
@@ -441,6 +449,9 @@ def rebase(
     if previous_image is not None:
         image, tag = previous_image, image
     clock = _Clock({})
+    if not no_cache:
+        prepare(daemon)  # containerd is connected to while the images are inspected
+    daemon.prefetch(name for name in (image, run_image) if name is not None)
     fetched = RebaseFetch(image, None, None)
     if pull is not None and not dry_run:  # a dry run changes nothing: it pulls nothing
         fetched = fetch_rebase_images(

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.cnb import LifecycleMetadata
@@ -30,7 +31,6 @@ from packcache.image.inspected import InspectedImage
 from packcache.jsondoc import config_diff_ids, strict_loads
 from packcache.operations.loading import LoadReport, load_config
 from packcache.operations.pack_config import PackConfig
-from packcache.operations.pulling import PullReport, pull_image
 from packcache.refs import looks_like_id
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon, EngineInfo
@@ -41,6 +41,9 @@ from packcache.transports.registry import (
     RegistryClients,
     RegistryOptions,
 )
+
+if TYPE_CHECKING:
+    from packcache.operations.pulling import PullReport
 
 
 class PullPolicy(StrEnum):
@@ -190,6 +193,8 @@ def _pull_and_load(
     """Pull `ref` into the cache and load it into the daemon under that name, sending only
     what it lacks; a digest-named image stays in the cache (returned: its config digest)."""
     name = ImageName.parse(ref)
+    from packcache.operations.pulling import pull_image  # only a pull needs it
+
     pulled = pull_image(store, registries.for_name(name), name, lease=lease, platform=platform)
     try:
         held = daemon.inspect_image(ref).id

@@ -297,15 +297,20 @@ class Database:
         return IndexError_(f"cannot write the index {self.path}: {exc}{who}")
 
     @contextmanager
-    def write_plain(self) -> Iterator[sqlite3.Connection]:
+    def write_plain(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A sqlite3 connection in an IMMEDIATE transaction, committed on success: for the
-        writes on the paths that must be fast (see store.py), without SQLAlchemy's import."""
+        writes on the paths that must be fast (see store.py), without SQLAlchemy's import.
+        Not `durable`: the commit is atomic but not synced to disk, for rows worth nothing
+        after a power loss (leases: their processes are gone with it); the next durable
+        commit syncs it too."""
         self._check_writable()
         try:
             conn = connect(self.path)
         except sqlite3.OperationalError as exc:
             raise self._write_error(exc) from exc
         try:
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: no sync on commit
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             conn.close()

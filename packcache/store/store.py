@@ -83,7 +83,7 @@ class Lease:
     def add(self, diff_ids: Iterable[str]) -> None:
         ids = set(diff_ids)
         if ids:
-            with self.store.db.write_plain() as conn:
+            with self.store.db.write_plain(durable=False) as conn:
                 _insert_lease_rows(conn, self.id, ids)
 
     def hold(self, diff_ids: Iterable[str]) -> set[str]:
@@ -93,7 +93,7 @@ class Lease:
         ids = set(diff_ids)
         if not ids:
             return set()
-        with self.store.db.write_plain() as conn:
+        with self.store.db.write_plain(durable=False) as conn:
             _insert_lease_rows(conn, self.id, ids)
             return queries.cached_diff_ids(conn, ids)
 
@@ -103,7 +103,7 @@ class Lease:
         with self.store.db.read() as conn:
             if queries.cached_layer_by_digest(conn, digest) is None:
                 return None
-        with self.store.db.write_plain() as conn:
+        with self.store.db.write_plain(durable=False) as conn:
             row = queries.cached_layer_by_digest(conn, digest)
             if row is not None:
                 _insert_lease_rows(conn, self.id, [row[0]])
@@ -243,7 +243,7 @@ class Store:
         ids = list(set(diff_ids))
         now = time.time()
         if ids:
-            with self.db.write_plain() as conn:
+            with self.db.write_plain(durable=False) as conn:  # worth no sync
                 conn.executemany(
                     "UPDATE layers SET last_access = ?, access_count = access_count + 1"
                     " WHERE diff_id = ? AND blob_digest IS NOT NULL",
@@ -460,7 +460,7 @@ class Store:
     @contextmanager
     def lease(self, purpose: str) -> Iterator[Lease]:
         now = time.time()
-        with self.db.write_plain() as conn:
+        with self.db.write_plain(durable=False) as conn:
             lease_id = conn.execute(
                 "INSERT INTO leases (host, pid, purpose, created, expires) VALUES (?, ?, ?, ?, ?)",
                 (queries.HOST, os.getpid(), purpose, now, now + LEASE_TTL_S),
@@ -470,7 +470,8 @@ class Store:
             yield Lease(self, lease_id)
         finally:
             try:
-                with self.db.write_plain() as conn:  # its lease_layers go (ON DELETE CASCADE)
+                # Its lease_layers go with it (ON DELETE CASCADE).
+                with self.db.write_plain(durable=False) as conn:
                     conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
             finally:
                 self.close()

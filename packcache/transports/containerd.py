@@ -415,18 +415,18 @@ class Containerd:
         return [wire.get_text(image, 1) for image in wire.get_messages(listed, 1)]
 
     def put_image(
-        self, name: str, target: Descriptor, labels: Mapping[str, str] | None = None
+        self,
+        name: str,
+        target: Descriptor,
+        labels: Mapping[str, str] | None = None,
+        *,
+        exists: bool = False,
     ) -> None:
-        """Create the image record, or point an existing one at ``target`` (never unpacks)."""
-        descriptor = (
-            wire.text(1, target.media_type)
-            + wire.text(2, target.digest)
-            + wire.integer(3, target.size)
-            + wire.string_map(5, target.annotations)
-        )
-        image = wire.data(
-            1, wire.text(1, name) + wire.string_map(2, labels or {}) + wire.data(3, descriptor)
-        )
+        """Create the image record, or point an existing one at ``target`` (never unpacks).
+        `exists`: the record is known to be there, so it is updated first."""
+        image = _image_message(name, target, labels or {})
+        if exists and self._update_image(name, image):
+            return
         try:
             self._method(IMAGES + "Create")(
                 image, timeout=CALL_TIMEOUT_S, metadata=self._metadata()
@@ -435,9 +435,15 @@ class Containerd:
         except self._grpc.RpcError as exc:
             if exc.code() != self._grpc.StatusCode.ALREADY_EXISTS:
                 raise self._explain(f"creating the image {name}", exc) from None
-        # Both fields are replaced: labels of the old target must not stick to the new one.
-        mask = wire.data(2, wire.texts(1, ["target", "labels"]))  # a FieldMask's paths
-        self._unary(f"updating the image {name}", IMAGES + "Update", image + mask)
+        self._unary(f"updating the image {name}", IMAGES + "Update", image + _REPLACED)
+
+    def _update_image(self, name: str, image: bytes) -> bool:
+        """Point the record at the image's target; False where there is no such record."""
+        request = image + _REPLACED
+        return (
+            self._unary_if_found(f"updating the image {name}", IMAGES + "Update", request)
+            is not None
+        )
 
     def delete_image(self, name: str, *, collect: bool = False) -> bool:
         """Remove the image record; False where there was none.
@@ -447,6 +453,22 @@ class Containerd:
         request = wire.text(1, name) + wire.integer(2, collect)
         deleted = self._unary_if_found(f"deleting the image {name}", IMAGES + "Delete", request)
         return deleted is not None
+
+
+# An image update's FieldMask: both fields are replaced, so labels of the old target do not
+# stick to the new one.
+_REPLACED = wire.data(2, wire.texts(1, ["target", "labels"]))
+
+
+def _image_message(name: str, target: Descriptor, labels: Mapping[str, str]) -> bytes:
+    """An images.v1 Image (name 1, labels 2, target 3), as the field of a request."""
+    descriptor = (
+        wire.text(1, target.media_type)
+        + wire.text(2, target.digest)
+        + wire.integer(3, target.size)
+        + wire.string_map(5, target.annotations)
+    )
+    return wire.data(1, wire.text(1, name) + wire.string_map(2, labels) + wire.data(3, descriptor))
 
 
 def gc_ref_labels(config_digest: str, layer_digests: Iterable[str]) -> dict[str, str]:

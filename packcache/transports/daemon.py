@@ -221,6 +221,15 @@ class Daemon:
             for future in [pool.submit(self._inspect, ref) for ref in wanted]:
                 future.exception()  # wait; not remembered, so raised again when asked for
 
+    def inspect_image_now(self, ref: str) -> InspectedImage | None:
+        """`inspect_image` asked now, neither from nor into what this client remembers, so it
+        may run beside a call that changes the daemon; None where the daemon has no such
+        image."""
+        try:
+            return InspectedImage.from_inspect(self._inspect_request(ref))
+        except NotFoundError:
+            return None
+
     def _inspect_request(self, ref: str) -> dict:
         """GET /images/{ref}/json: the daemon's inspect of one image."""
         inspected = self._json(ref, "GET", "/images/{0}/json", ref)
