@@ -1,6 +1,8 @@
 """create-builder's fetch of the images it is made from, on every engine: the images to pull
-are pulled together, and one whose download fails there is pulled again on its own, so a
-blob broken once costs a retry, not the builder (as when each image was pulled apart)."""
+are pulled together, and a blob broken once costs a retry, not the builder (as when each image
+was pulled apart). Where the builder goes in with `docker load`, its layers are sent as their
+downloads end, while the rest still download; a layer that never arrives whole stops the load
+before its manifest: no builder, nothing of the pull in the cache."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tests.registries.faults import CuttingProxy
 from tests.registries.harness import RegistrySet
 from tests.test_builder_engine import inspect
 from tests.test_builder_registry import absent, create, ok, to_registry
-from tests.test_containerd_load import layer_sizes, our_leases_and_ingests
+from tests.test_containerd_load import layer_sizes, our_leases_and_ingests, settings
 
 pytestmark = pytest.mark.engine
 
@@ -53,3 +55,92 @@ def test_a_blob_broken_in_the_joint_pull_is_fetched_again_alone(
     engine.docker("rmi", name, direct)
     if engine.containerd_store:
         assert our_leases_and_ingests(engine) == ([], [])
+
+
+def image_ids(engine: Engine) -> list[str]:
+    listed = engine.docker("images", "--all", "--quiet", "--no-trunc").stdout.decode()
+    return sorted(set(listed.split()))
+
+
+def test_layers_are_sent_as_they_download_where_docker_load_takes_the_builder(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path
+) -> None:
+    remote = to_registry(engine, registries, tmp_path)
+    name = fx.unique("builder")
+    report = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
+    downloaded = sum(pulled["layers_downloaded"] for pulled in report["pulled"])
+    assert downloaded >= len(remote.packages) + 1
+    if report["load"]["load_method"] == "containerd":  # written there as they download
+        assert report["layers_streamed"] == 0
+    else:
+        assert report["layers_streamed"] == downloaded
+    assert inspect(engine, name)["Id"] == report["image_id"]
+    assert cli("verify").exit_code == 0
+    run = engine.docker("run", "--rm", "--pull", "never", "--network", "none", "--entrypoint",
+                        "ls", name, "/cnb/buildpacks")  # fmt: skip
+    assert run.stdout.strip()
+    # Again, all cached: nothing downloads, nothing is streamed, the same builder.
+    engine.docker("rmi", name)
+    again = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
+    assert again["layers_streamed"] == 0 and again["config_digest"] == report["config_digest"]
+    engine.docker("rmi", name)
+
+
+def test_a_layer_that_never_downloads_whole_leaves_no_builder_and_nothing_pulled(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamed (docker load): nothing of the pull is kept. Through containerd, where each
+    image is then pulled alone, nothing of the image whose layer broke."""
+    if engine.containerd_store:
+        for key, value in settings(engine).items():
+            monkeypatch.setenv(key, value)
+    remote = to_registry(engine, registries, tmp_path)
+    broken = max(layer_sizes(remote.packages[-1]).items(), key=lambda item: item[1])[0]
+    # Every GET of that blob answered 500 (a flipped byte would be placed by the answer bytes
+    # counted on its connection, which a kept-alive connection can misplace).
+    proxy = CuttingProxy(registries.plain.port, cut_after=0, cuts=1000, answer_status=500,
+                         blob=broken)  # fmt: skip
+    toml = tmp_path / "proxied.toml"
+    toml.write_text(remote.toml.read_text().replace(remote.host, proxy.host))
+    cache = tmp_path / "cache"
+    before = image_ids(engine)
+    name = fx.unique("builder")
+    try:
+        result = create(cli, engine, name, toml, proxy.host, "--pull-policy", "always",
+                        cache=cache)  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.exit_code == 1, result.stdout
+    assert result.stderr.startswith("packcache: error:"), result.stderr
+    assert result.stderr.count("\n") == 1 and broken in result.stderr, result.stderr
+    assert proxy.cuts_done >= 2, result.stderr  # tried again before giving up
+    assert absent(engine, name) and image_ids(engine) == before  # no half-made builder
+    # Nothing of the pull was committed, and no temp file is left behind.
+    assert cli("verify", cache=cache).exit_code == 0
+    listed = json.dumps(cli("ls", "--format", "json", cache=cache).json())
+    assert broken not in listed
+    packages = remote.inputs.packages[-1:] if engine.containerd_store else remote.inputs.packages
+    for package in packages:
+        assert not any(diff_id in listed for diff_id in package.diff_ids.values())
+    assert [p.name for p in (cache / "ingest").iterdir()] == []
+    if engine.containerd_store:
+        assert our_leases_and_ingests(engine) == ([], [])
+
+
+def test_flattening_buildpacks_still_downloading_waits_for_their_layers(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path
+) -> None:
+    """--flatten reads the layers it joins: those being pulled are waited for first (a group
+    of one buildpack: its layer made again as a flattened one)."""
+    remote = to_registry(engine, registries, tmp_path)
+    first = remote.inputs.packages[0].main
+    name = fx.unique("flat")
+    args = ("--pull-policy", "always", "--flatten", f"{first.id}@{first.version}")
+    cold = ok(create(cli, engine, name, remote.toml, remote.host, *args))
+    assert cold["layers_streamed"] == 0  # every download was waited for
+    flat = buildpack_layers(engine, name)[first.id][first.version]["layerDiffID"]
+    assert flat in inspect(engine, name)["RootFS"]["Layers"]
+    engine.docker("rmi", name)
+    warm = ok(create(cli, engine, name, remote.toml, remote.host, *args))
+    assert warm["config_digest"] == cold["config_digest"]
+    engine.docker("rmi", name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -652,4 +653,50 @@ def test_through_containerd_a_whole_image_that_travels(
     assert run_cat(other, remote, "/platform/env/T") == b"1"
     other.docker("rmi", remote)
     engine.docker("rmi", name)
+    assert our_leases_and_ingests(engine) == ([], [])
+
+
+@pytest.mark.parametrize("kind", CONTAINERD_KINDS)
+def test_from_a_registry_builder_on_a_containerd_store_blobs_come_through_the_mirror(
+    cli, kind: str, engine_pool: EnginePool, registries, tmp_path, monkeypatch
+) -> None:
+    """The base builder and a buildpackage only in the registry: what the pull downloads is
+    written into the content store as it arrives, so the load writes none of it (only pack's
+    small layers, the config and the manifest); the result is listed, inspected and runs."""
+    import uuid
+
+    from tests.test_containerd_load import layer_sizes
+    from tests.test_rebase_pull_policy import push
+
+    engine = engine_pool.get(kind)
+    monkeypatch.setenv("PACKCACHE_CONTAINERD_ADDRESS", str(engine.root / "c.sock"))
+    monkeypatch.setenv("PACKCACHE_CONTAINERD_NAMESPACE", f"pc-{engine.root.name}")
+    d = make_base(cli, engine, tmp_path)
+    big = fx.make_buildpack("test/big", "2.0.0")
+    big.files["lib/payload.bin"] = os.urandom(1 << 20)  # a blob that does not compress
+    package = fx.load_buildpackage(engine, tmp_path, fx.unique("big-package"), big)
+    host = registries.plain.host
+    repo = f"{host}/t/mirrored-{uuid.uuid4().hex[:8]}"
+    base, extra = f"{repo}/base:1", f"{repo}/big:1"
+    push(engine, d.base, base)
+    push(engine, package.ref, extra)
+    engine.docker("rmi", d.base, package.ref)
+    name = fx.unique("mirrored")
+    report = derive(
+        cli, engine, name, base, "--buildpack", f"docker://{extra}", "--env", "M=1",
+        "--pull-policy", "always", "--insecure-registry", host, cache=tmp_path / "fresh-cache",
+    )  # fmt: skip
+    assert report["load"]["load_method"] == "containerd" and report["saved_builder"] is False
+    pulled = {p["ref"]: p for p in report["pulled"]}
+    assert pulled[base]["layers_downloaded"] >= 1 and pulled[extra]["layers_downloaded"] == 1
+    assert absent(engine, extra)
+    # Without the mirror the load writes the big layer's blob itself.
+    assert report["load"]["bytes_sent"] < min(layer_sizes(extra).values())
+    listed = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout
+    assert f"{name} {report['image_id'][7:19]}" in listed.decode().splitlines()
+    assert inspect(engine, name)["Id"] == report["image_id"]
+    assert run_cat(engine, name, f"{big.root}/lib/payload.bin") == big.files["lib/payload.bin"]
+    assert run_cat(engine, name, "/platform/env/M") == b"1"
+    saved_blobs_complete(engine, name, tmp_path)
+    engine.docker("rmi", name, base)
     assert our_leases_and_ingests(engine) == ([], [])

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
@@ -78,16 +78,47 @@ def _stream(name: str, size: int, reader) -> Iterator[bytes]:
     yield b"\0" * (-size % BLOCK)
 
 
-def _sized(members: list[_Member]) -> SizedArchive:
-    """The tar of these members; each stream is opened only when the writing reaches it."""
+class Arrivals(Protocol):
+    """Where layers still on their way come from (a pull downloading them)."""
+
+    def arrivals(self, diff_ids: Iterable[str]) -> Iterator[str]:
+        """These diffIDs, each once its bytes can be read, in the order they become so."""
+        ...
+
+
+def _in_arrival_order(count: int, layers: dict[int, Layer]) -> Iterator[int]:
+    """The indexes of `count` members in the order to write them: those at hand first, then
+    the layers still arriving (those in `layers` that have `arriving_from`), each once it has
+    arrived. The loaders read the whole archive before its manifest, so the order is free."""
+    sources: dict[int, Arrivals] = {}
+    waiting: dict[int, dict[str, list[int]]] = {}
+    for index in range(count):
+        source = getattr(layers.get(index), "arriving_from", None)
+        if source is None:
+            yield index
+            continue
+        sources[id(source)] = source
+        waiting.setdefault(id(source), {}).setdefault(layers[index].diff_id, []).append(index)
+    for key, indexes in waiting.items():
+        for diff_id in sources[key].arrivals(indexes):
+            yield from indexes[diff_id]
+
+
+def _sized(members: list[_Member], layers: dict[int, Layer] | None = None) -> SizedArchive:
+    """The tar of these members; each stream is opened only when the writing reaches it, the
+    layers (by member index) still arriving written as they arrive, before the last member."""
     size = sum(BLOCK + n + (-n % BLOCK) for _name, n, _source in members) + 2 * BLOCK
 
     def chunks() -> Iterator[bytes]:
-        for name, n, source in members:
+        for index in _in_arrival_order(len(members) - 1, layers or {}):
+            name, n, source = members[index]
             if isinstance(source, bytes):
                 yield from _file(name, source)
             else:
                 yield from _stream(name, n, source())
+        name, n, source = members[-1]  # the manifest or index: last, once every layer is in
+        assert isinstance(source, bytes)
+        yield from _file(name, source)
         yield b"\0" * (2 * BLOCK)
 
     return SizedArchive(size, chunks())
@@ -97,11 +128,14 @@ def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> S
     """A docker-archive (manifest.json layout) for graphdriver engines."""
     config_name = sha256_digest(config)[7:] + ".json"
     members: list[_Member] = [(config_name, len(config), config)]
+    sent: dict[int, Layer] = {}
     paths = []
     for index, item in enumerate(layers):
         path = f"{index:03d}{item.diff_id[7:19]}/layer.tar"
         paths.append(path)
         layer = item.layer
+        if layer is not None:
+            sent[len(members)] = layer
         if layer is None:
             members.append((path, 0, b""))  # placeholder: the daemon holds this chain
         elif item.media_type.endswith("+zstd"):
@@ -111,7 +145,7 @@ def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> S
             members.append((path, layer.size, layer.compressed))
     manifest = json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": paths}]).encode()
     members.append(("manifest.json", len(manifest), manifest))
-    return _sized(members)
+    return _sized(members, sent)
 
 
 def oci_archive(
@@ -126,10 +160,12 @@ def oci_archive(
         (f"blobs/sha256/{sha256_digest(manifest)[7:]}", len(manifest), manifest),
     ]
     written: set[str] = set()
+    sent: dict[int, Layer] = {}
     for item in layers:
         if item.layer is None or item.digest in written:
             continue
         written.add(item.digest)
+        sent[len(members)] = item.layer
         members.append((f"blobs/sha256/{item.digest[7:]}", item.size, item.layer.compressed))
     descriptors = [
         Descriptor(
@@ -145,4 +181,4 @@ def oci_archive(
     ]
     index = image_index(descriptors)
     members.append(("index.json", len(index), index))
-    return _sized(members)
+    return _sized(members, sent)

@@ -18,6 +18,8 @@ which changes nothing) read manifests and configs only, never a layer.
 
 On a containerd store packcache writes into, the layers pulled are written into the content
 store as they download (`mirror`), so the builder's load writes only its own new layers.
+Elsewhere (`stream`) prefetch leaves them downloading: the builder's `docker load` sends each
+as it arrives (`supplied`, streamed_pull.py), and `settle` commits them after the load.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from dataclasses import dataclass, field
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
+from packcache.image.layer import Layer
 from packcache.jsondoc import check_image_config, strict_loads
 from packcache.operations.importing import import_images
 from packcache.operations.pulling import BlobMirror, pull_remote_images
 from packcache.operations.run_image_fetch import PullPolicy
+from packcache.operations.streamed_pull import StreamedPull
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
 from packcache.transports.registry import (
@@ -85,9 +89,13 @@ class BuilderFetcher:
     pack_method: bool = False  # pack's way (--no-cache): docker pull, the cache left alone
     # Where the layers pulled also go as they arrive: the daemon's containerd, for the load.
     mirror: BlobMirror | None = None
+    # The layers prefetch pulls are left downloading, for a load to send as they arrive
+    # (streamed_pull): `supplied` gives them, `settle` waits for them, `close` drops them.
+    stream: bool = False
     pulled: list[PulledImage] = field(default_factory=list)
     fetched: list[FetchedImage] = field(default_factory=list)  # every image() answer
     _prefetched: dict[str, FetchedImage] = field(default_factory=dict, repr=False)
+    _streaming: tuple[StreamedPull, list[str]] | None = field(default=None, repr=False)
 
     def _has(self, ref: str) -> bool:
         return self.daemon is not None and self.daemon.has_image(ref)
@@ -133,10 +141,52 @@ class BuilderFetcher:
                     self._prefetched[ref] = found
             elif not isinstance(future.exception(), PackcacheError):
                 raise future.exception()  # type: ignore[misc]
-        if to_pull:
+        if to_pull and self.stream and self.mirror is None:
+            self._prefetched.update(self._stream_images(to_pull))
+        elif to_pull:
             # On a failure each is pulled again by image(), whose error names it.
             with suppress(PackcacheError):
                 self._prefetched.update(self._pull_images(to_pull, mirrored=True))
+
+    def _stream_images(self, images: dict[str, RemoteImage]) -> dict[str, FetchedImage]:
+        """These images as their manifests and configs tell, their layers left downloading."""
+        pull = StreamedPull(self.store, list(images.values()), self.lease)
+        self._streaming = (pull, list(images))
+        fetched = {}
+        for ref, remote in images.items():
+            config_digest = remote.manifest.config["digest"]
+            image = InspectedImage.from_config(json.loads(remote.config), config_digest)
+            fetched[ref] = FetchedImage(ref, image, REGISTRY, remote.name, remote.manifest)
+        return fetched
+
+    def supplied(self) -> dict[str, Layer]:
+        """The layers still downloading, for a load to send as they arrive (or, where one
+        cannot be named before it arrives, none: every download waited for)."""
+        if self._streaming is None:
+            return {}
+        layers = self._streaming[0].layers()
+        if any(layer.size_known is False for layer in layers.values()):
+            self.settle()
+            return {}
+        return dict(layers)
+
+    def settle(self) -> None:
+        """Wait for the layers prefetch left downloading: committed, the images recorded."""
+        if self._streaming is None:
+            return
+        (pull, refs), self._streaming = self._streaming, None
+        for ref, pulled in zip(refs, pull.settle(), strict=True):
+            self.pulled.append(
+                PulledImage(
+                    ref, pulled.manifest_digest, len(pulled.downloaded), pulled.bytes_downloaded
+                )
+            )
+
+    def close(self) -> None:
+        """Drop the downloads a settle did not take (the cache is left as it was)."""
+        if self._streaming is not None:
+            self._streaming[0].abort()
+            self._streaming = None
 
     def _unless_pulled(self, ref: str, what: str) -> FetchedImage | RemoteImage:
         """The image as the policy takes it without a pull, else its manifest and config read

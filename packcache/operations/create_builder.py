@@ -62,7 +62,10 @@ from packcache.builder.sources import (
     read_lifecycle,
 )
 from packcache.builder.targets import check_build_image, daemon_target, parse_target
+from packcache.builder.tarwriter import TarEntry, tar_chunks
 from packcache.builder.uris import (
+    BUILDPACKAGE_FILE,
+    IMAGE,
     daemon_ref,
     local_path,
 )
@@ -80,6 +83,7 @@ from packcache.operations.builder_lifecycle import (
 from packcache.operations.builder_modules import (
     LayerWriter,
     Module,
+    _hash_chunks,
     add_exploded,
     add_flattened,
     flatten_group,
@@ -157,6 +161,8 @@ class CreateBuilderReport:
     pull_policy: str = ""
     pulled: list[PulledImage] = field(default_factory=list)  # images read from registries
     published: BuilderPublishReport | None = None
+    # Layers still downloading when the load began: sent as they arrived (builder_fetch).
+    layers_streamed: int = 0
 
 
 # -- the operation ---------------------------------------------------------------------------
@@ -243,7 +249,9 @@ def create_builder(
                 remote_only=registry.publish or dry_run,
                 pack_method=no_cache,
                 mirror=mirror,
+                stream=not dry_run,
             )
+            cleanup.callback(fetcher.close)
             report = _create(
                 store, fetcher, registry, name, config, extra_labels or {}, no_cache, dry_run,
                 lease, steps, options or BuilderOptions(), by_digest=len(platforms) > 1,
@@ -314,6 +322,9 @@ def _create(
     imported = materialize_layers(
         store, fetcher.daemon, config, [*modules, *extensions], inputs, layers, no_cache
     )
+    flattened = any(flatten_group(m, options.flatten) is not None for m in [*modules, *extensions])
+    if flattened or _shares_a_layer([*modules, *extensions]):
+        fetcher.settle()  # their layers are read: to be split, or joined in one
     split_flattened_packages([*modules, *extensions], store, inputs, layers)
     lifecycle_diff_id = lifecycle_layer_id()
     _next(steps, STEPS[4])
@@ -352,8 +363,8 @@ def _create(
         return report
     assert fetcher.daemon is not None
     policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
-    report.load = _record_and_load(
-        store, fetcher.daemon, config, name, builder_config, base, policy, lease, options.tags
+    report.load, report.layers_streamed = _record_and_load(
+        store, fetcher, config, name, builder_config, base, policy, lease, options.tags
     )
     report.image_id = report.load.image_id
     return report
@@ -478,6 +489,16 @@ def _check_buildpacks(
     )
 
 
+def add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
+    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
+    on every run with the same inputs, so hashed first and written only when the cache lacks
+    it."""
+    diff_id = _hash_chunks(tar_chunks(entries))
+    if layers.dry_run or layers.cached(diff_id):
+        return diff_id
+    return layers.add(entries)
+
+
 def _builder_layers(
     config: BuilderConfig,
     base: _BuildImage,
@@ -493,7 +514,7 @@ def _builder_layers(
     the io.buildpacks.buildpack.layers and io.buildpacks.extension.layers maps (the build
     image's, with the modules added)."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(layers.add(default_dirs(base.uid, base.gid)))
+    diff_ids.append(add_small(layers, default_dirs(base.uid, base.gid)))
     diff_ids.append(lifecycle_diff_id)
     module_layers = {}
     for kind, label, added in (
@@ -508,17 +529,17 @@ def _builder_layers(
         diff_ids += add_exploded(exploded, label_map, layers)
         module_layers[kind] = label_map
     order = L.order_toml(resolved.order, resolved.order_extensions)
-    diff_ids.append(layers.add(single_file_layer(ORDER_PATH, order)))
+    diff_ids.append(add_small(layers, single_file_layer(ORDER_PATH, order)))
     if config.system_pre or config.system_post:
         system = L.system_toml(resolved.system_pre, resolved.system_post)
-        diff_ids.append(layers.add(single_file_layer(SYSTEM_PATH, system)))
+        diff_ids.append(add_small(layers, single_file_layer(SYSTEM_PATH, system)))
     stack = L.stack_toml(config.stack_run_image, config.stack_run_image_mirrors)
-    diff_ids.append(layers.add(single_file_layer(STACK_PATH, stack)))
-    diff_ids.append(layers.add(single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
+    diff_ids.append(add_small(layers, single_file_layer(STACK_PATH, stack)))
+    diff_ids.append(add_small(layers, single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
     build_config_env = config.build_config_env()
     if build_config_env:
-        diff_ids.append(layers.add(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
-    diff_ids.append(layers.add(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
+        diff_ids.append(add_small(layers, env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
+    diff_ids.append(add_small(layers, env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
     return diff_ids, module_layers
 
 
@@ -566,9 +587,15 @@ def _builder_labels(
     return labels
 
 
+def _shares_a_layer(modules: list[Module]) -> bool:
+    """Do two modules of one package share a layer (which is then split)?"""
+    sources = [(m.source, m.diff_id) for m in modules if m.kind in (IMAGE, BUILDPACKAGE_FILE)]
+    return len(set(sources)) < len(sources)
+
+
 def _record_and_load(
     store: Store,
-    daemon: Daemon,
+    fetcher: BuilderFetcher,
     config: BuilderConfig,
     name: str,
     builder_config: bytes,
@@ -576,18 +603,30 @@ def _record_and_load(
     policy: SendPolicy,
     lease: Lease | None,
     tags: list[str] = (),
-) -> LoadReport:
+) -> tuple[LoadReport, int]:
     """Record the builder and load it: the build image's layers are never sent (where the
     daemon's store allows, with pack's policy), nor anything else the daemon has. `tags`
     name the same image too (pack's additional tags). A build image the daemon holds is read
-    into the cache first where the load needs it."""
+    into the cache first where the load needs it. Layers still downloading are sent as they
+    arrive (builder_fetch `supplied`: how many, returned); the builder is recorded once they
+    are in the cache."""
+    daemon = fetcher.daemon
+    assert daemon is not None
     refs = [name, *(tag for tag in tags if tag != name)]
-    store.record_image(ImageRecord(config=builder_config, refs=refs))
+    supplied = fetcher.supplied()
+    if not supplied:
+        store.record_image(ImageRecord(config=builder_config, refs=refs))
     if base.source == DAEMON and base_image_needed(
         store, daemon, list(base.image.diff_ids), policy
     ):
         import_images(store, daemon, [config.build_image], lease=lease)
-    return load_config(store, daemon, builder_config, refs, lease=lease, policy=policy)
+    loaded = load_config(
+        store, daemon, builder_config, refs, lease=lease, policy=policy, supplied=supplied
+    )
+    fetcher.settle()  # what prefetch pulled is committed and recorded
+    if supplied:
+        store.record_image(ImageRecord(config=builder_config, refs=refs))
+    return loaded, len(supplied)
 
 
 def _lifecycle(

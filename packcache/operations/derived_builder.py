@@ -56,7 +56,6 @@ from packcache.builder.rules import (
     validate_buildpacks,
     validate_extensions,
 )
-from packcache.builder.tarwriter import TarEntry, tar_chunks
 from packcache.builder.uris import daemon_ref, local_path
 from packcache.digest import sha256_digest
 from packcache.errors import UsageError
@@ -64,7 +63,7 @@ from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
 from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
 from packcache.operations.builder_fetch import BuilderFetcher, FetchedImage
-from packcache.operations.builder_modules import LayerWriter, Module, _hash_chunks, add_exploded
+from packcache.operations.builder_modules import LayerWriter, Module, add_exploded
 from packcache.operations.builder_publish import (
     check_publish_name,
     publish_builder,
@@ -75,12 +74,19 @@ from packcache.operations.create_builder import (
     BuildpackReport,
     CreateBuilderReport,
     Registry,
+    add_small,
     check_pull_policy,
 )
 from packcache.operations.derived_publish import builder_to_publish, cache_builder_layers
 from packcache.operations.engine_configs import record_from_engine
 from packcache.operations.importing import import_images
-from packcache.operations.load_planners import REUSE, SendPolicy, pack_method, prepare
+from packcache.operations.load_planners import (
+    REUSE,
+    SendPolicy,
+    content_mirror,
+    pack_method,
+    prepare,
+)
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import PullPolicy, daemon_platform
 from packcache.progress import NO_PROGRESS, Progress
@@ -141,16 +147,6 @@ def parse_order(groups: list[str]) -> list[list[ModuleRef]]:
             refs.append(ModuleRef(info, optional, line))
         order.append(refs)
     return order
-
-
-def _add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
-    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
-    on every run with the same inputs, so hashed first and written only when the cache lacks
-    it."""
-    diff_id = _hash_chunks(tar_chunks(entries))
-    if layers.dry_run or layers.cached(diff_id):
-        return diff_id
-    return layers.add(entries)
 
 
 # -- the builder derived from -----------------------------------------------------------------
@@ -378,10 +374,15 @@ def derive_builder(
             lease = cleanup.enter_context(store.lease("create-builder"))
         layers = LayerWriter(store, lease, dry_run)
         registries = cleanup.enter_context(RegistryClients(registry.options))
+        mirror = None
+        if not (registry.publish or no_cache or dry_run) and policy is not PullPolicy.NEVER:
+            # The base builder and buildpackages a pull downloads go into a containerd store
+            # as they arrive (create-builder's way), held until the derived builder is loaded.
+            mirror = cleanup.enter_context(content_mirror(daemon))
         fetcher = BuilderFetcher(
             store, None if registry.publish else daemon, policy,
             DEFAULT_PLATFORM if registry.publish else daemon_platform(daemon.info), registries,
-            lease, remote_only=dry_run or registry.publish, pack_method=no_cache,
+            lease, remote_only=dry_run or registry.publish, pack_method=no_cache, mirror=mirror,
         )  # fmt: skip
         if registry.publish:
             if not dry_run:
@@ -567,7 +568,7 @@ def _derived_layers(
     keeps the builder's), each written into the store, and the new buildpack and extension
     layers labels."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(_add_small(layers, default_dirs(base.uid, base.gid)))
+    diff_ids.append(add_small(layers, default_dirs(base.uid, base.gid)))
     module_layers = {}
     for kind, label, added in (
         (BUILDPACK, cnb.BUILDPACK_LAYERS, modules),
@@ -578,13 +579,13 @@ def _derived_layers(
         module_layers[kind] = label_map
     if orders is not None:
         order_toml = L.order_toml(orders.resolved, orders.resolved_extensions)
-        diff_ids.append(_add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
+        diff_ids.append(add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
     stack, run_images = _run_images(base, run_image)
     first = stack if stack["image"] else (run_images[0] if run_images else None)
     stack_toml = L.stack_toml(first["image"], first["mirrors"]) if first else ""
-    diff_ids.append(_add_small(layers, single_file_layer(STACK_PATH, stack_toml)))
-    diff_ids.append(_add_small(layers, single_file_layer(RUN_PATH, L.run_toml(run_images))))
-    diff_ids.append(_add_small(layers, env_layer(f"{PLATFORM_DIR}/env", env)))
+    diff_ids.append(add_small(layers, single_file_layer(STACK_PATH, stack_toml)))
+    diff_ids.append(add_small(layers, single_file_layer(RUN_PATH, L.run_toml(run_images))))
+    diff_ids.append(add_small(layers, env_layer(f"{PLATFORM_DIR}/env", env)))
     return diff_ids, module_layers
 
 
@@ -648,6 +649,10 @@ def _record_and_load(
     store.record_image(ImageRecord(config=builder_config, refs=[name]))
     base_layers = list(base.image.diff_ids)
     needed = base_image_needed(store, daemon, base_layers, policy)
+    if needed and policy is REUSE and store.cached_diff_ids(base_layers, lease) >= set(base_layers):
+        # Pulled into the cache (and, on a containerd store, written there as it downloaded):
+        # the load sends from the cache, or finds written, what the daemon does not name.
+        needed = False
     if needed and policy is REUSE and record_from_engine(store, daemon, base.image) is not None:
         needed = base_image_needed(store, daemon, base_layers, policy)
     if needed or policy is not REUSE:

@@ -72,7 +72,7 @@ class PullReport:
 
 
 @dataclass(frozen=True)
-class _Fetch:
+class PlannedFetch:
     """One layer to download, for the first image (in the order asked) that needs it."""
 
     image: RemoteImage
@@ -81,7 +81,9 @@ class _Fetch:
     report: PullReport
 
 
-def _plan(images: list[RemoteImage], lease: Lease) -> tuple[list[PullReport], list[_Fetch]]:
+def plan_pull(
+    images: list[RemoteImage], lease: Lease
+) -> tuple[list[PullReport], list[PlannedFetch]]:
     """Each image's report, and the layers the cache lacks, each once."""
     reports, fetches, planned = [], [], set()
     for image in images:
@@ -102,17 +104,17 @@ def _plan(images: list[RemoteImage], lease: Lease) -> tuple[list[PullReport], li
                 report.already_cached.append(diff_id)  # as a pull of one image after another
             else:
                 planned.add(diff_id)
-                fetches.append(_Fetch(image, layer, diff_id, report))
+                fetches.append(PlannedFetch(image, layer, diff_id, report))
     return reports, fetches
 
 
 def _download(
-    store: Store, fetches: list[_Fetch], parallel: int, mirror: BlobMirror | None = None
+    store: Store, fetches: list[PlannedFetch], parallel: int, mirror: BlobMirror | None = None
 ) -> list[StagedBlob]:
     """Stage every layer, `parallel` at once; on a failure the rest not begun are dropped,
     what was staged is discarded and the first error raised."""
 
-    def fetch(job: _Fetch) -> StagedBlob:
+    def fetch(job: PlannedFetch) -> StagedBlob:
         repository, digest = job.image.name.repository, job.layer["digest"]
         size = job.layer.get("size")
         with job.image.client.open_blob(repository, digest, size) as blob:
@@ -156,31 +158,44 @@ def pull_remote_images(
     mirror: BlobMirror | None = None,
 ) -> list[PullReport]:
     """Fetch the layers of `images` the cache lacks and record the images (module doc)."""
-    reports, fetches = _plan(images, lease)
+    reports, fetches = plan_pull(images, lease)
     staged = _download(store, fetches, parallel, mirror)
+    commit_pulled(store, images, fetches, staged, lease)
+    return reports
+
+
+def commit_pulled(
+    store: Store,
+    images: list[RemoteImage],
+    fetches: list[PlannedFetch],
+    staged: list[StagedBlob],
+    lease: Lease,
+) -> None:
+    """Commit the layers downloaded (`staged`, one per fetch, in order) and record each image;
+    the staged files are discarded either way."""
     try:
         if staged:
             store.commit_staged_many(staged, lease=lease)
         for job, blob in zip(fetches, staged, strict=True):
             job.report.downloaded.append(blob.digest)
             job.report.bytes_downloaded += blob.size
-        for image in images:
-            # Refs are tags (what `load` names the image in a daemon); the repo digest is the
-            # repository and the manifest digest recorded beside them.
-            tagged = not image.name.reference.startswith("sha256:")
-            store.record_image(
+        # Refs are tags (what `load` names the image in a daemon); the repo digest is the
+        # repository and the manifest digest recorded beside them. One transaction for all.
+        store.record_images(
+            [
                 ImageRecord(
                     config=image.config,
                     image_id=image.manifest.config["digest"],
                     manifest_digest=image.manifest.digest,
                     manifest=image.manifest.body,
-                    refs=[str(image.name)] if tagged else [],
+                    refs=[] if image.name.reference.startswith("sha256:") else [str(image.name)],
                 )
-            )
+                for image in images
+            ]
+        )
     finally:
         for blob in staged:
             store.discard(blob)
-    return reports
 
 
 def pull_image(

@@ -400,6 +400,23 @@ class BlobFiles:
         """Disk full or an I/O error while a blob is written: say where."""
         return PackcacheError(f"cannot write to the cache at {self.root}: {exc.strerror or exc}")
 
+    def open_staged(self, staged: StagedBlob) -> VerifyingReader:
+        """Read back a staged blob's temp file (never through a link), checked again against
+        its digest as it is read: a load may send a blob before it is committed."""
+        if staged.path is None:
+            raise PackcacheError(f"blob {staged.digest} was only hashed, not written")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            with opened_dir(self.root, INGEST) as ingest_fd:
+                fd = os.open(staged.path.name, flags, dir_fd=ingest_fd)
+        except (OSError, UnsafeCacheError) as exc:
+            raise CorruptBlobError(f"staged blob {staged.digest} cannot be read: {exc}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size != staged.size:
+            os.close(fd)
+            raise CorruptBlobError(f"staged blob {staged.digest} was changed on disk")
+        os.set_blocking(fd, True)
+        return VerifyingReader(os.fdopen(fd, "rb", buffering=0), staged.digest, staged.size)
+
     def discard(self, staged: StagedBlob) -> None:
         if staged.durable is not None:
             with suppress(OSError):  # its file is removed either way

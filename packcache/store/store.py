@@ -178,6 +178,10 @@ class Store:
             source, expected_digest=expected_digest, expected_diff_id=expected_diff_id, write=write
         )
 
+    def open_staged(self, staged: StagedBlob) -> VerifyingReader:
+        """A staged (verified, not yet committed) blob read back: see BlobFiles.open_staged."""
+        return self.blobs.open_staged(staged)
+
     def discard(self, staged: StagedBlob) -> None:
         """Remove a staged blob's temp file (a no-op once it is committed)."""
         self.blobs.discard(staged)
@@ -485,6 +489,14 @@ class Store:
 
     def record_image(self, image: ImageRecord) -> str:
         """Record an image's config, layers, source and refs. Returns the config digest."""
+        return self.record_images([image])[0]
+
+    def record_images(self, images: list[ImageRecord]) -> list[str]:
+        """record_image for several images in one transaction (one sync of the index)."""
+        with self.db.write_plain() as conn:
+            return [self._record_image(conn, image) for image in images]
+
+    def _record_image(self, conn: sqlite3.Connection, image: ImageRecord) -> str:
         try:
             config = json.loads(image.config)
             diff_ids = list(config.get("rootfs", {}).get("diff_ids") or [])
@@ -493,64 +505,61 @@ class Store:
         platform_and_created = recorded_config_fields(config)
         digest = image.config_digest
         now = time.time()
-        with self.db.write_plain() as conn:
-            conn.execute(
-                "INSERT INTO images (config_digest, config, os, architecture, variant, created,"
-                " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (config_digest) DO UPDATE SET last_seen = excluded.last_seen",
-                (
-                    digest,
-                    image.config.decode(),
-                    *platform_and_created,
-                    now,
-                    now,
-                ),
-            )
-            (key,) = conn.execute(
-                "SELECT id FROM images WHERE config_digest = ?", (digest,)
-            ).fetchone()
-            unique = list(dict.fromkeys(diff_ids))  # a repeated layer is listed once, first
-            conn.executemany(
-                "INSERT INTO layers (diff_id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                [(diff_id, now) for diff_id in unique],
-            )
-            layer_keys = queries.layer_keys(conn, unique)
-            first_positions = {d: i for i, d in reversed(list(enumerate(diff_ids)))}
-            conn.execute("DELETE FROM image_layers WHERE image_key = ?", (key,))
-            conn.executemany(
-                "INSERT INTO image_layers (image_key, position, layer_key) VALUES (?, ?, ?)",
-                [(key, first_positions[d], layer_keys[d]) for d in unique],
-            )
-            manifest_digest = image.manifest_digest or (
-                sha256_digest(image.manifest) if image.manifest else None
-            )
-            # A record without a manifest (e.g. a re-import of a wholly cached image) keeps
-            # the one known for the same image ID: it still names that engine's blobs.
-            conn.execute(
-                "INSERT INTO image_sources (image_key, engine, image_id, manifest_digest,"
-                " manifest, last_seen) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (image_key, engine) DO UPDATE SET"
-                " image_id = excluded.image_id,"
-                " manifest_digest = CASE WHEN excluded.manifest_digest IS NOT NULL"
-                "  THEN excluded.manifest_digest WHEN image_sources.image_id = excluded.image_id"
-                "  THEN image_sources.manifest_digest END,"
-                " manifest = CASE WHEN excluded.manifest IS NOT NULL THEN excluded.manifest"
-                "  WHEN image_sources.image_id = excluded.image_id THEN image_sources.manifest END,"
-                " last_seen = excluded.last_seen",
-                (
-                    key,
-                    image.engine,
-                    image.image_id or digest,
-                    manifest_digest,
-                    image.manifest.decode() if image.manifest else None,
-                    now,
-                ),
-            )
-            conn.executemany(  # a tag names one image per engine: it moves
-                "INSERT INTO image_refs (engine, ref, image_key) VALUES (?, ?, ?)"
-                " ON CONFLICT (engine, ref) DO UPDATE SET image_key = excluded.image_key",
-                [(image.engine, normalize(ref), key) for ref in image.refs],
-            )
+        conn.execute(
+            "INSERT INTO images (config_digest, config, os, architecture, variant, created,"
+            " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (config_digest) DO UPDATE SET last_seen = excluded.last_seen",
+            (
+                digest,
+                image.config.decode(),
+                *platform_and_created,
+                now,
+                now,
+            ),
+        )
+        (key,) = conn.execute("SELECT id FROM images WHERE config_digest = ?", (digest,)).fetchone()
+        unique = list(dict.fromkeys(diff_ids))  # a repeated layer is listed once, first
+        conn.executemany(
+            "INSERT INTO layers (diff_id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(diff_id, now) for diff_id in unique],
+        )
+        layer_keys = queries.layer_keys(conn, unique)
+        first_positions = {d: i for i, d in reversed(list(enumerate(diff_ids)))}
+        conn.execute("DELETE FROM image_layers WHERE image_key = ?", (key,))
+        conn.executemany(
+            "INSERT INTO image_layers (image_key, position, layer_key) VALUES (?, ?, ?)",
+            [(key, first_positions[d], layer_keys[d]) for d in unique],
+        )
+        manifest_digest = image.manifest_digest or (
+            sha256_digest(image.manifest) if image.manifest else None
+        )
+        # A record without a manifest (e.g. a re-import of a wholly cached image) keeps
+        # the one known for the same image ID: it still names that engine's blobs.
+        conn.execute(
+            "INSERT INTO image_sources (image_key, engine, image_id, manifest_digest,"
+            " manifest, last_seen) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (image_key, engine) DO UPDATE SET"
+            " image_id = excluded.image_id,"
+            " manifest_digest = CASE WHEN excluded.manifest_digest IS NOT NULL"
+            "  THEN excluded.manifest_digest WHEN image_sources.image_id = excluded.image_id"
+            "  THEN image_sources.manifest_digest END,"
+            " manifest = CASE WHEN excluded.manifest IS NOT NULL THEN excluded.manifest"
+            "  WHEN image_sources.image_id = excluded.image_id THEN image_sources.manifest END,"
+            " last_seen = excluded.last_seen",
+            (
+                key,
+                image.engine,
+                image.image_id or digest,
+                manifest_digest,
+                image.manifest.decode() if image.manifest else None,
+                now,
+            ),
+        )
+        conn.executemany(  # a tag names one image per engine: it moves
+            "INSERT INTO image_refs (engine, ref, image_key) VALUES (?, ?, ?)"
+            " ON CONFLICT (engine, ref) DO UPDATE SET image_key = excluded.image_key",
+            [(image.engine, normalize(ref), key) for ref in image.refs],
+        )
         return digest
 
     def resolve_image(self, ref: str) -> str:

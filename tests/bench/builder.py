@@ -130,7 +130,9 @@ def bench_engine(kind: str) -> None:
         archive = work / "floor.tar"
         # The builder's new layers only (the build image's as placeholders or references),
         # written while the daemon has no builder.
-        floor_bytes = floor_archive(engine, cache, BUILDER, archive)
+        floor_bytes = floor_archive(
+            engine, cache, BUILDER, archive, {**os.environ, **containerd_env(engine)}
+        )
         runs = interleaved(
             {
                 "pack": lambda: create(engine, pack_cache, toml, "--no-cache"),
