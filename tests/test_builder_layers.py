@@ -316,6 +316,29 @@ def test_a_flattened_package_layer_splits_into_a_layer_per_buildpack() -> None:
         assert piece == tar_bytes(entries)
 
 
+def test_flattening_buildpacks_from_two_packages_writes_each_directory_once() -> None:
+    """A buildpackage's layer carries /cnb and /cnb/buildpacks itself: flattening two of them
+    must not name those directories twice (a graphdriver refuses the layer)."""
+    from packcache.builder.flatten import flattened_entries
+    from packcache.builder.tarwriter import DIRECTORY
+
+    modules = []
+    for name in ("test/one", "test/two"):
+        bp = fx.make_buildpack(name)
+        descriptor = parse_buildpack_toml(bp.files["buildpack.toml"], "x")
+        files = [
+            TarEntry(rel, REGULAR, 0o644, size=len(data), data=data)
+            for rel, data in sorted(bp.files.items())
+        ]
+        parents = [TarEntry(d, DIRECTORY, 0o755) for d in ("/cnb", "/cnb/buildpacks/")]
+        modules.append((descriptor, [*parents, *buildpack_layer(descriptor, files)]))
+    names = [e.name.rstrip("/") for e in flattened_entries(modules)]
+    assert len(names) == len(set(names))
+    assert {"/cnb", "/cnb/buildpacks"} <= set(names)
+    # every file of both buildpacks is there
+    assert sum(1 for n in names if n.endswith("/buildpack.toml")) == 2
+
+
 def test_tag_target_and_label_values_split_as_packs_flag_library_splits_them() -> None:
     import pytest
 

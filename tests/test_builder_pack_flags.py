@@ -191,6 +191,40 @@ def test_extensions_system_flatten_and_tags(cli, engine: Engine, tmp_path) -> No
         assert cat(engine, name, f"{bp.root}/lib/salt.txt") == bp.files["lib/salt.txt"]
 
 
+def test_flattening_buildpacks_of_two_buildpackage_images(cli, engine: Engine, tmp_path) -> None:
+    """Each buildpackage layer carries the /cnb and /cnb/buildpacks directories: the flattened
+    layer names them once, so every engine takes it (a graphdriver refuses a path twice)."""
+    build_ref, run_ref = fx.unique("build"), fx.unique("run")
+    fx.load_build_image(engine, tmp_path, build_ref)
+    fx.load_run_image(engine, tmp_path, run_ref)
+    fx.write_lifecycle(tmp_path / "lifecycle.tgz")
+    one, two = fx.make_buildpack("test/pkg-one"), fx.make_buildpack("test/pkg-two")
+    refs = [fx.unique("package") for _ in (one, two)]
+    for ref, bp in zip(refs, (one, two), strict=True):
+        fx.load_buildpackage(engine, tmp_path, ref, bp)
+    toml = tmp_path / "builder.toml"
+    toml.write_text(
+        "".join(f'[[buildpacks]]\n  uri = "docker://{ref}"\n\n' for ref in refs)
+        + f'[[order]]\n  [[order.group]]\n    id = "{one.id}"\n\n'
+        + f'[build]\n  image = "{build_ref}"\n\n[[run.images]]\n  image = "{run_ref}"\n\n'
+        + f'[stack]\n  id = "{fx.STACK}"\n\n[lifecycle]\n  uri = "lifecycle.tgz"\n'
+    )
+    name = fx.unique("builder")
+    flat = f"{one.id}@{one.version},{two.id}@{two.version}"
+    result = cli(
+        "--host", engine.host, "create-builder", name, "--config", str(toml),
+        "--flatten", flat, "--pull-policy", "never",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    labels = inspect(engine, name)["Config"]["Labels"]
+    bp_layers = json.loads(labels["io.buildpacks.buildpack.layers"])
+    flat_ids = {bp_layers[bp.id][bp.version]["layerDiffID"] for bp in (one, two)}
+    assert len(flat_ids) == 1 and flat_ids <= set(inspect(engine, name)["RootFS"]["Layers"])
+    for bp in (one, two):
+        root = f"/cnb/buildpacks/{bp.escaped_id}/{bp.version}"
+        assert cat(engine, name, f"{root}/buildpack.toml") == bp.files["buildpack.toml"]
+
+
 def test_the_same_builder_again_is_the_same_image(cli, engine: Engine, tmp_path) -> None:
     """Flattened and split layers are cached by what they are made from: a second run writes
     nothing and gives the same image; pack's method (--no-cache, a throwaway store) gives the

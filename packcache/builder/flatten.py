@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from packcache.builder.descriptors import BuildpackDescriptor
-from packcache.builder.layers import module_parent
 from packcache.builder.tarwriter import DIRECTORY, TarEntry
 from packcache.errors import UsageError
 
@@ -43,19 +42,22 @@ def flattened_entries(
     modules: Iterable[tuple[BuildpackDescriptor, Iterable[TarEntry]]],
 ) -> Iterator[TarEntry]:
     """One layer holding every module's entries (pack's NToLayerTar): each id@version once,
-    and a module's /cnb/buildpacks/<id> directory header left out when an earlier module of
-    the same id already wrote it."""
-    roots: set[str] = set()
+    and a directory header an earlier module already wrote (its /cnb/buildpacks/<id>, or the
+    /cnb and /cnb/buildpacks a buildpackage's layer carries) left out: a graphdriver refuses a
+    layer naming one path twice."""
+    directories: set[str] = set()
     seen: set[str] = set()
     for descriptor, entries in modules:
         if descriptor.full_name in seen:
             continue
         seen.add(descriptor.full_name)
         for entry in entries:
-            if entry.name in roots:
-                continue
+            if entry.kind == DIRECTORY:
+                path = posixpath.normpath("/" + entry.name.lstrip("/"))
+                if path in directories:
+                    continue
+                directories.add(path)
             yield entry
-        roots.add(f"{module_parent(descriptor)}/{descriptor.escaped_id}")
 
 
 def _id_and_version(name: str, parent: str) -> tuple[str, str]:
