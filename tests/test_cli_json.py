@@ -90,6 +90,7 @@ CREATE_BUILDER = {
     "buildpacks",
     "imported",
     "layers_written",
+    "layers_streamed",
     "load",
     "warnings",
     "seconds",
