@@ -118,9 +118,10 @@ class BuilderFetcher:
 
     def prefetch(self, refs: Iterable[str], what: str) -> None:
         """Fetch these images at once, for image() to answer from: manifests and configs read
-        several at a time, then the layers of every image to pull in one pull (one pool of
-        downloads, one commit). A failure is left for image() to meet again, in the builder's
-        order, with its own message."""
+        several at a time, the layers of every image to pull in one pull (one pool of
+        downloads, one commit; left downloading for a load, `stream`, from the moment each
+        image is read). A failure is left for image() to meet again, in the builder's order,
+        with its own message."""
         wanted = [ref for ref in dict.fromkeys(refs) if ref not in self._prefetched]
         if len(wanted) < 2 or self.pack_method or self.policy is PullPolicy.NEVER:
             return
@@ -129,35 +130,38 @@ class BuilderFetcher:
             # Each registry's client made once, here, not by several threads at once.
             with suppress(UsageError):
                 self.registries.for_name(ImageName.parse(ref))
+        streaming = self.stream and self.mirror is None
+        to_pull: dict[str, RemoteImage] = {}
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
             futures = {ref: pool.submit(first, ref, what) for ref in wanted}
-        to_pull: dict[str, RemoteImage] = {}
-        for ref, future in futures.items():
-            if future.exception() is None:
-                found = future.result()
-                if isinstance(found, RemoteImage):
+            # In the order asked (which image's report lists a shared layer), each image's
+            # layers start downloading once it is read, while the next ones are read.
+            for ref, future in futures.items():
+                failure = future.exception()
+                if failure is not None and not isinstance(failure, PackcacheError):
+                    raise failure
+                found = None if failure is not None else future.result()
+                if isinstance(found, RemoteImage) and streaming:
+                    self._prefetched[ref] = self._stream_image(ref, found)
+                elif isinstance(found, RemoteImage):
                     to_pull[ref] = found
-                else:
+                elif found is not None:
                     self._prefetched[ref] = found
-            elif not isinstance(future.exception(), PackcacheError):
-                raise future.exception()  # type: ignore[misc]
-        if to_pull and self.stream and self.mirror is None:
-            self._prefetched.update(self._stream_images(to_pull))
-        elif to_pull:
+        if to_pull:
             # On a failure each is pulled again by image(), whose error names it.
             with suppress(PackcacheError):
                 self._prefetched.update(self._pull_images(to_pull, mirrored=True))
 
-    def _stream_images(self, images: dict[str, RemoteImage]) -> dict[str, FetchedImage]:
-        """These images as their manifests and configs tell, their layers left downloading."""
-        pull = StreamedPull(self.store, list(images.values()), self.lease)
-        self._streaming = (pull, list(images))
-        fetched = {}
-        for ref, remote in images.items():
-            config_digest = remote.manifest.config["digest"]
-            image = InspectedImage.from_config(json.loads(remote.config), config_digest)
-            fetched[ref] = FetchedImage(ref, image, REGISTRY, remote.name, remote.manifest)
-        return fetched
+    def _stream_image(self, ref: str, remote: RemoteImage) -> FetchedImage:
+        """This image as its manifest and config tell, its layers left downloading."""
+        if self._streaming is None:
+            self._streaming = (StreamedPull(self.store, [], self.lease), [])
+        pull, refs = self._streaming
+        pull.add(remote)
+        refs.append(ref)
+        config_digest = remote.manifest.config["digest"]
+        image = InspectedImage.from_config(json.loads(remote.config), config_digest)
+        return FetchedImage(ref, image, REGISTRY, remote.name, remote.manifest)
 
     def supplied(self) -> dict[str, Layer]:
         """The layers still downloading, for a load to send as they arrive (or, where one
