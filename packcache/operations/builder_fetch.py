@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -34,7 +34,9 @@ from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
 from packcache.image.layer import Layer
 from packcache.jsondoc import check_image_config, strict_loads
+from packcache.operations.early_load import EarlyLoad, start_early_load
 from packcache.operations.importing import import_images
+from packcache.operations.load_planners import LoadPlanner
 from packcache.operations.pulling import BlobMirror, pull_remote_images
 from packcache.operations.run_image_fetch import PullPolicy
 from packcache.operations.streamed_pull import StreamedPull
@@ -96,6 +98,8 @@ class BuilderFetcher:
     fetched: list[FetchedImage] = field(default_factory=list)  # every image() answer
     _prefetched: dict[str, FetchedImage] = field(default_factory=dict, repr=False)
     _streaming: tuple[StreamedPull, list[str]] | None = field(default=None, repr=False)
+    _run_labels: dict[str, Future[FetchedImage]] = field(default_factory=dict, repr=False)
+    _early: EarlyLoad | None = field(default=None, repr=False)
 
     def _has(self, ref: str) -> bool:
         return self.daemon is not None and self.daemon.has_image(ref)
@@ -116,17 +120,20 @@ class BuilderFetcher:
         """The image the cache recorded under this name with every layer (leased), if any."""
         return self._cached(ref)
 
-    def prefetch(self, refs: Iterable[str], what: str) -> None:
+    def prefetch(self, refs: Iterable[str], what: str, run_images: Iterable[str] = ()) -> None:
         """Fetch these images at once, for image() to answer from: manifests and configs read
         several at a time, the layers of every image to pull in one pull (one pool of
         downloads, one commit; left downloading for a load, `stream`, from the moment each
         image is read). A failure is left for image() to meet again, in the builder's order,
-        with its own message."""
+        with its own message. The `run_images` whose labels run_image_labels reads from their
+        registries are read meanwhile too."""
         wanted = [ref for ref in dict.fromkeys(refs) if ref not in self._prefetched]
         if len(wanted) < 2 or self.pack_method or self.policy is PullPolicy.NEVER:
             return
+        remote_labels = self.policy is PullPolicy.ALWAYS and not self.remote_only
+        labels = [ref for ref in dict.fromkeys(run_images) if remote_labels]
         first = self._image if self.remote_only else self._unless_pulled
-        for ref in wanted:
+        for ref in [*wanted, *labels]:
             # Each registry's client made once, here, not by several threads at once.
             with suppress(UsageError):
                 self.registries.for_name(ImageName.parse(ref))
@@ -134,6 +141,8 @@ class BuilderFetcher:
         to_pull: dict[str, RemoteImage] = {}
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
             futures = {ref: pool.submit(first, ref, what) for ref in wanted}
+            self._run_labels.update({ref: pool.submit(self._read_remote, ref, "run image")
+                                     for ref in labels})  # fmt: skip
             # In the order asked (which image's report lists a shared layer), each image's
             # layers start downloading once it is read, while the next ones are read.
             for ref, future in futures.items():
@@ -163,6 +172,18 @@ class BuilderFetcher:
         image = InspectedImage.from_config(json.loads(remote.config), config_digest)
         return FetchedImage(ref, image, REGISTRY, remote.name, remote.manifest)
 
+    def start_load(self, base: list[str]) -> None:
+        """Begin the load of the image being made, which starts with the layers `base`, now:
+        the layers still downloading are sent as they arrive, where the daemon's store allows
+        (early_load). `started_load` ends it, with the image's config."""
+        if self._streaming is not None and self.daemon is not None and self._early is None:
+            self._early = start_early_load(self.store, self.daemon, self._streaming[0], base)
+
+    @property
+    def started_load(self) -> LoadPlanner | None:
+        """The load start_load began, as a planner for load_config; None if none."""
+        return self._early
+
     def supplied(self) -> dict[str, Layer]:
         """The layers still downloading, for a load to send as they arrive (or, where one
         cannot be named before it arrives, none: every download waited for)."""
@@ -178,6 +199,10 @@ class BuilderFetcher:
         """Wait for the layers prefetch left downloading: committed, the images recorded."""
         if self._streaming is None:
             return
+        if self._early is not None and self._early.sending:
+            # Its layers are read from the files the commit moves: a load of its own follows.
+            self._early.abandon()
+            self._early = None
         (pull, refs), self._streaming = self._streaming, None
         for ref, pulled in zip(refs, pull.settle(), strict=True):
             self.pulled.append(
@@ -189,8 +214,10 @@ class BuilderFetcher:
     def close(self) -> None:
         """Drop the downloads a settle did not take (the cache is left as it was)."""
         if self._streaming is not None:
-            self._streaming[0].abort()
+            self._streaming[0].abort()  # first: an early load waiting for arrivals ends
             self._streaming = None
+        if self._early is not None:
+            self._early.abandon()
 
     def _unless_pulled(self, ref: str, what: str) -> FetchedImage | RemoteImage:
         """The image as the policy takes it without a pull, else its manifest and config read
@@ -257,7 +284,9 @@ class BuilderFetcher:
                 return None
             return dict(self._daemon.inspect_image(ref).labels)
         try:
-            return dict(self._remote(ref, "run image").image.labels)
+            read = self._run_labels.pop(ref, None)
+            remote = self._remote(ref, "run image") if read is None else self._pulled(read.result())
+            return dict(remote.image.labels)
         except PackcacheError:
             if self._has(ref):
                 return dict(self._daemon.inspect_image(ref).labels)
@@ -325,6 +354,16 @@ class BuilderFetcher:
         return fetched
 
     def _remote(self, ref: str, what: str) -> FetchedImage:
+        """Manifest and config from the registry (never a layer), checked; reported."""
+        return self._pulled(self._read_remote(ref, what))
+
+    def _pulled(self, fetched: FetchedImage) -> FetchedImage:
+        """A remote read reported (no layer downloaded)."""
+        assert fetched.manifest is not None
+        self.pulled.append(PulledImage(fetched.ref, fetched.manifest.digest, 0, 0))
+        return fetched
+
+    def _read_remote(self, ref: str, what: str) -> FetchedImage:
         """Manifest and config from the registry (never a layer), checked."""
         name = ImageName.parse(ref)
         client = self.registries.for_name(name)
@@ -337,7 +376,6 @@ class BuilderFetcher:
         document = check_image_config(strict_loads(config, f"the config of {where}"), where)
         if len(document["rootfs"]["diff_ids"]) != len(manifest.layers):
             raise PackcacheError(f"{where}: the manifest and the config list different layers")
-        self.pulled.append(PulledImage(ref, manifest.digest, 0, 0))
         image = InspectedImage.from_config(document, manifest.config["digest"])
         return FetchedImage(ref, image, REGISTRY, name, manifest)
 

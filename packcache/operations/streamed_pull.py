@@ -127,15 +127,20 @@ class StreamedPull:
 
     def arrivals(self, diff_ids: Iterable[str]) -> Iterator[str]:
         """These layers of the pull, each once it is staged, in the order their downloads
-        ended; the first failure of the pull is raised instead of what is still to come."""
+        ended; the first failure of the pull (or its abort) is raised instead of what is still
+        to come."""
         waiting = set(diff_ids)
         seen = 0
         while waiting:
             with self._changed:
-                while self._failure is None and seen == len(self._arrived):
+                while (
+                    self._failure is None and not self._stop.is_set() and seen == len(self._arrived)
+                ):
                     self._changed.wait()
                 if self._failure is not None:
                     raise self._failure
+                if self._stop.is_set():
+                    raise _Stopped("the pull was stopped")
                 ready, seen = self._arrived[seen:], len(self._arrived)
             for diff_id in ready:
                 if diff_id in waiting:
@@ -172,7 +177,9 @@ class StreamedPull:
         if self._done:
             return
         self._done = True
-        self._stop.set()
+        with self._changed:
+            self._stop.set()
+            self._changed.notify_all()  # a load waiting for arrivals ends
         self._pool.shutdown(wait=False, cancel_futures=True)
         wait(self._futures)
         for blob in self._staged.values():
