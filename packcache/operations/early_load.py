@@ -118,8 +118,8 @@ def start_early_load(
     store: Store, daemon: Daemon, pull: StreamedPull, base: list[str]
 ) -> EarlyLoad | None:
     """The load of an image whose layers `pull` downloads, started now where the daemon's
-    store takes an archive in any order (a graphdriver); else None. `base`: the diffIDs the
-    image starts with."""
-    if not isinstance(planner_for(store, daemon), GraphdriverPlanner):
+    store takes an archive in any order (a graphdriver) and something downloads; else None.
+    `base`: the diffIDs the image starts with."""
+    if not pull.pending or not isinstance(planner_for(store, daemon), GraphdriverPlanner):
         return None
     return EarlyLoad(store, daemon, pull, base)
