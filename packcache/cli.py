@@ -1298,7 +1298,9 @@ def create_builder_command(
             f"{len(published.uploaded)} blobs uploaded ({render.size(published.bytes_uploaded)}), "
             f"{len(published.mounted)} mounted, {len(published.present)} already there"
         )
-    if report.load is not None:
+    if report.load is not None and report.load.load_method == "present":
+        typer.echo("  loaded      nothing: the daemon held this very builder, only named")
+    elif report.load is not None:
         typer.echo(
             f"  loaded      {report.load.layers_sent} layers sent, "
             f"{report.load.layers_reused} already in the daemon, "

@@ -90,6 +90,7 @@ from packcache.operations.builder_modules import (
     layer_from_archive,
     split_flattened_packages,
 )
+from packcache.operations.builder_present import tag_if_present
 from packcache.operations.builder_publish import (
     BuilderPublishReport,
     check_publish_name,
@@ -614,6 +615,11 @@ def _record_and_load(
     assert daemon is not None
     refs = [name, *(tag for tag in tags if tag != name)]
     supplied = fetcher.supplied()
+    if not supplied and policy is REUSE:
+        present = tag_if_present(store, daemon, builder_config, refs)
+        if present is not None:
+            fetcher.settle()
+            return present, 0
     if not supplied:
         store.record_image(ImageRecord(config=builder_config, refs=refs))
     if base.source == DAEMON and base_image_needed(

@@ -64,6 +64,7 @@ from packcache.image.inspected import InspectedImage
 from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
 from packcache.operations.builder_fetch import BuilderFetcher, FetchedImage
 from packcache.operations.builder_modules import LayerWriter, Module, add_exploded
+from packcache.operations.builder_present import tag_if_present
 from packcache.operations.builder_publish import (
     check_publish_name,
     publish_builder,
@@ -646,6 +647,10 @@ def _record_and_load(
     holds them (its manifest, on a containerd store, read from the daemon's containerd), and
     only where neither is possible (or with pack's method) is it saved. Returns the load and
     whether the builder was saved."""
+    if policy is REUSE:
+        present = tag_if_present(store, daemon, builder_config, [name])
+        if present is not None:
+            return present, False
     store.record_image(ImageRecord(config=builder_config, refs=[name]))
     base_layers = list(base.image.diff_ids)
     needed = base_image_needed(store, daemon, base_layers, policy)
