@@ -22,6 +22,7 @@ from tests.test_builder_engine import Inputs, cat, checksums, create, inspect, m
 from tests.test_containerd_load import our_leases_and_ingests, run_cat, saved_blobs_complete
 from tests.test_containerd_transport import CONTAINERD_KINDS
 from tests.test_launch_cache import daemon_time
+from tests.test_lazy_imports import imported, loaded
 
 EMPTY_TAR = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
 
@@ -587,6 +588,34 @@ def test_an_unchanged_builder_the_daemon_holds_is_named_not_loaded(
     events = image_events(engine, since)
     assert ("tag", first["image_id"]) in events and "load" not in {a for a, _ in events}
     assert cat(engine, name, "/platform/env/A") == b"1"
+
+
+# Modules a builder made of what the daemon and the cache hold never needs: a full
+# create-builder's phases, the publish path, registry pulls and `docker save` reads.
+NOT_FOR_A_RECREATE = {
+    "packcache.operations.create_builder",
+    "packcache.operations.builder_publish",
+    "packcache.operations.derived_publish",
+    "packcache.operations.pulling",
+    "packcache.operations.streamed_pull",
+    "packcache.transports.registry_pull",
+    "packcache.operations.importing",
+    "packcache.archive.save_reader",
+}
+
+
+def test_a_recreate_imports_neither_the_full_create_the_publish_nor_the_pulls(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    args = ["--cache-dir", str(tmp_path / "own-cache"), "--host", engine.host, "create-builder",
+            fx.unique("lean"), "--from-builder", d.base, "--env", "A=1", "--pull-policy", "never",
+            "--format", "json"]  # fmt: skip
+    imported(tmp_path, *args)  # made once
+    modules = imported(tmp_path, *args)  # and again, the daemon holding it
+    assert "packcache.operations.derived_builder" in modules  # the listing works
+    assert loaded(modules, NOT_FOR_A_RECREATE) == set()
 
 
 def test_no_cache_is_packs_method_and_gives_the_same_builder(
