@@ -568,8 +568,8 @@ def _derived_layers(
     run_image: str | None,
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The builder's layers then the ones pack's Save adds (no lifecycle: an ephemeral builder
-    keeps the builder's), each written into the store, and the new buildpack and extension
-    layers labels."""
+    keeps the builder's), and the new buildpack and extension layers labels. The small layers
+    are hashed only; `write_later` writes those the cache lacks, where the builder is sent."""
     diff_ids = list(base.image.diff_ids)
     diff_ids.append(layers.add_small_later(default_dirs(base.uid, base.gid)))
     module_layers = {}
