@@ -29,17 +29,12 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
-from packcache.image.layer import Layer
 from packcache.jsondoc import check_image_config, strict_loads
-from packcache.operations.early_load import EarlyLoad, start_early_load
-from packcache.operations.importing import import_images
-from packcache.operations.load_planners import LoadPlanner
-from packcache.operations.pulling import BlobMirror, pull_remote_images
 from packcache.operations.run_image_fetch import PullPolicy
-from packcache.operations.streamed_pull import StreamedPull
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
 from packcache.transports.registry import (
@@ -49,7 +44,18 @@ from packcache.transports.registry import (
     Platform,
     RegistryClients,
 )
-from packcache.transports.registry_pull import RemoteImage, read_image
+
+if TYPE_CHECKING:
+    from packcache.image.layer import Layer
+    from packcache.operations.early_load import EarlyLoad
+    from packcache.operations.load_planners import LoadPlanner
+    from packcache.operations.pulling import BlobMirror
+    from packcache.operations.streamed_pull import StreamedPull
+    from packcache.transports.registry_pull import RemoteImage
+
+# What pulls from registries (registry_pull, pulling, streamed_pull, early_load) and what saves
+# from the daemon (importing) is imported where used: a builder made of what the daemon and
+# the cache hold (--pull-policy never, a re-create) reads with neither.
 
 DAEMON, CACHE, REGISTRY = "daemon", "cache", "registry"
 PARALLEL_IMAGES = 4  # images fetched at once (each fetches up to 4 blobs at once)
@@ -137,6 +143,8 @@ class BuilderFetcher:
             # Each registry's client made once, here, not by several threads at once.
             with suppress(UsageError):
                 self.registries.for_name(ImageName.parse(ref))
+        from packcache.transports.registry_pull import RemoteImage
+
         streaming = self.stream and self.mirror is None
         to_pull: dict[str, RemoteImage] = {}
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
@@ -163,6 +171,8 @@ class BuilderFetcher:
 
     def _stream_image(self, ref: str, remote: RemoteImage) -> FetchedImage:
         """This image as its manifest and config tell, its layers left downloading."""
+        from packcache.operations.streamed_pull import StreamedPull
+
         if self._streaming is None:
             self._streaming = (StreamedPull(self.store, [], self.lease), [])
         pull, refs = self._streaming
@@ -176,6 +186,8 @@ class BuilderFetcher:
         """Begin the load of the image being made, which starts with the layers `base`, now:
         the layers still downloading are sent as they arrive, where the daemon's store allows
         (early_load). `started_load` ends it, with the image's config."""
+        from packcache.operations.early_load import start_early_load
+
         if self._streaming is not None and self.daemon is not None and self._early is None:
             self._early = start_early_load(self.store, self.daemon, self._streaming[0], base)
 
@@ -229,6 +241,8 @@ class BuilderFetcher:
             cached = self._cached(ref)
             if cached is not None:
                 return cached
+        from packcache.transports.registry_pull import read_image
+
         name = ImageName.parse(ref)
         return read_image(self.registries.for_name(name), name, self.platform)
 
@@ -271,6 +285,8 @@ class BuilderFetcher:
             except (NotFoundError, AccessDeniedError) as exc:
                 if not self._has(ref):
                     raise NotFoundError(f"{what} {ref} is not in its registry ({exc})") from exc
+        from packcache.operations.importing import import_images
+
         fetched = self._from_daemon(ref, what)
         import_images(self.store, self._daemon, [ref], lease=self.lease)
         return list(fetched.image.diff_ids)
@@ -328,6 +344,8 @@ class BuilderFetcher:
     def _pull(self, ref: str, mirrored: bool = True) -> FetchedImage:
         """`ref` pulled into the cache (and, `mirrored`, into the mirror: an image whose layers
         the builder has; a lifecycle image's are re-tarred)."""
+        from packcache.transports.registry_pull import read_image
+
         name = ImageName.parse(ref)
         remote = read_image(self.registries.for_name(name), name, self.platform)
         return self._pull_images({ref: remote}, mirrored)[ref]
@@ -337,6 +355,8 @@ class BuilderFetcher:
     ) -> dict[str, FetchedImage]:
         """Pull these images (their manifests and configs read) together, each recorded in
         the cache."""
+        from packcache.operations.pulling import pull_remote_images
+
         reports = pull_remote_images(
             self.store, list(images.values()), lease=self.lease,
             mirror=self.mirror if mirrored else None,
