@@ -144,3 +144,35 @@ def test_flattening_buildpacks_still_downloading_waits_for_their_layers(
     warm = ok(create(cli, engine, name, remote.toml, remote.host, *args))
     assert warm["config_digest"] == cold["config_digest"]
     engine.docker("rmi", name)
+
+
+def test_a_builder_refused_once_its_images_are_read_leaves_no_load_and_nothing_pulled(
+    cli, engine: Engine, registries: RegistrySet, tmp_path: Path
+) -> None:
+    """Where docker load takes a graphdriver's builder, its load begins once the images are
+    read; an order naming a buildpack no package has is refused only later: that load is
+    dropped (no image in the daemon), and nothing of the pull is kept (written into a
+    containerd store as it downloads, a pull is committed before the buildpacks are read)."""
+    remote = to_registry(engine, registries, tmp_path)
+    toml = tmp_path / "unknown.toml"
+    toml.write_text(
+        remote.toml.read_text() + '\n[[order]]\n  [[order.group]]\n    id = "no/such-bp"\n'
+    )
+    cache = tmp_path / "cache"
+    before = image_ids(engine)
+    name = fx.unique("builder")
+    result = create(cli, engine, name, toml, remote.host, "--pull-policy", "always", cache=cache)
+    assert result.exit_code == 1, result.stdout
+    assert result.stderr.startswith("packcache: error:"), result.stderr
+    assert "no/such-bp" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert absent(engine, name) and image_ids(engine) == before
+    assert cli("verify", cache=cache).exit_code == 0
+    listed = json.dumps(cli("ls", "--format", "json", cache=cache).json())
+    for package in [] if engine.containerd_store else remote.inputs.packages:
+        assert not any(diff_id in listed for diff_id in package.diff_ids.values())
+    assert [p.name for p in (cache / "ingest").iterdir()] == []
+    # The same registry images then make the builder: nothing of the dropped load is in the way.
+    report = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always",
+                       cache=cache))  # fmt: skip
+    assert inspect(engine, name)["Id"] == report["image_id"]
+    engine.docker("rmi", name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -124,13 +124,31 @@ def _sized(members: list[_Member], layers: dict[int, Layer] | None = None) -> Si
     return SizedArchive(size, chunks())
 
 
-def legacy_archive(config: bytes, layers: list[LoadLayer], tags: list[str]) -> SizedArchive:
-    """A docker-archive (manifest.json layout) for graphdriver engines."""
+def layer_member(path: str, layer: Layer) -> Iterator[bytes]:
+    """A layer as a graphdriver's docker-archive carries it (a zstd layer as its tar: older
+    loaders may not read zstd)."""
+    if layer.media_type.endswith("+zstd"):
+        return _stream(path, layer.uncompressed_size, layer.uncompressed())
+    return _stream(path, layer.size, layer.compressed())
+
+
+def legacy_archive(
+    config: bytes,
+    layers: list[LoadLayer],
+    tags: list[str],
+    written: Mapping[str, str] | None = None,
+) -> SizedArchive:
+    """A docker-archive (manifest.json layout) for graphdriver engines. `written`: the layers
+    (by diffID) an earlier part of the same archive carries already, by member name: named by
+    the manifest, not written again."""
     config_name = sha256_digest(config)[7:] + ".json"
     members: list[_Member] = [(config_name, len(config), config)]
     sent: dict[int, Layer] = {}
     paths = []
     for index, item in enumerate(layers):
+        if written and item.diff_id in written:
+            paths.append(written[item.diff_id])
+            continue
         path = f"{index:03d}{item.diff_id[7:19]}/layer.tar"
         paths.append(path)
         layer = item.layer

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -47,13 +47,15 @@ from packcache.transports.registry import (
 
 if TYPE_CHECKING:
     from packcache.image.layer import Layer
+    from packcache.operations.early_load import EarlyLoad
+    from packcache.operations.load_planners import LoadPlanner
     from packcache.operations.pulling import BlobMirror
     from packcache.operations.streamed_pull import StreamedPull
     from packcache.transports.registry_pull import RemoteImage
 
-# What pulls from registries (registry_pull, pulling, streamed_pull) and what saves from the
-# daemon (importing) is imported where used: a builder made of what the daemon and the cache
-# hold (--pull-policy never, a re-create) reads with neither.
+# What pulls from registries (registry_pull, pulling, streamed_pull, early_load) and what saves
+# from the daemon (importing) is imported where used: a builder made of what the daemon and
+# the cache hold (--pull-policy never, a re-create) reads with neither.
 
 DAEMON, CACHE, REGISTRY = "daemon", "cache", "registry"
 PARALLEL_IMAGES = 4  # images fetched at once (each fetches up to 4 blobs at once)
@@ -102,6 +104,8 @@ class BuilderFetcher:
     fetched: list[FetchedImage] = field(default_factory=list)  # every image() answer
     _prefetched: dict[str, FetchedImage] = field(default_factory=dict, repr=False)
     _streaming: tuple[StreamedPull, list[str]] | None = field(default=None, repr=False)
+    _run_labels: dict[str, Future[FetchedImage]] = field(default_factory=dict, repr=False)
+    _early: EarlyLoad | None = field(default=None, repr=False)
 
     def _has(self, ref: str) -> bool:
         return self.daemon is not None and self.daemon.has_image(ref)
@@ -122,52 +126,75 @@ class BuilderFetcher:
         """The image the cache recorded under this name with every layer (leased), if any."""
         return self._cached(ref)
 
-    def prefetch(self, refs: Iterable[str], what: str) -> None:
+    def prefetch(self, refs: Iterable[str], what: str, run_images: Iterable[str] = ()) -> None:
         """Fetch these images at once, for image() to answer from: manifests and configs read
-        several at a time, then the layers of every image to pull in one pull (one pool of
-        downloads, one commit). A failure is left for image() to meet again, in the builder's
-        order, with its own message."""
+        several at a time, the layers of every image to pull in one pull (one pool of
+        downloads, one commit; left downloading for a load, `stream`, from the moment each
+        image is read). A failure is left for image() to meet again, in the builder's order,
+        with its own message. The `run_images` whose labels run_image_labels reads from their
+        registries are read meanwhile too."""
         wanted = [ref for ref in dict.fromkeys(refs) if ref not in self._prefetched]
         if len(wanted) < 2 or self.pack_method or self.policy is PullPolicy.NEVER:
             return
+        remote_labels = self.policy is PullPolicy.ALWAYS and not self.remote_only
+        labels = [ref for ref in dict.fromkeys(run_images) if remote_labels]
         first = self._image if self.remote_only else self._unless_pulled
-        for ref in wanted:
+        for ref in [*wanted, *labels]:
             # Each registry's client made once, here, not by several threads at once.
             with suppress(UsageError):
                 self.registries.for_name(ImageName.parse(ref))
         from packcache.transports.registry_pull import RemoteImage
 
+        streaming = self.stream and self.mirror is None
+        to_pull: dict[str, RemoteImage] = {}
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
             futures = {ref: pool.submit(first, ref, what) for ref in wanted}
-        to_pull: dict[str, RemoteImage] = {}
-        for ref, future in futures.items():
-            if future.exception() is None:
-                found = future.result()
-                if isinstance(found, RemoteImage):
+            self._run_labels.update({ref: pool.submit(self._read_remote, ref, "run image")
+                                     for ref in labels})  # fmt: skip
+            # In the order asked (which image's report lists a shared layer), each image's
+            # layers start downloading once it is read, while the next ones are read.
+            for ref, future in futures.items():
+                failure = future.exception()
+                if failure is not None and not isinstance(failure, PackcacheError):
+                    raise failure
+                found = None if failure is not None else future.result()
+                if isinstance(found, RemoteImage) and streaming:
+                    self._prefetched[ref] = self._stream_image(ref, found)
+                elif isinstance(found, RemoteImage):
                     to_pull[ref] = found
-                else:
+                elif found is not None:
                     self._prefetched[ref] = found
-            elif not isinstance(future.exception(), PackcacheError):
-                raise future.exception()  # type: ignore[misc]
-        if to_pull and self.stream and self.mirror is None:
-            self._prefetched.update(self._stream_images(to_pull))
-        elif to_pull:
+        if to_pull:
             # On a failure each is pulled again by image(), whose error names it.
             with suppress(PackcacheError):
                 self._prefetched.update(self._pull_images(to_pull, mirrored=True))
 
-    def _stream_images(self, images: dict[str, RemoteImage]) -> dict[str, FetchedImage]:
-        """These images as their manifests and configs tell, their layers left downloading."""
+    def _stream_image(self, ref: str, remote: RemoteImage) -> FetchedImage:
+        """This image as its manifest and config tell, its layers left downloading."""
         from packcache.operations.streamed_pull import StreamedPull
 
-        pull = StreamedPull(self.store, list(images.values()), self.lease)
-        self._streaming = (pull, list(images))
-        fetched = {}
-        for ref, remote in images.items():
-            config_digest = remote.manifest.config["digest"]
-            image = InspectedImage.from_config(json.loads(remote.config), config_digest)
-            fetched[ref] = FetchedImage(ref, image, REGISTRY, remote.name, remote.manifest)
-        return fetched
+        if self._streaming is None:
+            self._streaming = (StreamedPull(self.store, [], self.lease), [])
+        pull, refs = self._streaming
+        pull.add(remote)
+        refs.append(ref)
+        config_digest = remote.manifest.config["digest"]
+        image = InspectedImage.from_config(json.loads(remote.config), config_digest)
+        return FetchedImage(ref, image, REGISTRY, remote.name, remote.manifest)
+
+    def start_load(self, base: list[str]) -> None:
+        """Begin the load of the image being made, which starts with the layers `base`, now:
+        the layers still downloading are sent as they arrive, where the daemon's store allows
+        (early_load). `started_load` ends it, with the image's config."""
+        from packcache.operations.early_load import start_early_load
+
+        if self._streaming is not None and self.daemon is not None and self._early is None:
+            self._early = start_early_load(self.store, self.daemon, self._streaming[0], base)
+
+    @property
+    def started_load(self) -> LoadPlanner | None:
+        """The load start_load began, as a planner for load_config; None if none."""
+        return self._early
 
     def supplied(self) -> dict[str, Layer]:
         """The layers still downloading, for a load to send as they arrive (or, where one
@@ -184,6 +211,10 @@ class BuilderFetcher:
         """Wait for the layers prefetch left downloading: committed, the images recorded."""
         if self._streaming is None:
             return
+        if self._early is not None and self._early.sending:
+            # Its layers are read from the files the commit moves: a load of its own follows.
+            self._early.abandon()
+            self._early = None
         (pull, refs), self._streaming = self._streaming, None
         for ref, pulled in zip(refs, pull.settle(), strict=True):
             self.pulled.append(
@@ -195,8 +226,10 @@ class BuilderFetcher:
     def close(self) -> None:
         """Drop the downloads a settle did not take (the cache is left as it was)."""
         if self._streaming is not None:
-            self._streaming[0].abort()
+            self._streaming[0].abort()  # first: an early load waiting for arrivals ends
             self._streaming = None
+        if self._early is not None:
+            self._early.abandon()
 
     def _unless_pulled(self, ref: str, what: str) -> FetchedImage | RemoteImage:
         """The image as the policy takes it without a pull, else its manifest and config read
@@ -267,7 +300,9 @@ class BuilderFetcher:
                 return None
             return dict(self._daemon.inspect_image(ref).labels)
         try:
-            return dict(self._remote(ref, "run image").image.labels)
+            read = self._run_labels.pop(ref, None)
+            remote = self._remote(ref, "run image") if read is None else self._pulled(read.result())
+            return dict(remote.image.labels)
         except PackcacheError:
             if self._has(ref):
                 return dict(self._daemon.inspect_image(ref).labels)
@@ -339,6 +374,16 @@ class BuilderFetcher:
         return fetched
 
     def _remote(self, ref: str, what: str) -> FetchedImage:
+        """Manifest and config from the registry (never a layer), checked; reported."""
+        return self._pulled(self._read_remote(ref, what))
+
+    def _pulled(self, fetched: FetchedImage) -> FetchedImage:
+        """A remote read reported (no layer downloaded)."""
+        assert fetched.manifest is not None
+        self.pulled.append(PulledImage(fetched.ref, fetched.manifest.digest, 0, 0))
+        return fetched
+
+    def _read_remote(self, ref: str, what: str) -> FetchedImage:
         """Manifest and config from the registry (never a layer), checked."""
         name = ImageName.parse(ref)
         client = self.registries.for_name(name)
@@ -351,7 +396,6 @@ class BuilderFetcher:
         document = check_image_config(strict_loads(config, f"the config of {where}"), where)
         if len(document["rootfs"]["diff_ids"]) != len(manifest.layers):
             raise PackcacheError(f"{where}: the manifest and the config list different layers")
-        self.pulled.append(PulledImage(ref, manifest.digest, 0, 0))
         image = InspectedImage.from_config(document, manifest.config["digest"])
         return FetchedImage(ref, image, REGISTRY, name, manifest)
 

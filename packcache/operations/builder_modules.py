@@ -10,6 +10,7 @@ import hashlib
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from packcache.builder.sources import (
 )
 from packcache.builder.tarwriter import TarEntry, tar_chunks, tar_reader
 from packcache.builder.uris import ARCHIVE, BUILDPACKAGE_FILE, DIRECTORY, IMAGE
+from packcache.store.blobs import StagedBlob
 from packcache.store.store import Lease, Store
 
 
@@ -47,9 +49,12 @@ class LayerWriter:
         self.dry_run = dry_run
         self.written = 0
         self.warnings: list[str] = []
+        self._pending: list[StagedBlob] | None = None  # staged, committed together (`deferred`)
         self._later: dict[str, list[TarEntry]] = {}  # small layers to write: diffID -> entries
 
     def cached(self, diff_id: str) -> bool:
+        if any(staged.diff_id == diff_id for staged in self._pending or ()):
+            return True
         return bool(self.store.cached_diff_ids([diff_id], self.lease))
 
     def add_small_later(self, entries: list[TarEntry]) -> str:
@@ -72,9 +77,28 @@ class LayerWriter:
     def add(self, entries: Iterable[TarEntry]) -> str:
         if self.dry_run:
             return _hash_chunks(tar_chunks(entries))
+        if self._pending is not None:
+            staged = self.store.stage(tar_reader(entries))
+            self._pending.append(staged)
+            return staged.diff_id
         result = self.store.ingest_layer(tar_reader(entries), lease=self.lease)
         self.written += result.written
         return result.diff_id
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """The layers added meanwhile are committed together when it ends (one round of syncs,
+        one index transaction, instead of one per layer), or dropped on an error: none of
+        them may be read from the store before."""
+        self._pending = []
+        try:
+            yield
+            if self._pending:
+                self.written += sum(self.store.commit_staged_many(self._pending, lease=self.lease))
+        finally:
+            for staged in self._pending:
+                self.store.discard(staged)  # a no-op once committed
+            self._pending = None
 
 
 def add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:

@@ -249,6 +249,8 @@ def _create(
         check_build_image(
             target, config.build_image, base.image.os or "linux", base.image.architecture
         )
+        if not no_cache:
+            fetcher.start_load(list(base.image.diff_ids))  # the builder starts with its layers
         if options.append_image_name_suffix:
             base.warnings.append(
                 "--append-image-name-suffix will be ignored, use combined with --publish"
@@ -269,11 +271,12 @@ def _create(
     if flattened or _shares_a_layer([*modules, *extensions]):
         fetcher.settle()  # their layers are read: to be split, or joined in one
     split_flattened_packages([*modules, *extensions], store, inputs, layers)
-    lifecycle_diff_id = lifecycle_layer_id()
-    _next(steps, STEPS[4])
-    diff_ids, module_layers = _builder_layers(
-        config, base, layers, modules, extensions, lifecycle_diff_id, resolved, options, inputs
-    )
+    with layers.deferred():  # the builder's own layers, committed together
+        lifecycle_diff_id = lifecycle_layer_id()
+        _next(steps, STEPS[4])
+        diff_ids, module_layers = _builder_layers(
+            config, base, layers, modules, extensions, lifecycle_diff_id, resolved, options, inputs
+        )
     labels = _builder_labels(
         config, base, {**base.image.labels, **extra_labels}, module_layers, resolved, lifecycle
     )
@@ -350,15 +353,10 @@ def _check_images(fetcher: BuilderFetcher, config: BuilderConfig) -> _BuildImage
     user and (when builder.toml names one) the same stack. Run images: checked when they can
     be read (pack only warns when it cannot see one)."""
     packages = [ref for bp in config.buildpacks if (ref := daemon_ref(bp.uri, config.base_dir))]
+    run_refs = [ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]]
     if fetcher.daemon is not None:
-        fetcher.daemon.prefetch(
-            [
-                config.build_image,
-                *(ref for run in config.run_images for ref in [run.image, *(run.mirrors or [])]),
-                *packages,
-            ]
-        )
-    fetcher.prefetch([config.build_image, *packages], "buildpackage")
+        fetcher.daemon.prefetch([config.build_image, *run_refs, *packages])
+    fetcher.prefetch([config.build_image, *packages], "buildpackage", run_refs)
     fetched = fetcher.image(config.build_image, "build image")
     build = fetched.image
     if (build.os or "linux") != "linux":
@@ -559,8 +557,9 @@ def _record_and_load(
     ):
         import_images(store, daemon, [config.build_image], lease=lease)
     loaded = load_config(
-        store, daemon, builder_config, refs, lease=lease, policy=policy, supplied=supplied
-    )
+        store, daemon, builder_config, refs, lease=lease, policy=policy, supplied=supplied,
+        planner=fetcher.started_load,
+    )  # fmt: skip
     fetcher.settle()  # what prefetch pulled is committed and recorded
     if supplied:
         store.record_image(ImageRecord(config=builder_config, refs=refs))

@@ -179,16 +179,18 @@ def load_config(
     lease: Lease | None = None,
     policy: SendPolicy = REUSE,
     supplied: Mapping[str, Layer] | None = None,
+    planner: LoadPlanner | None = None,
 ) -> LoadReport:
     """Load the image `config` describes: layers the daemon holds are left out as `policy`
     allows, the rest come from the cache (or, those it lacks, from `supplied`: layers read as
-    they are sent). Recorded in the cache once the daemon holds it complete."""
+    they are sent). Recorded in the cache once the daemon holds it complete. `planner`: a load
+    already begun (early_load), else the daemon's own."""
     start = time.perf_counter()
     tags = [familiar(normalize(tag)) for tag in tags]  # docker load wants name:tag
     diff_ids = config_diff_ids(config)
     if lease is not None:
         lease.add(diff_ids)
-    planner = planner_for(store, daemon, policy)
+    planner = planner or planner_for(store, daemon, policy)
     with planner.replaced_images_kept(tags):
         loaded = _load_until_complete(planner, config, diff_ids, tags, policy, supplied)
     manifest = loaded.archive.manifest

@@ -82,10 +82,12 @@ class PlannedFetch:
 
 
 def plan_pull(
-    images: list[RemoteImage], lease: Lease
+    images: list[RemoteImage], lease: Lease, planned: set[str] | None = None
 ) -> tuple[list[PullReport], list[PlannedFetch]]:
-    """Each image's report, and the layers the cache lacks, each once."""
-    reports, fetches, planned = [], [], set()
+    """Each image's report, and the layers the cache lacks, each once: not those in `planned`
+    (the diffIDs an earlier plan of the same pull fetches), which is updated."""
+    reports, fetches = [], []
+    planned = set() if planned is None else planned
     for image in images:
         report = PullReport(str(image.name), image.manifest.digest, image.manifest.config["digest"])
         reports.append(report)

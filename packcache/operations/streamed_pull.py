@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -58,25 +58,37 @@ class _Stoppable:
 
 
 class StreamedPull:
-    """The layers of `images` the cache lacks, downloading in the background from the moment it
-    is made (see the module doc)."""
+    """The layers of `images` (and of those `add`ed later) the cache lacks, downloading in the
+    background from the moment each image is given (see the module doc)."""
 
     def __init__(
         self, store: Store, images: list[RemoteImage], lease: Lease, parallel: int = PARALLEL_BLOBS
     ) -> None:
         self.store = store
-        self.images = images
+        self.images: list[RemoteImage] = []
         self.lease = lease
-        self.reports, self._fetches = plan_pull(images, lease)
+        self.reports: list[PullReport] = []
+        self._fetches: list[PlannedFetch] = []
+        self._planned: set[str] = set()
         self._staged: dict[str, StagedBlob] = {}
         self._arrived: list[str] = []  # diffIDs in the order their downloads ended
         self._failure: BaseException | None = None
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._done = False
-        pool = ThreadPoolExecutor(max(1, parallel), thread_name_prefix="packcache-pull")
-        self._futures = [pool.submit(self._fetch, job) for job in self._fetches]
-        pool.shutdown(wait=False)  # its threads end with the last download
+        self._pool = ThreadPoolExecutor(max(1, parallel), thread_name_prefix="packcache-pull")
+        self._futures: list[Future[None]] = []
+        for image in images:
+            self.add(image)
+
+    def add(self, image: RemoteImage) -> None:
+        """Start downloading the layers of `image` the cache and this pull lack (its manifest
+        and config read while the layers of the images before it already download)."""
+        reports, fetches = plan_pull([image], self.lease, self._planned)
+        self.images.append(image)
+        self.reports.extend(reports)
+        self._fetches.extend(fetches)
+        self._futures.extend(self._pool.submit(self._fetch, job) for job in fetches)
 
     @property
     def pending(self) -> set[str]:
@@ -115,15 +127,20 @@ class StreamedPull:
 
     def arrivals(self, diff_ids: Iterable[str]) -> Iterator[str]:
         """These layers of the pull, each once it is staged, in the order their downloads
-        ended; the first failure of the pull is raised instead of what is still to come."""
+        ended; the first failure of the pull (or its abort) is raised instead of what is still
+        to come."""
         waiting = set(diff_ids)
         seen = 0
         while waiting:
             with self._changed:
-                while self._failure is None and seen == len(self._arrived):
+                while (
+                    self._failure is None and not self._stop.is_set() and seen == len(self._arrived)
+                ):
                     self._changed.wait()
                 if self._failure is not None:
                     raise self._failure
+                if self._stop.is_set():
+                    raise _Stopped("the pull was stopped")
                 ready, seen = self._arrived[seen:], len(self._arrived)
             for diff_id in ready:
                 if diff_id in waiting:
@@ -144,6 +161,7 @@ class StreamedPull:
         failure drops everything staged and is raised."""
         if self._done:
             return self.reports
+        self._pool.shutdown(wait=False)  # its threads end with the last download
         wait(self._futures)
         if self._failure is not None:
             failure = self._failure
@@ -159,9 +177,10 @@ class StreamedPull:
         if self._done:
             return
         self._done = True
-        self._stop.set()
-        for future in self._futures:
-            future.cancel()
+        with self._changed:
+            self._stop.set()
+            self._changed.notify_all()  # a load waiting for arrivals ends
+        self._pool.shutdown(wait=False, cancel_futures=True)
         wait(self._futures)
         for blob in self._staged.values():
             self.store.discard(blob)

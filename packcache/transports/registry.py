@@ -14,6 +14,7 @@ import base64
 import hashlib
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -168,19 +169,23 @@ def _context_adapter(context: ssl.SSLContext) -> Any:
 
 
 def ssl_context(host: str, certs_dir: Path, insecure: bool) -> ssl.SSLContext:
-    """docker's TLS for `host`: system CAs, certs.d's *.crt CAs and *.cert/*.key client pairs."""
-    context = ssl.create_default_context()
+    """docker's TLS for `host`: system CAs, certs.d's *.crt CAs and *.cert/*.key client pairs.
+    An insecure host's certificate is not verified, so no CA is loaded for it (loading the
+    system's is the costly part of a context); its client pairs still are."""
+    if insecure:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context()
     host_dir = certs_dir / host
     try:
-        for ca in sorted(host_dir.glob("*.crt")):
+        for ca in [] if insecure else sorted(host_dir.glob("*.crt")):
             context.load_verify_locations(cafile=str(ca))
         for cert in sorted(host_dir.glob("*.cert")):
             context.load_cert_chain(str(cert), str(cert.with_suffix(".key")))
     except (OSError, ssl.SSLError) as exc:
         raise PackcacheError(f"cannot use the certificates in {host_dir}: {exc}") from exc
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     return context
 
 
@@ -289,6 +294,8 @@ class RegistryClient:
         self._session = _session(host, self.options)
         self._realm_sessions: dict[str, requests.Session] = {}
         self._base: str | None = None
+        # Threads reading several images at once ping once, not each on its own.
+        self._ping_lock = threading.Lock()
         self._challenge: _Challenge | None = None
         self._tokens: dict[str, str] = {}
 
@@ -314,6 +321,11 @@ class RegistryClient:
         """Find the scheme that answers `/v2/` and the auth it asks for."""
         if self._base is not None:
             return
+        with self._ping_lock:
+            if self._base is None:
+                self._ping()
+
+    def _ping(self) -> None:
         import requests
 
         schemes = ("https", "http") if self.insecure else ("https",)
