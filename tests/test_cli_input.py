@@ -164,10 +164,11 @@ def test_a_cache_dir_from_the_environment_that_is_a_file(tmp_path) -> None:
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """cli.main() itself, in this process, so a test can plant a failure in the library."""
+    """cli.run() (what main() runs before it ends the process) in this process, so a test can
+    plant a failure in the library."""
     monkeypatch.setattr(sys, "argv", ["packcache", *args])
     with pytest.raises(SystemExit) as exited:
-        cli_module.main()
+        cli_module.run()
     return exited.value.code, capsys.readouterr().err
 
 
