@@ -1349,12 +1349,14 @@ def main() -> NoReturn:
     """The `packcache` process: `run`, then the process ends at once. Tearing the interpreter
     down (freeing every module's objects, grpc's above all) costs more than a warm command's
     own work, and a command leaves nothing that needs it: exit handlers still run and output
-    is flushed. Where a thread of the command still runs, the interpreter ends as usual."""
+    is flushed. Where a thread of the command still runs, or a profiler or tracer (coverage)
+    watches and writes its data once `main` returns, the interpreter ends as usual."""
     try:
         run()
     except SystemExit as exc:
         code = exc.code
-        if not isinstance(code, int) or _threads_running():
+        watched = sys.getprofile() is not None or sys.gettrace() is not None
+        if not isinstance(code, int) or watched or _threads_running():
             raise
     else:  # run() always exits; should it return, the usual exit says so
         raise SystemExit(0)
