@@ -1215,7 +1215,7 @@ def create_builder_command(
     or --run-image, without reading the existing builder's layers."""
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
-    from packcache.operations.create_builder import Registry, check_pull_policy, create_builder
+    from packcache.operations.builder_report import Registry, check_pull_policy
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.run_image_fetch import resolve_pull_policy
     from packcache.transports.registry import RegistryOptions
@@ -1263,6 +1263,8 @@ def create_builder_command(
                     tags=options.tags, **common,
                 )  # fmt: skip
             else:
+                from packcache.operations.create_builder import create_builder
+
                 daemon = None if publish else ctx.obj.daemon(shown)
                 report = create_builder(
                     store, daemon, name, builder_config, options=options, registry=registry,
@@ -1300,7 +1302,9 @@ def create_builder_command(
             f"{len(published.uploaded)} blobs uploaded ({render.size(published.bytes_uploaded)}), "
             f"{len(published.mounted)} mounted, {len(published.present)} already there"
         )
-    if report.load is not None:
+    if report.load is not None and report.load.load_method == "present":
+        typer.echo("  loaded      nothing: the daemon held this very builder, only named")
+    elif report.load is not None:
         typer.echo(
             f"  loaded      {report.load.layers_sent} layers sent, "
             f"{report.load.layers_reused} already in the daemon, "

@@ -301,6 +301,7 @@ def test_cold_and_warm_runs_give_the_same_image(cli, engine: Engine, tmp_path) -
     # Recreating with the builder in the daemon sends no layer bytes.
     again = create(cli, engine, second, inputs.toml)
     assert again["load"]["layers_sent"] == 0
+    assert again["load"]["load_method"] == "present"  # the daemon held it: only named
 
 
 def test_changed_buildpack_replaces_only_its_layer(cli, engine: Engine, tmp_path) -> None:

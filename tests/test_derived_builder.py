@@ -21,6 +21,8 @@ from tests.engines.pytest_plugin import EnginePool
 from tests.test_builder_engine import Inputs, cat, checksums, create, inspect, make_inputs
 from tests.test_containerd_load import our_leases_and_ingests, run_cat, saved_blobs_complete
 from tests.test_containerd_transport import CONTAINERD_KINDS
+from tests.test_launch_cache import daemon_time
+from tests.test_lazy_imports import imported, loaded
 
 EMPTY_TAR = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
 
@@ -540,6 +542,80 @@ def test_recreate_unchanged_saves_nothing_and_sends_no_layer(
     other = derive(cli, engine, fx.unique("other"), d.base, *args, cache=tmp_path / "other")
     assert other["config_digest"] == first["config_digest"]
     assert other["saved_builder"] is False
+
+
+def image_events(engine: Engine, since: str) -> list[tuple[str, str]]:
+    """(action, image ID) of each image event the daemon logged since then."""
+    listed = engine.docker(
+        "events", "--since", since, "--until", daemon_time(engine), "--filter", "type=image",
+        "--format", "{{json .}}",
+    ).stdout.decode()  # fmt: skip
+    events = [json.loads(line) for line in listed.splitlines() if line.strip()]
+    return [(event["Action"], event["Actor"]["ID"]) for event in events]
+
+
+def test_an_unchanged_builder_the_daemon_holds_is_named_not_loaded(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    name, kept = fx.unique("present"), fx.unique("kept")
+    args = ("--buildpack", f"docker://{d.extra.ref}")
+    first = derive(cli, engine, name, d.base, *args, "--env", "A=1")
+    assert first["load"]["load_method"] != "present"
+    since = daemon_time(engine)
+    again = derive(cli, engine, name, d.base, *args, "--env", "A=1")
+    assert again["load"]["load_method"] == "present"
+    assert (again["load"]["layers_sent"], again["load"]["bytes_sent"]) == (0, 0)
+    assert again["image_id"] == first["image_id"] == inspect(engine, name)["Id"]
+    assert image_events(engine, since) == []  # not loaded, not even tagged: it had the name
+    engine.docker("tag", name, kept)  # the first builder stays in the daemon whole
+
+    # One input changed: a new config, loaded, the name moved to it.
+    since = daemon_time(engine)
+    changed = derive(cli, engine, name, d.base, *args, "--env", "A=2")
+    assert changed["load"]["load_method"] != "present" and changed["load"]["layers_sent"] >= 1
+    assert changed["config_digest"] != first["config_digest"]
+    assert changed["image_id"] == inspect(engine, name)["Id"] != first["image_id"]
+    assert changed["image_id"] in {image_id for _, image_id in image_events(engine, since)}
+    assert cat(engine, name, "/platform/env/A") == b"2"
+
+    # The first inputs again: that builder is named again, nothing loaded.
+    since = daemon_time(engine)
+    back = derive(cli, engine, name, d.base, *args, "--env", "A=1")
+    assert back["load"]["load_method"] == "present" and back["load"]["bytes_sent"] == 0
+    assert back["image_id"] == first["image_id"] == inspect(engine, name)["Id"]
+    events = image_events(engine, since)
+    assert ("tag", first["image_id"]) in events and "load" not in {a for a, _ in events}
+    assert cat(engine, name, "/platform/env/A") == b"1"
+
+
+# Modules a builder made of what the daemon and the cache hold never needs: a full
+# create-builder's phases, the publish path, registry pulls and `docker save` reads.
+NOT_FOR_A_RECREATE = {
+    "packcache.operations.create_builder",
+    "packcache.operations.builder_publish",
+    "packcache.operations.derived_publish",
+    "packcache.operations.pulling",
+    "packcache.operations.streamed_pull",
+    "packcache.transports.registry_pull",
+    "packcache.operations.importing",
+    "packcache.archive.save_reader",
+}
+
+
+def test_a_recreate_imports_neither_the_full_create_the_publish_nor_the_pulls(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    args = ["--cache-dir", str(tmp_path / "own-cache"), "--host", engine.host, "create-builder",
+            fx.unique("lean"), "--from-builder", d.base, "--env", "A=1", "--pull-policy", "never",
+            "--format", "json"]  # fmt: skip
+    imported(tmp_path, *args)  # made once
+    modules = imported(tmp_path, *args)  # and again, the daemon holding it
+    assert "packcache.operations.derived_builder" in modules  # the listing works
+    assert loaded(modules, NOT_FOR_A_RECREATE) == set()
 
 
 def test_no_cache_is_packs_method_and_gives_the_same_builder(

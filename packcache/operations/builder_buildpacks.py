@@ -37,7 +37,6 @@ from packcache.builder.uris import (
 from packcache.image import cnb
 from packcache.operations.builder_fetch import DAEMON, BuilderFetcher, FetchedImage
 from packcache.operations.builder_modules import LayerWriter, Module, layer_from_archive
-from packcache.operations.importing import import_images
 from packcache.store.store import Store
 from packcache.transports.daemon import Daemon
 
@@ -166,6 +165,9 @@ def materialize_layers(
         if module.image_ref and not module.reused:
             misses.setdefault(module.image_ref, []).append(module.diff_id)
     if misses and not layers.dry_run:
+        # Imported here: where every buildpackage layer is cached, nothing is saved.
+        from packcache.operations.importing import import_images
+
         for refs in [[ref] for ref in misses] if no_cache else [list(misses)]:
             import_images(store, daemon, refs, lease=layers.lease)
         for ref, diff_ids in misses.items():

@@ -29,15 +29,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.inspected import InspectedImage
-from packcache.image.layer import Layer
 from packcache.jsondoc import check_image_config, strict_loads
-from packcache.operations.importing import import_images
-from packcache.operations.pulling import BlobMirror, pull_remote_images
 from packcache.operations.run_image_fetch import PullPolicy
-from packcache.operations.streamed_pull import StreamedPull
 from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
 from packcache.transports.registry import (
@@ -47,7 +44,16 @@ from packcache.transports.registry import (
     Platform,
     RegistryClients,
 )
-from packcache.transports.registry_pull import RemoteImage, read_image
+
+if TYPE_CHECKING:
+    from packcache.image.layer import Layer
+    from packcache.operations.pulling import BlobMirror
+    from packcache.operations.streamed_pull import StreamedPull
+    from packcache.transports.registry_pull import RemoteImage
+
+# What pulls from registries (registry_pull, pulling, streamed_pull) and what saves from the
+# daemon (importing) is imported where used: a builder made of what the daemon and the cache
+# hold (--pull-policy never, a re-create) reads with neither.
 
 DAEMON, CACHE, REGISTRY = "daemon", "cache", "registry"
 PARALLEL_IMAGES = 4  # images fetched at once (each fetches up to 4 blobs at once)
@@ -129,6 +135,8 @@ class BuilderFetcher:
             # Each registry's client made once, here, not by several threads at once.
             with suppress(UsageError):
                 self.registries.for_name(ImageName.parse(ref))
+        from packcache.transports.registry_pull import RemoteImage
+
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
             futures = {ref: pool.submit(first, ref, what) for ref in wanted}
         to_pull: dict[str, RemoteImage] = {}
@@ -150,6 +158,8 @@ class BuilderFetcher:
 
     def _stream_images(self, images: dict[str, RemoteImage]) -> dict[str, FetchedImage]:
         """These images as their manifests and configs tell, their layers left downloading."""
+        from packcache.operations.streamed_pull import StreamedPull
+
         pull = StreamedPull(self.store, list(images.values()), self.lease)
         self._streaming = (pull, list(images))
         fetched = {}
@@ -198,6 +208,8 @@ class BuilderFetcher:
             cached = self._cached(ref)
             if cached is not None:
                 return cached
+        from packcache.transports.registry_pull import read_image
+
         name = ImageName.parse(ref)
         return read_image(self.registries.for_name(name), name, self.platform)
 
@@ -240,6 +252,8 @@ class BuilderFetcher:
             except (NotFoundError, AccessDeniedError) as exc:
                 if not self._has(ref):
                     raise NotFoundError(f"{what} {ref} is not in its registry ({exc})") from exc
+        from packcache.operations.importing import import_images
+
         fetched = self._from_daemon(ref, what)
         import_images(self.store, self._daemon, [ref], lease=self.lease)
         return list(fetched.image.diff_ids)
@@ -295,6 +309,8 @@ class BuilderFetcher:
     def _pull(self, ref: str, mirrored: bool = True) -> FetchedImage:
         """`ref` pulled into the cache (and, `mirrored`, into the mirror: an image whose layers
         the builder has; a lifecycle image's are re-tarred)."""
+        from packcache.transports.registry_pull import read_image
+
         name = ImageName.parse(ref)
         remote = read_image(self.registries.for_name(name), name, self.platform)
         return self._pull_images({ref: remote}, mirrored)[ref]
@@ -304,6 +320,8 @@ class BuilderFetcher:
     ) -> dict[str, FetchedImage]:
         """Pull these images (their manifests and configs read) together, each recorded in
         the cache."""
+        from packcache.operations.pulling import pull_remote_images
+
         reports = pull_remote_images(
             self.store, list(images.values()), lease=self.lease,
             mirror=self.mirror if mirrored else None,

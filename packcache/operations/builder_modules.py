@@ -47,9 +47,27 @@ class LayerWriter:
         self.dry_run = dry_run
         self.written = 0
         self.warnings: list[str] = []
+        self._later: dict[str, list[TarEntry]] = {}  # small layers to write: diffID -> entries
 
     def cached(self, diff_id: str) -> bool:
         return bool(self.store.cached_diff_ids([diff_id], self.lease))
+
+    def add_small_later(self, entries: list[TarEntry]) -> str:
+        """A small layer's diffID now (its tar hashed); the layer is written, if the cache
+        lacks it, by `write_later`: not at all where the daemon holds the result already."""
+        diff_id = _hash_chunks(tar_chunks(entries))
+        if not self.dry_run:
+            self._later.setdefault(diff_id, entries)
+        return diff_id
+
+    def write_later(self) -> None:
+        """Write the small layers added later that the cache lacks: which, learnt (and the
+        rest leased) in one transaction."""
+        later, self._later = self._later, {}
+        cached = self.store.cached_diff_ids(later, self.lease) if later else set()
+        for diff_id, entries in later.items():
+            if diff_id not in cached:
+                self.add(entries)
 
     def add(self, entries: Iterable[TarEntry]) -> str:
         if self.dry_run:
@@ -57,6 +75,16 @@ class LayerWriter:
         result = self.store.ingest_layer(tar_reader(entries), lease=self.lease)
         self.written += result.written
         return result.diff_id
+
+
+def add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
+    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
+    on every run with the same inputs, so hashed first and written only when the cache lacks
+    it."""
+    diff_id = _hash_chunks(tar_chunks(entries))
+    if layers.dry_run or layers.cached(diff_id):
+        return diff_id
+    return layers.add(entries)
 
 
 @dataclass

@@ -62,7 +62,6 @@ from packcache.builder.sources import (
     read_lifecycle,
 )
 from packcache.builder.targets import check_build_image, daemon_target, parse_target
-from packcache.builder.tarwriter import TarEntry, tar_chunks
 from packcache.builder.uris import (
     BUILDPACKAGE_FILE,
     IMAGE,
@@ -74,7 +73,7 @@ from packcache.errors import NotFoundError, UsageError
 from packcache.image import cnb
 from packcache.image.inspected import InspectedImage
 from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
-from packcache.operations.builder_fetch import DAEMON, BuilderFetcher, PulledImage
+from packcache.operations.builder_fetch import DAEMON, BuilderFetcher
 from packcache.operations.builder_lifecycle import (
     DEFAULT_LIFECYCLE_VERSION,
     lifecycle_images,
@@ -83,19 +82,26 @@ from packcache.operations.builder_lifecycle import (
 from packcache.operations.builder_modules import (
     LayerWriter,
     Module,
-    _hash_chunks,
     add_exploded,
     add_flattened,
+    add_small,
     flatten_group,
     layer_from_archive,
     split_flattened_packages,
 )
+from packcache.operations.builder_present import tag_if_present
 from packcache.operations.builder_publish import (
-    BuilderPublishReport,
     check_publish_name,
     publish_builder,
     publish_index,
     reach_destinations,
+)
+from packcache.operations.builder_report import (
+    CREATOR,
+    BuildpackReport,
+    CreateBuilderReport,
+    Registry,
+    check_pull_policy,
 )
 from packcache.operations.importing import import_images
 from packcache.operations.load_planners import (
@@ -109,7 +115,6 @@ from packcache.operations.loading import LoadReport, base_image_needed, load_con
 from packcache.operations.run_image_fetch import (
     PullPolicy,
     daemon_platform,
-    parse_pull_policy,
 )
 from packcache.progress import NO_PROGRESS, Progress, Task
 from packcache.store.store import ImageRecord, Lease, Store
@@ -118,73 +123,11 @@ from packcache.transports.registry import (
     DEFAULT_PLATFORM,
     Platform,
     RegistryClients,
-    RegistryOptions,
 )
 
 SYSTEM_LABEL = "io.buildpacks.buildpack.system"  # pack's builder.SystemLabel
-CREATOR = "packcache"
-
-
-@dataclass
-class BuildpackReport:
-    id: str
-    version: str
-    source: str  # the uri as builder.toml wrote it
-    kind: str  # image, directory, archive, buildpackage-file
-    diff_id: str
-    reused: bool  # taken from the cache without reading the source
-    module: str = BUILDPACK  # or extension
-
-    @classmethod
-    def of(cls, module: Module) -> BuildpackReport:
-        d = module.descriptor
-        return cls(
-            d.id, d.version, module.source, module.kind, module.diff_id, module.reused, d.kind
-        )
-
-
-@dataclass
-class CreateBuilderReport:
-    name: str
-    dry_run: bool
-    no_cache: bool
-    image_id: str | None  # the daemon's ID for the builder (None in a dry run)
-    config_digest: str | None
-    diff_ids: list[str]
-    buildpacks: list[BuildpackReport]
-    imported: list[str]  # buildpackage images read with `docker save`
-    layers_written: int  # new builder layers written to the store
-    load: LoadReport | None
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    tags: list[str] = field(default_factory=list)  # the other names the builder was given
-    pull_policy: str = ""
-    pulled: list[PulledImage] = field(default_factory=list)  # images read from registries
-    published: BuilderPublishReport | None = None
-    # Layers still downloading when the load began: sent as they arrived (builder_fetch).
-    layers_streamed: int = 0
-
 
 # -- the operation ---------------------------------------------------------------------------
-
-
-def check_pull_policy(pull_policy: str | PullPolicy, publish: bool = False) -> PullPolicy:
-    policy = parse_pull_policy(pull_policy)
-    if publish and policy is PullPolicy.NEVER:
-        # pack refuses it: a publish reads its images from registries.
-        raise UsageError("--publish and --pull-policy never cannot be used together")
-    return policy
-
-
-@dataclass(frozen=True)
-class Registry:
-    """How create-builder reaches registries: pack's options, publish, pack's lifecycle image."""
-
-    options: RegistryOptions = field(default_factory=RegistryOptions)
-    publish: bool = False
-    lifecycle_image: str | None = None  # pack's config `lifecycle-image`
-    # With publish: the platforms to build for (pack's targets); several make an index.
-    platforms: tuple[Platform, ...] = ()
 
 
 def create_builder(
@@ -489,16 +432,6 @@ def _check_buildpacks(
     )
 
 
-def add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
-    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
-    on every run with the same inputs, so hashed first and written only when the cache lacks
-    it."""
-    diff_id = _hash_chunks(tar_chunks(entries))
-    if layers.dry_run or layers.cached(diff_id):
-        return diff_id
-    return layers.add(entries)
-
-
 def _builder_layers(
     config: BuilderConfig,
     base: _BuildImage,
@@ -614,6 +547,11 @@ def _record_and_load(
     assert daemon is not None
     refs = [name, *(tag for tag in tags if tag != name)]
     supplied = fetcher.supplied()
+    if not supplied and policy is REUSE:
+        present = tag_if_present(store, daemon, builder_config, refs)
+        if present is not None:
+            fetcher.settle()
+            return present, 0
     if not supplied:
         store.record_image(ImageRecord(config=builder_config, refs=refs))
     if base.source == DAEMON and base_image_needed(

@@ -64,22 +64,14 @@ from packcache.image.inspected import InspectedImage
 from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
 from packcache.operations.builder_fetch import BuilderFetcher, FetchedImage
 from packcache.operations.builder_modules import LayerWriter, Module, add_exploded
-from packcache.operations.builder_publish import (
-    check_publish_name,
-    publish_builder,
-    reach_destinations,
-)
-from packcache.operations.create_builder import (
+from packcache.operations.builder_present import tag_if_present
+from packcache.operations.builder_report import (
     CREATOR,
     BuildpackReport,
     CreateBuilderReport,
     Registry,
-    add_small,
     check_pull_policy,
 )
-from packcache.operations.derived_publish import builder_to_publish, cache_builder_layers
-from packcache.operations.engine_configs import record_from_engine
-from packcache.operations.importing import import_images
 from packcache.operations.load_planners import (
     REUSE,
     SendPolicy,
@@ -385,6 +377,13 @@ def derive_builder(
             lease, remote_only=dry_run or registry.publish, pack_method=no_cache, mirror=mirror,
         )  # fmt: skip
         if registry.publish:
+            # Imported here: a builder loaded into the daemon takes none of the publish path.
+            from packcache.operations.builder_publish import publish_builder, reach_destinations
+            from packcache.operations.derived_publish import (
+                builder_to_publish,
+                cache_builder_layers,
+            )
+
             if not dry_run:
                 reach_destinations(name, tags, registries)
             source = builder_to_publish(fetcher, daemon, request.from_builder)
@@ -403,7 +402,7 @@ def derive_builder(
             diff_ids=derived.diff_ids,
             buildpacks=[BuildpackReport.of(m) for m in derived.modules],
             imported=derived.imported,
-            layers_written=layers.written,
+            layers_written=0,
             load=None,
             from_builder=request.from_builder,
             from_builder_id=base.image.id,
@@ -413,6 +412,7 @@ def derive_builder(
             tags=[tag for tag in tags if tag != name],
         )
         if registry.publish and not dry_run:
+            layers.write_later()
             report.saved_builder = cache_builder_layers(fetcher, daemon, source)
             report.published = publish_builder(
                 store, name, derived.config, fetcher.fetched, registries=registries,
@@ -421,15 +421,18 @@ def derive_builder(
         elif not dry_run:
             policy = pack_method(len(base.image.diff_ids)) if no_cache else REUSE
             report.load, report.saved_builder = _record_and_load(
-                store, daemon, base, name, derived.config, policy, lease
+                store, daemon, base, name, derived.config, policy, layers
             )
             report.image_id = report.load.image_id
+        report.layers_written = layers.written
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _check_publish(name: str, tags: list[str], no_cache: bool, policy: PullPolicy) -> PullPolicy:
     """A publish's names and options checked before anything is read; the policy it uses."""
+    from packcache.operations.builder_publish import check_publish_name
+
     check_publish_name(name)
     for tag in tags:
         check_publish_name(tag, "--tag")
@@ -565,10 +568,10 @@ def _derived_layers(
     run_image: str | None,
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The builder's layers then the ones pack's Save adds (no lifecycle: an ephemeral builder
-    keeps the builder's), each written into the store, and the new buildpack and extension
-    layers labels."""
+    keeps the builder's), and the new buildpack and extension layers labels. The small layers
+    are hashed only; `write_later` writes those the cache lacks, where the builder is sent."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(add_small(layers, default_dirs(base.uid, base.gid)))
+    diff_ids.append(layers.add_small_later(default_dirs(base.uid, base.gid)))
     module_layers = {}
     for kind, label, added in (
         (BUILDPACK, cnb.BUILDPACK_LAYERS, modules),
@@ -579,13 +582,13 @@ def _derived_layers(
         module_layers[kind] = label_map
     if orders is not None:
         order_toml = L.order_toml(orders.resolved, orders.resolved_extensions)
-        diff_ids.append(add_small(layers, single_file_layer(ORDER_PATH, order_toml)))
+        diff_ids.append(layers.add_small_later(single_file_layer(ORDER_PATH, order_toml)))
     stack, run_images = _run_images(base, run_image)
     first = stack if stack["image"] else (run_images[0] if run_images else None)
     stack_toml = L.stack_toml(first["image"], first["mirrors"]) if first else ""
-    diff_ids.append(add_small(layers, single_file_layer(STACK_PATH, stack_toml)))
-    diff_ids.append(add_small(layers, single_file_layer(RUN_PATH, L.run_toml(run_images))))
-    diff_ids.append(add_small(layers, env_layer(f"{PLATFORM_DIR}/env", env)))
+    diff_ids.append(layers.add_small_later(single_file_layer(STACK_PATH, stack_toml)))
+    diff_ids.append(layers.add_small_later(single_file_layer(RUN_PATH, L.run_toml(run_images))))
+    diff_ids.append(layers.add_small_later(env_layer(f"{PLATFORM_DIR}/env", env)))
     return diff_ids, module_layers
 
 
@@ -640,12 +643,22 @@ def _record_and_load(
     name: str,
     builder_config: bytes,
     policy: SendPolicy,
-    lease: Lease | None,
+    layers: LayerWriter,
 ) -> tuple[LoadReport, bool]:
     """Record the builder and load it. The base builder's layers are never read: the daemon
     holds them (its manifest, on a containerd store, read from the daemon's containerd), and
     only where neither is possible (or with pack's method) is it saved. Returns the load and
     whether the builder was saved."""
+    if policy is REUSE:
+        present = tag_if_present(store, daemon, builder_config, [name])
+        if present is not None:
+            return present, False
+    layers.write_later()
+    lease = layers.lease
+    # Imported here: what reads the builder out of the daemon, when the cache cannot name it.
+    from packcache.operations.engine_configs import record_from_engine
+    from packcache.operations.importing import import_images
+
     store.record_image(ImageRecord(config=builder_config, refs=[name]))
     base_layers = list(base.image.diff_ids)
     needed = base_image_needed(store, daemon, base_layers, policy)

@@ -1,0 +1,93 @@
+"""A builder the daemon holds already: when the image a create-builder would load is there
+(the same config, so the same labels and layers), nothing is loaded; its name is set on it,
+as `docker load` would have moved the name, and the report says it was present.
+
+A graphdriver names an image by its config's digest; a containerd store by its manifest's,
+so there the candidates are the manifests the cache recorded for that config (the ones
+packcache loaded or pulled), each checked to be whole in the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+
+from packcache.digest import sha256_digest
+from packcache.errors import NotFoundError
+from packcache.image import manifest as oci
+from packcache.image.config import config_diff_ids
+from packcache.image.inspected import InspectedImage
+from packcache.operations.loading import LoadReport
+from packcache.refs import familiar, normalize
+from packcache.store.store import ImageRecord, Store
+from packcache.transports.daemon import Daemon
+
+PRESENT = "present"  # a report's load_method: the daemon held the image, only named
+
+
+def tag_if_present(
+    store: Store, daemon: Daemon, config: bytes, tags: list[str]
+) -> LoadReport | None:
+    """Name the image `config` describes `tags` where the daemon holds it whole; its report
+    (nothing sent), or None where it must be loaded."""
+    start = time.perf_counter()
+    tags = [familiar(normalize(tag)) for tag in tags]  # as a load names them
+    diff_ids = config_diff_ids(config)
+    candidates = _candidates(store, daemon, config)
+    daemon.prefetch([*tags, *candidates])  # the names and the candidates asked at once
+    for image_id, manifest in candidates.items():
+        if not _whole(daemon, image_id, manifest, config, diff_ids):
+            continue
+        moved = [tag for tag in tags if getattr(_inspected(daemon, tag), "id", None) != image_id]
+        try:
+            for tag in moved:
+                daemon.tag(image_id, tag)
+        except NotFoundError:
+            return None  # removed meanwhile: loaded as any other
+        store.record_image(
+            ImageRecord(
+                config=config, engine=daemon.info.id, image_id=image_id,
+                manifest_digest=image_id if manifest else None, manifest=manifest, refs=tags,
+            )
+        )  # fmt: skip
+        return LoadReport(
+            image_id=image_id,
+            tags=tags,
+            layers_sent=0,
+            layers_reused=len(diff_ids),
+            bytes_sent=0,
+            full_reload=False,
+            seconds=time.perf_counter() - start,
+            load_method=PRESENT,
+            manifest_size=len(manifest) if manifest else 0,
+        )
+    return None
+
+
+def _candidates(store: Store, daemon: Daemon, config: bytes) -> dict[str, bytes | None]:
+    """The IDs the image may have in this daemon -> the manifest that ID is the digest of."""
+    if not daemon.info.containerd_store:
+        return {oci.digest_of(config): None}
+    return {
+        oci.digest_of(manifest): manifest
+        for manifest in store.image_manifests(sha256_digest(config))
+    }
+
+
+def _inspected(daemon: Daemon, ref: str) -> InspectedImage | None:
+    try:
+        return daemon.inspect_image(ref)
+    except NotFoundError:
+        return None
+
+
+def _whole(
+    daemon: Daemon, image_id: str, manifest: bytes | None, config: bytes, diff_ids: list[str]
+) -> bool:
+    """Does the daemon hold this image, every layer of it?"""
+    info = _inspected(daemon, image_id)
+    if info is None or info.id != image_id or list(info.diff_ids) != diff_ids:
+        return False
+    if manifest is None:  # a graphdriver holds an image only with its whole chain of layers
+        return True
+    size = len(config) + len(manifest) + sum(d.size for d in oci.manifest_layers(manifest))
+    return daemon.content_available(image_id, image_id, size)
