@@ -5,13 +5,15 @@ Exit codes: 0 ok, 1 the operation failed, 2 the command was used wrongly (see RE
 
 # No `from __future__ import annotations`: typer reads every command's annotations on each
 # start, and annotations kept as strings would be compiled and evaluated there every time.
+import atexit
 import logging
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -1347,10 +1349,45 @@ def _derived_request(
     )
 
 
-def main() -> None:
-    """The `packcache` command: every error, click's own usage errors (a bad option value, a
-    missing argument) and bugs included, as one `packcache: error:` line on stderr and its exit
-    code; -vv also logs a bug's traceback."""
+def main() -> NoReturn:
+    """The `packcache` process: `run`, then the process ends at once. Tearing the interpreter
+    down (freeing every module's objects, grpc's above all) costs more than a warm command's
+    own work, and a command leaves nothing that needs it: exit handlers still run and output
+    is flushed. Where a thread of the command still runs, or a profiler or tracer (coverage)
+    watches and writes its data once `main` returns, the interpreter ends as usual."""
+    try:
+        run()
+    except SystemExit as exc:
+        code = exc.code
+        watched = sys.getprofile() is not None or sys.gettrace() is not None
+        if not isinstance(code, int) or watched or _threads_running():
+            raise
+    else:  # run() always exits; should it return, the usual exit says so
+        raise SystemExit(0)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        raise SystemExit(code) from None  # reported as the interpreter reports it
+    atexit._run_exitfuncs()
+    with suppress(OSError, ValueError):  # what an exit handler printed
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _threads_running() -> bool:
+    main_thread = threading.main_thread()
+    return any(
+        thread is not main_thread and not thread.daemon and thread.is_alive()
+        for thread in threading.enumerate()
+    )
+
+
+def run() -> None:
+    """The `packcache` command in this process, ended with SystemExit: every error, click's own
+    usage errors (a bad option value, a missing argument) and bugs included, as one
+    `packcache: error:` line on stderr and its exit code; -vv also logs a bug's traceback."""
     try:
         code = app(prog_name="packcache", standalone_mode=False)
         sys.stdout.flush()  # a closed pipe is found here, not while the interpreter exits

@@ -164,10 +164,11 @@ def test_a_cache_dir_from_the_environment_that_is_a_file(tmp_path) -> None:
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """cli.main() itself, in this process, so a test can plant a failure in the library."""
+    """cli.run() (what main() runs before it ends the process) in this process, so a test can
+    plant a failure in the library."""
     monkeypatch.setattr(sys, "argv", ["packcache", *args])
     with pytest.raises(SystemExit) as exited:
-        cli_module.main()
+        cli_module.run()
     return exited.value.code, capsys.readouterr().err
 
 
@@ -227,6 +228,47 @@ from packcache.cli import main
 sys.argv = ["packcache", *sys.argv[1:]]
 main()
 """
+
+
+# main() ends the process itself once the command is done: what a normal exit does must still
+# happen. The thread writes only once the interpreter has begun to end (the main thread is then
+# marked stopped), so a process that ended without waiting for it leaves no file.
+ENDING = """
+import atexit, sys, threading
+from pathlib import Path
+from packcache.cli import main
+atexit.register(lambda: sys.stderr.write("exit handler ran\\n"))
+def late_writer(path):
+    threading.main_thread().join()
+    path.write_text("written")
+if sys.argv[1]:  # else no thread: the process ends at once
+    threading.Thread(target=late_writer, args=(Path(sys.argv[1]),)).start()
+sys.argv = ["packcache", *sys.argv[2:]]
+main()
+"""
+
+
+def test_the_process_ends_as_an_interpreter_would(tmp_path, cache_dir, two_images) -> None:
+    written = tmp_path / "written"
+    args = [str(written), "--cache-dir", str(cache_dir), "ls", "--format", "json"]
+    done = subprocess.run(
+        [sys.executable, "-c", ENDING, *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 4  # the output whole
+    assert done.stderr == "exit handler ran\n"
+    assert written.read_text() == "written"  # the thread still running was waited for
+    for args, code in ((["ls", "--format", "json"], 0), (["ls", "--sort", "nonsense"], 2)):
+        done = subprocess.run(
+            [sys.executable, "-c", ENDING, "", "--cache-dir", str(cache_dir), *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == code
+        assert done.stderr.endswith("exit handler ran\n")
+        if code == 0:
+            assert len(json.loads(done.stdout)) == 4
+        else:
+            assert done.stderr.startswith("packcache: error:")
 
 
 def test_a_bug_shows_its_traceback_only_when_asked(cache_dir, store) -> None:

@@ -271,6 +271,42 @@ def test_a_blob_collected_during_the_load_is_written_again_from_the_cache(
     assert our_leases_and_ingests(engine) == ([], [])
 
 
+def test_a_manifest_held_with_its_labels_spares_the_check_of_each_layer(
+    cli, via_containerd: Engine, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loaded again, the image's manifest is in the content store with labels naming every
+    layer: its layers need no check after the load (GC takes them only with it). Once the
+    manifest is gone, the load writes it and checks them again."""
+    engine = via_containerd
+    tag, other = unique("held"), unique("held-again")
+    built = images.build_busybox_archive(
+        tmp_path / "l.tar", tag, [{"a": os.urandom(1 << 16)}, {"b": b"b"}]
+    )
+    engine.docker("load", "-i", str(built.path))
+    assert cli("--host", engine.host, "import", tag).exit_code == 0
+    checked: list[str] = []  # the layer digests each check asked about
+    real_restore = containerd_load.restore_missing
+
+    def counted(containerd, plan, *args, **kwargs):
+        checked.append(",".join(item.digest for item in plan))
+        return real_restore(containerd, plan, *args, **kwargs)
+
+    monkeypatch.setattr(containerd_load, "restore_missing", counted)
+    first = cli("--host", engine.host, "load", tag, "--tag", other, "--format", "json").json()
+    assert first["load_method"] == "containerd" and len(checked) == 1
+    again = cli("--host", engine.host, "load", tag, "--tag", other, "--format", "json").json()
+    assert again["image_id"] == first["image_id"] and len(checked) == 1
+    engine.docker("rmi", other)
+    with Containerd(endpoint_of(engine)) as ctd:
+        collect_garbage(ctd)  # the manifest goes with the image
+    third = cli("--host", engine.host, "load", tag, "--tag", other, "--format", "json").json()
+    assert third["image_id"] == first["image_id"]
+    assert len(checked) == 2 and checked[1] == checked[0]
+    saved_blobs_complete(engine, other, tmp_path)
+    engine.docker("rmi", tag, other)
+    assert our_leases_and_ingests(engine) == ([], [])
+
+
 def test_create_builder_through_containerd(cli, via_containerd: Engine, tmp_path) -> None:
     engine = via_containerd
     inputs = make_inputs(engine, tmp_path)

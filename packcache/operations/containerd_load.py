@@ -226,7 +226,8 @@ def write_image(
     """Layers, config and manifest written under `lease` where the store lacks them, and the
     layers it had checked once the manifest holds them (written again from `cached`, the cache's
     layer by diffID, where containerd lost them meanwhile); the manifest's descriptor and the
-    bytes written."""
+    bytes written. A manifest the store held already, its labels naming every layer, needs no
+    check: containerd's GC takes the blobs it names only with it, and it is still there."""
     written = write_layers(containerd, plan, lease, progress)
     sent = sum({item.digest: item.size for item in plan if item.digest in written}.values())
     config_digest = oci.digest_of(config)
@@ -239,11 +240,16 @@ def write_image(
         config_written = pool.submit(
             containerd.write_blob, config_digest, len(config), [config], lease
         )
-        if containerd.write_blob(manifest_digest, len(manifest), [manifest], lease, labels):
+        manifest_written = containerd.write_blob(
+            manifest_digest, len(manifest), [manifest], lease, labels
+        )
+        if manifest_written:
             sent += len(manifest)
         if config_written.result():
             sent += len(config)
-    sent += restore_missing(containerd, plan, written, lease, cached, progress)
+    held_labels = {} if manifest_written else containerd.blob_labels(manifest_digest)
+    if any(held_labels.get(key) != value for key, value in labels.items()):
+        sent += restore_missing(containerd, plan, written, lease, cached, progress)
     return Descriptor(oci.OCI_MANIFEST, manifest_digest, len(manifest)), sent
 
 

@@ -207,6 +207,7 @@ class Database:
         self._engine: Engine | None = None
         self._read_options: str | None = None
         self._readers = threading.local()
+        self._writers = threading.local()
         revision = identify(db_path)
         if not writable:
             self._open_read_only(revision)
@@ -302,18 +303,14 @@ class Database:
         writes on the paths that must be fast (see store.py), without SQLAlchemy's import.
         Not `durable`: the commit is atomic but not synced to disk, for rows worth nothing
         after a power loss (leases: their processes are gone with it); the next durable
-        commit syncs it too."""
+        commit syncs it too. Inside `keeping_writer` one connection serves every such
+        transaction of the thread; elsewhere each has its own."""
         self._check_writable()
+        conn = self._writer(durable)
         try:
-            conn = connect(self.path)
-        except sqlite3.OperationalError as exc:
-            raise self._write_error(exc) from exc
-        try:
-            if not durable:
-                conn.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: no sync on commit
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            conn.close()
+            self.close_writer()
             raise self._write_error(exc) from exc
         try:
             try:
@@ -323,11 +320,55 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if "readonly" in str(exc) or "read-only" in str(exc):
+            if not self._writers.__dict__.get("keep"):
+                self.close_writer()
+        except BaseException as exc:
+            # A connection that saw a failure is not used again, nor left open on the file.
+            self.close_writer()
+            if isinstance(exc, sqlite3.OperationalError) and (
+                "readonly" in str(exc) or "read-only" in str(exc)
+            ):
                 raise self._write_error(exc) from exc
             raise
+
+    def _writer(self, durable: bool) -> sqlite3.Connection:
+        """This thread's write connection, synced on commit or not as asked."""
+        held = self._writers.__dict__
+        conn = held.get("conn")
+        if conn is None or held.get("pid") != os.getpid():
+            if conn is not None:  # a fork's copy of the parent's: never used here (see read)
+                _INHERITED.append(conn)
+            try:
+                conn = connect(self.path)
+            except sqlite3.OperationalError as exc:
+                raise self._write_error(exc) from exc
+            held.update(conn=conn, pid=os.getpid(), durable=True)
+        if held["durable"] != durable:
+            # In WAL mode NORMAL syncs at checkpoints only, not on commit.
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            held["durable"] = durable
+        return conn
+
+    @contextmanager
+    def keeping_writer(self) -> Iterator[None]:
+        """Keep this thread's write connection open for the transactions made meanwhile (an
+        operation's: opening one costs more than most of its small writes), closed after.
+        Only meanwhile: an open connection keeps SQLite from closing any other file
+        descriptor of the index in this process (POSIX locks are per process)."""
+        held = self._writers.__dict__
+        held["keep"] = held.get("keep", 0) + 1
+        try:
+            yield
         finally:
+            held["keep"] -= 1
+            if not held["keep"]:
+                self.close_writer()
+
+    def close_writer(self) -> None:
+        """Close this thread's write connection (the next write opens another)."""
+        held = self._writers.__dict__
+        conn = held.pop("conn", None)
+        if conn is not None and held.pop("pid", None) == os.getpid():
             conn.close()
 
     @contextmanager

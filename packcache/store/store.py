@@ -459,6 +459,12 @@ class Store:
 
     @contextmanager
     def lease(self, purpose: str) -> Iterator[Lease]:
+        # An operation's writes share one connection.
+        with self.db.keeping_writer(), self._lease(purpose) as lease:
+            yield lease
+
+    @contextmanager
+    def _lease(self, purpose: str) -> Iterator[Lease]:
         now = time.time()
         with self.db.write_plain(durable=False) as conn:
             lease_id = conn.execute(
