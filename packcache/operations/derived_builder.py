@@ -412,7 +412,7 @@ def derive_builder(
             tags=[tag for tag in tags if tag != name],
         )
         if registry.publish and not dry_run:
-            layers.write_later()
+            layers.write_small()
             report.saved_builder = cache_builder_layers(fetcher, daemon, source)
             report.published = publish_builder(
                 store, name, derived.config, fetcher.fetched, registries=registries,
@@ -569,9 +569,9 @@ def _derived_layers(
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The builder's layers then the ones pack's Save adds (no lifecycle: an ephemeral builder
     keeps the builder's), and the new buildpack and extension layers labels. The small layers
-    are hashed only; `write_later` writes those the cache lacks, where the builder is sent."""
+    are hashed only; `write_small` writes those the cache lacks, where the builder is sent."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(layers.add_small_later(default_dirs(base.uid, base.gid)))
+    diff_ids.append(layers.add_small(default_dirs(base.uid, base.gid)))
     module_layers = {}
     for kind, label, added in (
         (BUILDPACK, cnb.BUILDPACK_LAYERS, modules),
@@ -582,13 +582,13 @@ def _derived_layers(
         module_layers[kind] = label_map
     if orders is not None:
         order_toml = L.order_toml(orders.resolved, orders.resolved_extensions)
-        diff_ids.append(layers.add_small_later(single_file_layer(ORDER_PATH, order_toml)))
+        diff_ids.append(layers.add_small(single_file_layer(ORDER_PATH, order_toml)))
     stack, run_images = _run_images(base, run_image)
     first = stack if stack["image"] else (run_images[0] if run_images else None)
     stack_toml = L.stack_toml(first["image"], first["mirrors"]) if first else ""
-    diff_ids.append(layers.add_small_later(single_file_layer(STACK_PATH, stack_toml)))
-    diff_ids.append(layers.add_small_later(single_file_layer(RUN_PATH, L.run_toml(run_images))))
-    diff_ids.append(layers.add_small_later(env_layer(f"{PLATFORM_DIR}/env", env)))
+    diff_ids.append(layers.add_small(single_file_layer(STACK_PATH, stack_toml)))
+    diff_ids.append(layers.add_small(single_file_layer(RUN_PATH, L.run_toml(run_images))))
+    diff_ids.append(layers.add_small(env_layer(f"{PLATFORM_DIR}/env", env)))
     return diff_ids, module_layers
 
 
@@ -653,7 +653,7 @@ def _record_and_load(
         present = tag_if_present(store, daemon, builder_config, [name])
         if present is not None:
             return present, False
-    layers.write_later()
+    layers.write_small()
     lease = layers.lease
     # Imported here: what reads the builder out of the daemon, when the cache cannot name it.
     from packcache.operations.engine_configs import record_from_engine
