@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 
-from packcache.digest import sha256_digest
 from packcache.errors import NotFoundError
 from packcache.image import manifest as oci
 from packcache.image.config import config_diff_ids
 from packcache.image.inspected import InspectedImage
+from packcache.operations.load_planners import image_ids_for
 from packcache.operations.loading import LoadReport
 from packcache.refs import familiar, normalize
 from packcache.store.store import ImageRecord, Store
@@ -32,7 +32,7 @@ def tag_if_present(
     start = time.perf_counter()
     tags = [familiar(normalize(tag)) for tag in tags]  # as a load names them
     diff_ids = config_diff_ids(config)
-    candidates = _candidates(store, daemon, config)
+    candidates = image_ids_for(store, daemon, config)
     daemon.prefetch([*tags, *candidates])  # the names and the candidates asked at once
     for image_id, manifest in candidates.items():
         if not _whole(daemon, image_id, manifest, config, diff_ids):
@@ -61,16 +61,6 @@ def tag_if_present(
             manifest_size=len(manifest) if manifest else 0,
         )
     return None
-
-
-def _candidates(store: Store, daemon: Daemon, config: bytes) -> dict[str, bytes | None]:
-    """The IDs the image may have in this daemon -> the manifest that ID is the digest of."""
-    if not daemon.info.containerd_store:
-        return {oci.digest_of(config): None}
-    return {
-        oci.digest_of(manifest): manifest
-        for manifest in store.image_manifests(sha256_digest(config))
-    }
 
 
 def _inspected(daemon: Daemon, ref: str) -> InspectedImage | None:

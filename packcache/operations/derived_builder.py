@@ -77,9 +77,10 @@ from packcache.operations.load_planners import (
     SendPolicy,
     content_mirror,
     pack_method,
+    planner_for,
     prepare,
 )
-from packcache.operations.loading import LoadReport, base_image_needed, load_config
+from packcache.operations.loading import LoadReport, load_config
 from packcache.operations.run_image_fetch import PullPolicy, daemon_platform
 from packcache.progress import NO_PROGRESS, Progress
 from packcache.store.store import ImageRecord, Lease, Store
@@ -655,20 +656,28 @@ def _record_and_load(
             return present, False
     layers.write_small()
     lease = layers.lease
-    # Imported here: what reads the builder out of the daemon, when the cache cannot name it.
-    from packcache.operations.engine_configs import record_from_engine
-    from packcache.operations.importing import import_images
-
     store.record_image(ImageRecord(config=builder_config, refs=[name]))
+    planner = planner_for(store, daemon, policy)
+    if policy is REUSE:
+        planner.extends(base.image)  # inspected in this daemon: its layers are held there
     base_layers = list(base.image.diff_ids)
-    needed = base_image_needed(store, daemon, base_layers, policy)
+    needed = None in planner.held(base_layers, policy)
     if needed and policy is REUSE and store.cached_diff_ids(base_layers, lease) >= set(base_layers):
         # Pulled into the cache (and, on a containerd store, written there as it downloaded):
         # the load sends from the cache, or finds written, what the daemon does not name.
         needed = False
-    if needed and policy is REUSE and record_from_engine(store, daemon, base.image) is not None:
-        needed = base_image_needed(store, daemon, base_layers, policy)
+    if needed and policy is REUSE:
+        # Imported here: what reads the builder's config out of the daemon's own storage.
+        from packcache.operations.engine_configs import record_from_engine
+
+        if record_from_engine(store, daemon, base.image) is not None:
+            needed = None in planner.held(base_layers, policy)
     if needed or policy is not REUSE:
+        # Imported here: a builder whose layers the daemon names is never saved.
+        from packcache.operations.importing import import_images
+
         import_images(store, daemon, [base.ref], lease=lease)
-    loaded = load_config(store, daemon, builder_config, [name], lease=lease, policy=policy)
+    loaded = load_config(
+        store, daemon, builder_config, [name], lease=lease, policy=policy, planner=planner
+    )
     return loaded, needed or policy is not REUSE
