@@ -83,7 +83,7 @@ from packcache.operations.load_planners import (
 from packcache.operations.loading import LoadReport, load_config
 from packcache.operations.run_image_fetch import PullPolicy, daemon_platform
 from packcache.progress import NO_PROGRESS, Progress
-from packcache.store.store import ImageRecord, Lease, Store
+from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
 from packcache.transports.registry import DEFAULT_PLATFORM, RegistryClients
 
@@ -646,17 +646,17 @@ def _record_and_load(
     policy: SendPolicy,
     layers: LayerWriter,
 ) -> tuple[LoadReport, bool]:
-    """Record the builder and load it. The base builder's layers are never read: the daemon
-    holds them (its manifest, on a containerd store, read from the daemon's containerd), and
-    only where neither is possible (or with pack's method) is it saved. Returns the load and
-    whether the builder was saved."""
+    """Load the builder, recorded in the cache once the daemon holds it (one durable write,
+    after the load). The base builder's layers are never read: the daemon holds them (its
+    manifest, on a containerd store, read from the daemon's containerd), and only where
+    neither is possible (or with pack's method) is it saved. Returns the load and whether the
+    builder was saved."""
     if policy is REUSE:
         present = tag_if_present(store, daemon, builder_config, [name])
         if present is not None:
             return present, False
     layers.write_small()
     lease = layers.lease
-    store.record_image(ImageRecord(config=builder_config, refs=[name]))
     planner = planner_for(store, daemon, policy)
     if policy is REUSE:
         planner.extends(base.image)  # inspected in this daemon: its layers are held there
