@@ -91,8 +91,10 @@ TARGETS = {
     "warm less its config/manifest work": 0.3,
 }
 # How long the daemon's containerd may take to remove a previous result before a run starts
-# anyway (the table then says so).
+# anyway (the verdicts then say so), and how long what it holds must stay the same, though not
+# what it held at first, to count as done (something else stayed: that is the new baseline).
 SETTLE_TIMEOUT_S = 120.0
+SETTLE_STABLE_S = 2.0
 SETTLE_POLL_S = 0.05
 
 
@@ -174,7 +176,7 @@ class EngineRuns:
     startup_floor: list[float] = field(default_factory=list)  # the stack's imports, no work
     # How long each run waited for containerd to finish removing the previous result.
     settle_waits: list[float] = field(default_factory=list)
-    settle_timeouts: int = 0
+    settle_elsewhere: int = 0
 
 
 def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
@@ -229,7 +231,7 @@ class Settled:
         self.engine = engine
         self.baseline: tuple[int, int, int] | None = None
         self.waits: list[float] = []
-        self.timeouts = 0
+        self.elsewhere = 0  # waits that ended on a new baseline
 
     def start(self) -> None:
         """The baseline: what containerd holds once two readings in a row agree."""
@@ -244,13 +246,16 @@ class Settled:
     def wait(self) -> None:
         if self.baseline is None:
             return
-        start = time.perf_counter()
-        while _containerd_holds(self.engine) != self.baseline:
-            if time.perf_counter() - start > SETTLE_TIMEOUT_S:
-                self.timeouts += 1
-                self.baseline = _containerd_holds(self.engine)
-                break
+        start = last_change = time.perf_counter()
+        held = _containerd_holds(self.engine)
+        while held != self.baseline:
             time.sleep(SETTLE_POLL_S)
+            now, before, held = time.perf_counter(), held, _containerd_holds(self.engine)
+            if held != before:
+                last_change = now
+            elif now - last_change > SETTLE_STABLE_S or now - start > SETTLE_TIMEOUT_S:
+                self.elsewhere += 1
+                self.baseline = held
         self.waits.append(time.perf_counter() - start)
 
 
@@ -370,7 +375,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                 result.image_work.setdefault(method, []).append(work_seconds)
                 first_run(method, APP)
                 docker("rmi", APP)  # the next run must deliver the app layers again
-        result.settle_waits, result.settle_timeouts = settled.waits, settled.timeouts
+        result.settle_waits, result.settle_elsewhere = settled.waits, settled.elsewhere
     finally:
         engine.stop()
     return result
@@ -414,10 +419,11 @@ def _verdicts(result: EngineRuns, median: dict[str, float], first: dict[str, flo
         out.append(f"warm less its config/manifest work {rest:.2f} s (target <= {target} s)")
     if result.settle_waits:
         waits = result.settle_waits
-        timeouts = f", {result.settle_timeouts} gave up" if result.settle_timeouts else ""
+        elsewhere = result.settle_elsewhere
+        moved = f", {elsewhere} settled on other counts" if elsewhere else ""
         out.append(
             f"each run started once containerd had removed the previous result (waited "
-            f"{statistics.median(waits):.2f} s median, {max(waits):.2f} s at most{timeouts})"
+            f"{statistics.median(waits):.2f} s median, {max(waits):.2f} s at most{moved})"
         )
     if result.startup_floor:
         start_up = statistics.median(result.startup_floor)
