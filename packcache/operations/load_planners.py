@@ -365,7 +365,7 @@ def planner_for(store: Store, daemon: Daemon, policy: SendPolicy = REUSE) -> Loa
 def prepare(daemon: Daemon, policy: SendPolicy = REUSE) -> None:
     """Start, in the background, what `planner_for` will need and is slow to get: the
     connection to the daemon's containerd, where a load would write there; a graphdriver's
-    image list (its chains, and what `image_ids_for` looks in)."""
+    image list (the chains of the images the cache recorded)."""
     if not policy.reuse_held:
         return
     if daemon.info.containerd_store:
@@ -377,11 +377,9 @@ def prepare(daemon: Daemon, policy: SendPolicy = REUSE) -> None:
 def image_ids_for(store: Store, daemon: Daemon, config: bytes) -> dict[str, bytes | None]:
     """The IDs the image `config` describes may have in this daemon -> the manifest each ID is
     the digest of (None: none, a graphdriver's). A graphdriver names an image by its config's
-    digest, and is asked nothing more where its image list (which a load plans with) lacks
-    it; a containerd store by its manifest's: those the cache recorded for that config."""
+    digest; a containerd store by its manifest's: those the cache recorded for that config."""
     if not daemon.info.containerd_store:
-        image_id = oci.digest_of(config)
-        return {image_id: None} if image_id in daemon.image_ids() else {}
+        return {oci.digest_of(config): None}
     return {
         oci.digest_of(manifest): manifest
         for manifest in store.image_manifests(oci.digest_of(config))
