@@ -606,7 +606,7 @@ def test_a_graphdriver_is_asked_nothing_about_images_the_cache_never_saw(
     daemon = Daemon(engine.host)
     asked: list[str] = []
     real_inspect = daemon._inspect_request
-    daemon._inspect_request = lambda ref: asked.append(ref) or real_inspect(ref)
+    daemon._inspect_request = lambda ref, *rest: asked.append(ref) or real_inspect(ref, *rest)
     name = fx.unique("asked")
     request = DerivedBuilderRequest(d.base, env={"A": "1"})
     report = derive_builder(store, daemon, name, request, pull_policy="never")

@@ -195,7 +195,7 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
     daemon = Daemon(engine.host)
     asked: list[str] = []
     real_inspect = daemon._inspect_request
-    daemon._inspect_request = lambda ref: asked.append(ref) or real_inspect(ref)
+    daemon._inspect_request = lambda ref, *rest: asked.append(ref) or real_inspect(ref, *rest)
 
     daemon.prefetch([present, absent, present])
     assert sorted(asked) == sorted([present, absent])  # concurrently, each once
