@@ -67,6 +67,7 @@ def test_layers_are_sent_as_they_download_where_docker_load_takes_the_builder(
 ) -> None:
     remote = to_registry(engine, registries, tmp_path)
     name = fx.unique("builder")
+    before = image_ids(engine)
     report = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
     downloaded = sum(pulled["layers_downloaded"] for pulled in report["pulled"])
     assert downloaded >= len(remote.packages) + 1
@@ -75,6 +76,7 @@ def test_layers_are_sent_as_they_download_where_docker_load_takes_the_builder(
     else:
         assert report["layers_streamed"] == downloaded
     assert inspect(engine, name)["Id"] == report["image_id"]
+    assert image_ids(engine) == sorted({*before, report["image_id"]})  # nothing else is left
     assert cli("verify").exit_code == 0
     run = engine.docker("run", "--rm", "--pull", "never", "--network", "none", "--entrypoint",
                         "ls", name, "/cnb/buildpacks")  # fmt: skip
