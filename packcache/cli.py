@@ -1389,7 +1389,8 @@ def run() -> None:
     usage errors (a bad option value, a missing argument) and bugs included, as one
     `packcache: error:` line on stderr and its exit code; -vv also logs a bug's traceback."""
     try:
-        code = app(prog_name="packcache", standalone_mode=False)
+        with _only_the_command_invoked(sys.argv[1:]):
+            code = app(prog_name="packcache", standalone_mode=False)
         sys.stdout.flush()  # a closed pipe is found here, not while the interpreter exits
     except typer.TyperException as exc:  # typer's click: usage errors have exit_code 2
         _exit_with(exc.format_message(), exc.exit_code)
@@ -1409,6 +1410,51 @@ def run() -> None:
             )
         _exit_with(*shown)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# The options before the command that take a value (`--cache-dir DIR`, `-H HOST`).
+_VALUE_OPTIONS = ("--cache-dir", "--host", "-H", "--containerd-address", "--containerd-namespace")
+_COMPLETION_VARIABLE = "_PACKCACHE_COMPLETE"  # set by the shell's completion script
+
+
+def _invoked_command(args: list[str]) -> str | None:
+    """The command `args` name after the top-level options, where no other reading of them is
+    possible; None otherwise (no command, help, an option written some other way)."""
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        option, equals, _ = arg.partition("=")
+        if arg in _VALUE_OPTIONS:
+            index += 2  # the option, then its value
+            continue
+        one_word = (
+            (equals and option.startswith("--") and option in _VALUE_OPTIONS)
+            or (arg.startswith("-H") and len(arg) > 2)  # -Hunix:///path
+            or arg == "--verbose"
+            or (len(arg) > 1 and arg.strip("v") == "-")  # -v, -vv
+        )
+        if one_word:
+            index += 1
+            continue
+        return None if arg.startswith("-") else arg
+    return None
+
+
+@contextmanager
+def _only_the_command_invoked(args: list[str]) -> Iterator[None]:
+    """Have typer build only the command the arguments name: it reads every registered
+    command's signature and options into click's on each start, which a command run does not
+    need. Help without a command, completion, and anything not plainly a command's run see
+    them all."""
+    name = None if os.environ.get(_COMPLETION_VARIABLE) else _invoked_command(args)
+    every = app.registered_commands
+    chosen = [command for command in every if command.name == name]
+    if chosen:
+        app.registered_commands = chosen
+    try:
+        yield
+    finally:
+        app.registered_commands = every
 
 
 def _exit_with(message: str, code: int) -> NoReturn:

@@ -10,8 +10,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
-import humanize
-
 from packcache.refs import short_id
 
 if TYPE_CHECKING:
@@ -237,13 +235,19 @@ def report_json(report: object) -> str:
 def size(n: int) -> str:
     """humanize.naturalsize(n) (powers of 1000, as docker prints sizes), with the kB, MB and GB
     texts formatted directly because `ls` formats one size per layer and humanize's translation
-    layer costs more than the rest of the row; tests/test_render.py checks both agree."""
+    layer costs more than the rest of the row; tests/test_render.py checks both agree. Bytes
+    too: a warm command prints its "0 Bytes" sent, and importing humanize costs more than that.
+    """
+    if 0 <= n < 1000:
+        return "1 Byte" if n == 1 else f"{n} Bytes"
     if 1000 <= n < 999_900:  # from 999.9 kB on, the text may round up into the next unit
         return f"{n / 1000:.1f} kB"
     if 1_000_000 <= n < 999_900_000:
         return f"{n / 1_000_000:.1f} MB"
     if 1_000_000_000 <= n < 999_900_000_000:
         return f"{n / 1_000_000_000:.1f} GB"
+    import humanize
+
     return humanize.naturalsize(n)
 
 
@@ -261,6 +265,8 @@ def _coarse(seconds: float) -> int:
 
 @lru_cache(maxsize=4096)
 def _ago(seconds: int) -> str:
+    import humanize
+
     return humanize.naturaltime(seconds)
 
 

@@ -616,6 +616,8 @@ def test_a_recreate_imports_neither_the_full_create_the_publish_nor_the_pulls(
     modules = imported(tmp_path, *args)  # and again, the daemon holding it
     assert "packcache.operations.derived_builder" in modules  # the listing works
     assert loaded(modules, NOT_FOR_A_RECREATE) == set()
+    # Nothing is loaded, so the daemon's containerd is not even connected to.
+    assert loaded(modules, {"grpc"}) == set()
 
 
 def test_no_cache_is_packs_method_and_gives_the_same_builder(

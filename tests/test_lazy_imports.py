@@ -117,3 +117,5 @@ def test_a_rebase_imports_only_what_its_engine_needs(engine_pool, tmp_path: Path
     # The cache holds the app: no launch cache, daemon storage or save is read, nothing pulled.
     assert "packcache.operations.rebase" in warm
     assert loaded(warm, COLD_REBASE) == set()
+    # What it prints needs no humanize ("0 Bytes" sent is written as it is).
+    assert loaded(warm, {"humanize"}) == set()

@@ -9,13 +9,17 @@ packcache loaded or pulled), each checked to be whole in the daemon.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 
 from packcache.digest import sha256_digest
-from packcache.errors import NotFoundError
+from packcache.errors import NotFoundError, PackcacheError
 from packcache.image import manifest as oci
 from packcache.image.config import config_diff_ids
 from packcache.image.inspected import InspectedImage
+from packcache.operations.load_planners import prepare
 from packcache.operations.loading import LoadReport
 from packcache.refs import familiar, normalize
 from packcache.store.store import ImageRecord, Store
@@ -33,7 +37,10 @@ def tag_if_present(
     tags = [familiar(normalize(tag)) for tag in tags]  # as a load names them
     diff_ids = config_diff_ids(config)
     candidates = _candidates(store, daemon, config)
-    daemon.prefetch([*tags, *candidates])  # the names and the candidates asked at once
+    # The names and the candidates asked at once, a manifest's candidate with its content's
+    # availability (one round trip, where the API gives it with the inspect).
+    held = [image_id for image_id, manifest in candidates.items() if manifest is not None]
+    daemon.prefetch([*tags, *candidates], with_manifests=held)
     for image_id, manifest in candidates.items():
         if not _whole(daemon, image_id, manifest, config, diff_ids):
             continue
@@ -61,6 +68,37 @@ def tag_if_present(
             manifest_size=len(manifest) if manifest else 0,
         )
     return None
+
+
+def connect_unless_recreated(daemon: Daemon, name: str) -> Callable[[InspectedImage], None]:
+    """Start connecting to the daemon's containerd (load_planners.prepare) as soon as a load
+    of the builder `name` looks needed: at once where the daemon has no image of that name
+    (asked in a thread of its own while the caller reads the base builder), else once the
+    base builder is known (given to the function returned), unless the image named is made on
+    it: a re-create, which will most likely find it held whole and load nothing."""
+    asked: Future[InspectedImage | None] = Future()
+
+    def ask() -> None:
+        try:
+            named = daemon.inspect_image_now(name)  # not remembered: a load may come first
+        except BaseException as exc:  # raised where the answer is waited for
+            asked.set_exception(exc)
+            return
+        asked.set_result(named)
+        if named is None:
+            prepare(daemon)
+
+    threading.Thread(target=ask, name="builder-named", daemon=True).start()
+
+    def base_known(base: InspectedImage) -> None:
+        try:
+            named = asked.result()
+        except PackcacheError:  # a name the daemon refuses: the load reports it
+            named = None
+        if named is None or named.diff_ids[: len(base.diff_ids)] != base.diff_ids:
+            prepare(daemon)  # the load will need it (prepare starts it once only)
+
+    return base_known
 
 
 def _candidates(store: Store, daemon: Daemon, config: bytes) -> dict[str, bytes | None]:

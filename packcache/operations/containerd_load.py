@@ -80,7 +80,9 @@ def connect_soon(daemon: Daemon) -> None:
         except BaseException as exc:  # raised where the connection is asked for
             pending.set_exception(exc)
 
-    threading.Thread(target=connect, name="containerd-connect").start()
+    # A daemon thread: a command that ends without needing the connection (a builder the
+    # daemon held already) does not wait for it, nor tear down the grpc it was importing.
+    threading.Thread(target=connect, name="containerd-connect", daemon=True).start()
 
 
 def daemon_containerd(daemon: Daemon) -> Containerd | None:

@@ -64,7 +64,7 @@ from packcache.image.inspected import InspectedImage
 from packcache.operations.builder_buildpacks import collect_buildpacks, materialize_layers
 from packcache.operations.builder_fetch import BuilderFetcher, FetchedImage
 from packcache.operations.builder_modules import LayerWriter, Module, add_exploded
-from packcache.operations.builder_present import tag_if_present
+from packcache.operations.builder_present import connect_unless_recreated, tag_if_present
 from packcache.operations.builder_report import (
     CREATOR,
     BuildpackReport,
@@ -77,7 +77,6 @@ from packcache.operations.load_planners import (
     SendPolicy,
     content_mirror,
     pack_method,
-    prepare,
 )
 from packcache.operations.loading import LoadReport, base_image_needed, load_config
 from packcache.operations.run_image_fetch import PullPolicy, daemon_platform
@@ -389,9 +388,12 @@ def derive_builder(
             source = builder_to_publish(fetcher, daemon, request.from_builder)
             base = _read_base(source.image, request.from_builder)
         else:
-            if not (no_cache or dry_run):
-                prepare(daemon)  # containerd is connected to while the builder is read
-            base = _read_base(_builder_in_daemon(fetcher, request), request.from_builder)
+            # containerd is connected to while the builder is read, unless this is a re-create
+            connect = None if no_cache or dry_run else connect_unless_recreated(daemon, name)
+            base_image = _builder_in_daemon(fetcher, request)
+            if connect is not None:
+                connect(base_image)
+            base = _read_base(base_image, request.from_builder)
         derived = _derive(store, fetcher, base, request, extra_labels or {}, layers, no_cache)
         report = DerivedBuilderReport(
             name=name,

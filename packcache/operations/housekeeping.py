@@ -8,8 +8,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import humanize
-
 from packcache.errors import PackcacheError
 from packcache.store.prune import configured_max_size, enforce_size_cap, remove_image, remove_layer
 from packcache.store.store import EvictedLayer, Store
@@ -58,6 +56,8 @@ def size_capped(store: Store) -> Iterator[None]:
     yield
     result = enforce_size_cap(store, cap)
     if result is not None and result.removed:
+        import humanize  # only to say what the cap evicted
+
         log.warning(
             "size cap: evicted %d layers (%s)",
             len(result.removed),

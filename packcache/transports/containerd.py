@@ -16,6 +16,7 @@ import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,9 @@ LEASES = "/containerd.services.leases.v1.Leases/"
 NAMESPACES = "/containerd.services.namespaces.v1.Namespaces/"
 WRITE_ACTION, COMMIT_ACTION = 1, 2  # content.v1.WriteAction
 ABORT_ATTEMPTS = 8
+# Short calls (a blob's info) made at once: each waits on containerd far more than it computes.
+PARALLEL_CALLS = 6
+SEQUENTIAL_CALLS = 8  # no more than this are made one after another: threads cost as much
 
 
 class ContainerdError(PackcacheError):
@@ -214,12 +218,20 @@ class Containerd:
 
     def _unary_all(self, what: str, path: str, requests: Mapping[str, bytes]) -> dict[str, Any]:
         """One call per request, each answer decoded, or None where containerd answered
-        NOT_FOUND. Made one after another: grpc's asynchronous calls start a polling thread,
-        and a process that forks later (preexec_fn) can hang in the child on it."""
-        answers: dict[str, wire.Fields | None] = {}
-        for key, request in requests.items():
-            answers[key] = self._unary_if_found(f"{what} {key}", path, request)
-        return answers
+        NOT_FOUND. Several at once from threads of our own, each a blocking call: grpc's
+        asynchronous calls would start its polling thread, and a process that forks later
+        (preexec_fn) can hang in the child on it."""
+        if len(requests) <= SEQUENTIAL_CALLS:
+            return {
+                key: self._unary_if_found(f"{what} {key}", path, request)
+                for key, request in requests.items()
+            }
+        with ThreadPoolExecutor(min(PARALLEL_CALLS, len(requests))) as pool:
+            futures = {
+                key: pool.submit(self._unary_if_found, f"{what} {key}", path, request)
+                for key, request in requests.items()
+            }
+            return {key: future.result() for key, future in futures.items()}
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -122,6 +122,8 @@ class Daemon:
         # client changes the daemon (load, pull): one operation asks about the same images
         # several times, by tag and by ID.
         self._inspected: dict[str, InspectedImage | None] = {}
+        # The manifests an inspect with them gave per ref (API 1.48+), kept as `_inspected`.
+        self._manifests: dict[str, list[dict]] = {}
         try:
             self.api = EngineApi(self.host, HANDSHAKE_TIMEOUT_S)
         except ValueError as exc:  # a malformed URL, e.g. tcp://[::1
@@ -211,15 +213,23 @@ class Daemon:
             raise not_in_daemon(ref, self.host)
         return info
 
-    def prefetch(self, refs: Iterable[str]) -> None:
+    def prefetch(self, refs: Iterable[str], with_manifests: Iterable[str] = ()) -> None:
         """Inspect these images at once, so the `inspect_image` calls that follow are answered
-        from memory. Errors other than "not found" are left for those calls to raise."""
-        wanted = [ref for ref in dict.fromkeys(refs) if ref not in self._inspected]
-        if len(wanted) < 2:
+        from memory. Errors other than "not found" are left for those calls to raise.
+        `with_manifests`: images asked with their manifests where the API gives them (1.48+),
+        so `image_manifests` answers from memory too: one round trip for both."""
+        asked = list(with_manifests)
+        listed = set(asked) if asked and self.api_at_least((1, 48)) else set()
+        refs = [*refs, *asked]
+        wanted = [ref for ref in dict.fromkeys(refs) if not self._remembered(ref, ref in listed)]
+        if not wanted or (len(wanted) == 1 and wanted[0] not in listed):
             return
         with ThreadPoolExecutor(min(INSPECT_THREADS, len(wanted))) as pool:
-            for future in [pool.submit(self._inspect, ref) for ref in wanted]:
+            for future in [pool.submit(self._inspect, ref, ref in listed) for ref in wanted]:
                 future.exception()  # wait; not remembered, so raised again when asked for
+
+    def _remembered(self, ref: str, manifests: bool) -> bool:
+        return ref in self._inspected and (not manifests or ref in self._manifests)
 
     def inspect_image_now(self, ref: str) -> InspectedImage | None:
         """`inspect_image` asked now, neither from nor into what this client remembers, so it
@@ -230,25 +240,31 @@ class Daemon:
         except NotFoundError:
             return None
 
-    def _inspect_request(self, ref: str) -> dict:
-        """GET /images/{ref}/json: the daemon's inspect of one image."""
-        inspected = self._json(ref, "GET", "/images/{0}/json", ref)
+    def _inspect_request(self, ref: str, manifests: bool = False) -> dict:
+        """GET /images/{ref}/json: the daemon's inspect of one image (`manifests`: with them)."""
+        params = {"manifests": 1} if manifests else None
+        inspected = self._json(ref, "GET", "/images/{0}/json", ref, params=params)
         if not isinstance(inspected, dict):
             raise DaemonError(f"the Docker daemon sent an unreadable inspect of {ref}")
         return inspected
 
-    def _inspect(self, ref: str) -> None:
+    def _inspect(self, ref: str, manifests: bool = False) -> None:
         try:
-            info = InspectedImage.from_inspect(self._inspect_request(ref))
+            inspected = self._inspect_request(ref, manifests)
+            info = InspectedImage.from_inspect(inspected)
         except NotFoundError:
             self._inspected[ref] = None
             return
+        if manifests:
+            listed = inspected.get("Manifests") or []
+            self._manifests[ref] = [entry for entry in listed if isinstance(entry, dict)]
         self._inspected[ref] = self._inspected[info.id] = info
 
     def _forget(self) -> None:
         """This client is about to change what the daemon holds."""
         self._image_ids = None
         self._inspected.clear()
+        self._manifests.clear()
 
     def images_changed(self) -> None:
         """What the daemon holds was changed by other means (its containerd): ask again."""
@@ -394,6 +410,8 @@ class Daemon:
         with its descriptor and whether its content is available; None on older APIs."""
         if not self.api_at_least((1, 48)):
             return None
+        if ref in self._manifests:
+            return self._manifests[ref]
         url = self.api.url("/images/{0}/json", ref, params={"manifests": 1})
         try:
             inspected, _ = self.api.call("GET", url)

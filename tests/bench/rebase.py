@@ -22,11 +22,15 @@ result removed from the daemon:
   beside the warm rebase less its config/manifest work (the report's config and load phases).
 
 After each, the first `docker create` of the result (where a containerd store unpacks an
-image it was never asked to unpack) is timed too. For packcache's runs, the time spent in the
-command itself (its report's total) is shown beside the process's: the rest is start-up
-(Python, imports, parsing) and exit. "docker save of" names the images the report says were
-saved (whole, or "head": read only up to their config), and how many image saves the daemon's
-events logged during the run, so a save the report missed would show.
+image it was never asked to unpack) is timed too. Before every timed run of every method, on a
+containerd store, the bench waits until the daemon's containerd holds again the snapshots and
+blobs it held before the runs (`ctr snapshots ls`, `ctr content ls`, the snapshotter's
+directories): the previous result's removal is finished, so no run pays for another's
+clean-up. For packcache's runs, the time spent in the command itself (its report's total) is
+shown beside the process's: the rest is start-up (Python, imports, parsing) and exit. "docker
+save of" names the images the report says were saved (whole, or "head": read only up to their
+config), and how many image saves the daemon's events logged during the run, so a save the
+report missed would show.
 
 Every packcache run is a fresh process, start-up included. Printed, never asserted.
 PACKCACHE_BENCH_SIZE=quick: a quarter of the sizes.
@@ -44,7 +48,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from subprocess import PIPE
+from subprocess import PIPE, run
 
 from tests.bench.common import (
     PACKCACHE,
@@ -86,6 +90,14 @@ TARGETS = {
     "warm under the floor": 20.0,
     "warm less its config/manifest work": 0.3,
 }
+# How long the daemon's containerd may take to remove a previous result before a run starts
+# anyway (the verdicts then say so), and how long what it holds must stay the same, though not
+# what it held at first, to count as done (something else stayed: that is the new baseline).
+SETTLE_TIMEOUT_S = 120.0
+SETTLE_STABLE_S = 2.0
+SETTLE_POLL_S = 0.05
+
+
 # What any process of this stack costs before it does anything: the interpreter importing the
 # CLI framework and the containerd client (the lower bound of a warm rebase's process).
 STARTUP_FLOOR = "import typer, grpc"
@@ -162,6 +174,9 @@ class EngineRuns:
     # The report's config and load phases: the config/manifest work of a warm rebase.
     image_work: dict[str, list[float]] = field(default_factory=dict)
     startup_floor: list[float] = field(default_factory=list)  # the stack's imports, no work
+    # How long each run waited for containerd to finish removing the previous result.
+    settle_waits: list[float] = field(default_factory=list)
+    settle_elsewhere: int = 0
 
 
 def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
@@ -188,6 +203,60 @@ def _write_floor(engine: Engine, cache: Path, built: Built, path: Path) -> None:
     with open(path, "wb") as out:
         for chunk in planner.archive(config, plan, ["bench/floor:latest"]).chunks:
             out.write(chunk)
+
+
+def _containerd_holds(engine: Engine) -> tuple[int, int, int]:
+    """How many snapshots and content blobs the daemon's containerd lists in its namespace,
+    and how many snapshot directories its snapshotter still has on disk (containerd may remove
+    those after it has dropped them from its lists)."""
+    ctr = engine.bundle_root / "usr" / "bin" / "ctr"
+    base = [str(ctr), "--address", str(engine.root / "c.sock")]
+    base += ["--namespace", f"pc-{engine.root.name}"]
+    snapshots = run(
+        [*base, "snapshots", "--snapshotter", engine.storage_driver, "ls"],
+        capture_output=True, check=True,
+    ).stdout.splitlines()[1:]  # fmt: skip
+    blobs = run([*base, "content", "ls", "-q"], capture_output=True, check=True).stdout.split()
+    snapshotter = f"io.containerd.snapshotter.v1.{engine.storage_driver}"
+    on_disk = engine.root / "data" / "containerd" / snapshotter / "snapshots"
+    return len(snapshots), len(blobs), len(os.listdir(on_disk))
+
+
+class Settled:
+    """Waits, on a containerd store, until the daemon's containerd holds what it held when
+    the runs began: a removed result's snapshots and blobs are gone (containerd removes them
+    after `docker rmi` returns). A graphdriver removes an image within `docker rmi`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.baseline: tuple[int, int, int] | None = None
+        self.waits: list[float] = []
+        self.elsewhere = 0  # waits that ended on a new baseline
+
+    def start(self) -> None:
+        """The baseline: what containerd holds once two readings in a row agree."""
+        if not self.engine.containerd_store:
+            return
+        last, now = None, _containerd_holds(self.engine)
+        while now != last:
+            time.sleep(SETTLE_POLL_S * 4)
+            last, now = now, _containerd_holds(self.engine)
+        self.baseline = now
+
+    def wait(self) -> None:
+        if self.baseline is None:
+            return
+        start = last_change = time.perf_counter()
+        held = _containerd_holds(self.engine)
+        while held != self.baseline:
+            time.sleep(SETTLE_POLL_S)
+            now, before, held = time.perf_counter(), held, _containerd_holds(self.engine)
+            if held != before:
+                last_change = now
+            elif now - last_change > SETTLE_STABLE_S or now - start > SETTLE_TIMEOUT_S:
+                self.elsewhere += 1
+                self.baseline = held
+        self.waits.append(time.perf_counter() - start)
 
 
 def _launch_volume(engine: Engine, built: Built, work: Path) -> None:
@@ -268,6 +337,8 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
         _write_floor(engine, warm_cache, built, floor)
         docker("rmi", APP)
         _launch_volume(engine, built, work)
+        settled = Settled(engine)
+        settled.start()
         for _ in range(REPEAT):
             for method in METHODS:
                 if method not in CHOSEN:
@@ -276,6 +347,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                     continue
                 runs = result.methods.setdefault(method, Runs([], []))
                 if method == "floor":
+                    settled.wait()
                     if engine.containerd_store:
                         seconds = timed_process([sys.executable, "-c", STARTUP_FLOOR])[0]
                         result.startup_floor.append(seconds)
@@ -289,6 +361,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                 if not warm:
                     shutil.rmtree(cache, ignore_errors=True)  # cold starts empty
                 extra = {"pack": ["--no-cache"], "cold": ["--no-launch-cache"]}.get(method, [])
+                settled.wait()
                 since = daemon_time()
                 seconds, report = packcache(
                     cache, APP, "--run-image", f"{RUN_REPO}:v2", *extra, method=method
@@ -302,6 +375,7 @@ def bench_engine(kind: str, built: Built, work: Path) -> EngineRuns:
                 result.image_work.setdefault(method, []).append(work_seconds)
                 first_run(method, APP)
                 docker("rmi", APP)  # the next run must deliver the app layers again
+        result.settle_waits, result.settle_elsewhere = settled.waits, settled.elsewhere
     finally:
         engine.stop()
     return result
@@ -343,6 +417,14 @@ def _verdicts(result: EngineRuns, median: dict[str, float], first: dict[str, flo
         rest = warm - statistics.median(result.image_work["warm"])
         target = TARGETS["warm less its config/manifest work"]
         out.append(f"warm less its config/manifest work {rest:.2f} s (target <= {target} s)")
+    if result.settle_waits:
+        waits = result.settle_waits
+        elsewhere = result.settle_elsewhere
+        moved = f", {elsewhere} settled on other counts" if elsewhere else ""
+        out.append(
+            f"each run started once containerd had removed the previous result (waited "
+            f"{statistics.median(waits):.2f} s median, {max(waits):.2f} s at most{moved})"
+        )
     if result.startup_floor:
         start_up = statistics.median(result.startup_floor)
         out.append(f"start-up floor (python importing typer and grpc, no work) {start_up:.2f} s")
