@@ -67,6 +67,7 @@ def test_layers_are_sent_as_they_download_where_docker_load_takes_the_builder(
 ) -> None:
     remote = to_registry(engine, registries, tmp_path)
     name = fx.unique("builder")
+    before = image_ids(engine)
     report = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
     downloaded = sum(pulled["layers_downloaded"] for pulled in report["pulled"])
     assert downloaded >= len(remote.packages) + 1
@@ -75,14 +76,24 @@ def test_layers_are_sent_as_they_download_where_docker_load_takes_the_builder(
     else:
         assert report["layers_streamed"] == downloaded
     assert inspect(engine, name)["Id"] == report["image_id"]
+    assert image_ids(engine) == sorted({*before, report["image_id"]})  # nothing else is left
     assert cli("verify").exit_code == 0
     run = engine.docker("run", "--rm", "--pull", "never", "--network", "none", "--entrypoint",
                         "ls", name, "/cnb/buildpacks")  # fmt: skip
     assert run.stdout.strip()
-    # Again, all cached: nothing downloads, nothing is streamed, the same builder.
+    # Again, all cached: nothing downloads, nothing is streamed, the same builder; of the
+    # images read again only the manifests are asked for (the configs are the cache's), but
+    # the run image's config, which the cache does not hold.
     engine.docker("rmi", name)
+    log_before = len(registries.plain.log_text().splitlines())
     again = ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
     assert again["layers_streamed"] == 0 and again["config_digest"] == report["config_digest"]
+    new_lines = registries.plain.log_text().splitlines()[log_before:]
+    run_repository = remote.run.split("/", 1)[1].rsplit(":", 1)[0]
+    blob_gets = [line for line in new_lines if '"GET ' in line and "/blobs/" in line]
+    assert all(f"/v2/{run_repository}/blobs/" in line for line in blob_gets), blob_gets
+    manifest_gets = [line for line in new_lines if '"GET ' in line and "/manifests/" in line]
+    assert len(manifest_gets) >= len(remote.packages) + 1
     engine.docker("rmi", name)
 
 

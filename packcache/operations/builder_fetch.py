@@ -107,6 +107,12 @@ class BuilderFetcher:
     _run_labels: dict[str, Future[FetchedImage]] = field(default_factory=dict, repr=False)
     _early: EarlyLoad | None = field(default=None, repr=False)
 
+    def _configs(self, digest: str) -> bytes | None:
+        """A config the cache recorded under `digest` (read_image checks it), if any."""
+        from packcache.operations.pulling import cached_config
+
+        return cached_config(self.store)(digest)
+
     def _has(self, ref: str) -> bool:
         return self.daemon is not None and self.daemon.has_image(ref)
 
@@ -244,7 +250,7 @@ class BuilderFetcher:
         from packcache.transports.registry_pull import read_image
 
         name = ImageName.parse(ref)
-        return read_image(self.registries.for_name(name), name, self.platform)
+        return read_image(self.registries.for_name(name), name, self.platform, self._configs)
 
     def _image(self, ref: str, what: str) -> FetchedImage:
         policy = self.policy
@@ -347,7 +353,7 @@ class BuilderFetcher:
         from packcache.transports.registry_pull import read_image
 
         name = ImageName.parse(ref)
-        remote = read_image(self.registries.for_name(name), name, self.platform)
+        remote = read_image(self.registries.for_name(name), name, self.platform, self._configs)
         return self._pull_images({ref: remote}, mirrored)[ref]
 
     def _pull_images(

@@ -14,11 +14,12 @@ verified it: one read of each blob fills both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from packcache.errors import PackcacheError
+from packcache.errors import NotFoundError, PackcacheError
 from packcache.progress import NO_PROGRESS, Progress
 from packcache.store.blobs import StagedBlob
 from packcache.store.store import ImageRecord, Lease, Store
@@ -79,6 +80,19 @@ class PlannedFetch:
     layer: dict
     diff_id: str
     report: PullReport
+
+
+def cached_config(store: Store) -> Callable[[str], bytes | None]:
+    """The config the cache recorded under a digest, if any: a registry need not send it
+    again (read_image checks it against the digest)."""
+
+    def config(digest: str) -> bytes | None:
+        try:
+            return store.image_config(digest)
+        except NotFoundError:
+            return None
+
+    return config
 
 
 def plan_pull(
@@ -211,7 +225,7 @@ def pull_image(
     mirror: BlobMirror | None = None,
 ) -> PullReport:
     """Fetch `name` (on `client`'s registry) into `store` and record it."""
-    image = read_image(client, name, platform)
+    image = read_image(client, name, platform, cached_config(store))
     return pull_remote_images(store, [image], lease=lease, parallel=parallel, mirror=mirror)[0]
 
 
@@ -228,5 +242,6 @@ def pull_images(
     client per registry."""
     names = [ImageName.parse(ref) for ref in refs]
     with RegistryClients(options, progress=progress) as clients:
-        images = [read_image(clients.for_name(name), name, platform) for name in names]
+        known = cached_config(store)
+        images = [read_image(clients.for_name(name), name, platform, known) for name in names]
         return pull_remote_images(store, images, lease=lease)

@@ -5,6 +5,8 @@ the config gives it. HTTP only: operations/pulling.py streams the layers into th
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,16 +65,30 @@ def _layer_pairs(manifest: Manifest, config: dict[str, Any], what: str) -> list[
     return list(zip(manifest.layers, diff_ids, strict=True))
 
 
+def _known(descriptor: dict[str, Any], known: Callable[[str], bytes | None]) -> bytes | None:
+    """The blob `descriptor` names as `known` has it, if it has exactly those bytes."""
+    data = known(str(descriptor["digest"]))
+    if data is None or "sha256:" + hashlib.sha256(data).hexdigest() != descriptor["digest"]:
+        return None
+    return data if descriptor.get("size") in (None, len(data)) else None
+
+
 def read_image(
-    client: RegistryClient, name: ImageName, platform: Platform = DEFAULT_PLATFORM
+    client: RegistryClient,
+    name: ImageName,
+    platform: Platform = DEFAULT_PLATFORM,
+    known_configs: Callable[[str], bytes | None] | None = None,
 ) -> RemoteImage:
-    """`name`'s manifest and config from `client`'s registry (never a layer)."""
+    """`name`'s manifest and config from `client`'s registry (never a layer). A config
+    `known_configs` gives by its digest (the cache's) is not asked for again."""
     manifest = client.manifest(name.repository, name.reference, platform)
     what = f"{name.host}/{name.repository}@{manifest.digest}"
     if manifest.config.get("mediaType") not in CONFIG_MEDIA_TYPES:
         raise PackcacheError(
             f"{what} is not a container image (config type {manifest.config.get('mediaType')!r})"
         )
-    config_bytes = client.read_document_blob(name.repository, manifest.config)
+    config_bytes = None if known_configs is None else _known(manifest.config, known_configs)
+    if config_bytes is None:
+        config_bytes = client.read_document_blob(name.repository, manifest.config)
     config = check_image_config(strict_loads(config_bytes, f"the config of {what}"), what)
     return RemoteImage(name, client, manifest, config_bytes, _layer_pairs(manifest, config, what))
