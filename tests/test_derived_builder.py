@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from packcache.operations.derived_builder import DerivedBuilderRequest, derive_builder
+from packcache.store.store import Store
+from packcache.transports.daemon import Daemon
 from tests import builder_fixtures as fx
 from tests.engines.harness import Engine
 from tests.engines.pytest_plugin import EnginePool
@@ -588,6 +591,56 @@ def test_an_unchanged_builder_the_daemon_holds_is_named_not_loaded(
     events = image_events(engine, since)
     assert ("tag", first["image_id"]) in events and "load" not in {a for a, _ in events}
     assert cat(engine, name, "/platform/env/A") == b"1"
+
+
+def test_a_graphdriver_is_asked_nothing_about_images_the_cache_never_saw(
+    cli, engine: Engine, tmp_path
+) -> None:
+    # The builder's inspect proves the daemon holds its chain of layers: the images an empty
+    # cache knows nothing of (the builder, its build image, buildpackages, other tests') are
+    # not inspected one by one, and only the layers pack adds are sent.
+    if engine.containerd_store:
+        pytest.skip("a containerd store names held blobs by recorded manifests, not chains")
+    d = make_base(cli, engine, tmp_path)
+    store = Store.open(tmp_path / "empty-cache")
+    daemon = Daemon(engine.host)
+    asked: list[str] = []
+    real_inspect = daemon._inspect_request
+    daemon._inspect_request = lambda ref, *rest: asked.append(ref) or real_inspect(ref, *rest)
+    name = fx.unique("asked")
+    request = DerivedBuilderRequest(d.base, env={"A": "1"})
+    report = derive_builder(store, daemon, name, request, pull_policy="never")
+    assert report.load is not None and report.load.load_method == "docker load"
+    # The builder, the name and the image the builder would be (whether it is there already),
+    # and the result checked after the load: nothing else.
+    assert d.base in asked and set(asked) <= {d.base, name, report.config_digest}
+    base_layers = inspect(engine, d.base)["RootFS"]["Layers"]
+    added = report.diff_ids[len(base_layers) :]
+    assert report.diff_ids[: len(base_layers)] == base_layers
+    assert (report.load.layers_sent, report.load.layers_reused) == (len(added), len(base_layers))
+    assert inspect(engine, name)["Id"] == report.image_id
+    assert inspect(engine, name)["RootFS"]["Layers"] == report.diff_ids
+    assert cat(engine, name, "/platform/env/A") == b"1"
+
+
+def test_derived_again_with_another_env_only_the_env_layer_is_sent(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    # The layers under the env layer are the first derived builder's, which the cache recorded
+    # loading it and the daemon still holds: they are not sent again.
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    name, kept = fx.unique("env-again"), fx.unique("env-kept")
+    args = ("--buildpack", f"docker://{d.extra.ref}")
+    value = name  # an env layer no other test's image has (a content store shares blobs)
+    first = derive(cli, engine, name, d.base, *args, "--env", "A=1")
+    engine.docker("tag", name, kept)  # the first builder stays in the daemon, named
+    again = derive(cli, engine, name, d.base, *args, "--env", f"A={value}")
+    assert again["diff_ids"][:-1] == first["diff_ids"][:-1]
+    assert again["diff_ids"][-1] != first["diff_ids"][-1]
+    assert (again["load"]["layers_sent"], again["saved_builder"]) == (1, False)
+    assert inspect(engine, name)["RootFS"]["Layers"] == again["diff_ids"]
+    assert cat(engine, name, "/platform/env/A") == value.encode()
 
 
 # Modules a builder made of what the daemon and the cache hold never needs: a full

@@ -195,7 +195,7 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
     daemon = Daemon(engine.host)
     asked: list[str] = []
     real_inspect = daemon._inspect_request
-    daemon._inspect_request = lambda ref: asked.append(ref) or real_inspect(ref)
+    daemon._inspect_request = lambda ref, *rest: asked.append(ref) or real_inspect(ref, *rest)
 
     daemon.prefetch([present, absent, present])
     assert sorted(asked) == sorted([present, absent])  # concurrently, each once
@@ -212,6 +212,36 @@ def test_inspects_are_remembered_until_this_client_changes_the_daemon(
     daemon.load(iter([archive.path.read_bytes()]))
     assert daemon.inspect_image(absent).id == inspect(engine, absent)["Id"]  # asked again
     assert asked[2:] == [absent]
+
+
+def test_an_image_list_asked_ahead_answers_once_and_never_after_a_change(
+    engine: Engine, tmp_path
+) -> None:
+    daemon = Daemon(engine.host)
+    lists: list[int] = []
+    real_list = daemon._image_list
+    daemon._image_list = lambda: lists.append(1) or real_list()
+
+    daemon.list_images_soon()
+    daemon.list_images_soon()  # one list asked for, not two
+    listed = daemon.image_ids()
+    assert len(lists) == 1 and daemon.image_ids() == listed
+    assert set(listed) >= {line for line in engine.docker("images", "-q", "--no-trunc").stdout
+                           .decode().split()}  # fmt: skip
+
+    # A list asked for before this client changes the daemon is not what answers after it.
+    daemon.list_images_soon()  # remembered already: nothing asked
+    assert len(lists) == 1
+    before, after = unique("listed-before"), unique("listed-after")
+    archive = images.build_busybox_archive(tmp_path / "a.tar", before, app_layers())
+    daemon.load(iter([archive.path.read_bytes()]))
+    daemon.list_images_soon()
+    assert daemon._listing is not None
+    daemon._listing.result()  # in, before the next change
+    archive = images.build_busybox_archive(tmp_path / "b.tar", after, app_layers())
+    daemon.load(iter([archive.path.read_bytes()]))
+    assert inspect(engine, after)["Id"] in daemon.image_ids()
+    assert len(lists) == 3  # the list asked ahead of the last load was not used
 
 
 def test_a_load_over_a_taken_tag_replaces_it_and_leaves_no_temporary_name(

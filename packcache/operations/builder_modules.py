@@ -50,27 +50,30 @@ class LayerWriter:
         self.written = 0
         self.warnings: list[str] = []
         self._pending: list[StagedBlob] | None = None  # staged, committed together (`deferred`)
-        self._later: dict[str, list[TarEntry]] = {}  # small layers to write: diffID -> entries
+        self._small: dict[str, list[TarEntry]] = {}  # small layers to write: diffID -> entries
 
     def cached(self, diff_id: str) -> bool:
         if any(staged.diff_id == diff_id for staged in self._pending or ()):
             return True
         return bool(self.store.cached_diff_ids([diff_id], self.lease))
 
-    def add_small_later(self, entries: list[TarEntry]) -> str:
-        """A small layer's diffID now (its tar hashed); the layer is written, if the cache
-        lacks it, by `write_later`: not at all where the daemon holds the result already."""
+    def add_small(self, entries: list[TarEntry]) -> str:
+        """One of the small layers pack adds (directories, a toml file, env files): the same
+        bytes on every run with the same inputs, so its tar is hashed now and written by
+        `write_small`, only where the cache lacks it (not at all where the daemon holds the
+        builder already)."""
         diff_id = _hash_chunks(tar_chunks(entries))
         if not self.dry_run:
-            self._later.setdefault(diff_id, entries)
+            self._small.setdefault(diff_id, entries)
         return diff_id
 
-    def write_later(self) -> None:
-        """Write the small layers added later that the cache lacks: which, learnt (and the
-        rest leased) in one transaction."""
-        later, self._later = self._later, {}
-        cached = self.store.cached_diff_ids(later, self.lease) if later else set()
-        for diff_id, entries in later.items():
+    def write_small(self) -> None:
+        """Write the small layers added that the cache lacks: which, learnt (and the rest
+        leased) in one transaction."""
+        small, self._small = self._small, {}
+        cached = self.store.cached_diff_ids(small, self.lease) if small else set()
+        cached.update(staged.diff_id for staged in self._pending or ())
+        for diff_id, entries in small.items():
             if diff_id not in cached:
                 self.add(entries)
 
@@ -99,16 +102,6 @@ class LayerWriter:
             for staged in self._pending:
                 self.store.discard(staged)  # a no-op once committed
             self._pending = None
-
-
-def add_small(layers: LayerWriter, entries: list[TarEntry]) -> str:
-    """One of the small layers pack adds (directories, a toml file, env files): the same bytes
-    on every run with the same inputs, so hashed first and written only when the cache lacks
-    it."""
-    diff_id = _hash_chunks(tar_chunks(entries))
-    if layers.dry_run or layers.cached(diff_id):
-        return diff_id
-    return layers.add(entries)
 
 
 @dataclass

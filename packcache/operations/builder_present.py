@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from packcache.digest import sha256_digest
 from packcache.errors import NotFoundError, PackcacheError
 from packcache.image import manifest as oci
 from packcache.image.config import config_diff_ids
 from packcache.image.inspected import InspectedImage
-from packcache.operations.load_planners import prepare
+from packcache.operations.load_planners import image_ids_for, prepare
 from packcache.operations.loading import LoadReport
 from packcache.refs import familiar, normalize
 from packcache.store.store import ImageRecord, Store
@@ -36,7 +35,7 @@ def tag_if_present(
     start = time.perf_counter()
     tags = [familiar(normalize(tag)) for tag in tags]  # as a load names them
     diff_ids = config_diff_ids(config)
-    candidates = _candidates(store, daemon, config)
+    candidates = image_ids_for(store, daemon, config)
     # The names and the candidates asked at once, a manifest's candidate with its content's
     # availability (one round trip, where the API gives it with the inspect).
     held = [image_id for image_id, manifest in candidates.items() if manifest is not None]
@@ -99,16 +98,6 @@ def connect_unless_recreated(daemon: Daemon, name: str) -> Callable[[InspectedIm
             prepare(daemon)  # the load will need it (prepare starts it once only)
 
     return base_known
-
-
-def _candidates(store: Store, daemon: Daemon, config: bytes) -> dict[str, bytes | None]:
-    """The IDs the image may have in this daemon -> the manifest that ID is the digest of."""
-    if not daemon.info.containerd_store:
-        return {oci.digest_of(config): None}
-    return {
-        oci.digest_of(manifest): manifest
-        for manifest in store.image_manifests(sha256_digest(config))
-    }
 
 
 def _inspected(daemon: Daemon, ref: str) -> InspectedImage | None:

@@ -84,7 +84,6 @@ from packcache.operations.builder_modules import (
     Module,
     add_exploded,
     add_flattened,
-    add_small,
     flatten_group,
     layer_from_archive,
     split_flattened_packages,
@@ -277,6 +276,7 @@ def _create(
         diff_ids, module_layers = _builder_layers(
             config, base, layers, modules, extensions, lifecycle_diff_id, resolved, options, inputs
         )
+        layers.write_small()
     labels = _builder_labels(
         config, base, {**base.image.labels, **extra_labels}, module_layers, resolved, lifecycle
     )
@@ -445,7 +445,7 @@ def _builder_layers(
     the io.buildpacks.buildpack.layers and io.buildpacks.extension.layers maps (the build
     image's, with the modules added)."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(add_small(layers, default_dirs(base.uid, base.gid)))
+    diff_ids.append(layers.add_small(default_dirs(base.uid, base.gid)))
     diff_ids.append(lifecycle_diff_id)
     module_layers = {}
     for kind, label, added in (
@@ -460,17 +460,17 @@ def _builder_layers(
         diff_ids += add_exploded(exploded, label_map, layers)
         module_layers[kind] = label_map
     order = L.order_toml(resolved.order, resolved.order_extensions)
-    diff_ids.append(add_small(layers, single_file_layer(ORDER_PATH, order)))
+    diff_ids.append(layers.add_small(single_file_layer(ORDER_PATH, order)))
     if config.system_pre or config.system_post:
         system = L.system_toml(resolved.system_pre, resolved.system_post)
-        diff_ids.append(add_small(layers, single_file_layer(SYSTEM_PATH, system)))
+        diff_ids.append(layers.add_small(single_file_layer(SYSTEM_PATH, system)))
     stack = L.stack_toml(config.stack_run_image, config.stack_run_image_mirrors)
-    diff_ids.append(add_small(layers, single_file_layer(STACK_PATH, stack)))
-    diff_ids.append(add_small(layers, single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
+    diff_ids.append(layers.add_small(single_file_layer(STACK_PATH, stack)))
+    diff_ids.append(layers.add_small(single_file_layer(RUN_PATH, L.run_toml(_run_images(config)))))
     build_config_env = config.build_config_env()
     if build_config_env:
-        diff_ids.append(add_small(layers, env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
-    diff_ids.append(add_small(layers, env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
+        diff_ids.append(layers.add_small(env_layer(f"{BUILD_CONFIG_DIR}/env", build_config_env)))
+    diff_ids.append(layers.add_small(env_layer(f"{PLATFORM_DIR}/env", {})))  # pack always adds it
     return diff_ids, module_layers
 
 

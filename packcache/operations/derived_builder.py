@@ -77,11 +77,12 @@ from packcache.operations.load_planners import (
     SendPolicy,
     content_mirror,
     pack_method,
+    planner_for,
 )
-from packcache.operations.loading import LoadReport, base_image_needed, load_config
+from packcache.operations.loading import LoadReport, load_config
 from packcache.operations.run_image_fetch import PullPolicy, daemon_platform
 from packcache.progress import NO_PROGRESS, Progress
-from packcache.store.store import ImageRecord, Lease, Store
+from packcache.store.store import Lease, Store
 from packcache.transports.daemon import Daemon
 from packcache.transports.registry import DEFAULT_PLATFORM, RegistryClients
 
@@ -414,7 +415,7 @@ def derive_builder(
             tags=[tag for tag in tags if tag != name],
         )
         if registry.publish and not dry_run:
-            layers.write_later()
+            layers.write_small()
             report.saved_builder = cache_builder_layers(fetcher, daemon, source)
             report.published = publish_builder(
                 store, name, derived.config, fetcher.fetched, registries=registries,
@@ -571,9 +572,9 @@ def _derived_layers(
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The builder's layers then the ones pack's Save adds (no lifecycle: an ephemeral builder
     keeps the builder's), and the new buildpack and extension layers labels. The small layers
-    are hashed only; `write_later` writes those the cache lacks, where the builder is sent."""
+    are hashed only; `write_small` writes those the cache lacks, where the builder is sent."""
     diff_ids = list(base.image.diff_ids)
-    diff_ids.append(layers.add_small_later(default_dirs(base.uid, base.gid)))
+    diff_ids.append(layers.add_small(default_dirs(base.uid, base.gid)))
     module_layers = {}
     for kind, label, added in (
         (BUILDPACK, cnb.BUILDPACK_LAYERS, modules),
@@ -584,13 +585,13 @@ def _derived_layers(
         module_layers[kind] = label_map
     if orders is not None:
         order_toml = L.order_toml(orders.resolved, orders.resolved_extensions)
-        diff_ids.append(layers.add_small_later(single_file_layer(ORDER_PATH, order_toml)))
+        diff_ids.append(layers.add_small(single_file_layer(ORDER_PATH, order_toml)))
     stack, run_images = _run_images(base, run_image)
     first = stack if stack["image"] else (run_images[0] if run_images else None)
     stack_toml = L.stack_toml(first["image"], first["mirrors"]) if first else ""
-    diff_ids.append(layers.add_small_later(single_file_layer(STACK_PATH, stack_toml)))
-    diff_ids.append(layers.add_small_later(single_file_layer(RUN_PATH, L.run_toml(run_images))))
-    diff_ids.append(layers.add_small_later(env_layer(f"{PLATFORM_DIR}/env", env)))
+    diff_ids.append(layers.add_small(single_file_layer(STACK_PATH, stack_toml)))
+    diff_ids.append(layers.add_small(single_file_layer(RUN_PATH, L.run_toml(run_images))))
+    diff_ids.append(layers.add_small(env_layer(f"{PLATFORM_DIR}/env", env)))
     return diff_ids, module_layers
 
 
@@ -647,30 +648,38 @@ def _record_and_load(
     policy: SendPolicy,
     layers: LayerWriter,
 ) -> tuple[LoadReport, bool]:
-    """Record the builder and load it. The base builder's layers are never read: the daemon
-    holds them (its manifest, on a containerd store, read from the daemon's containerd), and
-    only where neither is possible (or with pack's method) is it saved. Returns the load and
-    whether the builder was saved."""
+    """Load the builder, recorded in the cache once the daemon holds it (one durable write,
+    after the load). The base builder's layers are never read: the daemon holds them (its
+    manifest, on a containerd store, read from the daemon's containerd), and only where
+    neither is possible (or with pack's method) is it saved. Returns the load and whether the
+    builder was saved."""
     if policy is REUSE:
         present = tag_if_present(store, daemon, builder_config, [name])
         if present is not None:
             return present, False
-    layers.write_later()
+    layers.write_small()
     lease = layers.lease
-    # Imported here: what reads the builder out of the daemon, when the cache cannot name it.
-    from packcache.operations.engine_configs import record_from_engine
-    from packcache.operations.importing import import_images
-
-    store.record_image(ImageRecord(config=builder_config, refs=[name]))
+    planner = planner_for(store, daemon, policy)
+    if policy is REUSE:
+        planner.extends(base.image)  # inspected in this daemon: its layers are held there
     base_layers = list(base.image.diff_ids)
-    needed = base_image_needed(store, daemon, base_layers, policy)
+    needed = None in planner.held(base_layers, policy)
     if needed and policy is REUSE and store.cached_diff_ids(base_layers, lease) >= set(base_layers):
         # Pulled into the cache (and, on a containerd store, written there as it downloaded):
         # the load sends from the cache, or finds written, what the daemon does not name.
         needed = False
-    if needed and policy is REUSE and record_from_engine(store, daemon, base.image) is not None:
-        needed = base_image_needed(store, daemon, base_layers, policy)
+    if needed and policy is REUSE:
+        # Imported here: what reads the builder's config out of the daemon's own storage.
+        from packcache.operations.engine_configs import record_from_engine
+
+        if record_from_engine(store, daemon, base.image) is not None:
+            needed = None in planner.held(base_layers, policy)
     if needed or policy is not REUSE:
+        # Imported here: a builder whose layers the daemon names is never saved.
+        from packcache.operations.importing import import_images
+
         import_images(store, daemon, [base.ref], lease=lease)
-    loaded = load_config(store, daemon, builder_config, [name], lease=lease, policy=policy)
+    loaded = load_config(
+        store, daemon, builder_config, [name], lease=lease, policy=policy, planner=planner
+    )
     return loaded, needed or policy is not REUSE

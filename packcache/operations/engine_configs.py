@@ -21,6 +21,7 @@ from packcache.jsondoc import (
     strict_loads,
 )
 from packcache.operations.containerd_load import daemon_containerd
+from packcache.operations.load_planners import keeps_manifests
 from packcache.store.store import ImageRecord, Store
 from packcache.transports.containerd import Containerd
 from packcache.transports.daemon import Daemon
@@ -115,7 +116,7 @@ def record_from_engine(store: Store, daemon: Daemon, info: InspectedImage) -> st
     """Record the daemon image `info` (config, and its manifest on a containerd store) read
     from the daemon's storage, without a save. Returns its config digest, or None."""
     manifest = None
-    if daemon.info.containerd_store:
+    if keeps_manifests(daemon):
         blobs = _containerd_blobs(daemon, info)
         if blobs is None:
             return None
@@ -158,7 +159,7 @@ def record_from_save_head(
     found) and the bytes of the stream read."""
     try:
         with daemon.save([info.id]) as stream:
-            if daemon.info.containerd_store:
+            if keeps_manifests(daemon):
                 head = read_manifest_and_config(
                     stream, info.id, lambda index: _platform_manifest(daemon, info, index)
                 )

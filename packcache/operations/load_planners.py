@@ -91,6 +91,13 @@ class LoadPlanner(ABC):
         self.store = store
         self.daemon = daemon
 
+    def extends(self, image: InspectedImage) -> None:
+        """The image to load is made on top of `image`, which the caller inspected in this
+        daemon: what that inspect proves is not asked again, and the layers added on top are
+        looked for only in images the cache recorded (an image another tool made on top of the
+        same one is not looked for: those layers are sent)."""
+        del image  # a containerd store's blobs are named by manifests: an inspect names none
+
     def held(self, diff_ids: list[str], policy: SendPolicy = REUSE) -> list[Held | None]:
         """Per layer, how the daemon holds it for this load, or None when it must be sent."""
         if policy.reuse_held:
@@ -168,19 +175,32 @@ class GraphdriverPlanner(LoadPlanner):
 
     _PLACEHOLDER = Held(None, 0, MEDIA_TYPES["none"])
 
+    def __init__(self, store: Store, daemon: Daemon) -> None:
+        super().__init__(store, daemon)
+        self._extended: set[str] = set()  # the chains of the image the load is made on
+
+    def extends(self, image: InspectedImage) -> None:
+        # A graphdriver holds an image only with its whole chain of layers.
+        self._extended.update(chain_ids(list(image.diff_ids)))
+
     def _held(self, diff_ids: list[str]) -> list[Held | None]:
-        # An image's chain is read from the index when its ID (a config digest here) is a
-        # config the cache holds, so only images new to the cache cost an inspect.
+        chains = chain_ids(diff_ids)
+        present = set(self._extended)
+        if not present.issuperset(chains):
+            present |= self._daemon_chains(inspect_new=not self._extended)
+        return [self._PLACEHOLDER if chain in present else None for chain in chains]
+
+    def _daemon_chains(self, inspect_new: bool) -> set[str]:
+        """The chains of the daemon's images: read from the index for an image whose ID (a
+        config digest here) is a config the cache holds; the others, with `inspect_new`,
+        inspected (at once)."""
         image_ids = self.daemon.image_ids()
         known = self.store.config_diff_ids(image_ids)
-        self.daemon.prefetch(i for i in image_ids if i not in known)  # inspected at once
-        present = set()
-        for image_id in image_ids:
-            layers = known.get(image_id)
-            if layers is None:
-                layers = self.daemon.image_diff_ids(image_id) or []
-            present.update(chain_ids(layers))
-        return [self._PLACEHOLDER if chain in present else None for chain in chain_ids(diff_ids)]
+        new = [image_id for image_id in image_ids if image_id not in known]
+        if inspect_new:
+            self.daemon.prefetch(new)
+            known.update((image_id, self.daemon.image_diff_ids(image_id) or []) for image_id in new)
+        return {chain for layers in known.values() for chain in chain_ids(layers)}
 
     def _base_layer(self, diff_id: str) -> Held | None:
         return self._PLACEHOLDER  # imgutil's local image writes blank entries for its base
@@ -344,9 +364,32 @@ def planner_for(store: Store, daemon: Daemon, policy: SendPolicy = REUSE) -> Loa
 
 def prepare(daemon: Daemon, policy: SendPolicy = REUSE) -> None:
     """Start, in the background, what `planner_for` will need and is slow to get: the
-    connection to the daemon's containerd, where a load would write there."""
-    if daemon.info.containerd_store and policy.reuse_held:
+    connection to the daemon's containerd, where a load would write there; a graphdriver's
+    image list (the chains of the images the cache recorded)."""
+    if not policy.reuse_held:
+        return
+    if daemon.info.containerd_store:
         containerd_load.connect_soon(daemon)
+    else:
+        daemon.list_images_soon()
+
+
+def image_ids_for(store: Store, daemon: Daemon, config: bytes) -> dict[str, bytes | None]:
+    """The IDs the image `config` describes may have in this daemon -> the manifest each ID is
+    the digest of (None: none, a graphdriver's). A graphdriver names an image by its config's
+    digest; a containerd store by its manifest's: those the cache recorded for that config."""
+    if not daemon.info.containerd_store:
+        return {oci.digest_of(config): None}
+    return {
+        oci.digest_of(manifest): manifest
+        for manifest in store.image_manifests(oci.digest_of(config))
+    }
+
+
+def keeps_manifests(daemon: Daemon) -> bool:
+    """Does this daemon keep an image as a manifest and its blobs (a containerd image store),
+    not as a config over a chain of layers (a graphdriver)?"""
+    return daemon.info.containerd_store
 
 
 @contextmanager

@@ -184,7 +184,8 @@ def load_config(
     """Load the image `config` describes: layers the daemon holds are left out as `policy`
     allows, the rest come from the cache (or, those it lacks, from `supplied`: layers read as
     they are sent). Recorded in the cache once the daemon holds it complete. `planner`: a load
-    already begun (early_load), else the daemon's own."""
+    already begun (early_load), or one the caller told what the daemon holds (`extends`), else
+    the daemon's own."""
     start = time.perf_counter()
     tags = [familiar(normalize(tag)) for tag in tags]  # docker load wants name:tag
     diff_ids = config_diff_ids(config)

@@ -14,7 +14,7 @@ import json
 import os
 import stat as stat_mode
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
@@ -118,6 +118,7 @@ class Daemon:
         self.containerd_settings = containerd_settings
         self._timeout = timeout
         self._image_ids: list[str] | None = None
+        self._listing: Future[list[dict]] | None = None  # the image list, being asked for
         # What `inspect_image` returned per ref and per image ID (None: not found), until this
         # client changes the daemon (load, pull): one operation asks about the same images
         # several times, by tag and by ID.
@@ -263,6 +264,7 @@ class Daemon:
     def _forget(self) -> None:
         """This client is about to change what the daemon holds."""
         self._image_ids = None
+        self._listing = None  # asked before the change: not what `image_ids` answers after it
         self._inspected.clear()
         self._manifests.clear()
 
@@ -328,8 +330,17 @@ class Daemon:
         """The IDs of every image the daemon holds: one list call, remembered until this
         client loads something."""
         if self._image_ids is None:
-            self._image_ids = [summary["Id"] for summary in self._image_list()]
+            listing, self._listing = self._listing, None
+            summaries = self._image_list() if listing is None else listing.result()
+            self._image_ids = [summary["Id"] for summary in summaries]
         return self._image_ids
+
+    def list_images_soon(self) -> None:
+        """Ask for the image list `image_ids` answers with now, in the background."""
+        if self._image_ids is None and self._listing is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="packcache-image-list")
+            self._listing = pool.submit(self._image_list)
+            pool.shutdown(wait=False)
 
     def image_tags(self) -> dict[str, str]:
         """Every tag the daemon has -> the ID of the image it names."""
