@@ -38,6 +38,7 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 # containerd 1.7 and 2.1: the v1 services must read the same on both.
 CONTAINERD_KINDS = [kind for kind, spec in ENGINE_KINDS.items() if spec.containerd_store]
+GRAPHDRIVER_KINDS = [kind for kind, spec in ENGINE_KINDS.items() if not spec.containerd_store]
 
 
 def endpoint_of(engine: Engine) -> Endpoint:
