@@ -72,15 +72,17 @@ class HeldSave:
 
     def _answers(self, upstream: socket.socket, client: socket.socket, saving) -> None:
         sent = 0
-        while data := _recv(upstream):
-            if saving.is_set() and not self.release.is_set():
-                if sent + len(data) > HELD_AFTER:
-                    client.sendall(data[: HELD_AFTER - sent])
-                    data, sent = data[HELD_AFTER - sent :], HELD_AFTER
-                    self.held.set()
-                    self.release.wait(300)
-                sent += len(data)
-            client.sendall(data)
+        # A client gone (the test ended early) ends the forwarding, not with a thread error.
+        with contextlib.suppress(OSError):
+            while data := _recv(upstream):
+                if saving.is_set() and not self.release.is_set():
+                    if sent + len(data) > HELD_AFTER:
+                        client.sendall(data[: HELD_AFTER - sent])
+                        data, sent = data[HELD_AFTER - sent :], HELD_AFTER
+                        self.held.set()
+                        self.release.wait(300)
+                    sent += len(data)
+                client.sendall(data)
         _shut(client)
 
 
@@ -204,7 +206,8 @@ def test_a_save_shows_a_bar_that_is_gone_at_the_end(
         terminal.type(f"sh {script}; echo exit=$?")
         # While the save is held: the display names the save, with bytes, speed and a bar.
         screen = terminal.wait_for(rf"Saving {re.escape(tag)} from the daemon .*━.* kB")
-        assert held_save.held.is_set()
+        # The proxy passes the bytes before the hold on before it marks the hold.
+        assert held_save.held.wait(60), terminal.screen()
         bar = next(line for line in screen.splitlines() if "Saving" in line)
         assert re.search(r"\d+\.\d kB +\d", bar), bar  # bytes so far, then the speed
         colored = terminal.screen(escapes=True)
