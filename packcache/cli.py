@@ -31,7 +31,6 @@ from packcache.errors import (
 )
 from packcache.progress import NO_PROGRESS, Progress
 from packcache.refs import short_id
-from packcache.template import Template, parse_format
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from packcache.operations.importing import DaemonImportReport
     from packcache.operations.rebase_publish import PublishReport
     from packcache.store.store import EvictedLayer, Lease, Store
+    from packcache.template import Template
 
 # Help strings are rich markup: a [word] in one is taken for a style and vanishes, so defaults
 # go in show_default= (tests/test_cli_help.py checks every help text is printed whole).
@@ -162,10 +162,14 @@ def complete_images(ctx: typer.Context, incomplete: str) -> list[str]:
         return []
 
 
-def _format_value(text: str) -> Format | Template:
+def _format_value(text: str) -> "Format | Template":
     """--format: the table, JSON, or a template checked before the command runs."""
     if isinstance(text, Format):  # the default
         return text
+    with suppress(ValueError):  # table or json: the template parser is not even imported
+        return Format(text)
+    from packcache.template import parse_format
+
     try:
         chosen = parse_format(text)
     except UsageError as exc:
@@ -174,7 +178,7 @@ def _format_value(text: str) -> Format | Template:
     return Format(chosen) if isinstance(chosen, str) else chosen
 
 
-def print_formatted(fmt: Format | Template, json_text: str, rows_key: str | None = None) -> None:
+def print_formatted(fmt: "Format | Template", json_text: str, rows_key: str | None = None) -> None:
     """Output of --format json (the JSON as it is) or a template: one line per row of the
     JSON (its list, or its `rows_key` list), or one for the whole object."""
     if fmt is Format.json:
@@ -253,7 +257,7 @@ class Context:
 
     @contextmanager
     def writing(
-        self, command: str, quiet: bool = True, fmt: Format | Template = Format.table
+        self, command: str, quiet: bool = True, fmt: "Format | Template" = Format.table
     ) -> Iterator[Writing]:
         """What a command that adds to the cache runs in: the store, held by a lease named after
         the command, its progress display, and the size cap (read before, enforced after)."""
@@ -636,7 +640,7 @@ def _import_launch_cache(
     archive: str | None,
     launch_cache: bool,
     image: str | None,
-    fmt: Format | Template,
+    fmt: "Format | Template",
 ) -> None:
     from packcache.operations.launch_layers import import_launch_cache
 
@@ -668,7 +672,7 @@ def _import_launch_cache(
 
 
 @contextmanager
-def progress_display(quiet: bool, fmt: Format | Template) -> Iterator[Progress]:
+def progress_display(quiet: bool, fmt: "Format | Template") -> Iterator[Progress]:
     """The command's one progress display, on stderr while it is a terminal; nothing with
     --quiet, with --format other than table (a program reads the output), or off a terminal."""
     if quiet or fmt is not Format.table or not sys.stderr.isatty():
