@@ -34,11 +34,14 @@ from packcache.refs import short_id
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from packcache.operations.derived_builder import DerivedBuilderRequest
     from packcache.operations.importing import DaemonImportReport
     from packcache.operations.rebase_publish import PublishReport
     from packcache.store.store import EvictedLayer, Lease, Store
     from packcache.template import Template
+    from packcache.transports.daemon import Daemon
 
 # Help strings are rich markup: a [word] in one is taken for a style and vanishes, so defaults
 # go in show_default= (tests/test_cli_help.py checks every help text is printed whole).
@@ -227,6 +230,8 @@ class Context:
     # Where the daemon's containerd is, where its info does not say.
     containerd_address: str | None = None
     containerd_namespace: str | None = None
+    # The daemon being connected to (its info asked) by `connect_daemon_soon`.
+    connecting: "Future[Daemon] | None" = None
 
     def checked_cache_dir(self) -> Path:
         """The cache dir, refused with a usage error if it exists and is not a directory."""
@@ -237,7 +242,15 @@ class Context:
             )
         return self.cache_dir
 
-    def daemon(self, progress: Progress = NO_PROGRESS):
+    def daemon(self, progress: Progress = NO_PROGRESS) -> "Daemon":
+        if self.connecting is not None:
+            connecting, self.connecting = self.connecting, None
+            daemon = connecting.result()  # its error, if any, raised here as if asked now
+            daemon.progress = progress
+            return daemon
+        return self._new_daemon(progress)
+
+    def _new_daemon(self, progress: Progress) -> "Daemon":
         from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
         from packcache.transports.daemon import Daemon
 
@@ -245,6 +258,27 @@ class Context:
         given = {ENV_ADDRESS: self.containerd_address, ENV_NAMESPACE: self.containerd_namespace}
         settings = {key: value for key, value in given.items() if value}
         return Daemon(self.host, progress=progress, containerd_settings=settings)
+
+    def connect_daemon_soon(self) -> None:
+        """Ask the daemon for its info (a command's first round trip) in a thread while the
+        command imports its operation: the daemon answers while the interpreter works.
+        `daemon()` then takes the connection, or raises what connecting raised."""
+        from concurrent.futures import Future
+
+        # Imported here, not in the thread while this one imports the command's operation.
+        from packcache.transports import containerd, daemon  # noqa: F401
+
+        connecting: Future[Daemon] = Future()
+
+        def connect() -> None:
+            try:
+                connecting.set_result(self._new_daemon(NO_PROGRESS))
+            except BaseException as exc:  # raised where the daemon is asked for
+                connecting.set_exception(exc)
+
+        # A daemon thread: a command that fails before it needs the daemon does not wait.
+        threading.Thread(target=connect, name="daemon-connect", daemon=True).start()
+        self.connecting = connecting
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -911,6 +945,8 @@ def rebase_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
+    if not publish:
+        ctx.obj.connect_daemon_soon()
     from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
@@ -1217,6 +1253,8 @@ def create_builder_command(
     """Create a builder image from builder.toml, taking buildpack layers from the cache; or,
     with --from-builder, the builder `pack build` would make for --buildpack, --env, --order
     or --run-image, without reading the existing builder's layers."""
+    if from_builder is not None or not publish:
+        ctx.obj.connect_daemon_soon()
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.builder_report import Registry, check_pull_policy
