@@ -13,7 +13,7 @@ import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
@@ -36,8 +36,7 @@ class LoadLayer:
     media_type: str
 
 
-@dataclass(frozen=True)
-class SizedArchive:
+class SizedArchive(NamedTuple):
     """An archive being written, and its exact length in bytes, known before its first byte:
     it is sent with a Content-Length, so no chunked framing copies every chunk on its way."""
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 import zstandard
 from isal import igzip
@@ -24,8 +23,7 @@ class LayerBlobs(Protocol):
     def evict_corrupt(self, diff_id: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class CachedLayer:
+class CachedLayer(NamedTuple):
     """A layer held in the cache. Every open counts as a use for LRU eviction."""
 
     blobs: LayerBlobs
