@@ -129,3 +129,6 @@ def test_a_rebase_imports_only_what_its_engine_needs(engine_pool, tmp_path: Path
     assert loaded(warm, COLD_REBASE) == set()
     # What it prints needs no humanize ("0 Bytes" sent is written as it is).
     assert loaded(warm, {"humanize"}) == set()
+    # No temporary file without --no-cache or a report.toml; an archive only for docker load.
+    assert "tempfile" not in warm
+    assert ("tarfile" in warm) == (not engine.containerd_store)

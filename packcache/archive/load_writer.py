@@ -10,7 +10,6 @@ buffered whole: headers are written by hand and layer bytes flow from the blob f
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Protocol
@@ -49,6 +48,8 @@ _Member = tuple[str, int, bytes | Callable[[], BinaryIO]]
 
 
 def _header(name: str, size: int) -> bytes:
+    import tarfile  # imported here: a load through containerd writes no archive
+
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
