@@ -788,6 +788,7 @@ def load_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
+    ctx.obj.connect_daemon_soon()
     from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.loading import load_image
 

@@ -192,7 +192,7 @@ def test_pull_policy_never_names_the_way_out(cli, engine_pool, tmp_path) -> None
 
 
 def test_the_daemon_asked_at_start_is_reported_where_the_command_needs_it(cli, tmp_path) -> None:
-    """rebase and create-builder ask the daemon for its info as they start: a usage error is
+    """rebase, create-builder and load ask the daemon for its info as they start: a usage error is
     still reported first, and a daemon that cannot be reached is one plain error."""
     host = f"unix://{tmp_path}/no.sock"
     usage = cli("--host", host, "rebase", "app:1", "--pull-policy", "sometimes")
@@ -202,7 +202,7 @@ def test_the_daemon_asked_at_start_is_reported_where_the_command_needs_it(cli, t
         "if-not-present, never\n",
     )
     derive = ["create-builder", "b:1", "--from-builder", "base:1", "--env", "A=1"]
-    for args in (["rebase", "app:1"], derive):
+    for args in (["rebase", "app:1"], derive, ["load", "app:1"]):
         missing = cli("--host", host, *args)
         assert (missing.exit_code, missing.stderr) == (
             1,
