@@ -132,3 +132,5 @@ def test_a_rebase_imports_only_what_its_engine_needs(engine_pool, tmp_path: Path
     # No temporary file without --no-cache or a report.toml; an archive only for docker load.
     assert "tempfile" not in warm
     assert ("tarfile" in warm) == (not engine.containerd_store)
+    # Nothing compressed is read: no zstd or python-isal decompressor.
+    assert loaded(warm, {"zstandard", "isal"}) == set()

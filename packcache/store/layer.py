@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import BinaryIO, NamedTuple, Protocol
 
-import zstandard
-from isal import igzip
-
 from packcache.digest import VerifyingReader
 from packcache.image.layer import MEDIA_TYPES, Layer
 
@@ -49,6 +46,9 @@ class CachedLayer(NamedTuple):
         blob = self._open_blob()
         if self.compression == "none":
             return blob  # type: ignore[return-value]
+        import zstandard  # imported here: a warm rebase reads no compressed layer
+        from isal import igzip
+
         if self.compression == "gzip":
             plain: BinaryIO = igzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[arg-type]
         else:
