@@ -440,9 +440,19 @@ class Containerd:
 
     def image_names(self, target_digest: str) -> list[str]:
         """Names of the image records whose target is this digest."""
-        request = wire.texts(1, [f"target.digest=={target_digest}"])
-        listed = self._unary(f"listing images of {target_digest}", IMAGES + "List", request)
-        return [wire.get_text(image, 1) for image in wire.get_messages(listed, 1)]
+        return self.names_by_target([target_digest])[target_digest]
+
+    def names_by_target(self, target_digests: Iterable[str]) -> dict[str, list[str]]:
+        """Per digest, the names of the image records whose target it is, in one call
+        (containerd matches a record that passes any of the filters)."""
+        names: dict[str, list[str]] = {digest: [] for digest in target_digests}
+        request = wire.texts(1, [f"target.digest=={digest}" for digest in names])
+        what = f"listing images of {', '.join(names)}"
+        for image in wire.get_messages(self._unary(what, IMAGES + "List", request), 1):
+            target = wire.get_text(wire.get_message(image, 3), 2)
+            if target in names:
+                names[target].append(wire.get_text(image, 1))
+        return names
 
     def put_image(
         self,
