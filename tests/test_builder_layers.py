@@ -11,7 +11,13 @@ from pathlib import Path
 
 from packcache.builder import labels as L
 from packcache.builder.descriptors import parse_buildpack_toml, parse_lifecycle_toml
-from packcache.builder.layers import buildpack_layer, default_dirs, env_layer, lifecycle_layer
+from packcache.builder.layers import (
+    buildpack_layer,
+    default_dirs,
+    env_layer,
+    lifecycle_layer,
+    single_file_layer,
+)
 from packcache.builder.sources import archive_members, directory_members
 from packcache.builder.tarwriter import (
     NORMALIZED_MTIME,
@@ -21,6 +27,8 @@ from packcache.builder.tarwriter import (
     tar_chunks,
     tar_reader,
 )
+from packcache.operations.builder_modules import LayerWriter
+from packcache.store.store import Store
 from tests import builder_fixtures as fx
 
 EMPTY_TAR_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
@@ -372,3 +380,25 @@ def test_a_package_layer_naming_a_parent_path_is_refused_as_pack_refuses_it() ->
     with pytest.raises(SplitError, match="unexpected special elements"):
         for _, _, group in ModuleSplitter(entries, "/cnb/buildpacks").groups():
             list(group)
+
+
+def test_the_small_layers_the_cache_lacks_are_committed_together(tmp_path: Path) -> None:
+    # One index transaction and one round of syncs for pack's small layers, not one per layer;
+    # the layers the cache holds already are not written again.
+    store = Store.open(tmp_path / "cache")
+    commits: list[int] = []
+    real_commit = store.commit_staged_many
+    store.commit_staged_many = lambda staged, *rest, **kw: (  # type: ignore[method-assign]
+        commits.append(len(staged)) or real_commit(staged, *rest, **kw)
+    )
+    with store.lease("test") as lease:
+        held = LayerWriter(store, lease, dry_run=False)
+        held.add(single_file_layer("/cnb/stack.toml", "held"))
+        layers = LayerWriter(store, lease, dry_run=False)
+        diff_ids = [
+            layers.add_small(single_file_layer("/cnb/stack.toml", text))
+            for text in ("held", "a", "b", "c")
+        ]
+        layers.write_small()
+    assert commits == [1, 3] and layers.written == 3
+    assert store.cached_diff_ids(diff_ids) == set(diff_ids)

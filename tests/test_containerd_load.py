@@ -489,6 +489,22 @@ def test_only_the_named_tag_moves(cli, via_containerd: Engine, stack) -> None:
         assert ctd.image_names(new_id) == [normalize(app.tag)]
 
 
+def test_a_result_made_again_loses_its_dangling_name(cli, via_containerd: Engine, stack) -> None:
+    engine, (run1, run2, app) = via_containerd, stack
+    first = rebase_json(cli, engine, app.tag, "--run-image", run2.tag)["new_image_id"]
+    # Onto run1 and back: the first result, replaced, is kept dangling, then made again.
+    between = rebase_json(cli, engine, app.tag, "--run-image", run1.tag)["new_image_id"]
+    with Containerd(endpoint_of(engine)) as ctd:
+        assert ctd.image_names(first) == [DANGLING_PREFIX + first]
+    assert rebase_json(cli, engine, app.tag, "--run-image", run2.tag)["new_image_id"] == first
+    with Containerd(endpoint_of(engine)) as ctd:
+        assert ctd.names_by_target([first, between]) == {
+            first: [normalize(app.tag)],
+            between: [DANGLING_PREFIX + between],
+        }
+    assert docker_json(engine, "image", "inspect", app.tag)["Id"] == first
+
+
 def test_two_rebases_of_one_app_at_once(via_containerd: Engine, stack, tmp_path) -> None:
     engine, (_, run2, app) = via_containerd, stack
     command = [sys.executable, "-m", "packcache", "--cache-dir", str(tmp_path / "cache")]

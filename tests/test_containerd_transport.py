@@ -70,6 +70,27 @@ def test_endpoint_matches_the_engine(engine: Engine) -> None:
     assert found.source == ("daemon info" if api >= (1, 46) else "environment")
 
 
+# A fresh process: connect (the namespace taken as the daemon's: a fresh engine may have none
+# yet), then say whether grpc's asyncio API was imported, and whether an import of it asked for
+# afterwards gets the real one.
+CONNECT_THEN_IMPORT_AIO = (
+    "import json, sys\n"
+    "from packcache.transports.containerd import Containerd, Endpoint\n"
+    "Containerd(Endpoint(sys.argv[1], sys.argv[2], 'daemon info')).close()\n"
+    "loaded = 'grpc.aio' in sys.modules\n"
+    "import grpc.aio\n"
+    "print(json.dumps([loaded, hasattr(grpc.aio, 'insecure_channel')]))"
+)
+
+
+def test_a_connection_leaves_grpc_asyncio_api_unimported_yet_importable(engine: Engine) -> None:
+    found = endpoint_of(engine)
+    code = [sys.executable, "-c", CONNECT_THEN_IMPORT_AIO, found.address, found.namespace]
+    proc = subprocess.run(code, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [False, True]
+
+
 def test_an_image_made_of_metadata_only_is_a_whole_image(engine: Engine, tmp_path: Path) -> None:
     tag = f"packcache-cd/base-{engine.root.name}:1"
     payload = os.urandom(3 * WRITE_CHUNK + 17)  # a layer sent over several write messages

@@ -624,6 +624,28 @@ def test_a_graphdriver_is_asked_nothing_about_images_the_cache_never_saw(
     assert cat(engine, name, "/platform/env/A") == b"1"
 
 
+def test_a_recreate_asks_the_daemon_about_each_image_once(
+    cli, via_containerd: Engine, tmp_path
+) -> None:
+    # The name is inspected (with its manifests, where the API gives them) while the base
+    # builder is read, and that answer is the one that finds the builder there whole: neither
+    # image is asked about again, and nothing else is asked.
+    engine = via_containerd
+    d = make_base(cli, engine, tmp_path)
+    store = Store.open(tmp_path / "own-cache")
+    name = fx.unique("asked-once")
+    request = DerivedBuilderRequest(d.base, env={"A": "1"})
+    first = derive_builder(store, Daemon(engine.host), name, request, pull_policy="never")
+    daemon = Daemon(engine.host)
+    asked: list[str] = []
+    real_inspect = daemon._inspect_request
+    daemon._inspect_request = lambda ref, *rest: asked.append(ref) or real_inspect(ref, *rest)
+    again = derive_builder(store, daemon, name, request, pull_policy="never")
+    assert again.load is not None and again.load.load_method == "present"
+    assert again.image_id == first.image_id == inspect(engine, name)["Id"]
+    assert sorted(asked) == sorted([d.base, name])
+
+
 def test_derived_again_with_another_env_only_the_env_layer_is_sent(
     cli, via_containerd: Engine, tmp_path
 ) -> None:

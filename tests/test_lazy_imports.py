@@ -29,6 +29,7 @@ RUN_AND_LIST = (
 )
 SDK = {"docker", "requests", "urllib3"}  # the docker SDK and its HTTP stack
 CONTAINERD = {"grpc"}
+GRPC_ASYNCIO = {"grpc.aio"}  # grpc's asyncio API: the containerd transport's calls block
 PROTOBUF = {"google.protobuf", "packcache.transports.containerd_api"}
 MAINTENANCE = {"sqlalchemy", "alembic"}
 HELP = {"rich", "typer.rich_utils"}
@@ -123,7 +124,7 @@ def test_a_rebase_imports_only_what_its_engine_needs(engine_pool, tmp_path: Path
     engine.docker("load", "-i", str(app.built.path))
     warm = imported(tmp_path, *args, env=env)
     assert loaded(warm, CONTAINERD) == (CONTAINERD if engine.containerd_store else set())
-    assert loaded(warm, SDK | PROTOBUF | MAINTENANCE | HELP) == set()
+    assert loaded(warm, SDK | PROTOBUF | MAINTENANCE | HELP | GRPC_ASYNCIO) == set()
     # The cache holds the app: no launch cache, daemon storage or save is read, nothing pulled.
     assert "packcache.operations.rebase" in warm
     assert loaded(warm, COLD_REBASE) == set()

@@ -10,7 +10,7 @@ import hashlib
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,12 +69,14 @@ class LayerWriter:
 
     def write_small(self) -> None:
         """Write the small layers added that the cache lacks: which, learnt (and the rest
-        leased) in one transaction."""
+        leased) in one transaction; they are committed together (`deferred`), or with the
+        layers of the `deferred` this runs in."""
         small, self._small = self._small, {}
         cached = self.store.cached_diff_ids(small, self.lease) if small else set()
         cached.update(staged.diff_id for staged in self._pending or ())
-        for diff_id, entries in small.items():
-            if diff_id not in cached:
+        missing = [entries for diff_id, entries in small.items() if diff_id not in cached]
+        with nullcontext() if self._pending is not None or not missing else self.deferred():
+            for entries in missing:
                 self.add(entries)
 
     def add(self, entries: Iterable[TarEntry]) -> str:

@@ -74,16 +74,20 @@ def connect_unless_recreated(daemon: Daemon, name: str) -> Callable[[InspectedIm
     of the builder `name` looks needed: at once where the daemon has no image of that name
     (asked in a thread of its own while the caller reads the base builder), else once the
     base builder is known (given to the function returned), unless the image named is made on
-    it: a re-create, which will most likely find it held whole and load nothing."""
-    asked: Future[InspectedImage | None] = Future()
+    it: a re-create, which will most likely find it held whole and load nothing. The image
+    named is asked with its manifests, as `tag_if_present` asks, and remembered where the
+    daemon was not changed meanwhile: asked once, not again there."""
+    asked: Future[tuple[str, dict | None]] = Future()
+    changes = daemon.changes
 
     def ask() -> None:
         try:
-            named = daemon.inspect_image_now(name)  # not remembered: a load may come first
+            tag = familiar(normalize(name))  # as `tag_if_present` names it
+            named = daemon.inspect_detached(tag, manifests=True)  # a load may come first
         except BaseException as exc:  # raised where the answer is waited for
             asked.set_exception(exc)
             return
-        asked.set_result(named)
+        asked.set_result((tag, named))
         if named is None:
             prepare(daemon)
 
@@ -91,9 +95,14 @@ def connect_unless_recreated(daemon: Daemon, name: str) -> Callable[[InspectedIm
 
     def base_known(base: InspectedImage) -> None:
         try:
-            named = asked.result()
+            tag, inspected = asked.result()
         except PackcacheError:  # a name the daemon refuses: the load reports it
             named = None
+        else:
+            if daemon.changes == changes:
+                named = daemon.remember(tag, inspected, manifests=True)
+            else:
+                named = None if inspected is None else InspectedImage.from_inspect(inspected)
         if named is None or named.diff_ids[: len(base.diff_ids)] != base.diff_ids:
             prepare(daemon)  # the load will need it (prepare starts it once only)
 

@@ -261,7 +261,10 @@ def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
     old = containerd.get_image(name)
     if old is not None and old.target.digest == target.digest:
         return  # already so: its record (and its labels) stay as they are
-    if old is not None and containerd.image_names(old.target.digest) == [name]:
+    # The old image's names, and whether this one is dangling (a result replaced before and
+    # made again), asked at once.
+    names = containerd.names_by_target([target.digest, *([old.target.digest] if old else [])])
+    if old is not None and names[old.target.digest] == [name]:
         # Its last name: kept as a dangling image, so a container of it still has its image.
         labels = {
             key: value
@@ -270,7 +273,8 @@ def name_image(containerd: Containerd, name: str, target: Descriptor) -> None:
         }
         containerd.put_image(DANGLING_PREFIX + old.target.digest, old.target, labels)
     containerd.put_image(name, target, exists=old is not None)
-    containerd.delete_image(DANGLING_PREFIX + target.digest)  # it has a name now
+    if DANGLING_PREFIX + target.digest in names[target.digest]:
+        containerd.delete_image(DANGLING_PREFIX + target.digest)  # it has a name now
 
 
 class ContentMirror:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from packcache.errors import PackcacheError
@@ -43,6 +45,7 @@ LEASE_LIFETIME_S = 3600
 # does not matter.
 WRITE_CHUNK = 1 << 20
 CALL_TIMEOUT_S = 30.0
+GRPC_ASYNCIO = "grpc.aio"  # the module grpc's asyncio API is in
 # The v1 services' method paths, as gRPC names them: /<proto package>.<service>/<method>.
 CONTENT = "/containerd.services.content.v1.Content/"
 IMAGES = "/containerd.services.images.v1.Images/"
@@ -126,15 +129,30 @@ def _check_socket(address: str) -> None:
         )
 
 
+def _import_grpc() -> ModuleType:
+    """grpc, imported without the asyncio API it imports last for old code's sake (a third
+    of its import; a connection here makes blocking calls only): a placeholder stands for it
+    meanwhile and is removed after, so that an `import grpc.aio` later gets the real one."""
+    placeholder = ModuleType(GRPC_ASYNCIO)
+    if "grpc" not in sys.modules:  # else imported, or being imported: `import` waits for it
+        sys.modules.setdefault(GRPC_ASYNCIO, placeholder)
+    try:
+        import grpc
+    finally:
+        if sys.modules.get(GRPC_ASYNCIO) is placeholder:
+            del sys.modules[GRPC_ASYNCIO]
+    if getattr(grpc, "aio", None) is placeholder:
+        del grpc.aio
+    return grpc
+
+
 class Containerd:
     """A connection to one containerd, working in one namespace."""
 
     def __init__(self, endpoint: Endpoint) -> None:
-        import grpc
-
-        self._grpc = grpc
         self.endpoint = endpoint
-        _check_socket(endpoint.address)
+        _check_socket(endpoint.address)  # before grpc's import: a fallback costs none of it
+        grpc = self._grpc = _import_grpc()
         self._channel = grpc.insecure_channel(f"unix://{endpoint.address}")
         self._methods: dict[str, Any] = {}
         # Listed, not fetched: containerd answers a Get of any name, existing or not.
@@ -420,9 +438,19 @@ class Containerd:
 
     def image_names(self, target_digest: str) -> list[str]:
         """Names of the image records whose target is this digest."""
-        request = wire.texts(1, [f"target.digest=={target_digest}"])
-        listed = self._unary(f"listing images of {target_digest}", IMAGES + "List", request)
-        return [wire.get_text(image, 1) for image in wire.get_messages(listed, 1)]
+        return self.names_by_target([target_digest])[target_digest]
+
+    def names_by_target(self, target_digests: Iterable[str]) -> dict[str, list[str]]:
+        """Per digest, the names of the image records whose target it is, in one call
+        (containerd matches a record that passes any of the filters)."""
+        names: dict[str, list[str]] = {digest: [] for digest in target_digests}
+        request = wire.texts(1, [f"target.digest=={digest}" for digest in names])
+        what = f"listing images of {', '.join(names)}"
+        for image in wire.get_messages(self._unary(what, IMAGES + "List", request), 1):
+            target = wire.get_text(wire.get_message(image, 3), 2)
+            if target in names:
+                names[target].append(wire.get_text(image, 1))
+        return names
 
     def put_image(
         self,

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import stat as stat_mode
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,6 +126,10 @@ class Daemon:
         self._inspected: dict[str, InspectedImage | None] = {}
         # The manifests an inspect with them gave per ref (API 1.48+), kept as `_inspected`.
         self._manifests: dict[str, list[dict]] = {}
+        # How many times this client changed the daemon: an answer asked for beside the
+        # operation is remembered only where nothing changed since it was asked.
+        self.changes = 0
+        self._listing_lock = threading.Lock()
         try:
             self.api = EngineApi(self.host, HANDSHAKE_TIMEOUT_S)
         except ValueError as exc:  # a malformed URL, e.g. tcp://[::1
@@ -241,6 +246,31 @@ class Daemon:
         except NotFoundError:
             return None
 
+    def inspect_detached(self, ref: str, manifests: bool = False) -> dict | None:
+        """The daemon's inspect of `ref` (`manifests`: with them, where the API gives them),
+        asked now and not remembered, so it may run beside a call that changes the daemon;
+        `remember` it where nothing changed meanwhile. None where there is no such image."""
+        try:
+            return self._inspect_request(ref, manifests and self.api_at_least((1, 48)))
+        except NotFoundError:
+            return None
+
+    def remember(
+        self, ref: str, inspected: dict | None, manifests: bool = False
+    ) -> InspectedImage | None:
+        """Answer `inspect_image` for `ref` (and by the image's ID) with this inspect, None
+        where the daemon has no such image; `image_manifests` too where it was asked with
+        them (`manifests`, API 1.48+). Returns the image as `inspect_image` gives it."""
+        if inspected is None:
+            self._inspected[ref] = None
+            return None
+        info = InspectedImage.from_inspect(inspected)
+        self._inspected[ref] = self._inspected[info.id] = info
+        if manifests and self.api_at_least((1, 48)):
+            listed = [e for e in inspected.get("Manifests") or [] if isinstance(e, dict)]
+            self._manifests[ref] = self._manifests[info.id] = listed
+        return info
+
     def _inspect_request(self, ref: str, manifests: bool = False) -> dict:
         """GET /images/{ref}/json: the daemon's inspect of one image (`manifests`: with them)."""
         params = {"manifests": 1} if manifests else None
@@ -252,17 +282,13 @@ class Daemon:
     def _inspect(self, ref: str, manifests: bool = False) -> None:
         try:
             inspected = self._inspect_request(ref, manifests)
-            info = InspectedImage.from_inspect(inspected)
         except NotFoundError:
-            self._inspected[ref] = None
-            return
-        if manifests:
-            listed = inspected.get("Manifests") or []
-            self._manifests[ref] = [entry for entry in listed if isinstance(entry, dict)]
-        self._inspected[ref] = self._inspected[info.id] = info
+            inspected = None
+        self.remember(ref, inspected, manifests)
 
     def _forget(self) -> None:
         """This client is about to change what the daemon holds."""
+        self.changes += 1
         self._image_ids = None
         self._listing = None  # asked before the change: not what `image_ids` answers after it
         self._inspected.clear()
@@ -336,11 +362,13 @@ class Daemon:
         return self._image_ids
 
     def list_images_soon(self) -> None:
-        """Ask for the image list `image_ids` answers with now, in the background."""
-        if self._image_ids is None and self._listing is None:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="packcache-image-list")
-            self._listing = pool.submit(self._image_list)
-            pool.shutdown(wait=False)
+        """Ask for the image list `image_ids` answers with now, in the background (once, when
+        several threads ask for it at once)."""
+        with self._listing_lock:
+            if self._image_ids is None and self._listing is None:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="packcache-image-list")
+                self._listing = pool.submit(self._image_list)
+                pool.shutdown(wait=False)
 
     def image_tags(self) -> dict[str, str]:
         """Every tag the daemon has -> the ID of the image it names."""
