@@ -31,14 +31,17 @@ from packcache.errors import (
 )
 from packcache.progress import NO_PROGRESS, Progress
 from packcache.refs import short_id
-from packcache.template import Template, parse_format
 from packcache.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from packcache.operations.derived_builder import DerivedBuilderRequest
     from packcache.operations.importing import DaemonImportReport
     from packcache.operations.rebase_publish import PublishReport
     from packcache.store.store import EvictedLayer, Lease, Store
+    from packcache.template import Template
+    from packcache.transports.daemon import Daemon
 
 # Help strings are rich markup: a [word] in one is taken for a style and vanishes, so defaults
 # go in show_default= (tests/test_cli_help.py checks every help text is printed whole).
@@ -162,10 +165,14 @@ def complete_images(ctx: typer.Context, incomplete: str) -> list[str]:
         return []
 
 
-def _format_value(text: str) -> Format | Template:
+def _format_value(text: str) -> "Format | Template":
     """--format: the table, JSON, or a template checked before the command runs."""
     if isinstance(text, Format):  # the default
         return text
+    with suppress(ValueError):  # table or json: the template parser is not even imported
+        return Format(text)
+    from packcache.template import parse_format
+
     try:
         chosen = parse_format(text)
     except UsageError as exc:
@@ -174,7 +181,7 @@ def _format_value(text: str) -> Format | Template:
     return Format(chosen) if isinstance(chosen, str) else chosen
 
 
-def print_formatted(fmt: Format | Template, json_text: str, rows_key: str | None = None) -> None:
+def print_formatted(fmt: "Format | Template", json_text: str, rows_key: str | None = None) -> None:
     """Output of --format json (the JSON as it is) or a template: one line per row of the
     JSON (its list, or its `rows_key` list), or one for the whole object."""
     if fmt is Format.json:
@@ -223,6 +230,8 @@ class Context:
     # Where the daemon's containerd is, where its info does not say.
     containerd_address: str | None = None
     containerd_namespace: str | None = None
+    # The daemon being connected to (its info asked) by `connect_daemon_soon`.
+    connecting: "Future[Daemon] | None" = None
 
     def checked_cache_dir(self) -> Path:
         """The cache dir, refused with a usage error if it exists and is not a directory."""
@@ -233,7 +242,15 @@ class Context:
             )
         return self.cache_dir
 
-    def daemon(self, progress: Progress = NO_PROGRESS):
+    def daemon(self, progress: Progress = NO_PROGRESS) -> "Daemon":
+        if self.connecting is not None:
+            connecting, self.connecting = self.connecting, None
+            daemon = connecting.result()  # its error, if any, raised here as if asked now
+            daemon.progress = progress
+            return daemon
+        return self._new_daemon(progress)
+
+    def _new_daemon(self, progress: Progress) -> "Daemon":
         from packcache.transports.containerd import ENV_ADDRESS, ENV_NAMESPACE
         from packcache.transports.daemon import Daemon
 
@@ -241,6 +258,27 @@ class Context:
         given = {ENV_ADDRESS: self.containerd_address, ENV_NAMESPACE: self.containerd_namespace}
         settings = {key: value for key, value in given.items() if value}
         return Daemon(self.host, progress=progress, containerd_settings=settings)
+
+    def connect_daemon_soon(self) -> None:
+        """Ask the daemon for its info (a command's first round trip) in a thread while the
+        command imports its operation: the daemon answers while the interpreter works.
+        `daemon()` then takes the connection, or raises what connecting raised."""
+        from concurrent.futures import Future
+
+        # Imported here, not in the thread while this one imports the command's operation.
+        from packcache.transports import containerd, daemon  # noqa: F401
+
+        connecting: Future[Daemon] = Future()
+
+        def connect() -> None:
+            try:
+                connecting.set_result(self._new_daemon(NO_PROGRESS))
+            except BaseException as exc:  # raised where the daemon is asked for
+                connecting.set_exception(exc)
+
+        # A daemon thread: a command that fails before it needs the daemon does not wait.
+        threading.Thread(target=connect, name="daemon-connect", daemon=True).start()
+        self.connecting = connecting
 
     def open_store(self, writable: bool = True):
         from packcache.store.store import Store  # imported late: `--help` stays instant
@@ -253,7 +291,7 @@ class Context:
 
     @contextmanager
     def writing(
-        self, command: str, quiet: bool = True, fmt: Format | Template = Format.table
+        self, command: str, quiet: bool = True, fmt: "Format | Template" = Format.table
     ) -> Iterator[Writing]:
         """What a command that adds to the cache runs in: the store, held by a lease named after
         the command, its progress display, and the size cap (read before, enforced after)."""
@@ -636,7 +674,7 @@ def _import_launch_cache(
     archive: str | None,
     launch_cache: bool,
     image: str | None,
-    fmt: Format | Template,
+    fmt: "Format | Template",
 ) -> None:
     from packcache.operations.launch_layers import import_launch_cache
 
@@ -668,7 +706,7 @@ def _import_launch_cache(
 
 
 @contextmanager
-def progress_display(quiet: bool, fmt: Format | Template) -> Iterator[Progress]:
+def progress_display(quiet: bool, fmt: "Format | Template") -> Iterator[Progress]:
     """The command's one progress display, on stderr while it is a terminal; nothing with
     --quiet, with --format other than table (a program reads the output), or off a terminal."""
     if quiet or fmt is not Format.table or not sys.stderr.isatty():
@@ -750,6 +788,7 @@ def load_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Put a cached image into the Docker daemon, sending only the layers it lacks."""
+    ctx.obj.connect_daemon_soon()
     from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.loading import load_image
 
@@ -907,6 +946,8 @@ def rebase_command(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Rebase an app image onto a new run image, sending the daemon only what it lacks."""
+    if not publish:
+        ctx.obj.connect_daemon_soon()
     from packcache.operations.launch_choice import LaunchChoice
     from packcache.operations.pack_config import read_pack_config
     from packcache.operations.rebase import rebase
@@ -1213,6 +1254,8 @@ def create_builder_command(
     """Create a builder image from builder.toml, taking buildpack layers from the cache; or,
     with --from-builder, the builder `pack build` would make for --buildpack, --env, --order
     or --run-image, without reading the existing builder's layers."""
+    if from_builder is not None or not publish:
+        ctx.obj.connect_daemon_soon()
     from packcache.builder.config import read_config
     from packcache.builder.flags import builder_options, string_to_string
     from packcache.operations.builder_report import Registry, check_pull_policy

@@ -7,26 +7,21 @@ import hashlib
 import re
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
-
-import zstandard
-from isal import isal_zlib
+from functools import cache
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from packcache.errors import CorruptBlobError, UsageError
+
+# zstandard and python-isal are imported where a compressed stream is read: a warm rebase or
+# a re-created builder reads none.
+if TYPE_CHECKING:
+    import zstandard
 
 SHA256_PREFIX = "sha256:"
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 CHUNK = 1 << 20  # 1 MiB: large enough that per-call overhead vanishes, small enough to stream.
 
 GZIP_MAGIC = b"\x1f\x8b"
-# Everything a corrupt compressed stream can raise while it is read.
-DECOMPRESSION_ERRORS = (
-    gzip.BadGzipFile,
-    zlib.error,
-    isal_zlib.error,
-    EOFError,
-    zstandard.ZstdError,
-)
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # The most memory a zstd frame may make decompression hold (zstd's own default limit): a
 # frame asking for a larger window does not decompress.
@@ -41,6 +36,23 @@ class GzipTrailingGarbageError(gzip.BadGzipFile):
     """Bytes follow the last gzip member that do not start another one."""
 
 
+@cache
+def decompression_errors() -> tuple[type[Exception], ...]:
+    """Everything a corrupt compressed stream can raise while it is read."""
+    import zstandard
+    from isal import isal_zlib
+
+    return (gzip.BadGzipFile, zlib.error, isal_zlib.error, EOFError, zstandard.ZstdError)
+
+
+def _gzip_inflater() -> Any:  # python-isal's decompressor, whose type it does not export
+    # python-isal's zlib: 1.4x the stdlib's MiB/s through gunzip + sha256 of a layer here, and
+    # gunzip is what bounds importing from a containerd store.
+    from isal import isal_zlib
+
+    return isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+
 class GzipMembers:
     """Inflates a gzip stream of one or more members (pigz and concatenated writers make
     several), pushed in as it arrives, with bounded output per step: a small, highly
@@ -49,9 +61,7 @@ class GzipMembers:
     """
 
     def __init__(self, *, zero_padding: bool = False, piece: int = CHUNK) -> None:
-        # python-isal's zlib: 1.4x the stdlib's MiB/s through gunzip + sha256 of a layer
-        # here, and gunzip is what bounds importing from a containerd store.
-        self._inflater = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._inflater = _gzip_inflater()
         self._after: bytes | None = None  # past a member's end: what follows it so far
         self._zero_padding = zero_padding  # gzip(1) takes zeros after the last member
         self._piece = piece
@@ -83,7 +93,7 @@ class GzipMembers:
             return b""
         if not after.startswith(GZIP_MAGIC):
             raise GzipTrailingGarbageError("trailing garbage after the gzip stream")
-        self._inflater = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._inflater = _gzip_inflater()
         self._after = None
         return after
 
@@ -172,6 +182,8 @@ class LayerDigester:
         if compression == "gzip":
             self._gzip = GzipMembers()
         elif compression == "zstd":
+            import zstandard
+
             self._zstd_writer = zstandard.ZstdDecompressor(
                 max_window_size=ZSTD_MAX_WINDOW
             ).stream_writer(self._plain, write_size=CHUNK, closefd=False)
@@ -179,7 +191,7 @@ class LayerDigester:
     def _feed(self, chunk: bytes) -> None:
         try:
             self._feed_unchecked(chunk)
-        except DECOMPRESSION_ERRORS as exc:
+        except decompression_errors() as exc:
             raise CorruptBlobError(f"layer blob does not decompress: {exc}") from exc
 
     def _feed_unchecked(self, chunk: bytes) -> None:
@@ -206,7 +218,7 @@ class LayerDigester:
             assert self._gzip is not None
             try:
                 self._plain.write(self._gzip.finish())
-            except DECOMPRESSION_ERRORS as exc:
+            except decompression_errors() as exc:
                 raise CorruptBlobError(f"layer blob does not decompress: {exc}") from exc
         elif self.compression == "zstd":
             assert self._zstd_writer is not None
@@ -239,7 +251,7 @@ class VerifyingReader:
     def read(self, n: int = -1) -> bytes:
         try:
             data = self._raw.read(n)
-        except DECOMPRESSION_ERRORS as exc:
+        except decompression_errors() as exc:
             # A decompressing `raw` fails before EOF when the compressed bytes were altered.
             self._fail(f"does not decompress ({exc})")
         if data:

@@ -189,3 +189,23 @@ def test_pull_policy_never_names_the_way_out(cli, engine_pool, tmp_path) -> None
         done.stderr
     )
     assert "if-not-present lets create-builder pull it" in done.stderr
+
+
+def test_the_daemon_asked_at_start_is_reported_where_the_command_needs_it(cli, tmp_path) -> None:
+    """rebase, create-builder and load ask the daemon for its info as they start: a usage error is
+    still reported first, and a daemon that cannot be reached is one plain error."""
+    host = f"unix://{tmp_path}/no.sock"
+    usage = cli("--host", host, "rebase", "app:1", "--pull-policy", "sometimes")
+    assert (usage.exit_code, usage.stderr) == (
+        2,
+        "packcache: error: invalid pull policy 'sometimes' (--pull-policy): choose always, "
+        "if-not-present, never\n",
+    )
+    derive = ["create-builder", "b:1", "--from-builder", "base:1", "--env", "A=1"]
+    for args in (["rebase", "app:1"], derive, ["load", "app:1"]):
+        missing = cli("--host", host, *args)
+        assert (missing.exit_code, missing.stderr) == (
+            1,
+            f"packcache: error: cannot reach the Docker daemon at {host}: is it running? "
+            "(set DOCKER_HOST or --host to use another)\n",
+        )

@@ -80,6 +80,16 @@ def test_index_reads_need_no_sqlalchemy_grpc_or_rich(tmp_path: Path, command: st
     assert loaded(modules, SDK) == set()
 
 
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_only_a_template_format_imports_the_template_parser(tmp_path: Path, fmt: str) -> None:
+    cache = tmp_path / "cache"
+    plain = imported(tmp_path, "--cache-dir", str(cache), "info", "--format", fmt)
+    assert "packcache.store.store" in plain  # the command ran
+    assert "packcache.template" not in plain
+    template = imported(tmp_path, "--cache-dir", str(cache), "info", "--format", "{{.CacheDir}}")
+    assert "packcache.template" in template
+
+
 def test_operations_import_no_cli_grpc_or_sqlalchemy() -> None:
     code = (
         "import json, sys\n"
@@ -120,3 +130,8 @@ def test_a_rebase_imports_only_what_its_engine_needs(engine_pool, tmp_path: Path
     assert loaded(warm, COLD_REBASE) == set()
     # What it prints needs no humanize ("0 Bytes" sent is written as it is).
     assert loaded(warm, {"humanize"}) == set()
+    # No temporary file without --no-cache or a report.toml; an archive only for docker load.
+    assert "tempfile" not in warm
+    assert ("tarfile" in warm) == (not engine.containerd_store)
+    # Nothing compressed is read: no zstd or python-isal decompressor.
+    assert loaded(warm, {"zstandard", "isal"}) == set()

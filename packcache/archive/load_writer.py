@@ -10,10 +10,9 @@ buffered whole: headers are written by hand and layer bytes flow from the blob f
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from packcache.digest import CHUNK, sha256_digest
 from packcache.errors import CorruptBlobError
@@ -36,8 +35,7 @@ class LoadLayer:
     media_type: str
 
 
-@dataclass(frozen=True)
-class SizedArchive:
+class SizedArchive(NamedTuple):
     """An archive being written, and its exact length in bytes, known before its first byte:
     it is sent with a Content-Length, so no chunked framing copies every chunk on its way."""
 
@@ -50,6 +48,8 @@ _Member = tuple[str, int, bytes | Callable[[], BinaryIO]]
 
 
 def _header(name: str, size: int) -> bytes:
+    import tarfile  # imported here: a load through containerd writes no archive
+
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644

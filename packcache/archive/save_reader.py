@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from packcache.digest import CHUNK, DECOMPRESSION_ERRORS, GZIP_MAGIC, sha256_digest
+from packcache.digest import CHUNK, GZIP_MAGIC, decompression_errors, sha256_digest
 from packcache.errors import CorruptBlobError, PackcacheError
 from packcache.jsondoc import (
     DocumentError,
@@ -187,7 +187,7 @@ def _read_stream(
         raise ArchiveError(f"not a readable docker save archive: {exc}") from exc
     except EOFError as exc:
         raise ArchiveError("the archive ends early (truncated stream)") from exc
-    except DECOMPRESSION_ERRORS as exc:  # of a gzip-compressed archive (see _gunzipped)
+    except decompression_errors() as exc:  # of a gzip-compressed archive (see _gunzipped)
         raise ArchiveError(f"the archive's gzip compression is damaged: {exc}") from exc
     except CorruptBlobError as exc:
         raise ArchiveError(f"a layer in the archive is damaged: {exc}") from exc

@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from packcache.builder.tomlkeys import KeyPath, dotted, key_lines
 from packcache.errors import UsageError
@@ -71,8 +71,7 @@ class ModuleRef:
         return self.info.get("version", "")
 
 
-@dataclass(frozen=True)
-class BuildpackSource:
+class BuildpackSource(NamedTuple):
     """One [[buildpacks]] entry: where the buildpack comes from and what it must be."""
 
     uri: str  # as written (or the deprecated `image`, as docker://IMAGE)
@@ -82,8 +81,7 @@ class BuildpackSource:
     key: str  # "buildpacks[0].uri", for messages
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """pack's dist.Target: a platform the builder is for ([[targets]] or --target)."""
 
     os: str
@@ -96,14 +94,12 @@ class Target:
         return "/".join(part for part in (self.os, self.arch, self.variant) if part)
 
 
-@dataclass(frozen=True)
-class RunImage:
+class RunImage(NamedTuple):
     image: str
     mirrors: list[str] | None  # None when not written: pack keeps that distinction in labels
 
 
-@dataclass(frozen=True)
-class BuildEnv:
+class BuildEnv(NamedTuple):
     name: str
     value: str
     suffix: str

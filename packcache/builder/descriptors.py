@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from packcache.builder.config import MODULE_INFO_KEYS
 from packcache.errors import PackcacheError
@@ -173,8 +173,7 @@ def descriptor_from_layers_label(
     )
 
 
-@dataclass(frozen=True)
-class LifecycleDescriptor:
+class LifecycleDescriptor(NamedTuple):
     """lifecycle.toml: its version and the APIs it supports (pack's CompatDescriptor applied)."""
 
     version: str

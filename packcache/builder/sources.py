@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from packcache.builder.descriptors import (
     BUILDPACK,
@@ -229,8 +229,7 @@ def archive_descriptor(path: Path, kind: str = BUILDPACK) -> BuildpackDescriptor
     return _parse_descriptor(text, f"{path}!{kind}.toml", kind)
 
 
-@dataclass(frozen=True)
-class LifecycleArchive:
+class LifecycleArchive(NamedTuple):
     path: Path
     descriptor: LifecycleDescriptor
 
@@ -270,8 +269,7 @@ def is_oci_layout(path: Path) -> bool:
     return "oci-layout" in names and "index.json" in names
 
 
-@dataclass(frozen=True)
-class LayoutLayer:
+class LayoutLayer(NamedTuple):
     diff_id: str
     digest: str
     media_type: str

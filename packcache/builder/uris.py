@@ -3,8 +3,8 @@ directory, a local archive or `.cnb` file, or something packcache does not fetch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from packcache.builder.rules import BuilderError
 from packcache.builder.sources import is_oci_layout
@@ -16,8 +16,7 @@ BUILDPACKAGE_FILE = "buildpackage-file"  # an OCI layout archive (`pack buildpac
 LOCAL_KINDS = (DIRECTORY, ARCHIVE, BUILDPACKAGE_FILE)
 
 
-@dataclass(frozen=True)
-class BuildpackSource:
+class BuildpackSource(NamedTuple):
     """Where one [[buildpacks]] entry's buildpacks come from."""
 
     uri: str  # as builder.toml wrote it

@@ -9,8 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from packcache.errors import PackcacheError
 from packcache.refs import normalize
@@ -47,8 +46,7 @@ def repository(ref: str) -> str:
     return f"{head}/{last.split(':')[0]}"
 
 
-@dataclass(frozen=True)
-class RunImageReference:
+class RunImageReference(NamedTuple):
     """The run image an app image was built on, by name, and the mirrors of that name."""
 
     image: str | None
@@ -72,8 +70,7 @@ def stack_mixins(labels: Mapping[str, str], image: str) -> set[str]:
     return {m.split(":", 1)[1] if m.startswith(("run:", "build:")) else m for m in mixins}
 
 
-@dataclass(frozen=True)
-class LifecycleMetadata:
+class LifecycleMetadata(NamedTuple):
     """The io.buildpacks.lifecycle.metadata label of an app image."""
 
     document: Mapping[str, Any]  # the whole label: a rebase rewrites parts and keeps the rest

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from packcache.image.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 
@@ -15,8 +14,7 @@ def digest_of(document: bytes) -> str:
     return "sha256:" + hashlib.sha256(document).hexdigest()
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(NamedTuple):
     """What a manifest or index says about one blob (OCI content descriptor)."""
 
     media_type: str

@@ -4,13 +4,12 @@ need not import the reading of them (launch_layers.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CACHE, LAUNCH_CACHE, SAVE = "cache", "launch-cache", "docker save"
 
 
-@dataclass(frozen=True)
-class LaunchChoice:
+class LaunchChoice(NamedTuple):
     """Which launch caches an operation may read: the daemon's (default), one named, none."""
 
     use: bool = True

@@ -14,7 +14,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from packcache.archive.load_writer import LoadLayer, legacy_archive, oci_archive
 from packcache.errors import NotFoundError, PackcacheError
@@ -31,8 +31,7 @@ from packcache.transports.daemon import Daemon
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SendPolicy:
+class SendPolicy(NamedTuple):
     """Which layers a load may leave out of the archive because the daemon holds them."""
 
     reuse_held: bool = True  # every layer the daemon holds (packcache's method)
@@ -50,8 +49,7 @@ def pack_method(base_layers: int) -> SendPolicy:
     return SendPolicy(reuse_held=False, base_layers=base_layers)
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(NamedTuple):
     """A layer the daemon holds: what the archive names it by instead of its bytes."""
 
     digest: str | None  # the blob digest in the daemon's content store (None: a placeholder)
@@ -59,8 +57,7 @@ class Held:
     media_type: str
 
 
-@dataclass(frozen=True)
-class LoadArchive:
+class LoadArchive(NamedTuple):
     """A `docker load` archive being written, and the image the daemon should then hold."""
 
     image_id: str

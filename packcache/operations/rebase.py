@@ -9,7 +9,6 @@ the new config, load it sending only what the daemon lacks.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -246,6 +245,8 @@ def rebased_config(
 @contextmanager
 def _pack_method_store() -> Iterator[Store]:
     """A throw-away store: --no-cache reads everything from the daemon, as pack does."""
+    import tempfile  # imported here: only pack's method needs a temporary directory
+
     with tempfile.TemporaryDirectory(prefix="packcache-no-cache-") as tmp:
         yield Store.open(Path(tmp) / "cache")
 

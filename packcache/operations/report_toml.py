@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from packcache.errors import PackcacheError
@@ -52,6 +51,8 @@ def write_report_toml(
     text = report_toml_text(
         tags=tags, image_id=image_id, digest=digest, manifest_size=manifest_size
     )
+    import tempfile  # imported here: most runs write no report.toml
+
     target = directory / REPORT_NAME
     try:
         directory.mkdir(parents=True, exist_ok=True)

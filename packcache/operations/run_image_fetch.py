@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
 from packcache.image.cnb import LifecycleMetadata
@@ -255,8 +255,7 @@ def fetch_image(
     return fetch
 
 
-@dataclass(frozen=True)
-class RunImagePull:
+class RunImagePull(NamedTuple):
     """How a rebase gets its images: pack's pull policy, config and registry options."""
 
     policy: PullPolicy

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from packcache.digest import CHUNK, LayerDigester, VerifyingReader, digest_hex
 from packcache.errors import CorruptBlobError, PackcacheError
@@ -128,8 +128,7 @@ class _Worker:
             raise self._error
 
 
-@dataclass(frozen=True)
-class Partial:
+class Partial(NamedTuple):
     """A temp file in ingest/: a blob being written, or left by a process that died."""
 
     name: str

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
-
-import zstandard
-from isal import igzip
+from typing import BinaryIO, NamedTuple, Protocol
 
 from packcache.digest import VerifyingReader
 from packcache.image.layer import MEDIA_TYPES, Layer
@@ -24,8 +20,7 @@ class LayerBlobs(Protocol):
     def evict_corrupt(self, diff_id: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class CachedLayer:
+class CachedLayer(NamedTuple):
     """A layer held in the cache. Every open counts as a use for LRU eviction."""
 
     blobs: LayerBlobs
@@ -51,6 +46,9 @@ class CachedLayer:
         blob = self._open_blob()
         if self.compression == "none":
             return blob  # type: ignore[return-value]
+        import zstandard  # imported here: a warm rebase reads no compressed layer
+        from isal import igzip
+
         if self.compression == "gzip":
             plain: BinaryIO = igzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[arg-type]
         else:

@@ -13,8 +13,8 @@ import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from packcache.errors import PackcacheError
 
@@ -32,8 +32,7 @@ class UnsafeCacheError(PackcacheError):
     directory, a foreign owner): refused rather than followed or changed."""
 
 
-@dataclass(frozen=True)
-class CacheLayout:
+class CacheLayout(NamedTuple):
     """Where each part of a cache lives: <root>/{blobs/sha256/<2 hex>/<64 hex>, ingest/,
     index.db, lock, config.toml}."""
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from packcache.digest import VerifyingReader, sha256_digest
 from packcache.errors import CorruptBlobError, NotFoundError, PackcacheError
@@ -58,8 +58,7 @@ class ImageRecord:
         return sha256_digest(self.config)
 
 
-@dataclass(frozen=True)
-class IngestResult:
+class IngestResult(NamedTuple):
     diff_id: str
     digest: str  # the digest of the bytes that were read
     size: int  # bytes read; -1 when nothing was read (the digest was already known)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from packcache.errors import PackcacheError
 from packcache.transports import containerd_wire as wire
@@ -62,8 +62,7 @@ class ContainerdError(PackcacheError):
     """containerd cannot be used: unreachable, refused, or it answered an error."""
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where the daemon's containerd listens and which namespace holds the daemon's images."""
 
     address: str  # a unix socket path
@@ -104,8 +103,7 @@ class Descriptor:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(NamedTuple):
     name: str  # as the daemon names it, e.g. docker.io/library/app:1
     target: Descriptor
     labels: Mapping[str, str]

@@ -14,8 +14,7 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # An answer packcache reads whole (an inspect, the image list) larger than this is not one.
 MAX_JSON = 64 << 20
@@ -56,8 +55,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     """Where the daemon listens: a unix socket path, or host and port (TLS for https)."""
 
     scheme: str  # unix, http or https

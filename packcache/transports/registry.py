@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from packcache.errors import NotFoundError, PackcacheError, UsageError
@@ -56,8 +56,7 @@ class AccessDeniedError(PackcacheError):
     Missing or wrong credentials (UNAUTHORIZED) stay an error, as they do for docker."""
 
 
-@dataclass(frozen=True)
-class ImageName:
+class ImageName(NamedTuple):
     """A reference split for the API: host, repository, and a tag or digest."""
 
     host: str
@@ -84,8 +83,7 @@ class ImageName:
         return f"{self.host}/{self.repository}{sep}{self.reference}"
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     os: str
     architecture: str
     variant: str | None = None
@@ -110,8 +108,7 @@ class Platform:
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 
 
-@dataclass(frozen=True)
-class RegistryOptions:
+class RegistryOptions(NamedTuple):
     """How to reach registries; `insecure` hosts get plain HTTP or unverified TLS."""
 
     insecure: frozenset[str] = frozenset()
@@ -140,8 +137,7 @@ class Manifest:
         return list(self.document.get("layers") or [])
 
 
-@dataclass(frozen=True)
-class _Challenge:
+class _Challenge(NamedTuple):
     scheme: str  # "basic" or "bearer"
     params: dict[str, str]
 

@@ -11,8 +11,8 @@ import base64
 import binascii
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from packcache.errors import PackcacheError
 from packcache.jsondoc import strict_loads
@@ -22,8 +22,7 @@ DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 MAX_CONFIG_BYTES = 4 << 20
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     username: str
     password: str
 
