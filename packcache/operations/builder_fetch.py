@@ -154,9 +154,11 @@ class BuilderFetcher:
         streaming = self.stream and self.mirror is None
         to_pull: dict[str, RemoteImage] = {}
         with ThreadPoolExecutor(max_workers=PARALLEL_IMAGES) as pool:
-            futures = {ref: pool.submit(first, ref, what) for ref in wanted}
+            # The run images first: each is two round trips in turn (manifest, then config,
+            # never cached), which queued behind the images made the read end a trip later.
             self._run_labels.update({ref: pool.submit(self._read_remote, ref, "run image")
                                      for ref in labels})  # fmt: skip
+            futures = {ref: pool.submit(first, ref, what) for ref in wanted}
             # In the order asked (which image's report lists a shared layer), each image's
             # layers start downloading once it is read, while the next ones are read.
             for ref, future in futures.items():
