@@ -241,10 +241,8 @@ class Daemon:
         """`inspect_image` asked now, neither from nor into what this client remembers, so it
         may run beside a call that changes the daemon; None where the daemon has no such
         image."""
-        try:
-            return InspectedImage.from_inspect(self._inspect_request(ref))
-        except NotFoundError:
-            return None
+        inspected = self.inspect_detached(ref)
+        return None if inspected is None else InspectedImage.from_inspect(inspected)
 
     def inspect_detached(self, ref: str, manifests: bool = False) -> dict | None:
         """The daemon's inspect of `ref` (`manifests`: with them, where the API gives them),
