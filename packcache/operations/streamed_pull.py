@@ -18,7 +18,7 @@ cache as it was.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -125,10 +125,12 @@ class StreamedPull:
                 self._failure = exc
             self._changed.notify_all()
 
-    def arrivals(self, diff_ids: Iterable[str]) -> Iterator[str]:
+    def arrivals(
+        self, diff_ids: Iterable[str], until: Callable[[], bool] | None = None
+    ) -> Iterator[str]:
         """These layers of the pull, each once it is staged, in the order their downloads
         ended; the first failure of the pull (or its abort) is raised instead of what is still
-        to come."""
+        to come. Ends early once `until()` holds (checked whenever `wake` is called)."""
         waiting = set(diff_ids)
         seen = 0
         while waiting:
@@ -136,6 +138,8 @@ class StreamedPull:
                 while (
                     self._failure is None and not self._stop.is_set() and seen == len(self._arrived)
                 ):
+                    if until is not None and until():
+                        return
                     self._changed.wait()
                 if self._failure is not None:
                     raise self._failure
@@ -146,6 +150,25 @@ class StreamedPull:
                 if diff_id in waiting:
                     waiting.discard(diff_id)
                     yield diff_id
+
+    def arrived(self, diff_id: str, until: Callable[[], bool]) -> bool:
+        """Wait until this layer of the pull is staged (True) or `until()` holds (False,
+        checked whenever `wake` is called); the pull's failure (or abort) is raised."""
+        with self._changed:
+            while diff_id not in self._staged:
+                if self._failure is not None:
+                    raise self._failure
+                if self._stop.is_set():
+                    raise _Stopped("the pull was stopped")
+                if until():
+                    return False
+                self._changed.wait()
+            return True
+
+    def wake(self) -> None:
+        """Have those waiting in `arrivals` or `arrived` check their `until` again."""
+        with self._changed:
+            self._changed.notify_all()
 
     def layers(self) -> dict[str, ArrivingLayer]:
         """Every layer this pull downloads, as a load sends it."""
@@ -181,7 +204,8 @@ class StreamedPull:
             self._stop.set()
             self._changed.notify_all()  # a load waiting for arrivals ends
         self._pool.shutdown(wait=False, cancel_futures=True)
-        wait(self._futures)
+        # A download cancelled before it began is never done for `wait`: only those begun.
+        wait([future for future in self._futures if not future.cancelled()])
         for blob in self._staged.values():
             self.store.discard(blob)
 

@@ -337,6 +337,16 @@ class Daemon:
         self._forget()
         self._json(f"removing {ref}", "DELETE", "/images/{0}", ref, params={"force": True})
 
+    def remove_image(self, image_id: str) -> None:
+        """`docker rmi IMAGE_ID` of an untagged image (not forced: one a container uses stays)."""
+        self._forget()
+        self._json(f"removing {image_id}", "DELETE", "/images/{0}", image_id)
+
+    def labelled_images(self, label: str) -> list[dict]:
+        """The image list's entries (ID, Created, Labels) of the images whose config has this
+        label."""
+        return self._image_list({"filters": json.dumps({"label": [label]})})
+
     def has_image(self, ref: str) -> bool:
         try:
             self.inspect_image(ref)
@@ -344,8 +354,8 @@ class Daemon:
             return False
         return True
 
-    def _image_list(self) -> list[dict]:
-        summaries = self._json("the image list", "GET", "/images/json")
+    def _image_list(self, params: Params | None = None) -> list[dict]:
+        summaries = self._json("the image list", "GET", "/images/json", params=params)
         if not isinstance(summaries, list):
             raise DaemonError("the Docker daemon sent an unreadable image list")
         return [summary for summary in summaries if isinstance(summary, dict)]

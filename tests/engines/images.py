@@ -177,7 +177,8 @@ def build_legacy_archive(
         name = digest.removeprefix("sha256:") + "/layer.tar"
         members[name] = blob
         layer_paths.append(name)
-    manifest = [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_paths}]
+    tags = [repo_tag] if repo_tag else []  # "": an untagged image
+    manifest = [{"Config": config_name, "RepoTags": tags, "Layers": layer_paths}]
     members["manifest.json"] = canonical_json(manifest)
     write_tar(path, members)
     return BuiltImage(

@@ -6,7 +6,8 @@ mid-blob, as a flaky network or a restarted proxy does it), or flips a bit of th
 (a registry serving bytes that do not match their digest), or answers the GET itself with
 an error status (a registry that is overloaded for a while). With `uploads=True` it cuts the
 first `cuts` blob uploads (PUT or PATCH to /blobs/uploads/) after `cut_after` bytes of the
-request instead.
+request instead. With `hold`, a matching blob GET waits until that event is set before it is
+forwarded or broken (a download that is slow to start).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class CuttingProxy:
         answer_status: int | None = None,
         match: str | None = None,
         uploads: bool = False,
+        hold: threading.Event | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.cut_after = cut_after
@@ -40,6 +42,8 @@ class CuttingProxy:
         # Instead of forwarding a matching GET, answer it with this status (503, 429...).
         self.answer_status = answer_status
         self.uploads = uploads
+        self.hold = hold
+        self.held = 0  # matching GETs that waited for `hold`
         self.cuts_done = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server((LOCALHOST, 0))
@@ -82,6 +86,10 @@ class CuttingProxy:
                             return
                         continue
                     if b"GET " in data and self._match in data:
+                        if self.hold is not None:
+                            with self._lock:
+                                self.held += 1
+                            self.hold.wait()
                         with self._lock:
                             breaking = self.cuts_left > 0
                             self.cuts_left -= breaking
