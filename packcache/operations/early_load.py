@@ -139,11 +139,12 @@ class EarlyLoad(GraphdriverPlanner):
         while position < len(image.plan):
             item = image.plan[position]
             if item.layer is not None and item.diff_id not in sent:
-                if fresh >= STEP_BYTES and may_end():
-                    break
-                arriving = getattr(item.layer, "arriving_from", None) is not None
-                if arriving and not self._pull.arrived(item.diff_id, until=may_end):
-                    break  # the next layer is still downloading: what is here is registered
+                # Layers at hand (the builder's own, small) are sent on: they end no archive.
+                if getattr(item.layer, "arriving_from", None) is not None:
+                    if fresh >= STEP_BYTES and may_end():
+                        break
+                    if not self._pull.arrived(item.diff_id, until=may_end):
+                        break  # the next layer is still downloading: what is here registers
                 yield from self._member(item.diff_id, item.layer, sent)
             if item.diff_id in sent:
                 fresh += item.size
