@@ -1,9 +1,10 @@
 """On real engines: `create-builder --pull-policy always` when the build image and the
 buildpackages are only in a registry, against pack's method.
 
-The create-builder bench's inputs (ten buildpackage images of ~40 MiB each, a busybox build
-image, a run image, a lifecycle .tgz) are pushed by the engine to a local plain registry
-(tests/registries) and removed from the daemon; builder.toml names the registry's images. Then,
+The create-builder bench's inputs (ten buildpackage images of ~40 MiB each, ~10 MiB at quick
+size, a busybox build image, a run image, a lifecycle .tgz) are pushed by the engine to a local
+plain registry (tests/registries) and removed from the daemon; builder.toml names the
+registry's images. Then,
 per engine (PACKCACHE_BENCH_ENGINES, default 20.10-graphdriver, 26.1-graphdriver,
 26.1-containerd), interleaved, REPEAT times, each with no builder, build image or buildpackage
 in the daemon:
