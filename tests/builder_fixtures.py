@@ -218,12 +218,16 @@ def load_buildpackage(
     )
 
 
-def load_build_image(engine: Engine, tmp_path: Path, ref: str, extra_labels=None) -> dict:
+def load_build_image(
+    engine: Engine, tmp_path: Path, ref: str, extra_labels=None, text: bytes = b"build image\n"
+) -> dict:
+    """A build image; `text` (its own layer's one file) makes its layers, and so every chain of
+    a builder on it, of its own."""
     labels = {"io.buildpacks.stack.id": STACK, **(extra_labels or {})}
     built = images.build_busybox_archive(
         tmp_path / f"{uuid.uuid4().hex}.tar",
         ref,
-        [{"etc/build-image.txt": b"build image\n"}],
+        [{"etc/build-image.txt": text}],
         config_extra={
             "config": {
                 "Env": ["PATH=/bin", f"CNB_USER_ID={CNB_UID}", f"CNB_GROUP_ID={CNB_GID}"],

@@ -37,9 +37,9 @@ class Inputs:
         return [bp for p in self.packages for bp in p.buildpacks] + [self.directory, self.archive]
 
 
-def make_inputs(engine: Engine, tmp_path: Path) -> Inputs:
+def make_inputs(engine: Engine, tmp_path: Path, build_text: bytes = b"build image\n") -> Inputs:
     build_ref, run_ref = fx.unique("build"), fx.unique("run")
-    build = fx.load_build_image(engine, tmp_path, build_ref)
+    build = fx.load_build_image(engine, tmp_path, build_ref, text=build_text)
     fx.load_run_image(engine, tmp_path, run_ref)
     simple = fx.make_buildpack("test/simple")
     dep_one, dep_two = fx.make_buildpack("test/dep-one"), fx.make_buildpack("test/dep-two", "2.0.0")

@@ -60,6 +60,13 @@ def wait_for(found: Callable[[], list[str]], seconds: float = 60.0) -> list[str]
     return []
 
 
+def unique_inputs(engine: Engine, registries: RegistrySet, tmp_path: Path) -> Remote:
+    """The builder inputs in the registry on a build image of this test's own: no builder
+    another test left in the daemon holds a chain of this one's (its layers would be sent as
+    placeholders, never waited for)."""
+    return to_registry(engine, registries, tmp_path, f"build image {tmp_path.name}\n".encode())
+
+
 def create_holding_a_layer(
     cli, engine: Engine, proxy: CuttingProxy, remote: Remote, tmp_path: Path
 ) -> tuple[dict, list[str]]:
@@ -98,13 +105,13 @@ def test_layers_still_downloading_are_registered_by_interim_loads(
     cli, graphdriver: Engine, registries: RegistrySet, tmp_path: Path
 ) -> None:
     engine = graphdriver
-    remote = to_registry(engine, registries, tmp_path)
+    remote = unique_inputs(engine, registries, tmp_path)
     before = image_ids(engine)
     proxy = holding_proxy(registries, remote, cut_after=0, cuts=0)
     try:
         ended, seen = create_holding_a_layer(cli, engine, proxy, remote, tmp_path)
         report = ok(ended["result"])
-        assert proxy.held >= 1 and seen, "no interim image while a layer was held"
+        assert proxy.held >= 1 and seen, f"no interim image while a layer was held: {ended}"
         assert report["image_id"] not in seen
         # Each interim image is gone; the builder alone is new.
         assert interim_images(engine) == []
@@ -130,7 +137,7 @@ def test_a_download_failing_after_an_interim_load_leaves_no_image(
     cli, graphdriver: Engine, registries: RegistrySet, tmp_path: Path
 ) -> None:
     engine = graphdriver
-    remote = to_registry(engine, registries, tmp_path)
+    remote = unique_inputs(engine, registries, tmp_path)
     before = image_ids(engine)
     # The held blob is then answered 500, every time it is asked for.
     proxy = holding_proxy(registries, remote, cut_after=0, cuts=1000, answer_status=500)
@@ -139,7 +146,7 @@ def test_a_download_failing_after_an_interim_load_leaves_no_image(
     finally:
         proxy.close()
     result = ended["result"]
-    assert seen, "no interim image while a layer was held"
+    assert seen, f"no interim image while a layer was held: {ended}"
     assert result.exit_code == 1, result.stdout
     assert result.stderr.startswith("packcache: error:") and result.stderr.count("\n") == 1
     assert proxy.cuts_done >= 2, result.stderr  # tried again before giving up
@@ -172,7 +179,7 @@ def test_interim_images_an_hour_old_are_removed_by_a_later_run(
     stale = load_interim(engine, tmp_path, "stale", now - timedelta(hours=2))
     recent = load_interim(engine, tmp_path, "recent", now - timedelta(minutes=5))
     assert interim_images(engine) == sorted([stale, recent])
-    remote = to_registry(engine, registries, tmp_path)
+    remote = unique_inputs(engine, registries, tmp_path)
     name = fx.unique("builder")
     ok(create(cli, engine, name, remote.toml, remote.host, "--pull-policy", "always"))
     assert interim_images(engine) == [recent]  # one a running command may still need stays

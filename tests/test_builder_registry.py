@@ -37,10 +37,13 @@ class Remote:
     run: str
 
 
-def to_registry(engine: Engine, registries: RegistrySet, tmp_path: Path) -> Remote:
+def to_registry(
+    engine: Engine, registries: RegistrySet, tmp_path: Path, build_text: bytes = b"build image\n"
+) -> Remote:
     """The builder inputs with the build image, buildpackages and run image only in the
-    registry (the daemon keeps the run image: a builder does not need it there)."""
-    inputs = make_inputs(engine, tmp_path)
+    registry (the daemon keeps the run image: a builder does not need it there). `build_text`:
+    see fx.load_build_image."""
+    inputs = make_inputs(engine, tmp_path, build_text)
     host = registries.plain.host
     repo = f"{host}/t/{uuid.uuid4().hex[:8]}"
     build, run = f"{repo}/build:1", f"{repo}/run:1"

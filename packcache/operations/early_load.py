@@ -211,22 +211,19 @@ class EarlyLoad(GraphdriverPlanner):
         while True:
             step = self._steps[index]
             step.done.wait()
+            if interim is not None:  # held by the load after it, or needed by none
+                self._remove(interim)
             if step.failure is not None:  # the loads after it fail too, registering nothing
-                self._remove([interim])
                 raise step.failure
-            self._remove([interim])
             if step.interim is None:
                 return
             index, interim = index + 1, step.interim
 
-    def _remove(self, interims: list[str | None]) -> None:
-        for image_id in interims:
-            if image_id is None:
-                continue
-            try:
-                self.daemon.remove_image(image_id)
-            except PackcacheError as exc:  # a later early load removes it
-                log.warning("an interim image was left in the daemon: %s", exc)
+    def _remove(self, image_id: str) -> None:
+        try:
+            self.daemon.remove_image(image_id)
+        except PackcacheError as exc:  # a later early load removes it
+            log.warning("an interim image was left in the daemon: %s", exc)
 
     def _remove_stale(self) -> None:
         """Remove the interim images of commands killed more than STALE_INTERIM ago."""
@@ -234,7 +231,7 @@ class EarlyLoad(GraphdriverPlanner):
             for summary in self.daemon.labelled_images(INTERIM_LABEL):
                 created = summary.get("Created")
                 if isinstance(created, int) and created < time.time() - STALE_INTERIM:
-                    self.daemon.remove_image(str(summary.get("Id")))
+                    self._remove(str(summary.get("Id")))
         except PackcacheError as exc:
             log.debug("interim images not swept: %s", exc)
 
