@@ -147,11 +147,12 @@ def test_a_download_failing_after_an_interim_load_leaves_no_image(
         proxy.close()
     result = ended["result"]
     assert seen, f"no interim image while a layer was held: {ended}"
-    assert result.exit_code == 1, result.stdout
-    assert result.stderr.startswith("packcache: error:") and result.stderr.count("\n") == 1
+    assert result.exit_code == 1, result
+    assert result.stderr.startswith("packcache: error:") and result.stderr.count("\n") == 1, result
     assert proxy.cuts_done >= 2, result.stderr  # tried again before giving up
     assert absent(engine, ended["name"])
-    assert interim_images(engine) == [] and image_ids(engine) == before
+    assert interim_images(engine) == [], result
+    assert image_ids(engine) == before, result
     cache = tmp_path / "cache"
     assert cli("verify", cache=cache).exit_code == 0
     assert [p.name for p in (cache / "ingest").iterdir()] == []
